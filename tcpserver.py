@@ -1,0 +1,17 @@
+#!/usr/bin/env python3
+"""tcpserver: accept TCP connections and run a program for each one.
+
+Run from a checkout or a copied folder: ``python3 tcpserver.py [opts]
+host port prog [args...]``.  No installation step is needed; the
+``ucspi`` package beside this file is used.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from ucspi.server import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())

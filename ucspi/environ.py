@@ -1,0 +1,109 @@
+"""The environment handed to the program.
+
+tcpserver never edits its own environment.  For each connection it
+collects an ordered list of changes, "set NAME=VALUE" or "remove NAME"
+(the standard ``TCP*`` variables first, rule variables after), and when
+the program starts the environment is the server's own with each change
+applied in order: later changes win, and a rule may override or remove
+any standard variable (spec core §3.5).
+
+Names and values are bytes: ident answers and rule values may hold any
+byte but NUL.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Tuple
+
+Change = Tuple[bytes, Optional[bytes]]   # (name, value); None = remove
+Environment = Dict[bytes, bytes]
+
+
+@dataclass
+class Endpoints:
+    """What is known about one connection when its program starts.
+
+    ``*_ip`` are in the primary form (dotted for IPv4 clients unless
+    ``-6``; D18), ``*_ip6`` in IPv6 text form (mapped ones as
+    ``::ffff:a.b.c.d``), used only when ``v6sock``.
+    """
+
+    proto6: bool
+    v6sock: bool
+    local_ip: str
+    local_ip6: str
+    local_port: int
+    remote_ip: str
+    remote_ip6: str
+    remote_port: int
+    local_host: Optional[bytes] = None
+    remote_host: Optional[bytes] = None
+    paranoid: Optional[bytes] = None
+    remote_info: Optional[bytes] = None
+    interface: Optional[bytes] = None
+
+
+def _b(text: str) -> bytes:
+    return text.encode("ascii")
+
+
+def connection_changes(ep: Endpoints) -> List[Change]:
+    """The standard variables for one connection, in the C order."""
+    local_port = b"%d" % ep.local_port
+    remote_port = b"%d" % ep.remote_port
+    changes: List[Change] = [
+        (b"PROTO", b"TCP6" if ep.proto6 else b"TCP"),
+        (b"TCPLOCALIP", _b(ep.local_ip)),
+        (b"TCPLOCALPORT", local_port),
+        (b"TCPLOCALHOST", ep.local_host),
+    ]
+    if ep.v6sock:
+        changes += [
+            (b"TCP6LOCALIP", _b(ep.local_ip6)),
+            (b"TCP6LOCALPORT", local_port),
+            (b"TCP6LOCALHOST", ep.local_host),
+        ]
+    if ep.interface is not None:
+        changes.append((b"TCP6INTERFACE", ep.interface))
+    changes += [
+        (b"TCPREMOTEIP", _b(ep.remote_ip)),
+        (b"TCPREMOTEPORT", remote_port),
+        (b"TCPREMOTEHOST", ep.remote_host),
+    ]
+    if ep.v6sock:
+        changes += [
+            (b"TCP6REMOTEIP", _b(ep.remote_ip6)),
+            (b"TCP6REMOTEPORT", remote_port),
+            (b"TCP6REMOTEHOST", ep.remote_host),
+        ]
+    if ep.paranoid is not None:
+        changes.append((b"TCPPARANOID", ep.paranoid))
+    changes += [
+        (b"TCPREMOTEINFO", ep.remote_info),
+        (b"TCP6REMOTEINFO", ep.remote_info),
+    ]
+    return changes
+
+
+def apply(base: Mapping[bytes, bytes], changes: List[Change]) -> Environment:
+    """The program's environment: ``base`` with ``changes`` applied.
+
+    A set moves the variable to the end (as the C code appends it); a
+    value is cut at its first NUL, which a C string could not hold.
+    """
+    env = dict(base)
+    for name, value in changes:
+        if not name or b"=" in name or b"\0" in name:
+            continue  # no such variable can exist in an environment
+        env.pop(name, None)
+        if value is not None:
+            cut = value.find(b"\0")
+            env[name] = value if cut < 0 else value[:cut]
+    return env
+
+
+def inherited() -> Environment:
+    """The server's own environment, as bytes."""
+    return dict(os.environb)

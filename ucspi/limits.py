@@ -1,0 +1,132 @@
+"""Concurrency limits and the connection table.
+
+* :class:`Limit` is the ``-c`` value: a number, or a file read at
+  start-up and again on SIGHUP (a relative name is looked up in
+  ``$CONTROLDIR``, default ``/etc/indimail/control``).
+* :class:`Table` counts live connections, from ``accept`` to the exit of
+  their program, in total and per client address, and maps the pids of
+  running programs to their client, for the SIGUSR1/``-V`` dump and for
+  the per-host limit.  Unlike IndiMail's fixed slot array it does not
+  depend on the limit, so lowering the limit on SIGHUP loses nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Mapping, Optional, Tuple
+
+from ucspi.errors import Fatal, errtext
+from ucspi.log import Log
+from ucspi.options import DEFAULT_LIMIT, Options
+
+DEFAULT_CONTROLDIR = "/etc/indimail/control"
+
+
+def control_path(name: str, environ: Mapping[str, str] = os.environ) -> str:
+    """Where a ``-c`` file lives (made absolute once, at start-up)."""
+    if not name.startswith(("/", ".")):
+        base = environ.get("CONTROLDIR", DEFAULT_CONTROLDIR)
+        name = base.rstrip("/") + "/" + name
+    return os.path.abspath(name)
+
+
+def read_limit(path: str) -> Optional[int]:
+    """The limit in a ``-c`` file.
+
+    Returns:
+        The number on the first line, or ``None`` if the file does not
+        exist (the limit is then left as it is, as IndiMail does).
+
+    Raises:
+        OSError: the file cannot be read.
+        ValueError: the first line is not a positive number.
+    """
+    try:
+        with open(path, "rb") as handle:
+            first = handle.readline()
+    except FileNotFoundError:
+        return None
+    text = first.rstrip(b" \t\r\n")
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{path} does not hold a positive number")
+    return int(text)
+
+
+class Limit:
+    """The ``-c`` limit, with its file if it has one."""
+
+    def __init__(self, value: int, path: Optional[str] = None, shown: str = "") -> None:
+        self.value = value
+        self.path = path
+        self.shown = shown
+
+    @classmethod
+    def from_options(cls, opts: Options) -> "Limit":
+        """Read the limit file at start-up (errors are fatal, D10)."""
+        if opts.limit_file is None:
+            return cls(opts.limit)
+        limit = cls(DEFAULT_LIMIT, control_path(opts.limit_file), opts.limit_file)
+        try:
+            found = read_limit(limit.path or "")
+        except OSError as exc:
+            raise Fatal(f"unable to read {opts.limit_file}: {errtext(exc)}") from None
+        except ValueError as exc:
+            raise Fatal(str(exc)) from None
+        if found is not None:
+            limit.value = found
+        return limit
+
+    def reread(self, log: Log) -> None:
+        """SIGHUP: read the file again; on trouble warn and keep the old
+        value (D15: SIGHUP never kills the server)."""
+        if self.path is None:
+            return
+        try:
+            found = read_limit(self.path)
+        except OSError as exc:
+            log.warning(f"unable to read {self.shown}: {errtext(exc)}")
+            return
+        except ValueError as exc:
+            log.warning(f"{exc}, keeping {self.value}")
+            return
+        if found is not None:
+            self.value = found
+
+
+class Table:
+    """Live connections and running programs."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.hosts: Dict[str, int] = {}
+        self.children: Dict[int, str] = {}
+
+    def per_host(self, ip: str) -> int:
+        """Live connections from ``ip``."""
+        return self.hosts.get(ip, 0)
+
+    def open(self, ip: str) -> None:
+        self.count += 1
+        self.hosts[ip] = self.hosts.get(ip, 0) + 1
+
+    def close(self, ip: str) -> None:
+        self.count -= 1
+        left = self.hosts.get(ip, 1) - 1
+        if left > 0:
+            self.hosts[ip] = left
+        else:
+            self.hosts.pop(ip, None)
+
+    def started(self, pid: int, ip: str) -> None:
+        self.children[pid] = ip
+
+    def ended(self, pid: int) -> bool:
+        """A child was reaped; False if it was not one of ours."""
+        ip = self.children.pop(pid, None)
+        if ip is None:
+            return False
+        self.close(ip)
+        return True
+
+    def entries(self) -> List[Tuple[str, int]]:
+        return [(ip, pid) for pid, ip in self.children.items()]

@@ -1,0 +1,51 @@
+"""``-e pidfile``: refuse to start twice (IndiMail).
+
+If the file names a live process, start-up fails with IndiMail's words
+(``fatal:  already running``, two spaces).  Otherwise the file gets our
+pid, without a newline.  An empty or non-numeric file is stale (IndiMail
+reads it as pid 0, which always "exists").  The file is never removed.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ucspi.errors import Fatal, errtext
+
+
+def running(path: str) -> bool:
+    """Does ``path`` name a live process?"""
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read(64).strip()
+    except OSError:
+        return False
+    if not text.isdigit() or int(text) <= 0:
+        return False
+    try:
+        os.kill(int(text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def claim(path: str) -> None:
+    """Check and write the pid file.
+
+    Raises:
+        Fatal: already running, or the file cannot be written.
+    """
+    if running(path):
+        raise Fatal(" already running")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, b"%d" % os.getpid())
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise Fatal(f"couldn't open {path} for write: {errtext(exc)}") from None

@@ -1,0 +1,116 @@
+"""Dropping privileges after the listening socket is bound (D17).
+
+The identity is worked out at start-up (:func:`resolve`, so an unknown
+user or group is reported before anything is bound) and applied after
+``bind``/``listen`` (:func:`drop`): ``setgroups`` to exactly the target
+groups, then ``setgid``, then ``setuid``, then a check that root cannot
+be regained.
+
+What the options mean:
+
+* ``-u NAME``: that user's uid and primary gid.
+* ``-u NUMBER`` (or ``-U`` with ``$UID``): that uid; the gid is the
+  user's primary gid when the uid has a passwd entry, else unchanged.
+* ``-g GROUP[,GROUP...]`` (numbers or names; or ``-U`` with ``$GID``):
+  the first is the gid, all of them the supplementary groups.
+  It overrides the gid implied by ``-u``.
+* Whatever is chosen, the supplementary groups become exactly the
+  chosen group list (or ``[gid]``): root's groups never leak to the
+  program (IndiMail keeps them with a numeric ``-u``).
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+from dataclasses import dataclass
+from typing import List, Optional
+
+from ucspi.errors import Fatal, errtext
+
+
+@dataclass
+class Identity:
+    uid: Optional[int] = None
+    gid: Optional[int] = None
+    groups: Optional[List[int]] = None
+    explicit_gid: bool = False   # from -g or $GID, not implied by -u
+
+    def wanted(self) -> bool:
+        return self.uid is not None or self.gid is not None
+
+
+def _group(text: str) -> int:
+    if text.isascii() and text.isdigit():
+        return int(text)
+    try:
+        return grp.getgrnam(text).gr_gid
+    except KeyError:
+        raise Fatal(f"unable to set gid: unknown group {text}") from None
+
+
+def resolve(user: Optional[str], uid: Optional[int], gid: Optional[int],
+            groups: Optional[str]) -> Identity:
+    """Work out the target identity from the options.
+
+    Raises:
+        Fatal: an unknown user or group name.
+    """
+    ident = Identity(uid=uid, gid=gid)
+    if user is not None:
+        try:
+            entry = pwd.getpwnam(user)
+        except KeyError:
+            raise Fatal(f"unable to set user: unknown user {user}") from None
+        ident.uid, ident.gid = entry.pw_uid, entry.pw_gid
+    elif uid is not None and gid is None:
+        try:
+            ident.gid = pwd.getpwuid(uid).pw_gid
+        except KeyError:
+            ident.gid = None
+    if groups:
+        listed = [_group(g) for g in groups.split(",") if g]
+        if listed:
+            ident.gid, ident.groups = listed[0], listed
+            ident.explicit_gid = True
+    elif gid is not None:
+        ident.gid, ident.explicit_gid = gid, True
+    if ident.gid is not None and ident.groups is None:
+        ident.groups = [ident.gid]
+    return ident
+
+
+def drop(ident: Identity) -> None:
+    """Become ``ident``.
+
+    Raises:
+        Fatal: with the C texts ``unable to set gid: <err>`` /
+            ``unable to set uid: <err>``.
+    """
+    if not ident.wanted():
+        return
+    root = os.geteuid() == 0
+    if root or ident.explicit_gid:
+        gid = ident.gid if ident.gid is not None else os.getgid()
+        groups = ident.groups if ident.groups is not None else [gid]
+        try:
+            os.setgroups(groups)
+            os.setgid(gid)
+        except OSError as exc:
+            raise Fatal(f"unable to set gid: {errtext(exc)}") from None
+    if ident.uid is not None:
+        try:
+            os.setuid(ident.uid)
+        except OSError as exc:
+            raise Fatal(f"unable to set uid: {errtext(exc)}") from None
+        if ident.uid != 0:
+            _check_no_way_back()
+
+
+def _check_no_way_back() -> None:
+    try:
+        os.setuid(0)
+    except OSError:
+        return
+    raise Fatal("unable to set uid: root could be regained")

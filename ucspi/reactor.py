@@ -1,0 +1,170 @@
+"""A very small single-threaded reactor over :mod:`selectors`.
+
+tcpserver's parent is one event loop (DECISIONS D1): it accepts, runs
+the DNS and ident queries of many connections at once, and starts the
+programs.  asyncio would do, but it costs start-up time and memory that
+a super-server pays on every host, so this module gives the few pieces
+the server and the non-blocking DNS and ident drivers need:
+
+* ``add_reader``/``add_writer`` call a function when a descriptor is
+  ready (level-triggered, like ``selectors``);
+* ``call_at``/``call_later`` run a function at a ``time.monotonic()``
+  deadline and return a :class:`Timer` that can be cancelled;
+* ``run_once`` waits for the next event and dispatches it.
+
+Callbacks take no arguments (close over what they need).  A callback
+that raises is not caught here: the caller of ``run_once`` decides.
+
+Drivers written against this class can be tested alone: create a
+``Reactor``, start the operation, and call ``run_once`` until it is done.
+"""
+
+from __future__ import annotations
+
+import heapq
+import selectors
+import time
+from typing import Callable, Dict, List, Optional, Tuple
+
+Callback = Callable[[], None]
+
+_READ = selectors.EVENT_READ
+_WRITE = selectors.EVENT_WRITE
+
+
+class Timer:
+    """A pending call; ``cancel()`` makes sure it never runs."""
+
+    __slots__ = ("when", "callback", "cancelled")
+
+    def __init__(self, when: float, callback: Callback) -> None:
+        self.when = when
+        self.callback: Optional[Callback] = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.callback = None
+
+    def __lt__(self, other: "Timer") -> bool:
+        return self.when < other.when
+
+
+class Reactor:
+    """Descriptor readiness and deadlines, dispatched from one thread."""
+
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector()
+        # fd -> [reader callback, writer callback]
+        self._handlers: Dict[int, List[Optional[Callback]]] = {}
+        self._timers: List[Timer] = []
+        self._cancelled = 0
+
+    # -- time -----------------------------------------------------------
+    @staticmethod
+    def time() -> float:
+        """The reactor's clock: ``time.monotonic()``."""
+        return time.monotonic()
+
+    def call_at(self, when: float, callback: Callback) -> Timer:
+        """Run ``callback`` once at monotonic time ``when`` (or later)."""
+        timer = Timer(when, callback)
+        heapq.heappush(self._timers, timer)
+        return timer
+
+    def call_later(self, delay: float, callback: Callback) -> Timer:
+        """Run ``callback`` once, ``delay`` seconds from now."""
+        return self.call_at(time.monotonic() + delay, callback)
+
+    # -- descriptors ----------------------------------------------------
+    def _set(self, fd: int, index: int, callback: Optional[Callback]) -> None:
+        slot = self._handlers.get(fd)
+        if slot is None:
+            if callback is None:
+                return
+            slot = [None, None]
+            slot[index] = callback
+            self._handlers[fd] = slot
+            self.selector.register(fd, _READ if index == 0 else _WRITE, slot)
+            return
+        had = slot[index] is not None
+        slot[index] = callback
+        if had == (callback is not None):
+            return
+        mask = (_READ if slot[0] else 0) | (_WRITE if slot[1] else 0)
+        if mask:
+            self.selector.modify(fd, mask, slot)
+        else:
+            del self._handlers[fd]
+            self.selector.unregister(fd)
+
+    def add_reader(self, fd: int, callback: Callback) -> None:
+        """Call ``callback`` whenever ``fd`` is readable."""
+        self._set(fd, 0, callback)
+
+    def remove_reader(self, fd: int) -> None:
+        self._set(fd, 0, None)
+
+    def add_writer(self, fd: int, callback: Callback) -> None:
+        """Call ``callback`` whenever ``fd`` is writable."""
+        self._set(fd, 1, callback)
+
+    def remove_writer(self, fd: int) -> None:
+        self._set(fd, 1, None)
+
+    def forget(self, fd: int) -> None:
+        """Drop every handler of ``fd`` (call before closing it)."""
+        slot = self._handlers.pop(fd, None)
+        if slot is not None:
+            slot[0] = slot[1] = None
+            self.selector.unregister(fd)
+
+    def watching(self, fd: int) -> bool:
+        return fd in self._handlers
+
+    # -- dispatch -------------------------------------------------------
+    def _next_timeout(self, limit: Optional[float]) -> Optional[float]:
+        timers = self._timers
+        while timers and timers[0].cancelled:
+            heapq.heappop(timers)
+        if not timers:
+            return limit
+        delay = max(0.0, timers[0].when - time.monotonic())
+        return delay if limit is None else min(delay, limit)
+
+    def run_once(self, timeout: Optional[float] = None) -> None:
+        """Wait at most ``timeout`` seconds (``None``: until something
+        happens) for descriptors or deadlines, then run what is due."""
+        wait = self._next_timeout(timeout)
+        if wait is None and not self._handlers:
+            return
+        try:
+            events: List[Tuple[selectors.SelectorKey, int]] = self.selector.select(wait)
+        except InterruptedError:
+            events = []
+        for key, mask in events:
+            slot = key.data
+            if mask & _READ and slot[0] is not None:
+                slot[0]()
+            if mask & _WRITE and slot[1] is not None:
+                slot[1]()
+        self._run_timers()
+
+    def _run_timers(self) -> None:
+        timers = self._timers
+        now = time.monotonic()
+        while timers and timers[0].when <= now:
+            timer = heapq.heappop(timers)
+            callback = timer.callback
+            if callback is not None and not timer.cancelled:
+                timer.callback = None
+                callback()
+
+    def pending(self) -> bool:
+        """True while any descriptor is watched or any timer waits."""
+        return bool(self._handlers) or any(not t.cancelled for t in self._timers)
+
+    def close(self) -> None:
+        self.selector.close()
+        self._handlers.clear()
+        self._timers.clear()

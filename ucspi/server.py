@@ -1,0 +1,333 @@
+"""tcpserver's parent process: start-up and the event loop.
+
+The design (DECISIONS D1-D5) in one paragraph: one single-threaded loop
+waits on the listening sockets, the connections being set up, and a
+wake-up pipe that signals write into.  It accepts while below the ``-c``
+limit, lets each :class:`~ucspi.conn.Connection` write its banner and
+run its DNS and ident queries, applies the rules, and starts the program
+with ``os.posix_spawn`` (fd 0 and 1 on the socket, the built environment,
+default signal dispositions).  The interpreter is never forked on this
+path.  SIGCHLD reaps every child; SIGHUP re-reads the ``-c`` file;
+SIGUSR1 dumps the connection table; SIGTERM exits at once, leaving the
+programs running.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import sys
+from typing import Any, Dict, List, Optional
+
+from ucspi import environ, limits
+from ucspi.conn import Connection
+from ucspi.errors import EXIT_TEMP, EXIT_USAGE, Fatal, UcspiError, UsageError, errtext
+from ucspi.listen import Listener
+from ucspi.log import Log, connection_fields
+from ucspi.options import USAGE, OptionError, Options, parse
+from ucspi.reactor import Reactor
+
+HANDLED = (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
+#: dispositions the program must get back (Python ignores SIGPIPE/SIGXFSZ)
+SIGDEF = (signal.SIGPIPE, signal.SIGXFSZ) + HANDLED
+ACCEPT_BACKOFF = 0.1
+DNS_CONFIG_AGE = 600.0
+
+
+class Server:
+    """The running server: listening sockets, limits, children."""
+
+    def __init__(self, opts: Options, log: Log, listener: Listener,
+                 limit: limits.Limit) -> None:
+        self.opts = opts
+        self.log = log
+        self.listener = listener
+        self.limit = limit
+        self.reactor = Reactor()
+        self.table = limits.Table()
+        self.base_env = environ.inherited()
+        self.localname = os.fsencode(opts.localname) if opts.localname is not None else None
+        self.argv0 = opts.argv[0]
+        self.spawn = os.posix_spawn if "/" in self.argv0 else os.posix_spawnp
+        self.accepting = False
+        self._dns: Any = None
+        self._dns_loaded = 0.0
+
+    # -- the loop ---------------------------------------------------------
+    def run(self) -> None:
+        """Serve until SIGTERM."""
+        self._signals()
+        self.status()
+        self._watch(True)
+        run_once = self.reactor.run_once
+        while True:
+            run_once(None)
+
+    def _watch(self, on: bool) -> None:
+        if on == self.accepting:
+            return
+        self.accepting = on
+        for sock in self.listener.sockets:
+            if on:
+                self.reactor.add_reader(sock.fileno(), lambda s=sock: self._accept(s))
+            else:
+                self.reactor.remove_reader(sock.fileno())
+
+    def _accept(self, lsock: Any) -> None:
+        while self.table.count < self.limit.value:
+            try:
+                sock, peer = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                    continue
+                self._backoff()  # EMFILE, ENFILE, ENOBUFS, ENOMEM... (D16)
+                return
+            self._connection(sock, peer)
+        self._watch(False)
+
+    def _backoff(self) -> None:
+        self._watch(False)
+        self.reactor.call_later(ACCEPT_BACKOFF, self._resume)
+
+    def _resume(self) -> None:
+        if self.table.count < self.limit.value:
+            self._watch(True)
+
+    def _connection(self, sock: Any, peer: Any) -> None:
+        conn = Connection(self, sock, peer)
+        ip = conn.ep.remote_ip
+        if not self.opts.rules:
+            count = self.table.per_host(ip)
+            if self.opts.max_per_host and count >= self.opts.max_per_host:
+                self.log.per_host(ip, count)
+                sock.close()
+                return
+        self.table.open(ip)
+        self.status()
+        conn.start()
+
+    # -- after the lookups ----------------------------------------------
+    def ready(self, conn: Connection) -> None:
+        """The connection knows everything: apply rules, start the program."""
+        ep = conn.ep
+        changes = environ.connection_changes(ep)
+        max_per_host = self.opts.max_per_host
+        if self.opts.rules is not None:
+            decision = self._rules(conn)
+            if decision is False:
+                return
+            if decision is not None:
+                changes += decision.changes
+                if decision.deny:
+                    self._deny(conn)
+                    return
+                if decision.maxperip is not None:
+                    max_per_host = decision.maxperip
+            count = self.table.per_host(ep.remote_ip) - 1
+            if max_per_host and count >= max_per_host:
+                self.log.per_host(ep.remote_ip, count)
+                self._finish(conn)
+                return
+        self._start(conn, environ.apply(self.base_env, changes))
+
+    def _rules(self, conn: Connection) -> Any:
+        from ucspi import rules
+        ep = conn.ep
+        host = ep.remote_host.decode("latin-1") if ep.remote_host is not None else None
+        assert self.opts.rules is not None
+        try:
+            return rules.check(self.opts.rules, self.opts.rules_missing_ok,
+                               ep.remote_ip, host, ep.remote_info)
+        except (OSError, UcspiError) as exc:
+            self.drop(conn, f"unable to read {self.opts.rules}", exc)
+            return False
+
+    def _fields(self, conn: Connection) -> bytes:
+        ep = conn.ep
+        return connection_fields(ep.local_host, ep.local_ip, ep.local_port,
+                                 ep.remote_host, ep.remote_ip, ep.remote_info,
+                                 ep.remote_port)
+
+    def _deny(self, conn: Connection) -> None:
+        self.log.verdict(False, 0, self._fields(conn))
+        self._finish(conn)
+
+    def _start(self, conn: Connection, env: Dict[bytes, bytes]) -> None:
+        fd = conn.fd
+        try:
+            pid = self.spawn(
+                self.argv0, self.opts.argv, env,
+                file_actions=[(os.POSIX_SPAWN_DUP2, fd, 0), (os.POSIX_SPAWN_DUP2, fd, 1)],
+                setsigdef=SIGDEF, setsigmask=(),
+            )
+        except (OSError, ValueError) as exc:
+            self.drop(conn, f"unable to run {self.argv0}", exc)
+            return
+        self.table.started(pid, conn.ep.remote_ip)
+        log = self.log
+        if log.verbosity >= 2:
+            log.pid(pid, conn.ep.remote_ip)
+            log.verdict(True, pid, self._fields(conn))
+        conn.close()
+
+    def drop(self, conn: Connection, what: str, exc: BaseException) -> None:
+        """``warning: dropping connection, <what>: <err>``; close it."""
+        self.log.drop(f"{what}: {errtext(exc)}")
+        self._finish(conn)
+
+    def _finish(self, conn: Connection) -> None:
+        """A connection that ends without a program."""
+        conn.close()
+        self.table.close(conn.ep.remote_ip)
+        self._after_close()
+
+    def _after_close(self) -> None:
+        self.status()
+        if not self.accepting and self.table.count < self.limit.value:
+            self._watch(True)
+
+    def status(self) -> None:
+        self.log.status(self.table.count, self.limit.value)
+        if self.opts.table_after_status:
+            self.log.table(self.table.entries())
+
+    # -- DNS configuration --------------------------------------------------
+    def dns_config(self) -> Any:
+        """The resolver settings, re-read every 10 minutes."""
+        now = self.reactor.time()
+        if self._dns is None or now - self._dns_loaded > DNS_CONFIG_AGE:
+            from ucspi import dns
+            self._dns = dns.DnsConfig.load(os.environ, self.opts.ipv4_only)
+            self._dns_loaded = now
+        return self._dns
+
+    # -- signals --------------------------------------------------------
+    def _signals(self) -> None:
+        rfd, wfd = os.pipe()
+        os.set_blocking(rfd, False)
+        os.set_blocking(wfd, False)
+        signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
+        for sig in HANDLED:
+            signal.signal(sig, _record)
+        self._wakeup = rfd
+        self.reactor.add_reader(rfd, self._on_signal)
+
+    def _on_signal(self) -> None:
+        try:
+            data = os.read(self._wakeup, 512)
+        except (BlockingIOError, InterruptedError):
+            return
+        for number in sorted(set(data), key=data.index):
+            if number == signal.SIGTERM:
+                os._exit(0)
+            elif number == signal.SIGCHLD:
+                self._reap()
+            elif number == signal.SIGHUP:
+                self._sighup()
+            elif number == signal.SIGUSR1:
+                if self.log.verbosity >= 1:
+                    self.log.table(self.table.entries())
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+            if pid == 0:
+                return
+            if self.table.ended(pid):
+                self.log.end(pid, status)
+                self._after_close()
+
+    def _sighup(self) -> None:
+        self.limit.reread(self.log)
+        self.log.sighup(self.table.count, self.limit.value)
+        self._dns = None
+        if not self.accepting and self.table.count < self.limit.value:
+            self._watch(True)
+
+
+def _record(signum: int, frame: Any) -> None:
+    """Signal handler: nothing to do, the wake-up fd carries the number."""
+
+
+def _quiet_stdio(print_port: Optional[int]) -> None:
+    if print_port is not None:
+        try:
+            os.write(1, b"%d\n" % print_port)
+        except OSError:
+            pass
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1):
+        if fd != null:
+            os.dup2(null, fd)
+    if null > 2:
+        os.close(null)
+
+
+def _setup(opts: Options, log: Log) -> Server:
+    from ucspi import listen, pidfile, privs
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if opts.refused:
+        raise UsageError("not implemented yet: " + ", ".join(opts.refused))
+    limit = limits.Limit.from_options(opts)
+    ident = privs.resolve(opts.user, opts.uid, opts.gid, opts.groups)
+    port = listen.parse_port(opts.port)
+    if opts.pidfile is not None:
+        pidfile.claim(opts.pidfile)
+
+    def resolve(host: str) -> List[Any]:
+        from ucspi import dns
+        return dns.qualify(dns.DnsConfig.load(os.environ, opts.ipv4_only), host)
+
+    ipv4, address, scope = listen.host_address(opts.host, opts.ipv4_only, resolve)
+    scope = scope or listen.interface_index(opts.interface)
+    listener = listen.open_listener(ipv4, address, scope, port, opts.backlog)
+    privs.drop(ident)
+    _quiet_stdio(listener.port if opts.print_port else None)
+    return Server(opts, log, listener, limit)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """The tcpserver command.  Returns the exit code (never on success:
+    the server runs until SIGTERM)."""
+    args = sys.argv[1:] if argv is None else argv
+    log = Log(1)
+    try:
+        opts = parse(args)
+    except OptionError as exc:
+        log.line(os.fsencode(str(exc)))
+        _write_usage()
+        return EXIT_USAGE
+    except UsageError as exc:
+        if str(exc):
+            log.line(b"fatal: " + os.fsencode(str(exc)))
+        elif not getattr(exc, "quiet", False):
+            _write_usage()
+        return EXIT_USAGE
+    log.verbosity = opts.verbosity
+    try:
+        server = _setup(opts, log)
+        server.run()
+    except UsageError as exc:
+        log.line(b"fatal: " + os.fsencode(str(exc)))
+        return EXIT_USAGE
+    except Fatal as exc:
+        log.fatal(str(exc))
+        return exc.code
+    except KeyboardInterrupt:
+        return EXIT_TEMP
+    return 0
+
+
+def _write_usage() -> None:
+    try:
+        os.write(2, USAGE.encode())
+    except OSError:
+        pass
