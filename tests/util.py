@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from typing import NoReturn
+from typing import List, NoReturn
 
 import pytest
 
@@ -51,6 +51,6 @@ def need_root() -> None:
         missing("root privileges")
 
 
-def ours(*args: str) -> list:
+def ours(*args: str) -> List[str]:
     """argv that runs our tcpserver with the current interpreter."""
     return [PYTHON, TCPSERVER, *args]

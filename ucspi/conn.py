@@ -43,12 +43,11 @@ def render_local(text: str, v6sock: bool, force6: bool) -> tuple:  # type: ignor
 class Connection:
     """The state of one connection until its program starts."""
 
-    def __init__(self, server: "Server", sock: socket.socket, peer: Any) -> None:
+    def __init__(self, server: "Server", sock: socket.socket, peer: Any, v6sock: bool) -> None:
         self.server = server
         self.sock = sock
         self.fd = sock.fileno()
         opts = server.opts
-        v6sock = sock.family == socket.AF_INET6
         self.v4client: bool
         remote, remote6, self.v4client = render_local(peer[0], v6sock, opts.force_ipv6)
         self.ep = Endpoints(
@@ -196,5 +195,7 @@ class Connection:
         for handle in self.handles:
             handle.cancel()
         self.handles = []
-        self.server.reactor.forget(self.fd)
+        reactor = self.server.reactor
+        if reactor.watching(self.fd):
+            reactor.forget(self.fd)
         self.sock.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import socket
 import sys
 from typing import Any, Dict, List, Optional
 
@@ -46,7 +47,7 @@ class Server:
         self.limit = limit
         self.reactor = Reactor()
         self.table = limits.Table()
-        self.base_env = environ.inherited()
+        self.env = environ.Builder(environ.inherited())
         self.localname = os.fsencode(opts.localname) if opts.localname is not None else None
         self.argv0 = opts.argv[0]
         self.spawn = os.posix_spawn if "/" in self.argv0 else os.posix_spawnp
@@ -75,9 +76,12 @@ class Server:
                 self.reactor.remove_reader(sock.fileno())
 
     def _accept(self, lsock: Any) -> None:
+        family = lsock.family
+        v6sock = family == socket.AF_INET6
+        accept = lsock._accept  # (fd, address): no socket object until needed
         while self.table.count < self.limit.value:
             try:
-                sock, peer = lsock.accept()
+                fd, peer = accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -85,7 +89,7 @@ class Server:
                     continue
                 self._backoff()  # EMFILE, ENFILE, ENOBUFS, ENOMEM... (D16)
                 return
-            self._connection(sock, peer)
+            self._connection(socket.socket(family, socket.SOCK_STREAM, 0, fd), peer, v6sock)
         self._watch(False)
 
     def _backoff(self) -> None:
@@ -96,8 +100,8 @@ class Server:
         if self.table.count < self.limit.value:
             self._watch(True)
 
-    def _connection(self, sock: Any, peer: Any) -> None:
-        conn = Connection(self, sock, peer)
+    def _connection(self, sock: Any, peer: Any, v6sock: bool) -> None:
+        conn = Connection(self, sock, peer, v6sock)
         ip = conn.ep.remote_ip
         if not self.opts.rules:
             count = self.table.per_host(ip)
@@ -114,13 +118,14 @@ class Server:
         """The connection knows everything: apply rules, start the program."""
         ep = conn.ep
         changes = environ.connection_changes(ep)
-        max_per_host = self.opts.max_per_host
+        more: List[environ.Change] = []
         if self.opts.rules is not None:
+            max_per_host = self.opts.max_per_host
             decision = self._rules(conn)
             if decision is False:
                 return
             if decision is not None:
-                changes += decision.changes
+                more = decision.changes
                 if decision.deny:
                     self._deny(conn)
                     return
@@ -131,7 +136,7 @@ class Server:
                 self.log.per_host(ep.remote_ip, count)
                 self._finish(conn)
                 return
-        self._start(conn, environ.apply(self.base_env, changes))
+        self._start(conn, self.env.build(ep.v6sock, changes, more))
 
     def _rules(self, conn: Connection) -> Any:
         from ucspi import rules
