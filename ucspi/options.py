@@ -278,4 +278,6 @@ def parse(argv: List[str], environ: Mapping[str, str] = os.environ) -> Options:
         raise _missing(opts)
     opts.port = rest[1]
     opts.argv = rest[2:]
+    if opts.argv[0].endswith(".so"):
+        opts.refused.append("shared-object programs (prog.so)")
     return opts

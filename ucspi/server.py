@@ -15,6 +15,7 @@ programs running.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import signal
 import socket
@@ -71,7 +72,7 @@ class Server:
         self.accepting = on
         for sock in self.listener.sockets:
             if on:
-                self.reactor.add_reader(sock.fileno(), lambda s=sock: self._accept(s))
+                self.reactor.add_reader(sock.fileno(), functools.partial(self._accept, sock))
             else:
                 self.reactor.remove_reader(sock.fileno())
 

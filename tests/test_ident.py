@@ -1,0 +1,363 @@
+"""The ident client against the real oidentd and against loopback fakes
+(subsystems spec 5, DECISIONS D51)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import time
+from typing import Iterator, List, Optional, Tuple
+
+import pytest
+
+from tests.fix_ident import (  # noqa: F401  (identd is a fixture)
+    DRIBBLE, HANG, RESET, FakeIdentd, FullBacklog, Identd, Step, closed_port, identd)
+from ucspi import ident
+from ucspi.reactor import Reactor
+
+JOE = b"40123 , 25 : USERID : UNIX : joe\r\n"
+
+
+@pytest.fixture
+def reactor() -> Iterator[Reactor]:
+    r = Reactor()
+    yield r
+    r.close()
+
+
+def run(reactor: Reactor, results: List[Optional[bytes]], count: int = 1,
+        limit: float = 10.0) -> float:
+    """Run the reactor until ``count`` results; return the time taken."""
+    start = time.monotonic()
+    while len(results) < count:
+        assert time.monotonic() - start < limit, "lookup never finished"
+        reactor.run_once(0.1)
+    return time.monotonic() - start
+
+
+def fake_lookup(reactor: Reactor, fake: FakeIdentd, results: List[Optional[bytes]],
+                timeout: float = 5.0, local_ip: str = "127.0.0.1") -> ident.IdentLookup:
+    return ident.lookup(reactor, local_ip, fake.ip, 40123, 25, timeout,
+                        results.append, port=fake.port)
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+# -- the real oidentd ---------------------------------------------------
+
+@pytest.fixture
+def tcp_pair() -> Iterator[Tuple[socket.socket, socket.socket]]:
+    """(server side, client side) of a real connection over 127.0.0.1."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    with server, client:
+        yield server, client
+
+
+def test_oidentd_blocking(identd: Identd, tcp_pair: Tuple[socket.socket, socket.socket]) -> None:
+    server, _ = tcp_pair
+    local_ip, local_port = server.getsockname()
+    remote_ip, remote_port = server.getpeername()
+    value = ident.query(local_ip, remote_ip, remote_port, local_port, 5, port=identd.port)
+    assert value == identd.user_bytes
+
+
+def test_oidentd_on_reactor(identd: Identd, reactor: Reactor,
+                            tcp_pair: Tuple[socket.socket, socket.socket]) -> None:
+    server, _ = tcp_pair
+    local_ip, local_port = server.getsockname()
+    remote_ip, remote_port = server.getpeername()
+    results: List[Optional[bytes]] = []
+    ident.lookup(reactor, local_ip, remote_ip, remote_port, local_port, 5,
+                 results.append, port=identd.port)
+    run(reactor, results)
+    assert results == [identd.user_bytes]
+
+
+def test_oidentd_ipv4_mapped(identd: Identd, tcp_pair: Tuple[socket.socket, socket.socket]) -> None:
+    server, _ = tcp_pair
+    local_port = server.getsockname()[1]
+    remote_port = server.getpeername()[1]
+    value = ident.query("::ffff:127.0.0.1", "::ffff:127.0.0.1", remote_port, local_port, 5,
+                        port=identd.port)
+    assert value == identd.user_bytes
+
+
+def test_oidentd_no_such_connection(identd: Identd) -> None:
+    """oidentd says ERROR : NO-USER: set but empty."""
+    port = closed_port()
+    assert ident.query("127.0.0.1", "127.0.0.1", port, port, 5, port=identd.port) == b""
+
+
+# -- fakes: replies -----------------------------------------------------
+
+def test_request_line_and_source_address(reactor: Reactor) -> None:
+    with FakeIdentd([JOE]) as fake:
+        results: List[Optional[bytes]] = []
+        fake_lookup(reactor, fake, results, local_ip="127.0.0.7")
+        run(reactor, results)
+        assert results == [b"joe"]
+        assert fake.requests == [b"40123 , 25\r\n"]
+        assert fake.peers[0][0] == "127.0.0.7"
+
+
+@pytest.mark.parametrize("steps, value", [
+    ([b"40123 , 25 : ERROR : NO-USER\r\n"], b""),
+    ([b"40123 , 25 : ERROR : HIDDEN-USER\r\n", HANG], b""),
+    ([b"garbage\r\n"], b""),
+    ([b"\x00\xff:::\x01\x02 \x03\n"], b"\x01\x02\x03"),
+    ([b"1,2:USERID:OTHER:a:b\r\n"], b"a:b"),
+    ([b"1,2:USERID:UNIX:" + b"a" * 300, HANG], b"a" * 257),
+    ([b"1,2:USERID:UNIX:", 0.05, b"jo", 0.05, b"e\r", 0.05, b"\n"], b"joe"),
+    ([b"1,2:USERID:UNIX:joe"], None),                # closed before LF
+    ([b"1,2:USERID:UNIX:joe", RESET], None),
+    ([], None),                                      # closed at once
+    ([RESET], None),
+])
+def test_fake_replies(reactor: Reactor, steps: List[Step], value: Optional[bytes]) -> None:
+    with FakeIdentd(steps) as fake:
+        results: List[Optional[bytes]] = []
+        fake_lookup(reactor, fake, results, timeout=3)
+        elapsed = run(reactor, results)
+    assert results == [value]
+    assert elapsed < 2
+
+
+def test_blocking_query_with_fake() -> None:
+    with FakeIdentd([JOE]) as fake:
+        assert ident.query("127.0.0.1", fake.ip, 1, 2, 5, port=fake.port) == b"joe"
+        assert fake.requests == [b"1 , 2\r\n"]
+
+
+def test_port_module_attribute(reactor: Reactor, monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeIdentd([JOE]) as fake:
+        monkeypatch.setattr(ident, "PORT", fake.port)
+        assert ident.query("127.0.0.1", fake.ip, 1, 2, 5) == b"joe"
+
+
+def test_ipv6_loopback(reactor: Reactor) -> None:
+    with FakeIdentd([b"1 , 2 : USERID : UNIX : six\r\n"], ip="::1") as fake:
+        results: List[Optional[bytes]] = []
+        ident.lookup(reactor, "::1", "::1", 1, 2, 5, results.append, 0, port=fake.port)
+        run(reactor, results)
+        assert results == [b"six"]
+        assert fake.peers[0][0] == "::1"
+
+
+# -- fakes: deadlines ---------------------------------------------------
+
+def test_slow_reply_within_deadline(reactor: Reactor) -> None:
+    with FakeIdentd([DRIBBLE(JOE, 0.01)]) as fake:
+        results: List[Optional[bytes]] = []
+        fake_lookup(reactor, fake, results, timeout=3)
+        elapsed = run(reactor, results)
+    assert results == [b"joe"]
+    assert elapsed >= 0.3
+
+
+def test_slow_reply_past_overall_deadline(reactor: Reactor) -> None:
+    """Bytes keep coming, but the deadline is for the whole reply."""
+    with FakeIdentd([DRIBBLE(JOE, 0.05)]) as fake:
+        results: List[Optional[bytes]] = []
+        fake_lookup(reactor, fake, results, timeout=0.5)
+        elapsed = run(reactor, results)
+    assert results == [None]
+    assert 0.45 <= elapsed < 1.0
+
+
+@pytest.mark.parametrize("blank", [b" ", b"\r", b"\t"])
+def test_endless_blanks_without_newline(reactor: Reactor, blank: bytes) -> None:
+    """Blanks never complete the value: the deadline ends the lookup."""
+    with FakeIdentd([b"1,2:USERID:UNIX:", DRIBBLE(blank * 100000, 0.001)]) as fake:
+        results: List[Optional[bytes]] = []
+        fake_lookup(reactor, fake, results, timeout=0.5)
+        elapsed = run(reactor, results)
+    assert results == [None]
+    assert 0.45 <= elapsed < 1.0
+
+
+@pytest.mark.parametrize("head, endless, value", [
+    (b"1,2:USERID:UNIX:", b":", b":" * 257),
+    (b"1,2", b"x:", b"x:" * 128 + b"x"),
+    (b"", b"a", None),                 # no third colon: never completes
+])
+def test_endless_reply_without_newline(reactor: Reactor, head: bytes, endless: bytes,
+                                       value: Optional[bytes]) -> None:
+    with FakeIdentd([head, endless * 5000, HANG]) as fake:
+        results: List[Optional[bytes]] = []
+        fake_lookup(reactor, fake, results, timeout=0.5)
+        run(reactor, results)
+    assert results == [value]
+
+
+def test_accept_and_never_answer(reactor: Reactor) -> None:
+    with FakeIdentd([HANG]) as fake:
+        results: List[Optional[bytes]] = []
+        fake_lookup(reactor, fake, results, timeout=0.5)
+        elapsed = run(reactor, results)
+        assert fake.requests == [b"40123 , 25\r\n"]
+    assert results == [None]
+    assert 0.45 <= elapsed < 1.0
+
+
+def test_never_reads_the_query(reactor: Reactor) -> None:
+    with FakeIdentd([HANG], read_request=False) as fake:
+        results: List[Optional[bytes]] = []
+        fake_lookup(reactor, fake, results, timeout=0.4)
+        elapsed = run(reactor, results)
+    assert results == [None]
+    assert 0.35 <= elapsed < 1.0
+
+
+def test_connect_timeout(reactor: Reactor) -> None:
+    with FullBacklog() as full:
+        results: List[Optional[bytes]] = []
+        ident.lookup(reactor, "127.0.0.1", full.ip, 1, 2, 0.5, results.append, port=full.port)
+        elapsed = run(reactor, results)
+    assert results == [None]
+    assert 0.45 <= elapsed < 1.0
+
+
+def test_refused(reactor: Reactor) -> None:
+    results: List[Optional[bytes]] = []
+    ident.lookup(reactor, "127.0.0.1", "127.0.0.1", 1, 2, 5, results.append,
+                 port=closed_port())
+    assert run(reactor, results) < 0.5
+    assert results == [None]
+    assert ident.query("127.0.0.1", "127.0.0.1", 1, 2, 5, port=closed_port()) is None
+
+
+@pytest.mark.parametrize("timeout", [0, 0.0, -1])
+def test_zero_timeout_fails_at_once(reactor: Reactor, timeout: float) -> None:
+    with FakeIdentd([JOE]) as fake:
+        results: List[Optional[bytes]] = []
+        fake_lookup(reactor, fake, results, timeout=timeout)
+        assert results == []               # never from inside lookup()
+        assert run(reactor, results) < 0.1
+        time.sleep(0.05)
+        assert fake.connections == 0
+    assert results == [None]
+    assert ident.query("127.0.0.1", fake.ip, 1, 2, timeout, port=fake.port) is None
+
+
+@pytest.mark.parametrize("local_ip, remote_ip", [
+    ("127.0.0.1", "not-an-ip"),
+    ("bogus", "127.0.0.1"),
+    ("127.0.0.1", "::1"),                  # families differ
+    ("::1", "127.0.0.1"),
+    ("192.0.2.1", "127.0.0.1"),            # not ours: bind fails
+    ("::1%no-such-if", "::1"),
+    ("", ""),
+])
+def test_bad_addresses_fail(reactor: Reactor, local_ip: str, remote_ip: str) -> None:
+    results: List[Optional[bytes]] = []
+    ident.lookup(reactor, local_ip, remote_ip, 1, 2, 5, results.append, port=closed_port())
+    assert results == []
+    assert run(reactor, results) < 0.5
+    assert results == [None]
+
+
+def test_bad_port_raises(reactor: Reactor) -> None:
+    with pytest.raises(ValueError):
+        ident.lookup(reactor, "127.0.0.1", "127.0.0.1", 70000, 2, 5, lambda v: None)
+
+
+# -- many at once, cancel, no leaks -------------------------------------
+
+def test_concurrent_lookups_do_not_block_the_reactor(reactor: Reactor) -> None:
+    fakes = [FakeIdentd([1.0, b"1 , 2 : USERID : UNIX : user%d\r\n" % i]) for i in range(20)]
+    try:
+        results: List[Tuple[int, Optional[bytes]]] = []
+        ticks: List[float] = []
+
+        def collect(i: int, value: Optional[bytes]) -> None:
+            results.append((i, value))
+
+        def tick() -> None:
+            ticks.append(time.monotonic())
+            if len(results) < len(fakes):
+                reactor.call_later(0.02, tick)
+
+        tick()
+        start = time.monotonic()
+        for i, fake in enumerate(fakes):
+            ident.lookup(reactor, "127.0.0.1", fake.ip, 1, 2, 5,
+                         functools.partial(collect, i), port=fake.port)
+        while len(results) < len(fakes):
+            assert time.monotonic() - start < 5
+            reactor.run_once(0.5)
+        elapsed = time.monotonic() - start
+    finally:
+        for fake in fakes:
+            fake.stop()
+    assert sorted(results) == [(i, b"user%d" % i) for i in range(20)]
+    assert 0.95 <= elapsed < 1.6
+    gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+    assert len(ticks) >= 30
+    assert max(gaps) < 0.25
+
+
+def test_cancel(reactor: Reactor) -> None:
+    before = open_fds()
+    with FakeIdentd([HANG]) as fake:
+        results: List[Optional[bytes]] = []
+        job = fake_lookup(reactor, fake, results, timeout=0.3)
+        deadline = time.monotonic() + 2
+        while not fake.requests and time.monotonic() < deadline:
+            reactor.run_once(0.05)
+        assert fake.requests
+        job.cancel()
+        assert job.finished
+        assert not reactor.pending()
+        time.sleep(0.4)
+        reactor.run_once(0)
+        job.cancel()                       # twice: harmless
+    assert results == []
+    assert open_fds() == before            # the fake is gone too now
+
+
+def test_cancel_before_first_turn(reactor: Reactor) -> None:
+    results: List[Optional[bytes]] = []
+    job = ident.lookup(reactor, "127.0.0.1", "127.0.0.1", 1, 2, 0, results.append)
+    job.cancel()
+    reactor.run_once(0.05)
+    assert results == []
+    assert not reactor.pending()
+
+
+def test_cancel_after_done_is_harmless(reactor: Reactor) -> None:
+    with FakeIdentd([JOE]) as fake:
+        results: List[Optional[bytes]] = []
+        job = fake_lookup(reactor, fake, results)
+        run(reactor, results)
+        job.cancel()
+    assert results == [b"joe"]
+
+
+def test_no_descriptor_leaks(reactor: Reactor) -> None:
+    results: List[Optional[bytes]] = []
+    with FakeIdentd([JOE]) as warm:         # lazy imports, caches
+        fake_lookup(reactor, warm, results)
+        run(reactor, results)
+    before = open_fds()
+    results.clear()
+    with FakeIdentd([JOE]) as good, FakeIdentd([b"x"]) as bad, \
+            FakeIdentd([HANG]) as slow:
+        refused = closed_port()
+        for _ in range(20):
+            fake_lookup(reactor, good, results)
+            fake_lookup(reactor, bad, results)
+            fake_lookup(reactor, slow, results, timeout=0.2)
+            ident.lookup(reactor, "127.0.0.1", "127.0.0.1", 1, 2, 5, results.append,
+                         port=refused)
+        run(reactor, results, 80)
+        assert not reactor.pending()
+    assert results.count(b"joe") == 20
+    assert results.count(None) == 60
+    assert open_fds() == before            # fakes stopped: only ours could be left

@@ -1,0 +1,389 @@
+"""Packaging: the zipapp, ``python3 -m ucspi``, a copied folder, the
+console scripts of setup.cfg, pyproject.toml, tox.ini and .ci/run.
+
+The zipapp is built once per module into a temporary folder and run in
+isolated mode (``python3 -I``) from another folder, so nothing of the
+checkout can leak in: what passes here works on a bare host.
+"""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import contextlib
+import importlib
+import importlib.util
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import pytest
+
+from tests.util import PYTHON, ROOT
+
+BUILD_PYZ = os.path.join(ROOT, "tools", "build_pyz.py")
+SETUP_CFG = os.path.join(ROOT, "setup.cfg")
+TIMEOUT = 20
+
+
+def have(module: str) -> bool:
+    """Whether ``module`` exists in the checkout (others may still be
+    writing it)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
+
+
+def need_module(module: str) -> None:
+    if not have(module):
+        pytest.skip(f"{module} is not written yet")
+
+
+def run(argv: List[str], cwd: Optional[str] = None,
+        env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, timeout=TIMEOUT)
+
+
+def build_tool():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("build_pyz", BUILD_PYZ)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def pyz(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """tcpserver.pyz built with the documented command."""
+    folder = tmp_path_factory.mktemp("pyz")
+    out = str(folder / "tcpserver.pyz")
+    result = run([PYTHON, BUILD_PYZ, "-o", out], cwd=str(folder))
+    assert result.returncode == 0, result.stderr
+    assert b"wrote" in result.stdout
+    return out
+
+
+@pytest.fixture
+def elsewhere(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An empty working folder far from the checkout."""
+    return str(tmp_path_factory.mktemp("cwd"))
+
+
+# -- the archive itself ----------------------------------------------------
+
+def test_pyz_is_an_executable_zipapp(pyz: str) -> None:
+    with open(pyz, "rb") as f:
+        assert f.readline() == b"#!/usr/bin/env python3\n"
+    assert os.stat(pyz).st_mode & 0o111 == 0o111
+    with zipfile.ZipFile(pyz) as archive:
+        names = archive.namelist()
+    assert names[0] == "__main__.py"
+    assert "ucspi/__init__.py" in names and "ucspi/__main__.py" in names
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    assert all(n == "__main__.py" or n.startswith("ucspi/") for n in names)
+
+
+def test_pyz_holds_every_module_of_the_package(pyz: str) -> None:
+    on_disk = sorted(
+        "ucspi/" + n for n in os.listdir(os.path.join(ROOT, "ucspi")) if n.endswith(".py")
+    )
+    with zipfile.ZipFile(pyz) as archive:
+        stored = sorted(n for n in archive.namelist() if n.startswith("ucspi/"))
+        assert [n for n in stored if n.endswith(".py")] == on_disk
+        for name in on_disk:
+            with open(os.path.join(ROOT, name), "rb") as f:
+                assert archive.read(name) == f.read(), name
+
+
+def test_build_is_reproducible(pyz: str, tmp_path: Path) -> None:
+    again = os.path.join(str(tmp_path), "again.pyz")
+    tool = build_tool()
+    count = tool.build(again)
+    with zipfile.ZipFile(again) as archive:
+        assert count == len(archive.namelist())
+    with open(pyz, "rb") as a, open(again, "rb") as b:
+        assert a.read() == b.read()
+
+
+def test_build_replaces_output_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    out = os.path.join(str(tmp_path), "x.pyz")
+    with open(out, "w") as f:
+        f.write("old")
+    assert build_tool().main(["-o", out]) == 0
+    assert zipfile.is_zipfile(out)
+    assert os.listdir(str(tmp_path)) == ["x.pyz"]
+
+
+def test_build_error_is_one_line_and_exit_111(tmp_path: Path) -> None:
+    out = os.path.join(str(tmp_path), "missing", "x.pyz")
+    result = run([PYTHON, BUILD_PYZ, "-o", out])
+    assert result.returncode == 111
+    assert result.stderr.startswith(b"build_pyz: fatal: unable to build ")
+    assert result.stderr.count(b"\n") == 1
+
+
+def test_build_without_package_fails_cleanly(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        build_tool().build(os.path.join(str(tmp_path), "x.pyz"), root=str(tmp_path))
+    assert os.listdir(str(tmp_path)) == []
+
+
+# -- running it --------------------------------------------------------------
+
+def test_pyz_without_arguments_prints_usage(pyz: str, elsewhere: str) -> None:
+    need_module("ucspi.server")
+    result = run([PYTHON, "-I", pyz], cwd=elsewhere)
+    assert result.returncode == 100
+    assert result.stderr.startswith(b"usage: tcpserver\n")
+    assert b"Traceback" not in result.stderr
+
+
+def test_pyz_runs_through_its_shebang(pyz: str, elsewhere: str) -> None:
+    need_module("ucspi.server")
+    here = os.path.dirname(PYTHON)
+    if not os.access(os.path.join(here, "python3"), os.X_OK):
+        pytest.skip(f"no python3 beside {PYTHON}")
+    env = dict(os.environ, PATH=here + os.pathsep + os.environ.get("PATH", ""))
+    result = run([pyz], cwd=elsewhere, env=env)
+    assert result.returncode == 100
+    assert result.stderr.startswith(b"usage: tcpserver\n")
+
+
+def _read_port(proc: subprocess.Popen[bytes]) -> int:
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], TIMEOUT)
+    assert ready, "tcpserver did not print its port"
+    line = proc.stdout.readline()
+    assert line.endswith(b"\n"), (line, proc.poll())
+    return int(line)
+
+
+def _receive_all(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as conn:
+        chunks = []
+        while True:
+            data = conn.recv(4096)
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
+
+
+@contextlib.contextmanager
+def serving(argv: List[str], cwd: str) -> Iterator[Tuple[int, subprocess.Popen[bytes]]]:
+    """Start a server with ``-1`` in argv; yield (its port, the process);
+    SIGTERM it at the end."""
+    proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        yield _read_port(proc), proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def test_pyz_serves_a_connection(pyz: str, elsewhere: str) -> None:
+    need_module("ucspi.server")
+    argv = [PYTHON, "-I", pyz, "-1", "-HRl0", "-B", "hi ", "127.0.0.1", "0",
+            "/bin/sh", "-c", 'echo "$PROTO $TCPLOCALIP $TCPREMOTEIP"']
+    with serving(argv, elsewhere) as (port, proc):
+        assert _receive_all(port) == b"hi TCP 127.0.0.1 127.0.0.1\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(TIMEOUT) == 0
+
+
+@pytest.mark.parametrize("name", ["tcprules", "tcprulescheck"])
+def test_pyz_symlink_runs_the_rules_tool(pyz: str, elsewhere: str, name: str) -> None:
+    """A symlink named tcprules/tcprulescheck runs that tool (usage: 100)."""
+    need_module("ucspi." + name)
+    link = os.path.join(elsewhere, name)
+    os.symlink(pyz, link)
+    result = run([PYTHON, "-I", link], cwd=elsewhere)
+    assert result.returncode == 100, result.stderr
+    assert result.stderr.startswith(name.encode() + b": usage: " + name.encode()), result.stderr
+
+
+def test_pyz_rules_workflow(pyz: str, elsewhere: str) -> None:
+    """rules text -> tcprules (symlink) -> tcprulescheck (symlink)."""
+    need_module("ucspi.tcprules")
+    need_module("ucspi.tcprulescheck")
+    for name in ("tcprules", "tcprulescheck"):
+        os.symlink(pyz, os.path.join(elsewhere, name))
+    rules = b"127.0.0.1:allow,WHO=\"me\"\n:deny\n"
+    made = subprocess.run([PYTHON, "-I", "tcprules", "r.cdb", "r.tmp"], cwd=elsewhere,
+                          input=rules, capture_output=True, timeout=TIMEOUT)
+    assert made.returncode == 0, made.stderr
+    env = dict(os.environ, TCPREMOTEIP="127.0.0.1")
+    check = run([PYTHON, "-I", "tcprulescheck", "r.cdb"], cwd=elsewhere, env=env)
+    assert check.stdout == (b"rule 127.0.0.1:\nset environment variable WHO=me\n"
+                            b"allow connection\n"), check.stderr
+
+
+def test_python_dash_m_ucspi(elsewhere: str) -> None:
+    need_module("ucspi.server")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    result = run([PYTHON, "-m", "ucspi"], cwd=elsewhere, env=env)
+    assert result.returncode == 100
+    assert result.stderr.startswith(b"usage: tcpserver\n")
+
+
+def test_copied_folder_runs_on_its_own(tmp_path: Path) -> None:
+    """README: copy tcpserver.py and ucspi/ to a bare host."""
+    need_module("ucspi.server")
+    target = os.path.join(str(tmp_path), "opt-ucspi")
+    shutil.copytree(os.path.join(ROOT, "ucspi"), os.path.join(target, "ucspi"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(os.path.join(ROOT, "tcpserver.py"), target)
+    argv = [PYTHON, "-I", os.path.join(target, "tcpserver.py"), "-1", "-HRl0",
+            "127.0.0.1", "0", "/bin/echo", "hello"]
+    with serving(argv, str(tmp_path)) as (port, proc):
+        assert _receive_all(port) == b"hello\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(TIMEOUT) == 0
+
+
+# -- setup.cfg, pyproject.toml, tox.ini, .ci/run ---------------------------
+
+def _setup_cfg() -> configparser.ConfigParser:
+    cfg = configparser.ConfigParser()
+    assert cfg.read(SETUP_CFG) == [SETUP_CFG]
+    return cfg
+
+
+def _console_scripts() -> List[Tuple[str, str]]:
+    text = _setup_cfg()["options.entry_points"]["console_scripts"]
+    pairs = []
+    for line in text.strip().splitlines():
+        name, _, target = line.partition("=")
+        pairs.append((name.strip(), target.strip()))
+    return pairs
+
+
+def test_console_scripts_are_the_three_commands() -> None:
+    assert _console_scripts() == [
+        ("tcpserver", "ucspi.server:main"),
+        ("tcprules", "ucspi.tcprules:main"),
+        ("tcprulescheck", "ucspi.tcprulescheck:main"),
+    ]
+
+
+@pytest.mark.parametrize("name,target", _console_scripts())
+def test_console_script_points_at_a_function(name: str, target: str) -> None:
+    module_name, _, function = target.partition(":")
+    need_module(module_name)
+    module = importlib.import_module(module_name)
+    assert callable(getattr(module, function)), target
+
+
+def test_setup_cfg_metadata() -> None:
+    cfg = _setup_cfg()
+    options = cfg["options"]
+    assert options["python_requires"].strip() == ">=3.9"
+    assert "install_requires" not in options
+    assert cfg["metadata"]["version"].strip() == "attr: ucspi.__version__"
+    assert cfg["mypy"]["python_version"] == "3.9"
+    assert cfg["mypy"]["strict"] == "True"
+    import ucspi
+    assert ucspi.__version__.count(".") == 2
+
+
+def test_pyproject_is_build_system_only() -> None:
+    with open(os.path.join(ROOT, "pyproject.toml")) as f:
+        text = f.read()
+    tables = [line.strip() for line in text.splitlines() if line.startswith("[")]
+    assert tables == ["[build-system]"]
+    assert 'build-backend = "setuptools.build_meta"' in text
+    if sys.version_info >= (3, 11):
+        import tomllib
+        data = tomllib.loads(text)
+        assert list(data) == ["build-system"]
+        assert data["build-system"]["requires"][0].startswith("setuptools")
+
+
+def _third_party_imports(path: str) -> List[str]:
+    with open(path, "rb") as f:
+        tree = ast.parse(f.read(), path)
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name.split(".")[0] for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module.split(".")[0])
+    allowed = set(sys.stdlib_module_names) | {"ucspi", "__future__"}  # type: ignore[attr-defined]
+    return sorted(set(n for n in names if n not in allowed))
+
+
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="sys.stdlib_module_names is 3.10+")
+def test_runtime_code_imports_the_standard_library_only() -> None:
+    """No install_requires is honest: D4."""
+    paths = [os.path.join(ROOT, n) for n in ("tcpserver.py", "tcprules.py", "tcprulescheck.py")]
+    for folder, _, files in os.walk(os.path.join(ROOT, "ucspi")):
+        paths += [os.path.join(folder, n) for n in files if n.endswith(".py")]
+    for path in paths:
+        if os.path.exists(path):
+            assert _third_party_imports(path) == [], path
+
+
+def test_tox_envs() -> None:
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read(os.path.join(ROOT, "tox.ini"))
+    envs = [e.strip() for e in cfg["tox"]["env_list"].split(",")]
+    assert envs == ["py39", "py310", "py311", "py312", "py313", "mypy", "manlint"]
+    assert "UCSPI_*" in cfg["testenv"]["passenv"].split()
+    assert "mandoc -Tlint -W warning man/*.1" in cfg["testenv:manlint"]["commands"]
+    assert "mypy --strict" in cfg["testenv:mypy"]["commands"]
+
+
+def test_ci_script() -> None:
+    path = os.path.join(ROOT, ".ci", "run")
+    assert os.access(path, os.X_OK)
+    with open(path) as f:
+        text = f.read()
+    assert "set -euo pipefail" in text
+    assert "UCSPI_REQUIRE_ALL=1" in text
+    assert "--skip-missing-interpreters false" in text
+    for package in ("ucspi-tcp", "dnsmasq-base", "oidentd", "mandoc", "tinycdb"):
+        assert package in text
+    bash = shutil.which("bash")
+    assert bash is not None
+    assert run([bash, "-n", path]).returncode == 0
+
+
+def test_readme_commands_name_real_files() -> None:
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    for needle in ("python3 tcpserver.py", "bash .ci/run", "python3 -m pytest",
+                   "python3 tools/build_pyz.py", "python3 tcprules.py", "tox"):
+        assert needle in readme, needle
+    for path in ("tcpserver.py", "tools/build_pyz.py", ".ci/run", "INSTALL",
+                 "man/tcpserver.1", "tox.ini", "setup.cfg"):
+        assert os.path.exists(os.path.join(ROOT, path)), path
+
+
+def test_readme_rules_example_compiles() -> None:
+    """The rules file shown in README.md is valid tcprules input."""
+    need_module("ucspi.rules")
+    from ucspi.rules import parse_line
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    block = readme.split("# /etc/ucspi/rules\n", 1)[1].split("```", 1)[0]
+    lines = [line for line in block.splitlines() if line]
+    assert len(lines) >= 5
+    for line in lines:
+        assert parse_line(line.encode()), line

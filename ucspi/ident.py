@@ -1,0 +1,293 @@
+"""RFC 1413 ident client: the value of ``TCPREMOTEINFO``.
+
+For an accepted connection tcpserver asks the client's host who owns
+the client's end (subsystems spec section 5, DECISIONS D51):
+
+1. an overall deadline of ``timeout`` seconds (``-t``, default 26) starts;
+2. a TCP socket is bound to the connection's *local* address, port 0,
+   and connected to the client's address, port 113 -- the connect on a
+   clock of its own, also ``timeout`` seconds;
+3. the line of :func:`ucspi.identmsg.request` is sent and the reply is
+   read with :class:`ucspi.identmsg.ReplyParser`, both bounded by the
+   overall deadline.
+
+Any error, refusal, end of input or deadline before the reply is
+complete gives ``None`` (``TCPREMOTEINFO`` unset); an ``ERROR`` reply
+gives ``b""`` (set but empty).  ``timeout <= 0`` fails at once.
+
+Two faces over one implementation:
+
+* :func:`lookup` is non-blocking: it runs on a
+  :class:`ucspi.reactor.Reactor` beside the accept loop and any number
+  of other lookups, and calls ``done(value)`` from the reactor -- never
+  from inside :func:`lookup` itself -- exactly once, unless the lookup
+  was cancelled first.
+* :func:`query` blocks: it runs :func:`lookup` on a private reactor.
+  For tools and for code that already runs in a forked child.
+
+IPv4 addresses (an IPv4-mapped IPv6 text is turned back into one) use
+``AF_INET`` sockets, IPv6 addresses ``AF_INET6`` with the scope id of
+the accepted connection (spec 5.4 item 2).  The port asked is
+:data:`PORT` unless a ``port`` keyword says otherwise; both exist for
+tests only.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Any, Callable, List, Optional, Protocol, Tuple
+
+from .identmsg import MAX_VALUE, ReplyParser, parse_reply, request
+from .reactor import Reactor, Timer
+
+__all__ = [
+    "PORT", "MAX_VALUE", "Cancellable", "IdentLookup", "ReplyParser",
+    "lookup", "parse_reply", "query", "request",
+]
+
+#: The ident port; change it (or pass ``port=``) only in tests.
+PORT = 113
+
+Done = Callable[[Optional[bytes]], None]
+SockAddr = Tuple[Any, ...]
+
+_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
+_RECV_SIZE = 1024
+
+
+class Cancellable(Protocol):
+    """What :func:`lookup` returns: something that can be called off."""
+
+    def cancel(self) -> None:
+        """Stop; the ``done`` callback will not be called."""
+
+
+def _scope(text: str, scope_id: int) -> int:
+    """The scope id: ``scope_id`` if non-zero, else the ``%iface`` text."""
+    if scope_id or not text:
+        return scope_id
+    if text.isdigit():
+        return int(text)
+    return socket.if_nametoindex(text)
+
+
+def sockaddr(ip: str, port: int, scope_id: int = 0) -> Tuple[int, SockAddr]:
+    """Turn an address text into a socket family and address.
+
+    Args:
+        ip: dotted IPv4, or IPv6 text with an optional ``%scope``; an
+            IPv4-mapped IPv6 address becomes plain IPv4.
+        port: the port number.
+        scope_id: IPv6 scope id; when 0, the ``%scope`` of ``ip`` is used.
+
+    Returns:
+        ``(family, address)`` ready for ``bind`` or ``connect``.
+
+    Raises:
+        ValueError: ``ip`` is not an address.
+        OSError: the scope names no interface.
+    """
+    try:
+        socket.inet_pton(socket.AF_INET, ip)
+        return socket.AF_INET, (ip, port)
+    except OSError:
+        pass
+    host, _, scope = ip.partition("%")
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, host)
+    except OSError:
+        raise ValueError(f"not an IP address: {ip!r}") from None
+    if packed.startswith(_V4_MAPPED):
+        return socket.AF_INET, (socket.inet_ntop(socket.AF_INET, packed[12:]), port)
+    return socket.AF_INET6, (host, port, 0, _scope(scope, scope_id))
+
+
+class IdentLookup:
+    """One non-blocking ident exchange on a reactor; see :func:`lookup`."""
+
+    def __init__(self, reactor: Reactor, done: Done) -> None:
+        self._reactor = reactor
+        self._done: Optional[Done] = done
+        self._sock: Optional[socket.socket] = None
+        self._timer: Optional[Timer] = None
+        self._parser = ReplyParser()
+        self._out = b""
+        self._deadline = 0.0
+
+    # -- start ----------------------------------------------------------
+    def start(self, family: int, local: SockAddr, remote: SockAddr,
+              timeout: float, line: bytes) -> None:
+        """Bind, start connecting and arm the connect timer."""
+        now = self._reactor.time()
+        self._deadline = now + timeout
+        self._out = line
+        if not timeout > 0:
+            self.fail_soon()
+            return
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:
+            self.fail_soon()
+            return
+        self._sock = sock
+        try:
+            sock.setblocking(False)
+            sock.bind(local)
+            err = sock.connect_ex(remote)
+        except OSError:
+            err = errno.EINVAL
+        if err not in (0, errno.EINPROGRESS):
+            self.fail_soon()
+            return
+        # The connect has a clock of its own (spec 5.3), started here.
+        self._timer = self._reactor.call_later(timeout, self._expire)
+        self._reactor.add_writer(sock.fileno(), self._on_connect)
+
+    def fail_soon(self) -> None:
+        """Report failure on the reactor's next turn."""
+        self._close()
+        self._timer = self._reactor.call_later(0, self._expire)
+
+    # -- events ---------------------------------------------------------
+    def _on_connect(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err or self._reactor.time() >= self._deadline:
+            self._finish(None)
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._reactor.call_at(self._deadline, self._expire)
+        self._reactor.add_writer(sock.fileno(), self._on_writable)
+        self._on_writable()
+
+    def _on_writable(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        try:
+            sent = sock.send(self._out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._finish(None)
+            return
+        self._out = self._out[sent:]
+        if not self._out:
+            self._reactor.remove_writer(sock.fileno())
+            self._reactor.add_reader(sock.fileno(), self._on_readable)
+
+    def _on_readable(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        try:
+            data = sock.recv(_RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._finish(None)
+            return
+        if not data:
+            self._finish(None)
+            return
+        value = self._parser.feed(data)
+        if value is not None:
+            self._finish(value)
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._finish(None)
+
+    # -- end ------------------------------------------------------------
+    def _close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            self._reactor.forget(sock.fileno())
+            sock.close()
+
+    def _finish(self, value: Optional[bytes]) -> None:
+        done, self._done = self._done, None
+        self._close()
+        if done is not None:
+            done(value)
+
+    def cancel(self) -> None:
+        """Stop the lookup and close its socket; ``done`` is not called.
+        Harmless after the lookup has finished."""
+        self._done = None
+        self._close()
+
+    @property
+    def finished(self) -> bool:
+        """True once ``done`` was called or the lookup was cancelled."""
+        return self._done is None
+
+
+def lookup(reactor: Reactor, local_ip: str, remote_ip: str, remote_port: int,
+           local_port: int, timeout: float, done: Done, scope_id: int = 0,
+           *, port: Optional[int] = None) -> IdentLookup:
+    """Start a non-blocking ident lookup.
+
+    Args:
+        reactor: the reactor that runs the exchange.
+        local_ip: the local address of the accepted connection (text);
+            the query goes out from it.
+        remote_ip: the client's address (text); the query goes to it.
+        remote_port: the client's port.
+        local_port: our port, the one the client connected to.
+        timeout: seconds for the connect, and for the whole exchange.
+        done: called with the value (``bytes``, maybe empty) or ``None``
+            on failure, exactly once, from the reactor, unless the
+            lookup is cancelled first.
+        scope_id: the IPv6 scope id of the connection (0: none).
+        port: the port to ask instead of :data:`PORT` (tests).
+
+    Returns:
+        The running lookup; its ``cancel()`` calls it off.
+
+    Raises:
+        ValueError: a port number is out of range.
+    """
+    line = request(remote_port, local_port)
+    job = IdentLookup(reactor, done)
+    try:
+        family, local = sockaddr(local_ip, 0, scope_id)
+        remote_family, remote = sockaddr(remote_ip, PORT if port is None else port, scope_id)
+    except (ValueError, OSError):
+        job.fail_soon()
+        return job
+    if remote_family != family:
+        job.fail_soon()
+        return job
+    job.start(family, local, remote, timeout, line)
+    return job
+
+
+def query(local_ip: str, remote_ip: str, remote_port: int, local_port: int,
+          timeout: float, scope_id: int = 0, *, port: Optional[int] = None) -> Optional[bytes]:
+    """Blocking ident lookup: :func:`lookup` on a private reactor.
+
+    Args:
+        local_ip, remote_ip, remote_port, local_port, timeout, scope_id,
+        port: as for :func:`lookup`.
+
+    Returns:
+        The value (``bytes``, maybe empty), or ``None`` on failure.
+
+    Raises:
+        ValueError: a port number is out of range.
+    """
+    reactor = Reactor()
+    results: List[Optional[bytes]] = []
+    try:
+        lookup(reactor, local_ip, remote_ip, remote_port, local_port, timeout,
+               results.append, scope_id, port=port)
+        while not results and reactor.pending():
+            reactor.run_once()
+    finally:
+        reactor.close()
+    return results[0] if results else None
