@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import TYPE_CHECKING, Any, List, Optional
+from typing import TYPE_CHECKING, Any, List, Optional, Union
 
 from ucspi import ipfmt
 from ucspi.environ import Endpoints
@@ -126,44 +126,40 @@ class Connection:
         if opts.localname is not None:
             self.ep.local_host = self.server.localname
         else:
-            self._lookup_ptr(self._address(self.ep.local_ip6), self._got_local)
+            self._lookup_local()
         if opts.remote_host:
-            self._lookup_ptr(self._address(self.ep.remote_ip6), self._got_remote)
+            self._lookup_remote(opts.paranoid)
         if opts.remote_info:
             self._ident()
 
-    @staticmethod
-    def _address(text6: str) -> ipaddress.IPv6Address:
-        return ipaddress.IPv6Address(text6)
+    def _target(self, text6: str) -> Union[ipaddress.IPv4Address, ipaddress.IPv6Address]:
+        addr = ipaddress.IPv6Address(text6)
+        return addr.ipv4_mapped or addr
 
-    def _lookup_ptr(self, addr: ipaddress.IPv6Address, done: Any) -> None:
+    def _lookup_local(self) -> None:
         from ucspi import dns
         self.pending += 1
-        target = addr.ipv4_mapped or addr
-        self.handles.append(dns.lookup_ptr(self.server.reactor, self.server.dns_config(), target, done))
+        self.handles.append(dns.lookup_ptr(
+            self.server.reactor, self.server.dns_config(),
+            self._target(self.ep.local_ip6), self._got_local))
 
     def _got_local(self, name: Optional[str], error: Optional[BaseException]) -> None:
         if name:
             self.ep.local_host = name.encode()
         self._done()
 
-    def _got_remote(self, name: Optional[str], error: Optional[BaseException]) -> None:
-        if name and self.server.opts.paranoid:
-            from ucspi import dns
-            self.pending += 1
-            self.handles.append(dns.lookup_addresses(
-                self.server.reactor, self.server.dns_config(), name,
-                lambda found, err: self._got_forward(name, found)))
-        elif name:
-            self.ep.remote_host = name.encode()
-        self._done()
+    def _lookup_remote(self, paranoid: bool) -> None:
+        from ucspi import dns
+        self.pending += 1
+        self.handles.append(dns.lookup_host(
+            self.server.reactor, self.server.dns_config(),
+            self._target(self.ep.remote_ip6), paranoid, self._got_remote))
 
-    def _got_forward(self, name: str, found: List[ipaddress.IPv6Address]) -> None:
-        client = self._address(self.ep.remote_ip6)
-        if client in found:
+    def _got_remote(self, name: Optional[str], failed: Optional[str]) -> None:
+        if name:
             self.ep.remote_host = name.encode()
-        else:
-            self.ep.paranoid = name.encode()
+        if failed:
+            self.ep.paranoid = failed.encode()
         self._done()
 
     def _ident(self) -> None:

@@ -1,0 +1,308 @@
+"""DNS fixtures: a real dnsmasq, and a programmable loopback fake.
+
+``dns_server`` (session scope) starts ``/usr/sbin/dnsmasq`` on
+127.53.0.1 port 53 (UDP and TCP; needs root) serving :data:`RECORDS` and
+nothing else: names under the :data:`LOCAL_DOMAINS` that it does not
+know get NXDOMAIN at once; any other name gets REFUSED (a server
+failure for the stub, so avoid those: they cost the whole retry
+schedule).  Point a resolver at it with ``DNSCACHEIP=127.53.0.1``.
+Import it into a test module with ``from tests.fix_dns import dns_server``.
+
+:class:`FakeDns` is a tiny UDP+TCP name server on a loopback address and
+a kernel-chosen port (no root needed), run in a thread.  A handler
+decides, for every query, what to send back and when; the helpers
+:func:`response` and :func:`rr` build the packets.  Use it with
+``DnsConfig(servers=[(fake.ip, 0)], port=fake.port, ...)``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import selectors
+import socket
+import struct
+import subprocess
+import threading
+import time
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+
+import pytest
+
+from tests.util import need, need_root
+from ucspi import dnsmsg
+
+DNSMASQ = "/usr/sbin/dnsmasq"
+DNS_IP = "127.53.0.1"
+LOCAL_DOMAINS = ["example", "test", "in-addr.arpa", "ip6.arpa"]
+
+# What the dnsmasq fixture serves.  "ptr": address -> name exactly as
+# configured (tcpserver renders it lowercase with octal escapes: see
+# "rendered"); "addresses": name -> addresses (A and AAAA); "cname".
+RECORDS: Dict[str, Dict[str, object]] = {
+    "ptr": {
+        "127.0.0.1": "localhost.example",
+        "::1": "localhost.example",
+        "127.53.0.2": "We%ird.Example",                 # odd characters
+        "127.53.0.3": "mismatch.example",               # forward is 127.53.0.99
+        "127.53.0.4": "Mixed.Example",                  # forward matches
+        "127.53.0.5": "we%ird:na\\001me.example",       # a real backslash
+        "127.53.0.10": "www.example",
+        "127.53.0.11": "dual.example",
+        "2001:db8::11": "dual.example",
+        "2001:db8::6": "v6only.example",
+        "127.53.0.99": "mismatch.example",
+        "127.53.0.20": "www.test",
+        "127.54.0.1": "many.example",                   # ... up to 127.54.0.40
+    },
+    "rendered": {
+        "127.53.0.2": "we\\045ird.example",
+        "127.53.0.4": "mixed.example",
+        "127.53.0.5": "we\\045ird\\072na\\134001me.example",
+    },
+    "addresses": {
+        "localhost.example": ["127.0.0.1", "::1"],
+        "mixed.example": ["127.53.0.4"],
+        "mismatch.example": ["127.53.0.99"],
+        "www.example": ["127.53.0.10"],
+        "dual.example": ["127.53.0.11", "2001:db8::11"],
+        "v6only.example": ["2001:db8::6"],
+        "alias.example": ["127.53.0.10"],                # CNAME to www.example
+        "many.example": ["127.54.0.%d" % i for i in range(1, 41)],  # > 512 bytes: TC
+        "www.test": ["127.53.0.20"],
+    },
+    "cname": {"alias.example": "www.example"},
+    "nxdomain": ["nx.example", "nothing.test"],     # names, AAAA and A
+    "no_ptr": ["127.53.0.200", "2001:db8::99"],     # PTR lookups -> NXDOMAIN
+}
+
+
+def _dnsmasq_args() -> List[str]:
+    args = [DNSMASQ, "--no-daemon", "--no-resolv", "--no-hosts", "--bind-interfaces",
+            "--listen-address=" + DNS_IP, "--port=53", "--conf-file=/dev/null",
+            "--pid-file=", "--user=root", "--group=root", "--log-facility=-",
+            "--cache-size=0"]
+    args += ["--local=/%s/" % d for d in LOCAL_DOMAINS]
+    host_records = {"localhost.example": "127.0.0.1,::1", "www.example": "127.53.0.10",
+                    "dual.example": "127.53.0.11,2001:db8::11",
+                    "v6only.example": "2001:db8::6", "mismatch.example": "127.53.0.99",
+                    "Mixed.Example": "127.53.0.4", "www.test": "127.53.0.20"}
+    args += ["--host-record=%s,%s" % item for item in host_records.items()]
+    for ip in ("127.53.0.2", "127.53.0.3", "127.53.0.5"):
+        rev = ".".join(reversed(ip.split("."))) + ".in-addr.arpa"
+        args.append("--ptr-record=%s,%s" % (rev, RECORDS["ptr"][ip]))  # type: ignore[index]
+    args.append("--cname=alias.example,www.example")
+    args += ["--host-record=many.example,%s" % a
+             for a in RECORDS["addresses"]["many.example"]]  # type: ignore[index]
+    return args
+
+
+class DnsServer(NamedTuple):
+    """The running dnsmasq: where it listens and what it serves."""
+
+    ip: str
+    port: int
+    records: Dict[str, Dict[str, object]]
+    pid: int
+
+
+def udp_ask(ip: str, port: int, name: str, qtype: int, timeout: float = 0.5) -> bytes:
+    """Send one query over UDP and return the raw reply (tests, probes)."""
+    query = dnsmsg.build_query(dnsmsg.Question(dnsmsg.encode_name(name), qtype), 4242)
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(query, (ip, port))
+        return sock.recv(65536)
+
+
+@pytest.fixture(scope="session")
+def dns_server() -> Iterator[DnsServer]:
+    """A real dnsmasq on 127.53.0.1:53 serving :data:`RECORDS`."""
+    need(DNSMASQ)
+    need_root()
+    proc = subprocess.Popen(_dnsmasq_args(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                pytest.fail("dnsmasq exited: " + err)
+            try:
+                udp_ask(DNS_IP, 53, "localhost.example", dnsmsg.TYPE_A, 0.2)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail("dnsmasq does not answer on %s:53" % DNS_IP)
+                time.sleep(0.05)
+        yield DnsServer(DNS_IP, 53, RECORDS, proc.pid)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+
+
+# -- packets for fakes ---------------------------------------------------------
+class Query(NamedTuple):
+    """A query as a fake server received it."""
+
+    packet: bytes
+    qid: int
+    name: bytes            # wire form
+    qtype: int
+    tcp: bool
+    source: Tuple[str, int]
+    when: float
+
+
+def rr(name: bytes, rtype: int, rdata: bytes, rclass: int = dnsmsg.CLASS_IN,
+       ttl: int = 60) -> bytes:
+    """One resource record; ``name`` is wire form (may be a pointer such
+    as ``b"\\xc0\\x0c"`` for the question name)."""
+    return name + struct.pack("!HHIH", rtype, rclass, ttl, len(rdata)) + rdata
+
+
+def response(query: Query, answers: Sequence[bytes] = (), rcode: int = 0, tc: bool = False,
+             qid: Optional[int] = None, name: Optional[bytes] = None,
+             qtype: Optional[int] = None, qclass: int = dnsmsg.CLASS_IN,
+             qdcount: int = 1) -> bytes:
+    """A response to ``query``; every field can be spoiled for tests."""
+    flags = 0x8180 | rcode | (dnsmsg.FLAG_TC if tc else 0)
+    header = struct.pack("!HHHHHH", query.qid if qid is None else qid, flags, qdcount,
+                         len(answers), 0, 0)
+    question = (query.name if name is None else name) + struct.pack(
+        "!HH", query.qtype if qtype is None else qtype, qclass)
+    return header + question + b"".join(answers)
+
+
+# A handler returns what to send: a list of (delay in seconds, packet);
+# [] sends nothing; None sends nothing and, over TCP, closes the connection.
+Handler = Callable[[Query], Optional[List[Tuple[float, bytes]]]]
+
+
+class FakeDns:
+    """A programmable UDP+TCP name server on ``ip`` (thread, own loop)."""
+
+    def __init__(self, handler: Handler, ip: str = "127.53.1.1", port: int = 0,
+                 tcp_handler: Optional[Handler] = None) -> None:
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        self.handler = handler
+        self.tcp_handler = tcp_handler or handler
+        self.queries: List[Query] = []
+        self.udp = socket.socket(family, socket.SOCK_DGRAM)
+        self.udp.bind((ip, port))
+        self.ip, self.port = ip, self.udp.getsockname()[1]
+        self.listener = socket.socket(family, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((ip, self.port))
+        self.listener.listen(64)
+        self.sel = selectors.DefaultSelector()
+        self.wake_r, self.wake_w = os.pipe()
+        self.pending: List[Tuple[float, int, Callable[[], None]]] = []
+        self.seq = 0
+        self.conns: Dict[socket.socket, bytearray] = {}
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.running = True
+
+    def __enter__(self) -> "FakeDns":
+        self.sel.register(self.udp, selectors.EVENT_READ, self._udp_read)
+        self.sel.register(self.listener, selectors.EVENT_READ, self._accept)
+        self.sel.register(self.wake_r, selectors.EVENT_READ, None)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.running = False
+        os.write(self.wake_w, b"x")
+        self.thread.join(5)
+        for sock in list(self.conns) + [self.udp, self.listener]:
+            sock.close()
+        self.sel.close()
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+
+    def _later(self, delay: float, action: Callable[[], None]) -> None:
+        self.seq += 1
+        heapq.heappush(self.pending, (time.monotonic() + delay, self.seq, action))
+
+    def _run(self) -> None:
+        while self.running:
+            timeout = None
+            if self.pending:
+                timeout = max(0.0, self.pending[0][0] - time.monotonic())
+            for key, _ in self.sel.select(timeout):
+                if key.data is not None:
+                    key.data(key.fileobj)
+            while self.pending and self.pending[0][0] <= time.monotonic():
+                heapq.heappop(self.pending)[2]()
+
+    def _record(self, packet: bytes, tcp: bool, source: Tuple[str, int]) -> Optional[Query]:
+        try:
+            question, _, _ = dnsmsg.read_question(packet, 12)
+        except dnsmsg.FormatError:
+            return None
+        query = Query(packet, int.from_bytes(packet[:2], "big"), question.name,
+                      question.qtype, tcp, source, time.monotonic())
+        self.queries.append(query)
+        return query
+
+    def _udp_read(self, sock: object) -> None:
+        packet, source = self.udp.recvfrom(65536)
+        query = self._record(packet, False, source[:2])
+        for delay, data in (self.handler(query) or []) if query else []:
+            self._later(delay, lambda data=data, source=source: self._sendto(data, source))
+
+    def _sendto(self, data: bytes, source: Tuple[str, int]) -> None:
+        try:
+            self.udp.sendto(data, source)
+        except OSError:
+            pass
+
+    def _accept(self, sock: object) -> None:
+        conn, _ = self.listener.accept()
+        self.conns[conn] = bytearray()
+        self.sel.register(conn, selectors.EVENT_READ, self._tcp_read)
+
+    def _close(self, conn: socket.socket) -> None:
+        if conn in self.conns:
+            del self.conns[conn]
+            self.sel.unregister(conn)
+            conn.close()
+
+    def _tcp_read(self, conn: socket.socket) -> None:
+        data = conn.recv(65536) if conn in self.conns else b""
+        if not data:
+            self._close(conn)
+            return
+        buf = self.conns[conn]
+        buf += data
+        if len(buf) < 2 or len(buf) < 2 + int.from_bytes(buf[:2], "big"):
+            return
+        packet = bytes(buf[2:2 + int.from_bytes(buf[:2], "big")])
+        query = self._record(packet, True, conn.getpeername()[:2])
+        replies = self.tcp_handler(query) if query else None
+        if replies is None:
+            self._close(conn)
+            return
+        for delay, reply in replies:
+            framed = len(reply).to_bytes(2, "big") + reply
+            self._later(delay, lambda framed=framed: self._tcp_send(conn, framed))
+
+    def _tcp_send(self, conn: socket.socket, data: bytes) -> None:
+        try:
+            conn.sendall(data)
+        except OSError:
+            pass
+
+
+def closed_udp_port(ip: str = "127.53.1.250") -> int:
+    """A port on ``ip`` where nothing listens (UDP there -> refused)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((ip, 0))
+        return int(sock.getsockname()[1])

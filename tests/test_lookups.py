@@ -1,0 +1,197 @@
+"""tcpserver's DNS and ident lookups, end to end, against real servers.
+
+The DNS tests use the dnsmasq of ``tests/fix_dns.py`` (127.53.0.1:53,
+``DNSCACHEIP``); clients bind their source address to the 127.53.0.x
+address whose PTR record the test wants.  The ident tests use oidentd
+(``tests/fix_ident.py``) and scripted fakes on 127.113.x.y:113.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import threading
+import time
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import pytest
+
+from tests.fix_dns import RECORDS, dns_server  # noqa: F401  (fixture)
+from tests.fix_ident import HANG, FakeIdentd, identd  # noqa: F401  (fixture)
+from tests.util import ours
+
+PRINT_ENV = ["sh", "-c", "env; echo END"]
+
+
+class Running:
+    """Our server on 127.0.0.1 (or ``host``) and a kernel-chosen port."""
+
+    def __init__(self, args: List[str], env: Dict[str, str], tmp: str, host: str = "127.0.0.1") -> None:
+        self.log_path = os.path.join(tmp, "server.log")
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                ours("-1", "-v", *args, host, "0", *PRINT_ENV),
+                stdout=subprocess.PIPE, stderr=log, env=env)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line.strip().isdigit(), self.log()
+        self.port = int(line)
+        self.host = host
+
+    def log(self) -> str:
+        with open(self.log_path, "rb") as handle:
+            return handle.read().decode("latin-1")
+
+    def ask(self, source: str = "127.0.0.1", timeout: float = 30.0) -> Dict[str, str]:
+        """Connect from ``source``; return the program's environment."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.bind((source, 0))
+            sock.connect((self.host, self.port))
+            data = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        lines = data.decode("latin-1").splitlines()
+        assert lines and lines[-1] == "END", data
+        return dict(line.split("=", 1) for line in lines[:-1] if "=" in line)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(5)
+
+
+@pytest.fixture
+def serve(tmp_path) -> Iterator:
+    started: List[Running] = []
+
+    def start(args: List[str], host: str = "127.0.0.1", **env: str) -> Running:
+        full = dict(os.environ, DNSREWRITEFILE=str(tmp_path / "no-rewrite"), **env)
+        server = Running(args, full, str(tmp_path), host)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+DNSENV = {"DNSCACHEIP": "127.53.0.1"}
+
+
+def test_remote_and_local_host_names(serve, dns_server) -> None:
+    server = serve(["-R"], **DNSENV)
+    env = server.ask()
+    assert env["TCPREMOTEHOST"] == "localhost.example"
+    assert env["TCPLOCALHOST"] == "localhost.example"
+    assert "TCPPARANOID" not in env
+    assert "ok " in server.log() and " localhost.example:127.0.0.1::" in server.log()
+
+
+def test_odd_characters_are_escaped(serve, dns_server) -> None:
+    server = serve(["-R", "-l", "0"], **DNSENV)
+    env = server.ask("127.53.0.2")
+    assert env["TCPREMOTEHOST"] == RECORDS["rendered"]["127.53.0.2"]
+    env = server.ask("127.53.0.5")
+    assert env["TCPREMOTEHOST"] == "we\\045ird\\072na\\134001me.example"
+    # the log shows the filtered form: no '%' and no ':' outside IPs
+    assert " we\\045ird.example:127.53.0.2::" in server.log()
+
+
+def test_paranoid(serve, dns_server) -> None:
+    server = serve(["-R", "-l", "0", "-p"], **DNSENV)
+    env = server.ask("127.53.0.3")
+    assert "TCPREMOTEHOST" not in env
+    assert env["TCPPARANOID"] == "mismatch.example"
+    env = server.ask("127.53.0.4")
+    assert env["TCPREMOTEHOST"] == "mixed.example"
+    assert "TCPPARANOID" not in env
+
+
+def test_not_paranoid_keeps_the_name(serve, dns_server) -> None:
+    server = serve(["-R", "-l", "0", "-P"], **DNSENV)
+    env = server.ask("127.53.0.3")
+    assert env["TCPREMOTEHOST"] == "mismatch.example"
+    assert "TCPPARANOID" not in env
+
+
+def test_no_ptr_record(serve, dns_server) -> None:
+    server = serve(["-R", "-l", "0"], **DNSENV, TCPREMOTEHOST="inherited")
+    env = server.ask("127.53.0.200")
+    assert "TCPREMOTEHOST" not in env   # removed, not left inherited
+
+
+def test_H_removes_remote_host(serve, dns_server) -> None:
+    server = serve(["-R", "-H"], **DNSENV, TCPREMOTEHOST="inherited")
+    env = server.ask()
+    assert "TCPREMOTEHOST" not in env
+    assert env["TCPLOCALHOST"] == "localhost.example"   # -H does not stop this one
+
+
+@pytest.mark.parametrize("cacheip", [
+    "127.53.0.1",
+    "127.53.0.250.127.53.0.1",        # djbdns style: dot-joined quads
+    "127.53.0.250 127.53.0.1",        # documented style: blank-separated
+])
+def test_dnscacheip_forms(serve, dns_server, cacheip: str) -> None:
+    # 127.53.0.250 has no server: the refusal moves on to the next one
+    server = serve(["-R", "-l", "0"], DNSCACHEIP=cacheip)
+    assert server.ask("127.53.0.4")["TCPREMOTEHOST"] == "mixed.example"
+
+
+def test_host_argument_qualified_with_localdomain(serve, dns_server) -> None:
+    server = serve(["-R", "-H", "-l", "0"], host="www", LOCALDOMAIN="example", **DNSENV)
+    server.host = "127.53.0.10"
+    env = server.ask()
+    assert env["TCPLOCALIP"] == "127.53.0.10"
+
+
+def test_unknown_host_argument(tmp_path, dns_server) -> None:
+    env = dict(os.environ, DNSCACHEIP="127.53.0.1", DNSREWRITEFILE=str(tmp_path / "none"))
+    proc = subprocess.run(ours("nx.example", "0", "true"), env=env,
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 111
+    assert proc.stderr == b"tcpserver: fatal: no IP address for nx.example\n"
+
+
+def test_remote_info_from_oidentd(serve, identd) -> None:
+    server = serve(["-H", "-l", "0", "-r"])
+    env = server.ask()
+    assert env["TCPREMOTEINFO"] == identd.user
+    assert env["TCP6REMOTEINFO"] == identd.user
+    assert f":127.0.0.1:{identd.user}:" in server.log()
+
+
+def test_ident_error_gives_empty_info(serve) -> None:
+    with FakeIdentd([b"1 , 2 : ERROR : NO-USER\r\n"]) as fake:
+        server = serve(["-H", "-l", "0", "-r", "-t", "5"])
+        env = server.ask(fake.ip)
+    assert env["TCPREMOTEINFO"] == ""
+
+
+def test_slow_ident_does_not_block_others(serve, identd) -> None:
+    with FakeIdentd([HANG]) as fake:
+        server = serve(["-H", "-l", "0", "-r", "-t", "3"])
+        slow: Dict[str, Optional[Dict[str, str]]] = {"env": None}
+        started = time.monotonic()
+
+        def ask_slow() -> None:
+            slow["env"] = server.ask(fake.ip)
+
+        thread = threading.Thread(target=ask_slow)
+        thread.start()
+        time.sleep(0.3)
+        quick = []
+        for _ in range(5):
+            t0 = time.monotonic()
+            quick.append((server.ask()["TCPREMOTEINFO"], time.monotonic() - t0))
+        thread.join(10)
+        elapsed = time.monotonic() - started
+    assert all(info == identd.user for info, _ in quick)
+    # all five were served while the slow one was still waiting
+    assert sum(t for _, t in quick) < 2.5, quick
+    assert slow["env"] is not None and "TCPREMOTEINFO" not in slow["env"]
+    assert 2.5 < elapsed < 8, elapsed   # -t 3 honoured
