@@ -8,7 +8,8 @@ ours/C.  Also reports start-up time to listening and idle RSS.
 
     python3 bench/bench_core.py [--rounds 5] [--count 3000] [--quick]
 
-Scenarios: ``-HRl0`` with ``/bin/true`` and ``echo hello`` at
+Both servers get ``-c 100 -b 256`` (a backlog large enough that no SYN is
+dropped, which would add 1 s retransmits to both).  Scenarios: ``-HRl0`` with ``/bin/true`` and ``echo hello`` at
 concurrency 1 and 32, and (when ``--dns IP`` names a DNS server that
 answers PTR for 127.0.0.1, and an ident server runs on 127.0.0.1:113)
 ``-hr`` at concurrency 32.  Nothing here is a test: the numbers go in
@@ -75,7 +76,7 @@ def bare_python_rss() -> int:
 
 def scenario(opts: List[str], prog: List[str], conc: int, count: int, rounds: int,
              env: Optional[Dict[str, str]]) -> Dict[str, Dict[str, float]]:
-    common = ["-1", "-c", "100", *opts, "127.0.0.1", "0", *prog]
+    common = ["-1", "-c", "100", "-b", "256", *opts, "127.0.0.1", "0", *prog]
     ours, ours_port, _ = start([*OURS, "-C", "0", *common], env)
     theirs, c_port, _ = start([C_TCPSERVER, *common], env)
     results: Dict[str, List[Dict[str, float]]] = {"ours": [], "C": []}

@@ -18,8 +18,13 @@ import time
 from typing import Dict, List, Tuple
 
 
-def run(host: str, port: int, count: int, concurrency: int, seconds: float) -> Dict[str, float]:
-    """Drive the load and return conn/s, p50, p99 (milliseconds), errors."""
+def run(host: str, port: int, count: int, concurrency: int, seconds: float,
+        sources: int = 0) -> Dict[str, float]:
+    """Drive the load and return conn/s, p50, p99 (milliseconds), errors.
+
+    ``sources``: if not 0, connect from that many different source
+    addresses (127.77.x.y, IPv4 only), in turn.
+    """
     sel = selectors.DefaultSelector()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     started = 0
@@ -32,6 +37,9 @@ def run(host: str, port: int, count: int, concurrency: int, seconds: float) -> D
     def launch() -> None:
         nonlocal started, errors
         sock = socket.socket(family, socket.SOCK_STREAM)
+        if sources:
+            n = started % sources
+            sock.bind((f"127.77.{n // 250}.{n % 250 + 1}", 0))
         sock.setblocking(False)
         err = sock.connect_ex((host, port))
         if err not in (0, errno.EINPROGRESS):
@@ -82,8 +90,10 @@ def main() -> None:
     parser.add_argument("-n", "--count", type=int, default=2000)
     parser.add_argument("-c", "--concurrency", type=int, default=32)
     parser.add_argument("-t", "--seconds", type=float, default=30.0)
+    parser.add_argument("-s", "--sources", type=int, default=0,
+                        help="connect from this many source addresses (127.77.x.y)")
     args = parser.parse_args()
-    result = run(args.host, args.port, args.count, args.concurrency, args.seconds)
+    result = run(args.host, args.port, args.count, args.concurrency, args.seconds, args.sources)
     print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
 
 

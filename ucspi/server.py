@@ -54,6 +54,7 @@ class Server:
         self.spawn = os.posix_spawn if "/" in self.argv0 else os.posix_spawnp
         self.accepting = False
         self._dns: Any = None
+        self._rule_cache: Any = None
         self._dns_loaded = 0.0
 
     # -- the loop ---------------------------------------------------------
@@ -140,13 +141,14 @@ class Server:
         self._start(conn, self.env.build(ep.v6sock, changes, more))
 
     def _rules(self, conn: Connection) -> Any:
-        from ucspi import rules
+        if self._rule_cache is None:
+            from ucspi.rules import RulesCache
+            assert self.opts.rules is not None
+            self._rule_cache = RulesCache(self.opts.rules)
         ep = conn.ep
-        host = ep.remote_host.decode("latin-1") if ep.remote_host is not None else None
-        assert self.opts.rules is not None
         try:
-            return rules.check(self.opts.rules, self.opts.rules_missing_ok,
-                               ep.remote_ip, host, ep.remote_info)
+            return self._rule_cache.check(self.opts.rules_missing_ok, ep.remote_ip,
+                                          ep.remote_host, ep.remote_info)
         except (OSError, UcspiError) as exc:
             self.drop(conn, f"unable to read {self.opts.rules}", exc)
             return False

@@ -1,0 +1,13 @@
+#!/usr/bin/env python3
+"""tcprules, runnable from a checkout or a copy:
+``python3 tcprules.py rules.cdb rules.tmp``."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from ucspi.tcprules import main  # noqa: E402
+
+if __name__ == "__main__":
+    raise SystemExit(main())

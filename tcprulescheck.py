@@ -1,0 +1,13 @@
+#!/usr/bin/env python3
+"""tcprulescheck, runnable from a checkout or a copy:
+``python3 tcprulescheck.py rules.cdb``."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from ucspi.tcprulescheck import main  # noqa: E402
+
+if __name__ == "__main__":
+    raise SystemExit(main())

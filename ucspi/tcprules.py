@@ -1,0 +1,153 @@
+"""tcprules: compile a rules text (standard input) into a cdb.
+
+Usage: ``tcprules rules.cdb rules.tmp < rules.txt``
+
+The cdb is written to ``rules.tmp``, synced, and renamed to
+``rules.cdb``, so a server reading ``rules.cdb`` sees the old rules or
+the new ones, never a mixture.  Both names must be on one file system.
+On any error the old ``rules.cdb`` is left as it was (a partial
+``rules.tmp`` may remain, as with the C tool).
+
+Messages and exit codes are ucspi-tcp's: 100 for a usage or syntax
+error, 111 for a system error (and, as IndiMail does, for a non-blank
+line without any colon).  The line syntax is in :mod:`ucspi.rules`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import BinaryIO, List, Optional
+
+from ucspi.cdb import CdbError, CdbWriter
+from ucspi.errors import EXIT_TEMP, EXIT_USAGE, errtext
+from ucspi.rules import NoColonError, RuleSyntaxError, parse_line
+
+PROG = b"tcprules: "
+FATAL = PROG + b"fatal: "
+USAGE = b"tcprules: usage: tcprules rules.cdb rules.tmp"
+
+
+class _Exit(Exception):
+    """Leave main with a message on stderr and an exit code."""
+
+    def __init__(self, code: int, message: bytes) -> None:
+        super().__init__(code)
+        self.code = code
+        self.message = message
+
+
+def _say(message: bytes) -> None:
+    try:
+        os.write(2, message + b"\n")
+    except OSError:
+        pass
+
+
+def _sys(what: bytes, err: BaseException) -> _Exit:
+    return _Exit(EXIT_TEMP, FATAL + what + b": " + errtext(err).encode())
+
+
+def _compile(source: BinaryIO, writer: CdbWriter, tmp: bytes) -> None:
+    """Read every line of ``source`` and add its records."""
+    while True:
+        try:
+            line = source.readline()
+        except OSError as e:
+            raise _sys(b"unable to read input", e) from None
+        if not line:
+            return
+        try:
+            records = parse_line(line)
+        except RuleSyntaxError as e:
+            raise _Exit(EXIT_USAGE,
+                        FATAL + b"unable to parse this line: " + e.line) \
+                from None
+        except NoColonError as e:
+            raise _Exit(EXIT_TEMP, FATAL + str(e).encode()) from None
+        try:
+            for key, value in records:
+                writer.add(key, value)
+        except (OSError, CdbError) as e:
+            raise _sys(b"unable to write to " + tmp, e) from None
+
+
+def _finish(fd: int, writer: CdbWriter, tmp: bytes) -> None:
+    try:
+        writer.finish()
+        os.fsync(fd)
+    except (OSError, CdbError) as e:
+        os.close(fd)
+        raise _sys(b"unable to write to " + tmp, e) from None
+    try:
+        os.close(fd)
+    except OSError as e:
+        raise _sys(b"unable to write to " + tmp, e) from None
+
+
+def run(cdb: str, tmp: str, source: BinaryIO) -> None:
+    """Compile ``source`` into ``tmp``, then rename it to ``cdb``.
+
+    Args:
+        cdb: the rules cdb to replace.
+        tmp: the temporary file, on the same file system.
+        source: the rules text, read line by line.
+
+    Raises:
+        _Exit: with the message and exit code of the failure.
+    """
+    tmpb, cdbb = os.fsencode(tmp), os.fsencode(cdb)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC |
+                     os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise _sys(b"unable to create " + tmpb, e) from None
+    writer = CdbWriter(fd)
+    try:
+        _compile(source, writer, tmpb)
+    except BaseException:
+        os.close(fd)
+        raise
+    _finish(fd, writer, tmpb)
+    try:
+        os.rename(tmp, cdb)
+    except OSError as e:
+        raise _sys(b"unable to move " + tmpb + b" to " + cdbb, e) from None
+
+
+def _stdin() -> BinaryIO:
+    try:
+        return os.fdopen(0, "rb", closefd=False)
+    except OSError as e:
+        raise _sys(b"unable to read input", e) from None
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run tcprules.
+
+    Args:
+        argv: the arguments after the program name (default
+            ``sys.argv[1:]``).
+
+    Returns:
+        The exit code: 0, 100 or 111.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) < 2:
+        _say(USAGE)
+        return EXIT_USAGE
+    try:
+        run(args[0], args[1], _stdin())
+    except _Exit as e:
+        _say(e.message)
+        return e.code
+    except MemoryError:
+        _say(FATAL + b"out of memory")
+        return EXIT_TEMP
+    except KeyboardInterrupt:
+        return EXIT_TEMP
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
