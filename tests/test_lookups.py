@@ -9,75 +9,17 @@ address whose PTR record the test wants.  The ident tests use oidentd
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import threading
 import time
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Optional
 
 import pytest
 
 from tests.fix_dns import RECORDS, dns_server  # noqa: F401  (fixture)
 from tests.fix_ident import HANG, FakeIdentd, identd  # noqa: F401  (fixture)
 from tests.util import ours
-
-PRINT_ENV = ["sh", "-c", "env; echo END"]
-
-
-class Running:
-    """Our server on 127.0.0.1 (or ``host``) and a kernel-chosen port."""
-
-    def __init__(self, args: List[str], env: Dict[str, str], tmp: str, host: str = "127.0.0.1") -> None:
-        self.log_path = os.path.join(tmp, "server.log")
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                ours("-1", "-v", *args, host, "0", *PRINT_ENV),
-                stdout=subprocess.PIPE, stderr=log, env=env)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line.strip().isdigit(), self.log()
-        self.port = int(line)
-        self.host = host
-
-    def log(self) -> str:
-        with open(self.log_path, "rb") as handle:
-            return handle.read().decode("latin-1")
-
-    def ask(self, source: str = "127.0.0.1", timeout: float = 30.0) -> Dict[str, str]:
-        """Connect from ``source``; return the program's environment."""
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.bind((source, 0))
-            sock.connect((self.host, self.port))
-            data = b""
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        lines = data.decode("latin-1").splitlines()
-        assert lines and lines[-1] == "END", data
-        return dict(line.split("=", 1) for line in lines[:-1] if "=" in line)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(5)
-
-
-@pytest.fixture
-def serve(tmp_path) -> Iterator:
-    started: List[Running] = []
-
-    def start(args: List[str], host: str = "127.0.0.1", **env: str) -> Running:
-        full = dict(os.environ, DNSREWRITEFILE=str(tmp_path / "no-rewrite"), **env)
-        server = Running(args, full, str(tmp_path), host)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
+from tests.fix_running import serve  # noqa: F401  (fixture)
 
 DNSENV = {"DNSCACHEIP": "127.53.0.1"}
 
