@@ -14,14 +14,12 @@ byte but NUL.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Tuple
 
 Change = Tuple[bytes, Optional[bytes]]   # (name, value); None = remove
 Environment = Dict[bytes, bytes]
 
 
-@dataclass
 class Endpoints:
     """What is known about one connection when its program starts.
 
@@ -30,19 +28,25 @@ class Endpoints:
     ``::ffff:a.b.c.d``), used only when ``v6sock``.
     """
 
-    proto6: bool
-    v6sock: bool
-    local_ip: str
-    local_ip6: str
-    local_port: int
-    remote_ip: str
-    remote_ip6: str
-    remote_port: int
-    local_host: Optional[bytes] = None
-    remote_host: Optional[bytes] = None
-    paranoid: Optional[bytes] = None
-    remote_info: Optional[bytes] = None
-    interface: Optional[bytes] = None
+    __slots__ = ("proto6", "v6sock", "local_ip", "local_ip6", "local_port",
+                 "remote_ip", "remote_ip6", "remote_port", "local_host",
+                 "remote_host", "paranoid", "remote_info", "interface")
+
+    def __init__(self, proto6: bool, v6sock: bool, local_ip: str, local_ip6: str,
+                 local_port: int, remote_ip: str, remote_ip6: str, remote_port: int) -> None:
+        self.proto6 = proto6
+        self.v6sock = v6sock
+        self.local_ip = local_ip
+        self.local_ip6 = local_ip6
+        self.local_port = local_port
+        self.remote_ip = remote_ip
+        self.remote_ip6 = remote_ip6
+        self.remote_port = remote_port
+        self.local_host: Optional[bytes] = None
+        self.remote_host: Optional[bytes] = None
+        self.paranoid: Optional[bytes] = None
+        self.remote_info: Optional[bytes] = None
+        self.interface: Optional[bytes] = None
 
 
 def _b(text: str) -> bytes:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Tuple
 
 from ucspi.errors import Fatal, errtext
@@ -27,14 +26,15 @@ from ucspi.errors import Fatal, errtext
 WILDCARDS = ("0", "::", "0.0.0.0", "")
 
 
-@dataclass
 class Listener:
     """The bound, listening sockets and what they imply."""
 
-    sockets: List[socket.socket] = field(default_factory=list)
-    v6sock: bool = False        # the main socket is AF_INET6 (TCP6* vars)
-    port: int = 0
-    scope_id: int = 0
+    def __init__(self, sockets: List[socket.socket], v6sock: bool, port: int,
+                 scope_id: int) -> None:
+        self.sockets = sockets
+        self.v6sock = v6sock      # the main socket is AF_INET6 (TCP6* vars)
+        self.port = port
+        self.scope_id = scope_id
 
 
 def parse_port(text: str) -> int:

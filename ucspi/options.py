@@ -16,7 +16,6 @@ The module is pure: :func:`parse` turns argv and the environment into a
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from ucspi.errors import UsageError
@@ -68,10 +67,14 @@ DEFAULT_LIMIT = 40
 DEFAULT_PER_HOST = 20
 
 
-@dataclass
 class Options:
     """Everything the command line (and ``$MAXPERIP``, ``$UID``,
-    ``$GID``) asks of the server."""
+    ``$GID``) asks of the server.
+
+    A plain class rather than a dataclass: ``dataclasses`` pulls in
+    ``inspect`` and friends, which a long-running server would carry
+    in memory for nothing.
+    """
 
     verbosity: int = 1
     table_after_status: bool = False          # -V
@@ -100,8 +103,15 @@ class Options:
     pidfile: Optional[str] = None             # -e
     host: str = "0"
     port: str = ""
-    argv: List[str] = field(default_factory=list)
-    refused: List[str] = field(default_factory=list)
+    argv: List[str]
+    refused: List[str]
+
+    def __init__(self) -> None:
+        self.argv = []
+        self.refused = []
+
+    def __repr__(self) -> str:
+        return f"Options({vars(self)!r})"
 
 
 class OptionError(UsageError):

@@ -24,18 +24,19 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-from dataclasses import dataclass
 from typing import List, Optional
 
 from ucspi.errors import Fatal, errtext
 
 
-@dataclass
 class Identity:
-    uid: Optional[int] = None
-    gid: Optional[int] = None
-    groups: Optional[List[int]] = None
-    explicit_gid: bool = False   # from -g or $GID, not implied by -u
+    """The uid, gid and groups to become."""
+
+    def __init__(self, uid: Optional[int] = None, gid: Optional[int] = None) -> None:
+        self.uid = uid
+        self.gid = gid
+        self.groups: Optional[List[int]] = None
+        self.explicit_gid = False   # from -g or $GID, not implied by -u
 
     def wanted(self) -> bool:
         return self.uid is not None or self.gid is not None
