@@ -13,9 +13,9 @@ import pytest
 
 from tests.fix_rules import dump_text, tinycdb_dump, tinycdb_make
 from ucspi import cdb as cdbmod
-from ucspi.cdb import (CdbError, CdbReader, CdbSnapshot, CdbWriter, cdb_hash,
-                       prefix_hashes, write_cdb)
+from ucspi.cdb import CdbError, CdbReader, CdbWriter, cdb_hash, prefix_hashes, write_cdb
 from ucspi.errors import UcspiError, errtext
+from ucspi.rulecache import CdbSnapshot
 
 Records = List[Tuple[bytes, bytes]]
 

@@ -16,7 +16,9 @@ print djb's words (``protocol error`` for a corrupt or truncated file,
 *open* the file is left as the plain ``OSError`` (``ENOENT`` etc.), so a
 caller can forgive a missing file and nothing else.  The file is read
 with ``os.pread`` on a descriptor opened for the lookup: cheap, and a
-rebuilt file (new inode, renamed into place) is seen at once.
+rebuilt file (new inode, renamed into place) is seen at once.  (A server
+that consults one cdb per connection keeps it in memory instead:
+:class:`ucspi.rulecache.CdbSnapshot`.)
 
 The writer produces files byte-identical to djb's ``cdbmake`` and to
 tinycdb for the same records in the same order, and refuses to pass the
@@ -41,8 +43,7 @@ import errno
 import os
 import stat
 import struct
-import time
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Iterable, Iterator, List, Optional, Tuple
 
 from ucspi.errors import UcspiError
 
@@ -339,77 +340,6 @@ class CdbReader:
                     raise _corrupt("slot hash does not match its key")
                 count += 1
         return count
-
-
-class CdbSnapshot:
-    """A small cdb kept in memory as a dict while the file is unchanged.
-
-    For a server that consults the same cdb for every connection.
-    :meth:`table` costs one ``stat()`` while the file's identity (device,
-    inode, size, mtime, ctime) is unchanged; a file replaced by
-    ``tcprules`` (a new inode) or rewritten in place (a new ctime) is
-    loaded again, so a rebuild takes effect at the next lookup, as with
-    a fresh open.  A file changed less than ``settle_ns`` ago, bigger
-    than ``max_size``, or failing the full check of :meth:`CdbReader.verify`
-    is not cached: :meth:`table` returns None and the caller reads the
-    file itself with :class:`CdbReader`, which then reports any error.
-
-    Args:
-        path: the cdb file.
-        max_size: largest file to hold in memory.
-        settle_ns: how long a file must have been left alone.
-    """
-
-    def __init__(self, path: str, max_size: int = 8 << 20,
-                 settle_ns: int = 2_000_000_000) -> None:
-        self.path = path
-        self.max_size = max_size
-        self.settle_ns = settle_ns
-        self._sig: Optional[Tuple[int, ...]] = None
-        self._bad: Optional[Tuple[int, ...]] = None
-        self._table: Dict[bytes, bytes] = {}
-
-    @staticmethod
-    def _signature(st: os.stat_result) -> Tuple[int, ...]:
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
-                st.st_ctime_ns)
-
-    def table(self) -> Optional[Dict[bytes, bytes]]:
-        """The first data of every key, or None (read the file instead).
-
-        Raises:
-            OSError: ``stat()`` fails (``ENOENT`` when missing).
-        """
-        st = os.stat(self.path)
-        sig = self._signature(st)
-        if sig == self._sig:
-            return self._table
-        if sig == self._bad or not stat.S_ISREG(st.st_mode) or \
-                st.st_size > self.max_size or \
-                time.time_ns() - st.st_ctime_ns < self.settle_ns:
-            return None
-        try:
-            table = self._load(sig)
-        except (OSError, CdbError):
-            table = None
-        if table is None:
-            self._bad = sig
-            return None
-        self._sig, self._table = sig, table
-        return table
-
-    def _load(self, sig: Tuple[int, ...]) -> Optional[Dict[bytes, bytes]]:
-        with CdbReader(self.path) as db:
-            if self._signature(os.fstat(db._fd)) != sig:
-                return None
-            mem = CdbReader.from_bytes(db._read(0, db.size))
-        records = list(mem.items())
-        if mem.verify() != len(records):
-            return None
-        table: Dict[bytes, bytes] = {}
-        for key, data in records:
-            table.setdefault(key, data)
-        return table
 
 
 class CdbWriter:

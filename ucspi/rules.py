@@ -1,17 +1,20 @@
-"""Access rules: the tcprules language, its compiled form, and lookups.
+"""Access rules: which rule applies to a client, and what it says.
 
-A rules text has one rule per line, ``address:allow`` or
-``address:deny``, optionally followed by environment changes
-(``,NAME="value"`` with any quote byte, ``,!NAME`` to remove one).
-``tcprules`` compiles it into a cdb whose keys are the addresses as
-written (ranges such as ``10.2-3.`` expanded, CIDR blocks turned into
-IndiMail's bit-string keys) and whose values are NUL-terminated entries:
-``D`` (deny), ``+NAME=VALUE``, ``-NAME``.
+``tcprules`` compiles a rules text into a cdb (the language and its
+compiled form are in :mod:`ucspi.rulesparse`): keys are addresses,
+ranges expanded and CIDR blocks turned into IndiMail's bit-string keys;
+values are NUL-terminated entries, ``D`` (deny), ``+NAME=VALUE``,
+``-NAME``.
 
 For a client, ``tcpserver -x`` and ``tcprulescheck`` try a fixed
 sequence of keys (:func:`lookup_keys`); the first key present decides,
 and its value is applied with :func:`apply`.  Everything here is pure
-except :func:`find` and :func:`check`, which open the cdb for one lookup.
+except :func:`find` and :func:`check`, which open the cdb for one lookup;
+a server uses :class:`~ucspi.rulecache.RulesCache` instead.
+
+This module is the front door: it re-exports the parser's public names
+(:func:`parse_line`, :class:`RuleSyntaxError`, ...) and
+:class:`RulesCache`, so callers import everything from here.
 
 Names and values are bytes throughout: an ident answer or a value in a
 rule may hold any byte but NUL.
@@ -28,206 +31,23 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from itertools import chain
-from typing import Dict, Iterator, List, Optional, Set, Tuple, Union
+from typing import Iterator, List, Optional, Tuple, Union
 
-from ucspi.cdb import CdbReader, CdbSnapshot, cdb_hash, prefix_hashes
-from ucspi.errors import UcspiError
+from ucspi.cdb import CdbReader, cdb_hash, prefix_hashes
 from ucspi.ipfmt import ip6_text
+from ucspi.rulecache import RulesCache
+from ucspi.rulesparse import (NoColonError, Record, RuleSyntaxError, address_keys, cidr_key,
+                              encode_value, ip4_bits, ip6_bits, parse_line)
+
+__all__ = [
+    # defined here
+    "Text", "entries", "lookup_keys", "find", "Decision", "apply", "check",
+    # re-exported from ucspi.rulesparse and ucspi.rulecache
+    "Record", "RuleSyntaxError", "NoColonError", "parse_line", "address_keys",
+    "cidr_key", "encode_value", "ip4_bits", "ip6_bits", "RulesCache",
+]
 
 Text = Union[str, bytes]
-Record = Tuple[bytes, bytes]
-
-_LETTERS4 = b"abcdefghijklmnopqrstuvwxyz123456"
-_U64 = 1 << 64
-
-
-class RuleSyntaxError(UcspiError):
-    """A rules line cannot be parsed (tcprules exits 100).
-
-    ``line`` is the offending line without its trailing blanks."""
-
-    def __init__(self, line: bytes) -> None:
-        super().__init__("unable to parse this line")
-        self.line = line
-
-
-class NoColonError(UcspiError):
-    """A non-blank line has no colon at all (tcprules exits 111, as
-    IndiMail's does)."""
-
-
-# ---------------------------------------------------------------- parsing
-
-def _separator(text: bytes) -> int:
-    """Index of the first ``:`` directly followed by allow/deny, or -1."""
-    colon = text.find(b":")
-    while colon >= 0:
-        if text.startswith(b"deny", colon + 1) or \
-                text.startswith(b"allow", colon + 1):
-            return colon
-        colon = text.find(b":", colon + 1)
-    return -1
-
-
-def _instructions(text: bytes, rest: bytes) -> bytes:
-    """Compile ``allow...``/``deny...`` into the value bytes."""
-    if rest.startswith(b"deny"):
-        value, pos = bytearray(b"D\0"), 4
-    elif rest.startswith(b"allow"):
-        value, pos = bytearray(), 5
-    else:
-        raise RuleSyntaxError(text)
-    end = len(rest)
-    while pos < end:
-        if rest[pos] != 0x2C:  # ","
-            raise RuleSyntaxError(text)
-        nextc = rest.find(b",", pos + 1)
-        nextc = end if nextc < 0 else nextc
-        eq = rest.find(b"=", pos + 1)
-        eq = end if eq < 0 else eq
-        if eq >= nextc:  # ",!NAME": no "=" before the next comma
-            if nextc - pos - 1 < 2 or rest[pos + 1] != 0x21:  # "!"
-                raise RuleSyntaxError(text)
-            value += b"-" + rest[pos + 2:nextc] + b"\0"
-            pos = nextc
-            continue
-        value += b"+" + rest[pos + 1:eq + 1]
-        pos = eq + 1
-        if pos >= end:
-            raise RuleSyntaxError(text)
-        close = rest.find(rest[pos:pos + 1], pos + 1)
-        if close < 0:
-            raise RuleSyntaxError(text)
-        value += rest[pos + 1:close] + b"\0"
-        pos = close + 1
-    return bytes(value)
-
-
-def _number(field_: bytes, text: bytes) -> int:
-    """A range bound: decimal digits, empty = 0, wrapping like C."""
-    if field_ and not field_.isdigit():
-        raise RuleSyntaxError(text)
-    return int(field_ or b"0") % _U64
-
-
-def _expand_range(address: bytes, dash: int, text: bytes) -> List[bytes]:
-    left = address.rfind(b".", 0, dash) + 1
-    right = address.find(b".", dash + 1)
-    right = len(address) if right < 0 else right
-    low = _number(address[left:dash], text)
-    high = min(_number(address[dash + 1:right], text), 255)
-    head, tail = address[:left], address[right:]
-    return [head + b"%d" % n + tail for n in range(low, high + 1)]
-
-
-def cidr_key(address: bytes) -> Optional[bytes]:
-    """The lookup key for a CIDR block, or None if it is not valid.
-
-    ``a.b.c.d/n`` (missing trailing fields count as 0, so ``127.0/8``
-    works) gives ``_`` + the first *n* characters of the IPv4 bit
-    string; ``x:y::/n`` gives ``^`` + the first *n* of the IPv6 one.
-    Prefix lengths: 2-32 (IPv4), 2-128 (IPv6); shorter ones are never
-    looked up, so they are refused (write the empty rule instead).
-
-    Args:
-        address: the text before the colon, e.g. ``b"10.0.0.0/8"``.
-
-    Returns:
-        The key, or None.
-    """
-    net, _, plen = address.partition(b"/")
-    if not plen.isdigit() or len(plen) > 3:
-        return None
-    bits = int(plen)
-    if b":" in net:
-        try:
-            ip6 = ipaddress.IPv6Address(net.decode("ascii"))
-        except ValueError:
-            return None
-        if ip6.scope_id is not None or not 2 <= bits <= 128:
-            return None
-        return b"^" + ip6_bits(ip6.packed)[:bits]
-    fields = net.split(b".")
-    if not 1 <= len(fields) <= 4 or not 2 <= bits <= 32:
-        return None
-    if not all(f.isdigit() and len(f) <= 3 and int(f) < 256 for f in fields):
-        return None
-    octets = bytes(int(f) for f in fields) + bytes(4 - len(fields))
-    return b"_" + ip4_bits(octets)[:bits]
-
-
-def address_keys(address: bytes, text: bytes) -> List[bytes]:
-    """The cdb keys an address compiles to (one, several or none).
-
-    Args:
-        address: the text before the separator colon.
-        text: the whole line, for the error.
-
-    Returns:
-        The keys, in order.
-
-    Raises:
-        RuleSyntaxError: a bad range or CIDR block.
-    """
-    if b"=" in address or b"@" in address:
-        return [address]
-    if b"/" in address:
-        key = cidr_key(address)
-        if key is None:
-            raise RuleSyntaxError(text)
-        return [key]
-    dash = address.find(b"-")
-    if dash < 0:
-        return [address]
-    return _expand_range(address, dash, text)
-
-
-def parse_line(line: bytes) -> List[Record]:
-    """Compile one line of a rules text.
-
-    Args:
-        line: the line, with or without its LF.
-
-    Returns:
-        The ``(key, value)`` records it makes, in order (none for a
-        comment, a blank line or a range whose low end is above its
-        high end).
-
-    Raises:
-        RuleSyntaxError: the line is malformed (exit 100).
-        NoColonError: the line is not blank and has no colon (exit 111).
-    """
-    if line.startswith(b"#"):
-        return []
-    text = line.rstrip(b"\n \t")
-    if not text.strip():  # blank, or only ASCII white space (D19)
-        return []
-    colon = _separator(text)
-    if colon < 0:
-        if b":" not in text:
-            raise NoColonError("Unable to find colon on non-empty line.")
-        raise RuleSyntaxError(text)
-    value = _instructions(text, text[colon + 1:])
-    return [(key, value) for key in address_keys(text[:colon], text)]
-
-
-def encode_value(deny: bool, changes: List[Tuple[bytes, Optional[bytes]]]
-                 ) -> bytes:
-    """Build a rule value from its parts.
-
-    Args:
-        deny: whether the rule denies.
-        changes: ``(name, value)`` to set, ``(name, None)`` to remove.
-
-    Returns:
-        The value bytes as tcprules stores them.
-    """
-    out = [b"D\0"] if deny else []
-    for name, val in changes:
-        out.append(b"-" + name + b"\0" if val is None
-                   else b"+" + name + b"=" + val + b"\0")
-    return b"".join(out)
 
 
 def entries(value: bytes) -> List[bytes]:
@@ -237,36 +57,6 @@ def entries(value: bytes) -> List[bytes]:
 
 
 # ---------------------------------------------------------------- lookup
-
-def _octet_table(i: int) -> List[bytes]:
-    letters = _LETTERS4[8 * i:8 * i + 8]
-    return [bytes(letters[j] if v & (0x80 >> j) else 48 for j in range(8))
-            for v in range(256)]
-
-
-_OCTETS = [_octet_table(i) for i in range(4)]
-
-
-def ip4_bits(octets: bytes) -> bytes:
-    """IndiMail's 32-character bit string for an IPv4 address: bit *i*
-    (most significant first) is ``0`` or the *i*-th of ``a..z1..6``."""
-    return b"".join(_OCTETS[i][octets[i]] for i in range(4))
-
-
-def ip6_bits(packed: bytes) -> bytes:
-    """IndiMail's 128-character bit string for an IPv6 address: a clear
-    bit is ``0``, the *n*-th set bit (from the most significant) is the
-    byte 96 + *n*."""
-    out = bytearray(b"0" * 128)
-    n = 96
-    for i, byte in enumerate(packed):
-        if byte:
-            for j in range(8):
-                if byte & (0x80 >> j):
-                    out[8 * i + j] = n
-                    n += 1
-    return bytes(out)
-
 
 def _b(text: Text) -> bytes:
     return text if isinstance(text, bytes) else \
@@ -488,66 +278,3 @@ def check(cdb_path: str, missing_ok: bool, ip: str, host: Optional[Text],
         raise
     return None if found is None else apply(found[1])
 
-
-class RulesCache:
-    """Lookups for a server: the answers of :func:`find`, faster.
-
-    While the cdb is unchanged its records are held in memory
-    (:class:`ucspi.cdb.CdbSnapshot`), so a lookup costs one ``stat()``
-    and a few dict probes, and only the CIDR prefix lengths that occur
-    in the file are tried.  A new or rewritten file is picked up at the
-    next lookup.  Files that cannot be cached (too big, just changed,
-    failing the full check) are read per lookup by :func:`find`.
-
-    Args:
-        cdb_path: the rules cdb.
-    """
-
-    def __init__(self, cdb_path: str) -> None:
-        self.path = cdb_path
-        self._snapshot = CdbSnapshot(cdb_path)
-        self._table: Optional[Dict[bytes, bytes]] = None
-        self._cidr: Dict[bytes, List[int]] = {}
-
-    def _index(self, table: Dict[bytes, bytes]) -> None:
-        lengths: Dict[bytes, Set[int]] = {b"_": set(), b"^": set()}
-        for key in table:
-            mark = key[:1]
-            if mark in lengths and len(key) >= 3:
-                lengths[mark].add(len(key) - 1)
-        self._cidr = {m: sorted(ls, reverse=True) for m, ls in lengths.items()}
-        self._table = table
-
-    def find(self, ip: str, host: Optional[Text], info: Optional[Text]
-             ) -> Optional[Record]:
-        """As :func:`find` for this cache's file.
-
-        Raises:
-            OSError, CdbError: as :func:`find`.
-        """
-        table = self._snapshot.table()
-        if table is None:
-            return find(self.path, ip, host, info)
-        if table is not self._table:
-            self._index(table)
-        plan = _plan(ip, host, info)
-        lengths = self._cidr.get(plan.mark, ())
-        cidr = plan.mark + plan.bits if lengths else b""
-        lengths = [p for p in lengths if p < len(cidr)]
-        for key in chain(plan.head, (cidr[:p + 1] for p in lengths),
-                         plan.tail):
-            value = table.get(key)
-            if value is not None:
-                return key, value
-        return None
-
-    def check(self, missing_ok: bool, ip: str, host: Optional[Text],
-              info: Optional[Text]) -> Optional[Decision]:
-        """As :func:`check` for this cache's file."""
-        try:
-            found = self.find(ip, host, info)
-        except FileNotFoundError:
-            if missing_ok:
-                return None
-            raise
-        return None if found is None else apply(found[1])

@@ -21,7 +21,7 @@ from typing import BinaryIO, List, Optional
 
 from ucspi.cdb import CdbError, CdbWriter
 from ucspi.errors import EXIT_TEMP, EXIT_USAGE, errtext
-from ucspi.rules import NoColonError, RuleSyntaxError, parse_line
+from ucspi.rulesparse import NoColonError, RuleSyntaxError, parse_line
 
 PROG = b"tcprules: "
 FATAL = PROG + b"fatal: "

@@ -1,0 +1,286 @@
+"""One DNS question over UDP and TCP: the transmission half of the resolver.
+
+:class:`Transmit` asks one :class:`~ucspi.dnsmsg.Question` on a
+:class:`~ucspi.reactor.Reactor` and reports the answer packet (or the
+last failure) once; the lookups of :mod:`ucspi.dns` are built on it.
+It only moves bytes: the query is built and each response judged by
+:mod:`ucspi.dnsmsg`, and the servers and timing come from
+:class:`~ucspi.dnsconf.DnsConfig`.
+
+The question is asked as djbdns does: UDP rounds with per-attempt
+deadlines of 3, 11 and 45 s, every server in order in each round, each
+attempt on a new socket bound to a random port with a random ID (both
+from :mod:`secrets`).  A datagram that is not an answer to our question
+is ignored; TC switches to TCP (each server once, 10 s to connect and
+send, 10 s to read); a server failure or a refused connection moves on
+at once, except in the 11 s round where the attempt waits for its
+deadline (djbdns's quirk, kept).  The schedule lives in
+:class:`~ucspi.dnsconf.DnsConfig` so tests can shrink it.
+"""
+
+from __future__ import annotations
+
+import errno
+import secrets
+import socket
+from typing import Callable, Optional, Tuple
+
+from .dnsconf import DnsConfig, Server
+from .dnsmsg import (ANSWER, IGNORE, SERVFAIL, TRUNCATED, UDP_MAX, DnsError, Question,
+                     build_query, classify)
+from .reactor import Reactor, Timer
+
+__all__ = ["PacketDone", "Transmit"]
+
+PacketDone = Callable[[Optional[bytes], Optional[DnsError]], None]
+
+def _error(exc: OSError) -> DnsError:
+    num = exc.errno if exc.errno is not None else errno.EIO
+    return DnsError(exc.strerror or "socket error", num)
+
+
+def _open(ip: str, kind: int) -> socket.socket:
+    """A non-blocking socket bound to a random port in 1025..65534 (ten
+    tries, then one chosen by the kernel), as djbdns does."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    sock = socket.socket(family, kind)
+    try:
+        sock.setblocking(False)
+        host = "::" if family == socket.AF_INET6 else "0.0.0.0"
+        for _ in range(10):
+            try:
+                sock.bind((host, 1025 + secrets.randbelow(64510)))
+                return sock
+            except OSError:
+                continue
+        sock.bind((host, 0))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _address(server: Server, port: int) -> Tuple[object, ...]:
+    ip, scope = server
+    return (ip, port, 0, scope) if ":" in ip else (ip, port)
+
+
+class Transmit:
+    """One question asked until it is answered or every try has failed.
+
+    ``done(packet, None)`` receives a response that :func:`classify` calls
+    an answer (NOERROR or NXDOMAIN); ``done(None, error)`` reports the
+    failure of the last try (``ETIMEDOUT`` after a silent server).
+    """
+
+    def __init__(self, reactor: Reactor, conf: DnsConfig, question: Question,
+                 done: PacketDone) -> None:
+        self.reactor = reactor
+        self.conf = conf
+        self.question = question
+        self.done: Optional[PacketDone] = done
+        self.sock: Optional[socket.socket] = None
+        self.timer: Optional[Timer] = None
+        self.round = 0
+        self.server = 0
+        self.qid = 0
+        self.out = b""
+        self.inbuf = bytearray()
+        self.error = DnsError("timed out", errno.ETIMEDOUT)
+
+    def start(self) -> "Transmit":
+        """Begin on the next reactor turn; returns self (the handle)."""
+        self.timer = self.reactor.call_later(0, self._begin)
+        return self
+
+    def cancel(self) -> None:
+        """Stop: close the socket and the timer; ``done`` is never called."""
+        self.done = None
+        self._close()
+
+    # -- common -----------------------------------------------------------
+    def _begin(self) -> None:
+        self.timer = None
+        if self.conf.servers_error is not None:
+            self._finish(None, self.conf.servers_error)
+        else:
+            self._udp()
+
+    def _close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.sock is not None:
+            self.reactor.forget(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+
+    def _finish(self, packet: Optional[bytes], error: Optional[DnsError]) -> None:
+        done, self.done = self.done, None
+        self._close()
+        if done is not None:
+            done(packet, error)
+
+    def _new_query(self) -> bytes:
+        self.qid = secrets.randbits(16)
+        return build_query(self.question, self.qid)
+
+    def _wait(self, delay: float, callback: Callable[[], None]) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.reactor.call_later(delay, callback)
+
+    # -- UDP --------------------------------------------------------------
+    def _udp(self) -> None:
+        """Start the current attempt, or the first one that can start."""
+        servers = self.conf.servers
+        while self.round < len(self.conf.udp_timeouts):
+            while self.server < len(servers):
+                if self._udp_send(servers[self.server]):
+                    return
+                self.server += 1
+            self.round += 1
+            self.server = 0
+        self._finish(None, self.error)
+
+    def _udp_next(self) -> None:
+        self._close()
+        self.server += 1
+        self._udp()
+
+    def _udp_send(self, server: Server) -> bool:
+        try:
+            sock = _open(server[0], socket.SOCK_DGRAM)
+        except OSError as exc:
+            self.error = _error(exc)
+            return False
+        try:
+            sock.connect(_address(server, self.conf.port))
+            sock.send(self._new_query())
+        except OSError as exc:
+            sock.close()
+            self.error = _error(exc)
+            return False
+        self.sock = sock
+        self.reactor.add_reader(sock.fileno(), self._udp_read)
+        self._wait(self.conf.udp_timeouts[self.round], self._udp_timeout)
+        return True
+
+    def _patient(self) -> bool:
+        return self.round == self.conf.patient_round
+
+    def _udp_timeout(self) -> None:
+        self.timer = None
+        self.error = DnsError("timed out", errno.ETIMEDOUT)
+        self._udp_next()
+
+    def _udp_read(self) -> None:
+        assert self.sock is not None
+        try:
+            packet = self.sock.recv(UDP_MAX + 1)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.error = _error(exc)
+            if not (exc.errno == errno.ECONNREFUSED and self._patient()):
+                self._udp_next()
+            return
+        if len(packet) > UDP_MAX:
+            return
+        verdict = classify(packet, self.qid, self.question)
+        if verdict == ANSWER:
+            self._finish(packet, None)
+        elif verdict == TRUNCATED:
+            self._close()
+            self.server = 0
+            self._tcp()
+        elif verdict == SERVFAIL:
+            self.error = DnsError("server failure", errno.EAGAIN)
+            if not self._patient():
+                self._udp_next()
+
+    # -- TCP --------------------------------------------------------------
+    def _tcp(self) -> None:
+        servers = self.conf.servers
+        while self.server < len(servers):
+            if self._tcp_connect(servers[self.server]):
+                return
+            self.server += 1
+        self._finish(None, self.error)
+
+    def _tcp_next(self, error: DnsError) -> None:
+        self.error = error
+        self._close()
+        self.server += 1
+        self._tcp()
+
+    def _tcp_connect(self, server: Server) -> bool:
+        try:
+            sock = _open(server[0], socket.SOCK_STREAM)
+        except OSError as exc:
+            self.error = _error(exc)
+            return False
+        query = self._new_query()
+        self.out = len(query).to_bytes(2, "big") + query
+        self.inbuf = bytearray()
+        err = sock.connect_ex(_address(server, self.conf.port))
+        if err not in (0, errno.EINPROGRESS):
+            sock.close()
+            self.error = DnsError("connect failed", err)
+            return False
+        self.sock = sock
+        self.reactor.add_writer(sock.fileno(), self._tcp_write)
+        self._wait(self.conf.tcp_timeout, self._tcp_timeout)
+        return True
+
+    def _tcp_timeout(self) -> None:
+        self.timer = None
+        self._tcp_next(DnsError("timed out", errno.ETIMEDOUT))
+
+    def _tcp_write(self) -> None:
+        assert self.sock is not None
+        try:
+            err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, "connect failed")
+            sent = self.sock.send(self.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._tcp_next(_error(exc))
+            return
+        self.out = self.out[sent:]
+        if not self.out:
+            fd = self.sock.fileno()
+            self.reactor.remove_writer(fd)
+            self.reactor.add_reader(fd, self._tcp_read)
+            self._wait(self.conf.tcp_timeout, self._tcp_timeout)
+
+    def _tcp_read(self) -> None:
+        assert self.sock is not None
+        try:
+            data = self.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._tcp_next(_error(exc))
+            return
+        if not data:
+            self._tcp_next(DnsError("connection closed early", errno.EPROTO))
+            return
+        self.inbuf += data
+        if len(self.inbuf) < 2:
+            return
+        need = 2 + int.from_bytes(self.inbuf[:2], "big")
+        if len(self.inbuf) < need:
+            return
+        packet = bytes(self.inbuf[2:need])
+        verdict = classify(packet, self.qid, self.question)
+        if verdict == ANSWER:
+            self._finish(packet, None)
+        elif verdict == SERVFAIL:
+            self._tcp_next(DnsError("server failure", errno.EAGAIN))
+        else:
+            assert verdict in (IGNORE, TRUNCATED)
+            self._tcp_next(DnsError("irrelevant response", errno.EPROTO))
+

@@ -1,0 +1,253 @@
+"""The tcprules language: one line of a rules text to its cdb records.
+
+A rules text has one rule per line, ``address:allow`` or
+``address:deny``, optionally followed by environment changes
+(``,NAME="value"`` with any quote byte, ``,!NAME`` to remove one).
+:func:`parse_line` compiles a line into ``(key, value)`` records: the
+keys are the addresses as written, ranges such as ``10.2-3.`` expanded
+and CIDR blocks turned into IndiMail's bit-string keys
+(:func:`cidr_key`, :func:`ip4_bits`, :func:`ip6_bits`); the value is a
+run of NUL-terminated entries, ``D`` (deny), ``+NAME=VALUE``, ``-NAME``
+(:func:`encode_value` builds one from its parts).
+
+Everything here is pure, over bytes.  The lookups that read these
+records back are in :mod:`ucspi.rules`, which re-exports this module's
+public names.
+
+Example::
+
+    >>> parse_line(b"10.0-1.:allow,RELAYCLIENT=\\"\\",!TCPREMOTEINFO\\n")
+    [(b'10.0.', b'+RELAYCLIENT=\\x00-TCPREMOTEINFO\\x00'), (b'10.1.', ...)]
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import List, Optional, Tuple
+
+from ucspi.errors import UcspiError
+
+Record = Tuple[bytes, bytes]
+
+_LETTERS4 = b"abcdefghijklmnopqrstuvwxyz123456"
+_U64 = 1 << 64
+
+
+class RuleSyntaxError(UcspiError):
+    """A rules line cannot be parsed (tcprules exits 100).
+
+    ``line`` is the offending line without its trailing blanks."""
+
+    def __init__(self, line: bytes) -> None:
+        super().__init__("unable to parse this line")
+        self.line = line
+
+
+class NoColonError(UcspiError):
+    """A non-blank line has no colon at all (tcprules exits 111, as
+    IndiMail's does)."""
+
+
+# ---------------------------------------------------------------- parsing
+
+def _separator(text: bytes) -> int:
+    """Index of the first ``:`` directly followed by allow/deny, or -1."""
+    colon = text.find(b":")
+    while colon >= 0:
+        if text.startswith(b"deny", colon + 1) or \
+                text.startswith(b"allow", colon + 1):
+            return colon
+        colon = text.find(b":", colon + 1)
+    return -1
+
+
+def _instructions(text: bytes, rest: bytes) -> bytes:
+    """Compile ``allow...``/``deny...`` into the value bytes."""
+    if rest.startswith(b"deny"):
+        value, pos = bytearray(b"D\0"), 4
+    elif rest.startswith(b"allow"):
+        value, pos = bytearray(), 5
+    else:
+        raise RuleSyntaxError(text)
+    end = len(rest)
+    while pos < end:
+        if rest[pos] != 0x2C:  # ","
+            raise RuleSyntaxError(text)
+        nextc = rest.find(b",", pos + 1)
+        nextc = end if nextc < 0 else nextc
+        eq = rest.find(b"=", pos + 1)
+        eq = end if eq < 0 else eq
+        if eq >= nextc:  # ",!NAME": no "=" before the next comma
+            if nextc - pos - 1 < 2 or rest[pos + 1] != 0x21:  # "!"
+                raise RuleSyntaxError(text)
+            value += b"-" + rest[pos + 2:nextc] + b"\0"
+            pos = nextc
+            continue
+        value += b"+" + rest[pos + 1:eq + 1]
+        pos = eq + 1
+        if pos >= end:
+            raise RuleSyntaxError(text)
+        close = rest.find(rest[pos:pos + 1], pos + 1)
+        if close < 0:
+            raise RuleSyntaxError(text)
+        value += rest[pos + 1:close] + b"\0"
+        pos = close + 1
+    return bytes(value)
+
+
+def _number(field_: bytes, text: bytes) -> int:
+    """A range bound: decimal digits, empty = 0, wrapping like C."""
+    if field_ and not field_.isdigit():
+        raise RuleSyntaxError(text)
+    return int(field_ or b"0") % _U64
+
+
+def _expand_range(address: bytes, dash: int, text: bytes) -> List[bytes]:
+    left = address.rfind(b".", 0, dash) + 1
+    right = address.find(b".", dash + 1)
+    right = len(address) if right < 0 else right
+    low = _number(address[left:dash], text)
+    high = min(_number(address[dash + 1:right], text), 255)
+    head, tail = address[:left], address[right:]
+    return [head + b"%d" % n + tail for n in range(low, high + 1)]
+
+
+def cidr_key(address: bytes) -> Optional[bytes]:
+    """The lookup key for a CIDR block, or None if it is not valid.
+
+    ``a.b.c.d/n`` (missing trailing fields count as 0, so ``127.0/8``
+    works) gives ``_`` + the first *n* characters of the IPv4 bit
+    string; ``x:y::/n`` gives ``^`` + the first *n* of the IPv6 one.
+    Prefix lengths: 2-32 (IPv4), 2-128 (IPv6); shorter ones are never
+    looked up, so they are refused (write the empty rule instead).
+
+    Args:
+        address: the text before the colon, e.g. ``b"10.0.0.0/8"``.
+
+    Returns:
+        The key, or None.
+    """
+    net, _, plen = address.partition(b"/")
+    if not plen.isdigit() or len(plen) > 3:
+        return None
+    bits = int(plen)
+    if b":" in net:
+        try:
+            ip6 = ipaddress.IPv6Address(net.decode("ascii"))
+        except ValueError:
+            return None
+        if ip6.scope_id is not None or not 2 <= bits <= 128:
+            return None
+        return b"^" + ip6_bits(ip6.packed)[:bits]
+    fields = net.split(b".")
+    if not 1 <= len(fields) <= 4 or not 2 <= bits <= 32:
+        return None
+    if not all(f.isdigit() and len(f) <= 3 and int(f) < 256 for f in fields):
+        return None
+    octets = bytes(int(f) for f in fields) + bytes(4 - len(fields))
+    return b"_" + ip4_bits(octets)[:bits]
+
+
+def address_keys(address: bytes, text: bytes) -> List[bytes]:
+    """The cdb keys an address compiles to (one, several or none).
+
+    Args:
+        address: the text before the separator colon.
+        text: the whole line, for the error.
+
+    Returns:
+        The keys, in order.
+
+    Raises:
+        RuleSyntaxError: a bad range or CIDR block.
+    """
+    if b"=" in address or b"@" in address:
+        return [address]
+    if b"/" in address:
+        key = cidr_key(address)
+        if key is None:
+            raise RuleSyntaxError(text)
+        return [key]
+    dash = address.find(b"-")
+    if dash < 0:
+        return [address]
+    return _expand_range(address, dash, text)
+
+
+def parse_line(line: bytes) -> List[Record]:
+    """Compile one line of a rules text.
+
+    Args:
+        line: the line, with or without its LF.
+
+    Returns:
+        The ``(key, value)`` records it makes, in order (none for a
+        comment, a blank line or a range whose low end is above its
+        high end).
+
+    Raises:
+        RuleSyntaxError: the line is malformed (exit 100).
+        NoColonError: the line is not blank and has no colon (exit 111).
+    """
+    if line.startswith(b"#"):
+        return []
+    text = line.rstrip(b"\n \t")
+    if not text.strip():  # blank, or only ASCII white space (D19)
+        return []
+    colon = _separator(text)
+    if colon < 0:
+        if b":" not in text:
+            raise NoColonError("Unable to find colon on non-empty line.")
+        raise RuleSyntaxError(text)
+    value = _instructions(text, text[colon + 1:])
+    return [(key, value) for key in address_keys(text[:colon], text)]
+
+
+def encode_value(deny: bool, changes: List[Tuple[bytes, Optional[bytes]]]
+                 ) -> bytes:
+    """Build a rule value from its parts.
+
+    Args:
+        deny: whether the rule denies.
+        changes: ``(name, value)`` to set, ``(name, None)`` to remove.
+
+    Returns:
+        The value bytes as tcprules stores them.
+    """
+    out = [b"D\0"] if deny else []
+    for name, val in changes:
+        out.append(b"-" + name + b"\0" if val is None
+                   else b"+" + name + b"=" + val + b"\0")
+    return b"".join(out)
+
+
+# ---------------------------------------------------------------- bit strings
+
+def _octet_table(i: int) -> List[bytes]:
+    letters = _LETTERS4[8 * i:8 * i + 8]
+    return [bytes(letters[j] if v & (0x80 >> j) else 48 for j in range(8))
+            for v in range(256)]
+
+
+_OCTETS = [_octet_table(i) for i in range(4)]
+
+
+def ip4_bits(octets: bytes) -> bytes:
+    """IndiMail's 32-character bit string for an IPv4 address: bit *i*
+    (most significant first) is ``0`` or the *i*-th of ``a..z1..6``."""
+    return b"".join(_OCTETS[i][octets[i]] for i in range(4))
+
+
+def ip6_bits(packed: bytes) -> bytes:
+    """IndiMail's 128-character bit string for an IPv6 address: a clear
+    bit is ``0``, the *n*-th set bit (from the most significant) is the
+    byte 96 + *n*."""
+    out = bytearray(b"0" * 128)
+    n = 96
+    for i, byte in enumerate(packed):
+        if byte:
+            for j in range(8):
+                if byte & (0x80 >> j):
+                    out[8 * i + j] = n
+                    n += 1
+    return bytes(out)
