@@ -116,7 +116,7 @@ def test_ident_error_gives_empty_info(serve) -> None:
 
 def test_slow_ident_does_not_block_others(serve, identd) -> None:
     with FakeIdentd([HANG]) as fake:
-        server = serve(["-H", "-l", "0", "-r", "-t", "3"])
+        server = serve(["-H", "-l", "0", "-r", "-t", "6"])
         slow: Dict[str, Optional[Dict[str, str]]] = {"env": None}
         started = time.monotonic()
 
@@ -126,14 +126,11 @@ def test_slow_ident_does_not_block_others(serve, identd) -> None:
         thread = threading.Thread(target=ask_slow)
         thread.start()
         time.sleep(0.3)
-        quick = []
-        for _ in range(5):
-            t0 = time.monotonic()
-            quick.append((server.ask()["TCPREMOTEINFO"], time.monotonic() - t0))
-        thread.join(10)
+        quick = [server.ask()["TCPREMOTEINFO"] for _ in range(5)]
+        # all five were served while the slow one was still waiting
+        assert thread.is_alive()
+        thread.join(20)
         elapsed = time.monotonic() - started
-    assert all(info == identd.user for info, _ in quick)
-    # all five were served while the slow one was still waiting
-    assert sum(t for _, t in quick) < 2.5, quick
+    assert quick == [identd.user] * 5
     assert slow["env"] is not None and "TCPREMOTEINFO" not in slow["env"]
-    assert 2.5 < elapsed < 8, elapsed   # -t 3 honoured
+    assert 5.5 < elapsed < 15, elapsed   # -t 6 honoured

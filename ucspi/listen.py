@@ -47,7 +47,7 @@ def parse_port(text: str) -> int:
         return int(text or "0") % 65536
     try:
         return socket.getservbyname(text, "tcp")
-    except (OSError, UnicodeError):
+    except (OSError, UnicodeError, ValueError):
         raise Fatal(f"unable to figure out port number for {text}") from None
 
 

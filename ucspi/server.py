@@ -34,6 +34,7 @@ HANDLED = (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
 #: dispositions the program must get back (Python ignores SIGPIPE/SIGXFSZ)
 SIGDEF = (signal.SIGPIPE, signal.SIGXFSZ) + HANDLED
 ACCEPT_BACKOFF = 0.1
+ACCEPT_BATCH = 64   # accepts per wake-up, so signals and lookups get a turn
 DNS_CONFIG_AGE = 600.0
 
 
@@ -41,7 +42,7 @@ class Server:
     """The running server: listening sockets, limits, children."""
 
     def __init__(self, opts: Options, log: Log, listener: Listener,
-                 limit: limits.Limit) -> None:
+                 limit: limits.Limit, wakeup: int) -> None:
         self.opts = opts
         self.log = log
         self.listener = listener
@@ -53,6 +54,8 @@ class Server:
         self.argv0 = opts.argv[0]
         self.spawn = os.posix_spawn if "/" in self.argv0 else os.posix_spawnp
         self.accepting = False
+        self._wakeup = wakeup
+        self.reactor.add_reader(wakeup, self._on_signal)
         self._dns: Any = None
         self._rule_cache: Any = None
         self._dns_loaded = 0.0
@@ -60,7 +63,6 @@ class Server:
     # -- the loop ---------------------------------------------------------
     def run(self) -> None:
         """Serve until SIGTERM."""
-        self._signals()
         self.status()
         self._watch(True)
         run_once = self.reactor.run_once
@@ -81,7 +83,9 @@ class Server:
         family = lsock.family
         v6sock = family == socket.AF_INET6
         accept = lsock._accept  # (fd, address): no socket object until needed
-        while self.table.count < self.limit.value:
+        for _ in range(ACCEPT_BATCH):
+            if self.table.count >= self.limit.value:
+                break
             try:
                 fd, peer = accept()
             except (BlockingIOError, InterruptedError):
@@ -92,6 +96,8 @@ class Server:
                 self._backoff()  # EMFILE, ENFILE, ENOBUFS, ENOMEM... (D16)
                 return
             self._connection(socket.socket(family, socket.SOCK_STREAM, 0, fd), peer, v6sock)
+        else:
+            return
         self._watch(False)
 
     def _backoff(self) -> None:
@@ -106,8 +112,8 @@ class Server:
         conn = Connection(self, sock, peer, v6sock)
         ip = conn.ep.remote_ip
         if not self.opts.rules:
-            count = self.table.per_host(ip)
-            if self.opts.max_per_host and count >= self.opts.max_per_host:
+            count = self.over_limit(ip, self.opts.max_per_host, 0)
+            if count:
                 self.log.per_host(ip, count)
                 sock.close()
                 return
@@ -133,12 +139,27 @@ class Server:
                     return
                 if decision.maxperip is not None:
                     max_per_host = decision.maxperip
-            count = self.table.per_host(ep.remote_ip) - 1
-            if max_per_host and count >= max_per_host:
+            count = self.over_limit(ep.remote_ip, max_per_host, 1)
+            if count:
                 self.log.per_host(ep.remote_ip, count)
                 self._finish(conn)
                 return
         self._start(conn, self.env.build(ep.v6sock, changes, more))
+
+    def over_limit(self, ip: str, limit: int, own: int) -> int:
+        """The number of other live connections from ``ip`` if that is
+        at or over ``limit`` (0 = no limit), else 0.  ``own``: 1 if the
+        table already counts the connection being checked.
+
+        Programs that have exited but are not reaped yet (their SIGCHLD
+        is still in the pipe) must not count: reap before refusing."""
+        if not limit:
+            return 0
+        count = self.table.per_host(ip) - own
+        if count >= limit:
+            self._reap()
+            count = self.table.per_host(ip) - own
+        return count if count >= limit else 0
 
     def _rules(self, conn: Connection) -> Any:
         if self._rule_cache is None:
@@ -213,25 +234,13 @@ class Server:
         return self._dns
 
     # -- signals --------------------------------------------------------
-    def _signals(self) -> None:
-        rfd, wfd = os.pipe()
-        os.set_blocking(rfd, False)
-        os.set_blocking(wfd, False)
-        signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
-        for sig in HANDLED:
-            signal.signal(sig, _record)
-        self._wakeup = rfd
-        self.reactor.add_reader(rfd, self._on_signal)
-
     def _on_signal(self) -> None:
         try:
             data = os.read(self._wakeup, 512)
         except (BlockingIOError, InterruptedError):
             return
         for number in sorted(set(data), key=data.index):
-            if number == signal.SIGTERM:
-                os._exit(0)
-            elif number == signal.SIGCHLD:
+            if number == signal.SIGCHLD:
                 self._reap()
             elif number == signal.SIGHUP:
                 self._sighup()
@@ -265,6 +274,27 @@ def _record(signum: int, frame: Any) -> None:
     """Signal handler: nothing to do, the wake-up fd carries the number."""
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM: leave at once with 0; the programs keep running (djb)."""
+    os._exit(0)
+
+
+def install_signals() -> int:
+    """Catch the server's signals from the very start (spec core §2.1):
+    SIGTERM exits at once, even during a slow start-up lookup; SIGCHLD,
+    SIGHUP and SIGUSR1 write their number to a wake-up pipe that the
+    loop reads.  Returns the pipe's read end."""
+    rfd, wfd = os.pipe()
+    os.set_blocking(rfd, False)
+    os.set_blocking(wfd, False)
+    signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, _terminate)
+    for sig in (signal.SIGCHLD, signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(sig, _record)
+    return rfd
+
+
 def _quiet_stdio(print_port: Optional[int]) -> None:
     if print_port is not None:
         try:
@@ -281,7 +311,6 @@ def _quiet_stdio(print_port: Optional[int]) -> None:
 
 def _setup(opts: Options, log: Log) -> Server:
     from ucspi import listen, pidfile, privs
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
     if opts.refused:
         raise UsageError("not implemented yet: " + ", ".join(opts.refused))
     limit = limits.Limit.from_options(opts)
@@ -289,6 +318,7 @@ def _setup(opts: Options, log: Log) -> Server:
     port = listen.parse_port(opts.port)
     if opts.pidfile is not None:
         pidfile.claim(opts.pidfile)
+    wakeup = install_signals()
 
     def resolve(host: str) -> List[Any]:
         from ucspi import dns
@@ -298,8 +328,9 @@ def _setup(opts: Options, log: Log) -> Server:
     scope = scope or listen.interface_index(opts.interface)
     listener = listen.open_listener(ipv4, address, scope, port, opts.backlog)
     privs.drop(ident)
+    server = Server(opts, log, listener, limit, wakeup)
     _quiet_stdio(listener.port if opts.print_port else None)
-    return Server(opts, log, listener, limit)
+    return server
 
 
 def main(argv: Optional[List[str]] = None) -> int:
