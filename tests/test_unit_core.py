@@ -262,7 +262,7 @@ def _all_lines(lg: log.Log) -> None:
     lg.end(123, 768)
     lg.per_host("127.0.0.1", 1)
     lg.sighup(0, 2)
-    lg.table([("127.0.0.1", 123), ("::1", 124)])
+    lg.table([(0, "127.0.0.1", 123), (1, "::1", 124)])
     lg.warning("dropping connection, unable to run x: file does not exist")
     lg.fatal("unable to bind: address already used")
 
@@ -612,10 +612,14 @@ def test_table() -> None:
     assert (table.count, table.per_host("127.0.0.1"), table.per_host("::1")) == (3, 2, 1)
     table.started(100, "127.0.0.1")
     table.started(101, "::1")
-    assert table.entries() == [("127.0.0.1", 100), ("::1", 101)]
+    assert table.entries() == [(0, "127.0.0.1", 100), (1, "::1", 101)]
     assert table.ended(999) is False and table.count == 3
     assert table.ended(100) is True
     assert (table.count, table.per_host("127.0.0.1")) == (2, 1)
+    table.open("127.0.0.2")
+    table.started(102, "127.0.0.2")                # the lowest free slot, as IndiMail
+    assert table.entries() == [(0, "127.0.0.2", 102), (1, "::1", 101)]
+    assert table.ended(102)
     table.close("127.0.0.1")                       # a connection without a program
     assert table.per_host("127.0.0.1") == 0 and "127.0.0.1" not in table.hosts
     assert table.ended(101) and table.count == 0 and table.entries() == []

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import heapq
 import os
 from typing import Dict, List, Mapping, Optional, Tuple
 
@@ -99,7 +100,8 @@ class Table:
     def __init__(self) -> None:
         self.count = 0
         self.hosts: Dict[str, int] = {}
-        self.children: Dict[int, str] = {}
+        self.children: Dict[int, Tuple[int, str]] = {}   # pid -> (slot, ip)
+        self.free: List[int] = []                          # a heap of free slots
 
     def per_host(self, ip: str) -> int:
         """Live connections from ``ip``."""
@@ -118,15 +120,21 @@ class Table:
             self.hosts.pop(ip, None)
 
     def started(self, pid: int, ip: str) -> None:
-        self.children[pid] = ip
+        """A program runs: it takes the lowest free slot (IndiMail's
+        numbering in the SIGUSR1 table)."""
+        slot = heapq.heappop(self.free) if self.free else len(self.children)
+        self.children[pid] = (slot, ip)
 
     def ended(self, pid: int) -> bool:
         """A child was reaped; False if it was not one of ours."""
-        ip = self.children.pop(pid, None)
-        if ip is None:
+        entry = self.children.pop(pid, None)
+        if entry is None:
             return False
+        slot, ip = entry
+        heapq.heappush(self.free, slot)
         self.close(ip)
         return True
 
-    def entries(self) -> List[Tuple[str, int]]:
-        return [(ip, pid) for pid, ip in self.children.items()]
+    def entries(self) -> List[Tuple[int, str, int]]:
+        """``(slot, ip, pid)`` of every running program, by slot."""
+        return sorted((slot, ip, pid) for pid, (slot, ip) in self.children.items())

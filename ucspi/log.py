@@ -130,10 +130,8 @@ class Log:
         if self.verbosity >= 1:
             self.line(b"sighup: %d/%d" % (children, limit))
 
-    def table(self, entries: Iterable[Tuple[str, int]]) -> None:
+    def table(self, entries: Iterable[Tuple[int, str, int]]) -> None:
         """The connection table, one ``<slot>: IP <ip>: PID <pid>`` line
         per running program."""
-        self.lines(
-            b"%d: IP %s: PID %d" % (slot, safe(ip, True), pid)
-            for slot, (ip, pid) in enumerate(entries)
-        )
+        self.lines(b"%d: IP %s: PID %d" % (slot, safe(ip, True), pid)
+                   for slot, ip, pid in entries)
