@@ -133,8 +133,11 @@ class Connection:
             self._ident()
 
     def _target(self, text6: str) -> Union[ipaddress.IPv4Address, ipaddress.IPv6Address]:
-        addr = ipaddress.IPv6Address(text6)
-        return addr.ipv4_mapped or addr
+        """The address to look up, parsed by ``inet_pton`` (much cheaper
+        than ``ipaddress``'s own parser)."""
+        if self.v4client:
+            return ipaddress.IPv4Address(socket.inet_aton(text6[len(ipfmt.MAPPED_PREFIX):]))
+        return ipaddress.IPv6Address(socket.inet_pton(socket.AF_INET6, text6))
 
     def _lookup_local(self) -> None:
         from ucspi import dns

@@ -58,6 +58,7 @@ _HEADER = struct.Struct("!HHHHHH")
 _RR = struct.Struct("!HHIH")
 _QTAIL = struct.Struct("!HH")
 _KEEP = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-_")
+_KEEP_BYTES = bytes(sorted(_KEEP))
 ROOT = b"\x00"
 V4MAPPED = bytes(10) + b"\xff\xff"
 
@@ -198,7 +199,13 @@ def render_name(wire: bytes) -> str:
     parts = labels(wire)
     if not parts:
         return "."
-    return ".".join("".join(_render_byte(b) for b in part.lower()) for part in parts)
+    return ".".join(_render_label(part.lower()) for part in parts)
+
+
+def _render_label(label: bytes) -> str:
+    if not label.translate(None, _KEEP_BYTES):   # the common case: nothing to escape
+        return label.decode("ascii")
+    return "".join(_render_byte(b) for b in label)
 
 
 def _render_byte(b: int) -> str:

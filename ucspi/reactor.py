@@ -22,6 +22,7 @@ Drivers written against this class can be tested alone: create a
 from __future__ import annotations
 
 import heapq
+import itertools
 import selectors
 import time
 from typing import Callable, Dict, List, Optional, Tuple
@@ -46,9 +47,6 @@ class Timer:
         self.cancelled = True
         self.callback = None
 
-    def __lt__(self, other: "Timer") -> bool:
-        return self.when < other.when
-
 
 class Reactor:
     """Descriptor readiness and deadlines, dispatched from one thread."""
@@ -57,8 +55,10 @@ class Reactor:
         self.selector = selectors.DefaultSelector()
         # fd -> [reader callback, writer callback]
         self._handlers: Dict[int, List[Optional[Callback]]] = {}
-        self._timers: List[Timer] = []
-        self._cancelled = 0
+        # (when, sequence, timer): tuples compare in C, the sequence keeps
+        # timers with equal deadlines in order and never compares timers
+        self._timers: List[Tuple[float, int, Timer]] = []
+        self._sequence = itertools.count()
 
     # -- time -----------------------------------------------------------
     @staticmethod
@@ -69,7 +69,7 @@ class Reactor:
     def call_at(self, when: float, callback: Callback) -> Timer:
         """Run ``callback`` once at monotonic time ``when`` (or later)."""
         timer = Timer(when, callback)
-        heapq.heappush(self._timers, timer)
+        heapq.heappush(self._timers, (when, next(self._sequence), timer))
         return timer
 
     def call_later(self, delay: float, callback: Callback) -> Timer:
@@ -125,11 +125,11 @@ class Reactor:
     # -- dispatch -------------------------------------------------------
     def _next_timeout(self, limit: Optional[float]) -> Optional[float]:
         timers = self._timers
-        while timers and timers[0].cancelled:
+        while timers and timers[0][2].cancelled:
             heapq.heappop(timers)
         if not timers:
             return limit
-        delay = max(0.0, timers[0].when - time.monotonic())
+        delay = max(0.0, timers[0][0] - time.monotonic())
         return delay if limit is None else min(delay, limit)
 
     def run_once(self, timeout: Optional[float] = None) -> None:
@@ -153,8 +153,8 @@ class Reactor:
     def _run_timers(self) -> None:
         timers = self._timers
         now = time.monotonic()
-        while timers and timers[0].when <= now:
-            timer = heapq.heappop(timers)
+        while timers and timers[0][0] <= now:
+            timer = heapq.heappop(timers)[2]
             callback = timer.callback
             if callback is not None and not timer.cancelled:
                 timer.callback = None
@@ -162,7 +162,7 @@ class Reactor:
 
     def pending(self) -> bool:
         """True while any descriptor is watched or any timer waits."""
-        return bool(self._handlers) or any(not t.cancelled for t in self._timers)
+        return bool(self._handlers) or any(not t.cancelled for _, _, t in self._timers)
 
     def close(self) -> None:
         self.selector.close()
