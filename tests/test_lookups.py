@@ -33,6 +33,12 @@ def test_remote_and_local_host_names(serve, dns_server) -> None:
     assert "ok " in server.log() and " localhost.example:127.0.0.1::" in server.log()
 
 
+def test_local_name_is_reused_for_a_minute(serve, dns_server) -> None:
+    server = serve(["-R", "-H"], **DNSENV)
+    names = [server.ask()["TCPLOCALHOST"] for _ in range(3)]
+    assert names == ["localhost.example"] * 3
+
+
 def test_odd_characters_are_escaped(serve, dns_server) -> None:
     server = serve(["-R", "-l", "0"], **DNSENV)
     env = server.ask("127.53.0.2")

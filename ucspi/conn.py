@@ -126,7 +126,11 @@ class Connection:
         if opts.localname is not None:
             self.ep.local_host = self.server.localname
         else:
-            self._lookup_local()
+            known = self.server.local_names.get(self.ep.local_ip6)
+            if known is not None and known[0] > self.server.reactor.time():
+                self.ep.local_host = known[1]
+            else:
+                self._lookup_local()
         if opts.remote_host:
             self._lookup_remote(opts.paranoid)
         if opts.remote_info:
@@ -149,6 +153,8 @@ class Connection:
     def _got_local(self, name: Optional[str], error: Optional[BaseException]) -> None:
         if name:
             self.ep.local_host = name.encode()
+        if error is None:
+            self.server.remember_local_name(self.ep.local_ip6, self.ep.local_host)
         self._done()
 
     def _lookup_remote(self, paranoid: bool) -> None:

@@ -20,7 +20,7 @@ import os
 import signal
 import socket
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from ucspi import environ, limits
 from ucspi.conn import Connection
@@ -36,6 +36,7 @@ SIGDEF = (signal.SIGPIPE, signal.SIGXFSZ) + HANDLED
 ACCEPT_BACKOFF = 0.1
 ACCEPT_BATCH = 64   # accepts per wake-up, so signals and lookups get a turn
 DNS_CONFIG_AGE = 600.0
+LOCAL_NAME_AGE = 60.0   # how long the PTR answer for a local address is reused
 
 
 class Server:
@@ -58,6 +59,10 @@ class Server:
         self.reactor.add_reader(wakeup, self._on_signal)
         self._dns: Any = None
         self._rule_cache: Any = None
+        # local address -> (until, name): the server's own addresses are
+        # few, and asking DNS for them on every connection is a third of
+        # the lookup work of -h -r
+        self.local_names: Dict[str, Tuple[float, Optional[bytes]]] = {}
         self._dns_loaded = 0.0
 
     # -- the loop ---------------------------------------------------------
@@ -223,6 +228,12 @@ class Server:
         if self.opts.table_after_status:
             self.log.table(self.table.entries())
 
+    def remember_local_name(self, ip6: str, name: Optional[bytes]) -> None:
+        """Keep a local address's PTR answer for ``LOCAL_NAME_AGE``."""
+        if len(self.local_names) > 64:
+            self.local_names.clear()
+        self.local_names[ip6] = (self.reactor.time() + LOCAL_NAME_AGE, name)
+
     # -- DNS configuration --------------------------------------------------
     def dns_config(self) -> Any:
         """The resolver settings, re-read every 10 minutes."""
@@ -266,6 +277,7 @@ class Server:
         self.limit.reread(self.log)
         self.log.sighup(self.table.count, self.limit.value)
         self._dns = None
+        self.local_names.clear()
         if not self.accepting and self.table.count < self.limit.value:
             self._watch(True)
 
