@@ -40,16 +40,21 @@ def build_cdb(path: str, n: int = 10000) -> None:
                    input="\n".join(lines).encode() + b"\n", check=True)
 
 
-def measure(argv: List[str], count: int, rounds: int, sources: int) -> float:
-    proc, port, _ = start(argv)
+def measure(argvs: Dict[str, List[str]], count: int, rounds: int, sources: int) -> Dict[str, float]:
+    """Start every server at once and drive them in turn, round after
+    round, so that drift in the machine's load hits all of them alike.
+    Returns the median conn/s of each."""
+    running = {name: start(argv) for name, argv in argvs.items()}
+    rates: Dict[str, List[float]] = {name: [] for name in argvs}
     try:
-        rates = []
         for _ in range(rounds):
-            rates.append(loadgen.run("127.0.0.1", port, count, 32, 60.0, sources)["rate"])
-            time.sleep(0.3)
+            for name, (_, port, _) in running.items():
+                rates[name].append(loadgen.run("127.0.0.1", port, count, 32, 60.0, sources)["rate"])
+                time.sleep(0.3)
     finally:
-        stop(proc)
-    return statistics.median(rates)
+        for proc, _, _ in running.values():
+            stop(proc)
+    return {name: statistics.median(r) for name, r in rates.items()}
 
 
 def main() -> None:
@@ -66,18 +71,22 @@ def main() -> None:
         base = ["-1", "-c", "100", "-b", "256", "-HRl0"]
         tail = ["127.0.0.1", "0", "/bin/true"]
         print(f"{'clients':18} {'server':6} {'no rules':>9} {'-x cdb':>9} {'cost':>7}")
-        results: Dict[str, Dict[int, float]] = {}
+        with_rules: Dict[str, Dict[int, float]] = {"ours": {}, "C": {}}
         for sources in (0, 2000):
             label = "127.0.0.1" if not sources else f"{sources} addresses"
+            argvs = {}
             for name, cmd in (("ours", [*OURS, "-C", "0"]), ("C", [C_TCPSERVER])):
-                without = measure([*cmd, *base, *tail], args.count, args.rounds, sources)
-                with_x = measure([*cmd, *base, "-x", cdb, *tail], args.count, args.rounds, sources)
-                results.setdefault(name, {})[sources] = with_x
+                argvs[name] = [*cmd, *base, *tail]
+                argvs[name + " -x"] = [*cmd, *base, "-x", cdb, *tail]
+            rates = measure(argvs, args.count, args.rounds, sources)
+            for name in ("ours", "C"):
+                without, with_x = rates[name], rates[name + " -x"]
+                with_rules[name][sources] = with_x
                 print(f"{label:18} {name:6} {without:9.0f} {with_x:9.0f} "
                       f"{(1 - with_x / without) * 100:6.1f}%", flush=True)
         for sources in (0, 2000):
             print(f"ours/C with -x, {sources or 1} source(s): "
-                  f"{results['ours'][sources] / results['C'][sources]:.2f}")
+                  f"{with_rules['ours'][sources] / with_rules['C'][sources]:.2f}")
 
 
 if __name__ == "__main__":
