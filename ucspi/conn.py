@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import TYPE_CHECKING, Any, List, Optional, Union
+from typing import TYPE_CHECKING, Any, List, Optional, Tuple, Union
 
 from ucspi import ipfmt
 from ucspi.environ import Endpoints
@@ -28,8 +28,10 @@ if TYPE_CHECKING:
     from ucspi.server import Server
 
 
-def render_local(text: str, v6sock: bool, force6: bool) -> tuple:  # type: ignore[type-arg]
-    """(primary form, IPv6 form, mapped?) of an address from the socket."""
+def render_address(text: str, v6sock: bool, force6: bool) -> Tuple[str, str, bool]:
+    """(primary form, IPv6 form, IPv4?) of an address from the socket:
+    the primary form is dotted for IPv4 (and IPv4-mapped) addresses
+    unless ``-6`` (D18); the IPv6 form shows them as ``::ffff:a.b.c.d``."""
     if v6sock:
         plain, is_mapped = ipfmt.unmap(text)
         six = ipfmt.mapped(plain) if is_mapped else plain
@@ -49,7 +51,7 @@ class Connection:
         self.fd = sock.fileno()
         opts = server.opts
         self.v4client: bool
-        remote, remote6, self.v4client = render_local(peer[0], v6sock, opts.force_ipv6)
+        remote, remote6, self.v4client = render_address(peer[0], v6sock, opts.force_ipv6)
         self.ep = Endpoints(
             proto6=opts.force_ipv6 or not self.v4client, v6sock=v6sock,
             local_ip="", local_ip6="", local_port=0,
@@ -111,7 +113,7 @@ class Connection:
             self.server.drop(self, "unable to get local address", exc)
             return False
         ep = self.ep
-        ep.local_ip, ep.local_ip6, _ = render_local(local[0], ep.v6sock, self.server.opts.force_ipv6)
+        ep.local_ip, ep.local_ip6, _ = render_address(local[0], ep.v6sock, self.server.opts.force_ipv6)
         ep.local_port = local[1]
         if ep.v6sock and not self.v4client and self.scope:
             try:

@@ -114,6 +114,15 @@ class Options:
         return f"Options({vars(self)!r})"
 
 
+class MissingArgument(UsageError):
+    """No host, port or program.  Like the C server, this comes after
+    option parsing, so ``-q`` silences it (``quiet``)."""
+
+    def __init__(self, quiet: bool) -> None:
+        super().__init__("")
+        self.quiet = quiet
+
+
 class OptionError(UsageError):
     """An unknown letter or a missing argument: printed as the C server
     does (``tcpserver: illegal option -- X``), then the usage text."""
@@ -250,12 +259,8 @@ def _apply(opts: Options, letter: str, arg: Optional[str], environ: Mapping[str,
         opts.refused.append(NOT_YET[letter])
 
 
-def _missing(opts: Options) -> UsageError:
-    """Missing host, port or program: like the C server, this usage
-    error comes after option parsing, so ``-q`` silences it."""
-    error = UsageError("")
-    error.quiet = opts.verbosity == 0  # type: ignore[attr-defined]
-    return error
+def _missing(opts: Options) -> MissingArgument:
+    return MissingArgument(quiet=opts.verbosity == 0)
 
 
 def parse(argv: List[str], environ: Mapping[str, str] = os.environ) -> Options:

@@ -27,7 +27,7 @@ from ucspi.conn import Connection
 from ucspi.errors import EXIT_TEMP, EXIT_USAGE, Fatal, UcspiError, UsageError, errtext
 from ucspi.listen import Listener
 from ucspi.log import Log, connection_fields
-from ucspi.options import USAGE, OptionError, Options, parse
+from ucspi.options import USAGE, MissingArgument, OptionError, Options, parse
 from ucspi.reactor import Reactor
 
 HANDLED = (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
@@ -356,11 +356,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         log.line(os.fsencode(str(exc)))
         _write_usage()
         return EXIT_USAGE
-    except UsageError as exc:
-        if str(exc):
-            log.line(b"fatal: " + os.fsencode(str(exc)))
-        elif not getattr(exc, "quiet", False):
+    except MissingArgument as exc:
+        if not exc.quiet:
             _write_usage()
+        return EXIT_USAGE
+    except UsageError as exc:
+        log.line(b"fatal: " + os.fsencode(str(exc)))
         return EXIT_USAGE
     log.verbosity = opts.verbosity
     try:
