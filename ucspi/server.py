@@ -116,7 +116,7 @@ class Server:
     def _connection(self, sock: Any, peer: Any, v6sock: bool) -> None:
         conn = Connection(self, sock, peer, v6sock)
         ip = conn.ep.remote_ip
-        if not self.opts.rules:
+        if self.opts.rules is None:   # else the limit may come from a rule
             count = self.over_limit(ip, self.opts.max_per_host, 0)
             if count:
                 self.log.per_host(ip, count)
@@ -130,26 +130,18 @@ class Server:
     def ready(self, conn: Connection) -> None:
         """The connection knows everything: apply rules, start the program."""
         ep = conn.ep
-        changes = environ.connection_changes(ep)
         more: List[environ.Change] = []
         if self.opts.rules is not None:
-            max_per_host = self.opts.max_per_host
-            decision = self._rules(conn)
-            if decision is False:
+            verdict = self._rules(conn)
+            if verdict is None:
                 return
-            if decision is not None:
-                more = decision.changes
-                if decision.deny:
-                    self._deny(conn)
-                    return
-                if decision.maxperip is not None:
-                    max_per_host = decision.maxperip
+            more, max_per_host = verdict
             count = self.over_limit(ep.remote_ip, max_per_host, 1)
             if count:
                 self.log.per_host(ep.remote_ip, count)
                 self._finish(conn)
                 return
-        self._start(conn, self.env.build(ep.v6sock, changes, more))
+        self._start(conn, self.env.build(ep.v6sock, environ.connection_changes(ep), more))
 
     def over_limit(self, ip: str, limit: int, own: int) -> int:
         """The number of other live connections from ``ip`` if that is
@@ -166,18 +158,31 @@ class Server:
             count = self.table.per_host(ip) - own
         return count if count >= limit else 0
 
-    def _rules(self, conn: Connection) -> Any:
+    def _rules(self, conn: Connection) -> Optional[Tuple[List[environ.Change], int]]:
+        """Look the client up in the ``-x`` cdb.
+
+        Returns:
+            The rule's environment changes and the client's per-host
+            limit, or None if the connection was denied or dropped here.
+        """
         if self._rule_cache is None:
             from ucspi.rules import RulesCache
             assert self.opts.rules is not None
-            self._rule_cache = RulesCache(self.opts.rules)
+            self._rule_cache = RulesCache(os.path.abspath(self.opts.rules))
         ep = conn.ep
         try:
-            return self._rule_cache.check(self.opts.rules_missing_ok, ep.remote_ip,
-                                          ep.remote_host, ep.remote_info)
+            decision = self._rule_cache.check(self.opts.rules_missing_ok, ep.remote_ip,
+                                              ep.remote_host, ep.remote_info)
         except (OSError, UcspiError) as exc:
             self.drop(conn, f"unable to read {self.opts.rules}", exc)
-            return False
+            return None
+        if decision is None:
+            return [], self.opts.max_per_host
+        if decision.deny:
+            self._deny(conn)
+            return None
+        limit = self.opts.max_per_host if decision.maxperip is None else decision.maxperip
+        return decision.changes, limit
 
     def _fields(self, conn: Connection) -> bytes:
         ep = conn.ep
