@@ -12,7 +12,7 @@ from typing import List, Tuple
 import pytest
 
 from tests.fix_rules import dump_text, tinycdb_dump, tinycdb_make
-from ucspi import cdb as cdbmod
+from ucspi import cdbmake
 from ucspi.cdb import CdbError, CdbReader, CdbWriter, cdb_hash, prefix_hashes, write_cdb
 from ucspi.errors import UcspiError, errtext
 from ucspi.rulecache import CdbSnapshot
@@ -108,7 +108,7 @@ def test_dump_matches_tinycdb(tmp_path, name):
 
 
 def test_writer_refuses_to_pass_4gib(tmp_path, monkeypatch):
-    monkeypatch.setattr(cdbmod, "MAX_SIZE", 2048 + 100)
+    monkeypatch.setattr(cdbmake, "MAX_SIZE", 2048 + 100)
     fd = os.open(str(tmp_path / "big"), os.O_WRONLY | os.O_CREAT, 0o644)
     try:
         w = CdbWriter(fd)

@@ -20,7 +20,7 @@ rebuilt file (new inode, renamed into place) is seen at once.  (A server
 that consults one cdb per connection keeps it in memory instead:
 :class:`ucspi.rulecache.CdbSnapshot`.)
 
-The writer produces files byte-identical to djb's ``cdbmake`` and to
+The writer (:mod:`ucspi.cdbmake`) produces files byte-identical to djb's ``cdbmake`` and to
 tinycdb for the same records in the same order, and refuses to pass the
 format's 4 GiB limit.  :func:`write_cdb` builds in a temporary file,
 fsyncs it and renames it over the target, so readers see the old file
@@ -42,66 +42,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import struct
 from typing import Iterable, Iterator, List, Optional, Tuple
 
-from ucspi.errors import UcspiError
+from ucspi.cdbformat import HEADER_SIZE, CdbError, _pair, cdb_hash, prefix_hashes
 
-HEADER_SIZE = 2048
-MAX_SIZE = 0xFFFFFFFF  # the largest position a 32-bit field can hold
-_MASK = 0xFFFFFFFF
 _CHUNK = 8  # slots read per pread while probing
-
-_pair = struct.Struct("<II")
-
-
-class CdbError(UcspiError):
-    """A cdb file is unusable: corrupt, truncated, empty, a directory,
-    unreadable, or (for the writer) too big.
-
-    ``errno`` is what the C tools would report: ``EPROTO`` ("protocol
-    error") for a corrupt or truncated file, ``EINVAL`` for an empty one,
-    ``EISDIR`` for a directory, the system's errno for a read error and
-    ``EFBIG`` ("file too big") when a file would pass 4 GiB.
-    """
-
-    def __init__(self, err: int, message: str) -> None:
-        super().__init__(message)
-        self.errno = err
-
-
-def cdb_hash(key: bytes, h: int = 5381) -> int:
-    """djb's cdb hash: ``h = ((h * 33) mod 2**32) XOR byte``, from 5381.
-
-    Args:
-        key: the bytes to hash.
-        h: the starting value (to continue a hash over more bytes).
-
-    Returns:
-        The 32-bit hash.
-    """
-    for c in key:
-        h = ((h * 33) ^ c) & _MASK
-    return h
-
-
-def prefix_hashes(data: bytes, h: int = 5381) -> List[int]:
-    """Hashes of every prefix of ``data`` in one pass.
-
-    Args:
-        data: the bytes.
-        h: the hash of whatever precedes ``data`` (5381 for nothing).
-
-    Returns:
-        A list ``r`` with ``r[n] == cdb_hash(prefix + data[:n])`` for
-        ``n`` in ``0 .. len(data)``.
-    """
-    out = [h]
-    append = out.append
-    for c in data:
-        h = ((h * 33) ^ c) & _MASK
-        append(h)
-    return out
 
 
 def _corrupt(what: str) -> CdbError:
@@ -342,119 +287,9 @@ class CdbReader:
         return count
 
 
-class CdbWriter:
-    """Write a cdb to an open descriptor, as djb's ``cdb_make`` does.
+# The writer lives in its own module; importing it here keeps
+# ``from ucspi.cdb import CdbWriter, write_cdb`` working.
+from ucspi.cdbmake import CdbWriter, write_cdb  # noqa: E402  (no cycle: cdbmake needs cdbformat only)
 
-    Records go to the file as they are added; :meth:`finish` appends the
-    hash tables and writes the header.  The descriptor is neither synced
-    nor closed here.
-
-    Args:
-        fd: a descriptor open for writing, positioned anywhere (the file
-            is written with explicit positions from offset 0).
-
-    Raises:
-        OSError: from the underlying writes.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._pos = HEADER_SIZE
-        self._wpos = HEADER_SIZE
-        self._buf = bytearray()
-        self._tables: List[List[Tuple[int, int]]] = [[] for _ in range(256)]
-
-    def _grow(self, n: int) -> None:
-        if self._pos + n > MAX_SIZE:
-            raise CdbError(errno.EFBIG, "cdb would pass 4 GiB")
-        self._pos += n
-
-    def _put(self, data: bytes) -> None:
-        self._buf += data
-        if len(self._buf) >= 65536:
-            self._flush()
-
-    def _flush(self) -> None:
-        view = memoryview(self._buf)
-        while view:
-            done = os.pwrite(self._fd, view, self._wpos)
-            self._wpos += done
-            view = view[done:]
-        view.release()
-        del self._buf[:]
-
-    def add(self, key: bytes, data: bytes) -> None:
-        """Append one record (duplicate keys are kept, in order).
-
-        Raises:
-            CdbError: the file would pass 4 GiB (``EFBIG``).
-            OSError: a write failed.
-        """
-        pos = self._pos
-        self._grow(8 + len(key) + len(data))
-        h = cdb_hash(key)
-        self._tables[h & 255].append((h, pos))
-        self._put(_pair.pack(len(key), len(data)))
-        self._put(key)
-        self._put(data)
-
-    def finish(self) -> None:
-        """Write the hash tables and the header.
-
-        Raises:
-            CdbError: the file would pass 4 GiB (``EFBIG``).
-            OSError: a write failed.
-        """
-        header = bytearray()
-        for entries in self._tables:
-            slots = 2 * len(entries)
-            header += _pair.pack(self._pos, slots)
-            table = [(0, 0)] * slots
-            for h, pos in entries:
-                where = (h >> 8) % slots
-                while table[where][1]:
-                    where = (where + 1) % slots
-                table[where] = (h, pos)
-            self._grow(8 * slots)
-            self._put(b"".join(_pair.pack(h, p) for h, p in table))
-        self._flush()
-        done = 0
-        while done < HEADER_SIZE:
-            done += os.pwrite(self._fd, header[done:], done)
-
-
-def write_cdb(path: str, records: Iterable[Tuple[bytes, bytes]],
-              tmp: Optional[str] = None) -> None:
-    """Build a cdb atomically: temp file, fsync, rename over ``path``.
-
-    Args:
-        path: the cdb to create or replace.
-        records: ``(key, data)`` pairs in the order to store them.
-        tmp: the temporary file (default ``path + ".tmp"``); it must be
-            on the same file system as ``path``.  It is removed if the
-            build fails.
-
-    Raises:
-        OSError: creating, writing, syncing or renaming failed.
-        CdbError: the file would pass 4 GiB.
-    """
-    if tmp is None:
-        tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
-                 0o644)
-    try:
-        try:
-            writer = CdbWriter(fd)
-            for key, data in records:
-                writer.add(key, data)
-            writer.finish()
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+__all__ = ["CdbError", "CdbReader", "CdbWriter", "HEADER_SIZE", "cdb_hash",
+           "prefix_hashes", "write_cdb"]

@@ -1,0 +1,65 @@
+"""What the cdb reader (:mod:`ucspi.cdb`) and writer
+(:mod:`ucspi.cdbmake`) share: the header size, the record-header layout,
+djb's hash, and :class:`CdbError`."""
+
+from __future__ import annotations
+
+import struct
+from typing import List
+
+from ucspi.errors import UcspiError
+
+HEADER_SIZE = 2048
+_MASK = 0xFFFFFFFF
+_CHUNK = 8  # slots read per pread while probing
+
+_pair = struct.Struct("<II")
+
+
+class CdbError(UcspiError):
+    """A cdb file is unusable: corrupt, truncated, empty, a directory,
+    unreadable, or (for the writer) too big.
+
+    ``errno`` is what the C tools would report: ``EPROTO`` ("protocol
+    error") for a corrupt or truncated file, ``EINVAL`` for an empty one,
+    ``EISDIR`` for a directory, the system's errno for a read error and
+    ``EFBIG`` ("file too big") when a file would pass 4 GiB.
+    """
+
+    def __init__(self, err: int, message: str) -> None:
+        super().__init__(message)
+        self.errno = err
+
+
+def cdb_hash(key: bytes, h: int = 5381) -> int:
+    """djb's cdb hash: ``h = ((h * 33) mod 2**32) XOR byte``, from 5381.
+
+    Args:
+        key: the bytes to hash.
+        h: the starting value (to continue a hash over more bytes).
+
+    Returns:
+        The 32-bit hash.
+    """
+    for c in key:
+        h = ((h * 33) ^ c) & _MASK
+    return h
+
+
+def prefix_hashes(data: bytes, h: int = 5381) -> List[int]:
+    """Hashes of every prefix of ``data`` in one pass.
+
+    Args:
+        data: the bytes.
+        h: the hash of whatever precedes ``data`` (5381 for nothing).
+
+    Returns:
+        A list ``r`` with ``r[n] == cdb_hash(prefix + data[:n])`` for
+        ``n`` in ``0 .. len(data)``.
+    """
+    out = [h]
+    append = out.append
+    for c in data:
+        h = ((h * 33) ^ c) & _MASK
+        append(h)
+    return out
