@@ -29,7 +29,7 @@ from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequenc
 
 import pytest
 
-from tests.util import need, need_root
+from tests.util import need, need_root, stop
 from ucspi import dnsmsg
 
 DNSMASQ = "/usr/sbin/dnsmasq"
@@ -138,12 +138,7 @@ def dns_server() -> Iterator[DnsServer]:
                 time.sleep(0.05)
         yield DnsServer(DNS_IP, 53, RECORDS, proc.pid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         if proc.stderr:
             proc.stderr.close()
 

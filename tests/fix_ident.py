@@ -37,7 +37,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import pytest
 
-from tests.util import need, need_root
+from tests.util import need, need_root, stop
 
 OIDENTD = "/usr/sbin/oidentd"
 IDENT_PORT = 113
@@ -111,12 +111,7 @@ def identd() -> Iterator[Identd]:
             _wait_listening(proc, ip, log)
             yield Identd(ip, IDENT_PORT, user, proc.pid)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
             log.close()
 
 

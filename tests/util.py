@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from typing import List, NoReturn
 
@@ -54,3 +55,13 @@ def need_root() -> None:
 def ours(*args: str) -> List[str]:
     """argv that runs our tcpserver with the current interpreter."""
     return [PYTHON, TCPSERVER, *args]
+
+
+def stop(proc: "subprocess.Popen[bytes]") -> None:
+    """End a process the test started: SIGTERM, then SIGKILL after 5 s."""
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
