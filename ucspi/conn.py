@@ -184,6 +184,8 @@ class Connection:
             float(self.server.opts.ident_timeout), self._got_info, self.scope))
 
     def _got_info(self, info: Optional[bytes]) -> None:
+        if info is not None:
+            info = info.split(b"\0", 1)[0]   # as a C string would end there
         self.ep.remote_info = info
         self._done()
 

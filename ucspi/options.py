@@ -167,17 +167,21 @@ def getopt(argv: List[str]) -> Tuple[List[Tuple[str, Optional[str]]], List[str]]
     return opts, argv[i:]
 
 
-def number(letter: str, text: str, minimum: int = 0) -> int:
+MAX_NUMBER = 2**31 - 1   # what the kernel takes for a backlog, a timeout in s...
+MAX_ID = 2**32 - 2       # the largest uid/gid (2**32 - 1 means "none")
+
+
+def number(letter: str, text: str, minimum: int = 0, maximum: int = MAX_NUMBER) -> int:
     """A decimal option argument, checked (D10).
 
     Raises:
-        UsageError: not all digits, or below ``minimum``.
+        UsageError: not all digits, or outside ``minimum``..``maximum``.
     """
     if not text.isascii() or not text.isdigit():
         raise UsageError(f"-{letter} wants a number, not {text!r}")
     value = int(text)
-    if value < minimum:
-        raise UsageError(f"-{letter} wants a number of at least {minimum}, not {text!r}")
+    if not minimum <= value <= maximum:
+        raise UsageError(f"-{letter} wants a number from {minimum} to {maximum}, not {text!r}")
     return value
 
 
@@ -203,10 +207,10 @@ def _env_ids(opts: Options, environ: Mapping[str, str]) -> None:
     uid = environ.get("UID")
     gid = environ.get("GID")
     if uid is not None:
-        opts.uid = number("U", uid) if uid else None
+        opts.uid = number("U", uid, 0, MAX_ID) if uid else None
         opts.user = None
     if gid is not None:
-        opts.gid = number("U", gid) if gid else None
+        opts.gid = number("U", gid, 0, MAX_ID) if gid else None
 
 
 def _apply(opts: Options, letter: str, arg: Optional[str], environ: Mapping[str, str]) -> None:
@@ -244,7 +248,7 @@ def _apply(opts: Options, letter: str, arg: Optional[str], environ: Mapping[str,
         opts.groups = text
     elif letter == "u":
         if text.isascii() and text.isdigit():
-            opts.uid, opts.user = int(text), None
+            opts.uid, opts.user = number("u", text, 0, MAX_ID), None
         else:
             opts.user, opts.uid = text, None
     elif letter == "U":

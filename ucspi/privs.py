@@ -44,6 +44,8 @@ class Identity:
 
 def _group(text: str) -> int:
     if text.isascii() and text.isdigit():
+        if int(text) > 2**32 - 2:
+            raise Fatal(f"unable to set gid: invalid argument: {text}")
         return int(text)
     try:
         return grp.getgrnam(text).gr_gid

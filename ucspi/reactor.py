@@ -29,6 +29,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 Callback = Callable[[], None]
 
+MAX_WAIT = 86400.0   # longest single poll, whatever the deadlines
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 
@@ -36,14 +37,17 @@ _WRITE = selectors.EVENT_WRITE
 class Timer:
     """A pending call; ``cancel()`` makes sure it never runs."""
 
-    __slots__ = ("when", "callback", "cancelled")
+    __slots__ = ("when", "callback", "cancelled", "reactor")
 
-    def __init__(self, when: float, callback: Callback) -> None:
+    def __init__(self, when: float, callback: Callback, reactor: "Reactor") -> None:
         self.when = when
         self.callback: Optional[Callback] = callback
         self.cancelled = False
+        self.reactor = reactor
 
     def cancel(self) -> None:
+        if self.callback is not None:       # still waiting in the heap
+            self.reactor._cancelled += 1
         self.cancelled = True
         self.callback = None
 
@@ -59,6 +63,7 @@ class Reactor:
         # timers with equal deadlines in order and never compares timers
         self._timers: List[Tuple[float, int, Timer]] = []
         self._sequence = itertools.count()
+        self._cancelled = 0   # cancelled timers still in the heap
 
     # -- time -----------------------------------------------------------
     @staticmethod
@@ -68,9 +73,18 @@ class Reactor:
 
     def call_at(self, when: float, callback: Callback) -> Timer:
         """Run ``callback`` once at monotonic time ``when`` (or later)."""
-        timer = Timer(when, callback)
+        timer = Timer(when, callback, self)
+        if self._cancelled > 64 and 2 * self._cancelled > len(self._timers):
+            self._compact()
         heapq.heappush(self._timers, (when, next(self._sequence), timer))
         return timer
+
+    def _compact(self) -> None:
+        """Drop cancelled timers that a long deadline at the front of the
+        heap would otherwise keep in memory."""
+        self._timers = [entry for entry in self._timers if not entry[2].cancelled]
+        heapq.heapify(self._timers)
+        self._cancelled = 0
 
     def call_later(self, delay: float, callback: Callback) -> Timer:
         """Run ``callback`` once, ``delay`` seconds from now."""
@@ -127,9 +141,11 @@ class Reactor:
         timers = self._timers
         while timers and timers[0][2].cancelled:
             heapq.heappop(timers)
+            self._cancelled = max(0, self._cancelled - 1)
         if not timers:
             return limit
-        delay = max(0.0, timers[0][0] - time.monotonic())
+        # a far deadline must not overflow the poll timeout: wake daily
+        delay = min(max(0.0, timers[0][0] - time.monotonic()), MAX_WAIT)
         return delay if limit is None else min(delay, limit)
 
     def run_once(self, timeout: Optional[float] = None) -> None:
@@ -156,7 +172,9 @@ class Reactor:
         while timers and timers[0][0] <= now:
             timer = heapq.heappop(timers)[2]
             callback = timer.callback
-            if callback is not None and not timer.cancelled:
+            if timer.cancelled:
+                self._cancelled = max(0, self._cancelled - 1)
+            elif callback is not None:
                 timer.callback = None
                 callback()
 

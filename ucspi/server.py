@@ -72,7 +72,10 @@ class Server:
         self._watch(True)
         run_once = self.reactor.run_once
         while True:
-            run_once(None)
+            try:
+                run_once(None)
+            except Exception as exc:  # never die because of one connection (D15)
+                self.log.warning(f"internal error, going on: {type(exc).__name__}: {exc}")
 
     def _watch(self, on: bool) -> None:
         if on == self.accepting:
@@ -312,6 +315,30 @@ def install_signals() -> int:
     return rfd
 
 
+def _open_stdio() -> None:
+    """Make sure fds 0, 1 and 2 are open (on /dev/null if they were
+    closed), so that no socket or pipe of ours lands on them: the
+    wake-up pipe on fd 1 would be overwritten by the ``-1`` clean-up."""
+    while True:
+        fd = os.open(os.devnull, os.O_RDWR)
+        if fd > 2:
+            os.close(fd)
+            return
+
+
+def _more_descriptors() -> None:
+    """Raise the soft limit on open files to the hard one.  One process
+    holds every connection being set up and its DNS and ident sockets
+    (the C server spreads them over its children)."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, OSError, ValueError):
+        pass
+
+
 def _quiet_stdio(print_port: Optional[int]) -> None:
     if print_port is not None:
         try:
@@ -336,6 +363,7 @@ def _setup(opts: Options, log: Log) -> Server:
     if opts.pidfile is not None:
         pidfile.claim(opts.pidfile)
     wakeup = install_signals()
+    _more_descriptors()
 
     def resolve(host: str) -> List[Any]:
         from ucspi import dns
@@ -354,6 +382,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     """The tcpserver command.  Returns the exit code (never on success:
     the server runs until SIGTERM)."""
     args = sys.argv[1:] if argv is None else argv
+    _open_stdio()
     log = Log(1)
     try:
         opts = parse(args)
