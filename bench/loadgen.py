@@ -15,7 +15,7 @@ import errno
 import selectors
 import socket
 import time
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 
 def run(host: str, port: int, count: int, concurrency: int, seconds: float,

@@ -14,9 +14,7 @@ common path: they only fall back to :mod:`ipaddress` for rare forms.
 from __future__ import annotations
 
 import ipaddress
-from typing import Tuple, Union
-
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+from typing import Tuple
 
 MAPPED_PREFIX = "::ffff:"
 
@@ -66,14 +64,3 @@ def unmap(text: str) -> Tuple[str, bool]:
 def mapped(ipv4_text: str) -> str:
     """``1.2.3.4`` -> ``::ffff:1.2.3.4``."""
     return MAPPED_PREFIX + ipv4_text
-
-
-def parse_literal(text: str) -> IPAddress:
-    """Parse an IPv4 or IPv6 literal (no scope, no brackets).
-
-    Raises:
-        ValueError: not a literal.
-    """
-    if ":" in text:
-        return ipaddress.IPv6Address(strip_scope(text))
-    return ipaddress.IPv4Address(text)

@@ -29,12 +29,9 @@ WILDCARDS = ("0", "::", "0.0.0.0", "")
 class Listener:
     """The bound, listening sockets and what they imply."""
 
-    def __init__(self, sockets: List[socket.socket], v6sock: bool, port: int,
-                 scope_id: int) -> None:
-        self.sockets = sockets
-        self.v6sock = v6sock      # the main socket is AF_INET6 (TCP6* vars)
+    def __init__(self, sockets: List[socket.socket], port: int) -> None:
+        self.sockets = sockets    # each one's family says IPv4 or IPv6
         self.port = port
-        self.scope_id = scope_id
 
 
 def parse_port(text: str) -> int:
@@ -172,7 +169,7 @@ def open_listener(ipv4: bool, address: str, scope: int, port: int, backlog: int)
             return _open6(sock, address, scope, port, backlog)
     sock = _socket(socket.AF_INET)
     bound = _bind(sock, (address, port), backlog)
-    return Listener([sock], False, bound, 0)
+    return Listener([sock], bound)
 
 
 def _open6(sock: socket.socket, address: str, scope: int, port: int, backlog: int) -> Listener:
@@ -185,7 +182,7 @@ def _open6(sock: socket.socket, address: str, scope: int, port: int, backlog: in
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             extra = _socket(socket.AF_INET)
     bound = _bind(sock, (address, port, 0, scope), backlog)
-    listener = Listener([sock], True, bound, scope)
+    listener = Listener([sock], bound)
     if extra is not None:
         _bind(extra, ("0.0.0.0", bound), backlog)
         listener.sockets.append(extra)

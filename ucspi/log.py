@@ -53,6 +53,15 @@ def safe(text: Optional[Text], keep_colon: bool = False) -> bytes:
     return data.translate(table)
 
 
+def say(line: bytes, fd: int = 2) -> None:
+    """Write one diagnostic line (``\n`` added) in one write, ignoring
+    errors: a broken log must not stop the server or the tools."""
+    try:
+        os.write(fd, line + b"\n")
+    except OSError:
+        pass
+
+
 def connection_fields(
     localhost: Optional[Text], localip: str, localport: int,
     remotehost: Optional[Text], remoteip: str, remoteinfo: Optional[Text],
@@ -79,10 +88,7 @@ class Log:
 
     def line(self, text: bytes) -> None:
         """Write ``<prog>: <text>\\n`` in one write, ignoring errors."""
-        try:
-            os.write(self.fd, self.prefix + text + b"\n")
-        except OSError:
-            pass
+        say(self.prefix + text, self.fd)
 
     def lines(self, texts: Iterable[bytes]) -> None:
         data = b"".join(self.prefix + t + b"\n" for t in texts)

@@ -26,7 +26,7 @@ from ucspi import environ, limits
 from ucspi.conn import Connection
 from ucspi.errors import EXIT_TEMP, EXIT_USAGE, Fatal, UcspiError, UsageError, errtext
 from ucspi.listen import Listener
-from ucspi.log import Log, connection_fields
+from ucspi.log import Log, connection_fields, say
 from ucspi.options import USAGE, MissingArgument, OptionError, Options, parse
 from ucspi.reactor import Reactor
 
@@ -388,11 +388,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         opts = parse(args)
     except OptionError as exc:
         log.line(os.fsencode(str(exc)))
-        _write_usage()
+        say(USAGE.encode().rstrip(b"\n"))
         return EXIT_USAGE
     except MissingArgument as exc:
         if not exc.quiet:
-            _write_usage()
+            say(USAGE.encode().rstrip(b"\n"))
         return EXIT_USAGE
     except UsageError as exc:
         log.line(b"fatal: " + os.fsencode(str(exc)))
@@ -410,10 +410,3 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         return EXIT_TEMP
     return 0
-
-
-def _write_usage() -> None:
-    try:
-        os.write(2, USAGE.encode())
-    except OSError:
-        pass

@@ -21,6 +21,7 @@ from typing import BinaryIO, List, Optional
 
 from ucspi.cdb import CdbError, CdbWriter
 from ucspi.errors import EXIT_TEMP, EXIT_USAGE, errtext
+from ucspi.log import say
 from ucspi.rulesparse import NoColonError, RuleSyntaxError, parse_line
 
 PROG = b"tcprules: "
@@ -35,13 +36,6 @@ class _Exit(Exception):
         super().__init__(code)
         self.code = code
         self.message = message
-
-
-def _say(message: bytes) -> None:
-    try:
-        os.write(2, message + b"\n")
-    except OSError:
-        pass
 
 
 def _sys(what: bytes, err: BaseException) -> _Exit:
@@ -134,15 +128,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     """
     args = sys.argv[1:] if argv is None else argv
     if len(args) < 2:
-        _say(USAGE)
+        say(USAGE)
         return EXIT_USAGE
     try:
         run(args[0], args[1], _stdin())
     except _Exit as e:
-        _say(e.message)
+        say(e.message)
         return e.code
     except MemoryError:
-        _say(FATAL + b"out of memory")
+        say(FATAL + b"out of memory")
         return EXIT_TEMP
     except KeyboardInterrupt:
         return EXIT_TEMP

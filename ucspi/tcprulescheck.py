@@ -20,6 +20,7 @@ from typing import List, Optional, Tuple
 
 from ucspi.cdb import CdbError
 from ucspi.errors import EXIT_TEMP, EXIT_USAGE, errtext
+from ucspi.log import say
 from ucspi.rules import entries, find
 
 USAGE = b"tcprulescheck: usage: tcprulescheck rules.cdb"
@@ -51,13 +52,6 @@ def report(found: Optional[Tuple[bytes, bytes]]) -> bytes:
     return b"".join(out)
 
 
-def _say(message: bytes) -> None:
-    try:
-        os.write(2, message + b"\n")
-    except OSError:
-        pass
-
-
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -77,7 +71,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
         if not args:
-            _say(USAGE)
+            say(USAGE)
             return EXIT_USAGE
         env = os.environb
         ip = os.fsdecode(env.get(b"TCPREMOTEIP", b"0.0.0.0"))
@@ -85,7 +79,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             found = find(args[0], ip, env.get(b"TCPREMOTEHOST"),
                          env.get(b"TCPREMOTEINFO"))
         except (OSError, CdbError, MemoryError) as e:
-            _say(b"tcprulescheck: fatal: unable to read " +
+            say(b"tcprulescheck: fatal: unable to read " +
                  os.fsencode(args[0]) + b": " + errtext(e).encode())
             return EXIT_TEMP
         _write_all(1, report(found))
