@@ -7,7 +7,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from ucspi.tcprules import main  # noqa: E402
+from ucspi.tools.tcprules import main  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(main())

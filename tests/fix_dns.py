@@ -30,7 +30,7 @@ from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequenc
 import pytest
 
 from tests.util import need, need_root, stop
-from ucspi import dnsmsg
+from ucspi.dns import msg as dnsmsg
 
 DNSMASQ = "/usr/sbin/dnsmasq"
 DNS_IP = "127.53.0.1"

@@ -7,7 +7,6 @@ import os
 import subprocess
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
-
 from tests.util import C_TCPRULES, C_TCPRULESCHECK, PYTHON, ROOT, need
 
 OUR_TCPRULES = [PYTHON, os.path.join(ROOT, "tcprules.py")]

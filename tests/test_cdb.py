@@ -12,10 +12,10 @@ from typing import List, Tuple
 import pytest
 
 from tests.fix_rules import dump_text, tinycdb_dump, tinycdb_make
-from ucspi import cdbmake
-from ucspi.cdb import CdbError, CdbReader, CdbWriter, cdb_hash, prefix_hashes, write_cdb
+from ucspi.cdb import make as cdbmake
+from ucspi.cdb.read import CdbError, CdbReader, CdbWriter, cdb_hash, prefix_hashes, write_cdb
 from ucspi.errors import UcspiError, errtext
-from ucspi.rulecache import CdbSnapshot
+from ucspi.rules.cache import CdbSnapshot
 
 Records = List[Tuple[bytes, bytes]]
 

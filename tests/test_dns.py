@@ -12,8 +12,9 @@ from typing import List, Optional
 import pytest
 
 from tests.fix_dns import FakeDns, Query, closed_udp_port, response, rr
-from ucspi import dns, dnsmsg
-from ucspi.dnsconf import DnsConfig
+from ucspi.dns import lookup as dns
+from ucspi.dns import msg as dnsmsg
+from ucspi.dns.conf import DnsConfig
 from ucspi.errors import errtext
 from ucspi.reactor import Reactor
 

@@ -1,15 +1,15 @@
 """ucspi.dns against a real dnsmasq (tests/fix_dns.py, 127.53.0.1:53)."""
 
 from __future__ import annotations
-
 from ipaddress import IPv6Address, ip_address
 from typing import List
 
 import pytest
 
 from tests.fix_dns import RECORDS, dns_server, udp_ask  # noqa: F401 (fixture)
-from ucspi import dns, dnsmsg
-from ucspi.dnsconf import DnsConfig, mapped
+from ucspi.dns import lookup as dns
+from ucspi.dns import msg as dnsmsg
+from ucspi.dns.conf import DnsConfig, mapped
 from ucspi.reactor import Reactor
 
 

@@ -9,11 +9,11 @@ from ipaddress import IPv6Address
 
 import pytest
 
-from ucspi.dnsconf import (DnsConfig, apply_rule, apply_rules, candidates, default_servers,
+from ucspi.dns.conf import (DnsConfig, apply_rule, apply_rules, candidates, default_servers,
                            literal, parse_dnscacheip, parse_resolv_servers, parse_server,
                            rules_from_file, rules_from_hostname, rules_from_localdomain,
                            rules_from_resolv)
-from ucspi.dnsmsg import DnsError
+from ucspi.dns.msg import DnsError
 from ucspi.errors import errtext
 
 IFACES = {"lo": 1, "eth0": 2}

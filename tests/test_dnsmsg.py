@@ -8,8 +8,8 @@ from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
-from ucspi import dnsmsg
-from ucspi.dnsmsg import (ANSWER, IGNORE, SERVFAIL, TRUNCATED, BadName, FormatError,
+from ucspi.dns import msg as dnsmsg
+from ucspi.dns.msg import (ANSWER, IGNORE, SERVFAIL, TRUNCATED, BadName, FormatError,
                           Question, classify, encode_name, parse_addresses, parse_ptr,
                           read_name, render_name, reverse_name)
 from ucspi.errors import errtext

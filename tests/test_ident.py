@@ -13,7 +13,7 @@ import pytest
 
 from tests.fix_ident import (  # noqa: F401  (identd is a fixture)
     DRIBBLE, HANG, RESET, FakeIdentd, FullBacklog, Identd, Step, closed_port, identd)
-from ucspi import ident
+from ucspi.ident import lookup as ident
 from ucspi.reactor import Reactor
 
 JOE = b"40123 , 25 : USERID : UNIX : joe\r\n"

@@ -9,7 +9,7 @@ from typing import List, Optional
 import pytest
 
 from ucspi.errors import ProtocolError
-from ucspi.identmsg import MAX_VALUE, ReplyParser, parse_reply, request
+from ucspi.ident.msg import MAX_VALUE, ReplyParser, parse_reply, request
 
 
 # -- request ------------------------------------------------------------

@@ -8,7 +8,6 @@ server is run beside ours where the texts are shared.
 """
 
 from __future__ import annotations
-
 from typing import List
 
 import pytest

@@ -94,7 +94,10 @@ def test_pyz_is_an_executable_zipapp(pyz: str) -> None:
 
 def test_pyz_holds_every_module_of_the_package(pyz: str) -> None:
     on_disk = sorted(
-        "ucspi/" + n for n in os.listdir(os.path.join(ROOT, "ucspi")) if n.endswith(".py")
+        os.path.relpath(os.path.join(folder, n), ROOT).replace(os.sep, "/")
+        for folder, _, names in os.walk(os.path.join(ROOT, "ucspi"))
+        if "__pycache__" not in folder
+        for n in names if n.endswith(".py")
     )
     with zipfile.ZipFile(pyz) as archive:
         stored = sorted(n for n in archive.namelist() if n.startswith("ucspi/"))
@@ -211,7 +214,7 @@ def test_pyz_serves_a_connection(pyz: str, elsewhere: str) -> None:
 @pytest.mark.parametrize("name", ["tcprules", "tcprulescheck"])
 def test_pyz_symlink_runs_the_rules_tool(pyz: str, elsewhere: str, name: str) -> None:
     """A symlink named tcprules/tcprulescheck runs that tool (usage: 100)."""
-    need_module("ucspi." + name)
+    need_module("ucspi.tools." + name)
     link = os.path.join(elsewhere, name)
     os.symlink(pyz, link)
     result = run([PYTHON, "-I", link], cwd=elsewhere)
@@ -221,8 +224,8 @@ def test_pyz_symlink_runs_the_rules_tool(pyz: str, elsewhere: str, name: str) ->
 
 def test_pyz_rules_workflow(pyz: str, elsewhere: str) -> None:
     """rules text -> tcprules (symlink) -> tcprulescheck (symlink)."""
-    need_module("ucspi.tcprules")
-    need_module("ucspi.tcprulescheck")
+    need_module("ucspi.tools.tcprules")
+    need_module("ucspi.tools.tcprulescheck")
     for name in ("tcprules", "tcprulescheck"):
         os.symlink(pyz, os.path.join(elsewhere, name))
     rules = b"127.0.0.1:allow,WHO=\"me\"\n:deny\n"
@@ -278,8 +281,8 @@ def _console_scripts() -> List[Tuple[str, str]]:
 def test_console_scripts_are_the_three_commands() -> None:
     assert _console_scripts() == [
         ("tcpserver", "ucspi.server:main"),
-        ("tcprules", "ucspi.tcprules:main"),
-        ("tcprulescheck", "ucspi.tcprulescheck:main"),
+        ("tcprules", "ucspi.tools.tcprules:main"),
+        ("tcprulescheck", "ucspi.tools.tcprulescheck:main"),
     ]
 
 
@@ -378,8 +381,8 @@ def test_readme_commands_name_real_files() -> None:
 
 def test_readme_rules_example_compiles() -> None:
     """The rules file shown in README.md is valid tcprules input."""
-    need_module("ucspi.rules")
-    from ucspi.rules import parse_line
+    need_module("ucspi.rules.parse")
+    from ucspi.rules.parse import parse_line
     with open(os.path.join(ROOT, "README.md")) as f:
         readme = f.read()
     block = readme.split("# /etc/ucspi/rules\n", 1)[1].split("```", 1)[0]

@@ -9,9 +9,9 @@ from typing import List, Optional
 
 import pytest
 
-from ucspi.cdb import CdbError, write_cdb
+from ucspi.cdb.read import CdbError, write_cdb
 from ucspi.errors import errtext
-from ucspi.rules import (Decision, NoColonError, RuleSyntaxError, RulesCache,
+from ucspi.rules.lookup import (Decision, NoColonError, RuleSyntaxError, RulesCache,
                          apply, check, cidr_key, encode_value, find, ip4_bits,
                          ip6_bits, lookup_keys, parse_line)
 

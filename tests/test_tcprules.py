@@ -103,7 +103,7 @@ def run_main_with_stdin_fd(module: str, args: List[str], setup: str,
 def test_read_error(tmp_path):
     old = setup_old(tmp_path)
     proc = run_main_with_stdin_fd(
-        "ucspi.tcprules", ["test.cdb", "test.tmp"],
+        "ucspi.tools.tcprules", ["test.cdb", "test.tmp"],
         "os.dup2(os.open('.', os.O_RDONLY), 0)", str(tmp_path))
     assert proc.returncode == 111
     assert proc.stderr == b"tcprules: fatal: unable to read input: " \
@@ -420,7 +420,7 @@ def test_check_closed_stdout_no_traceback(tmp_path):
 
 
 def test_tcprules_closed_stdin(tmp_path):
-    proc = run_main_with_stdin_fd("ucspi.tcprules", ["t.cdb", "t.tmp"],
+    proc = run_main_with_stdin_fd("ucspi.tools.tcprules", ["t.cdb", "t.tmp"],
                                   "os.close(0)", str(tmp_path))
     assert proc.returncode == 111
     assert proc.stderr == b"tcprules: fatal: unable to read input: " \

@@ -16,7 +16,13 @@ from typing import List, Optional
 
 import pytest
 
-from ucspi import environ, ipfmt, limits, listen, log, options, pidfile
+from ucspi import environ
+from ucspi import address as ipfmt
+from ucspi.server import limits
+from ucspi.server import listen
+from ucspi import log
+from ucspi import options
+from ucspi.server import pidfile
 from ucspi.errors import Fatal, UsageError
 from ucspi.options import OptionError, getopt, parse
 

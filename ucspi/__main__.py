@@ -10,12 +10,12 @@ import sys
 def _run() -> int:
     name = os.path.basename(sys.argv[0]) if sys.argv else ""
     if name.startswith("tcprulescheck"):
-        from ucspi.tcprulescheck import main as check_main
+        from .tools.tcprulescheck import main as check_main
         return check_main()
     if name.startswith("tcprules"):
-        from ucspi.tcprules import main as rules_main
+        from .tools.tcprules import main as rules_main
         return rules_main()
-    from ucspi.server import main
+    from .server import main
     return main()
 
 

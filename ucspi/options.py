@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import os
 from typing import Dict, List, Mapping, Optional, Tuple
-
-from ucspi.errors import UsageError
+from .errors import UsageError
 
 USAGE = """usage: tcpserver
 [ -461UXpPhHrRoOdDqQvVsNz ]

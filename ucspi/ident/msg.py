@@ -26,10 +26,8 @@ the value.
 """
 
 from __future__ import annotations
-
 from typing import Optional
-
-from .errors import ProtocolError
+from ..errors import ProtocolError
 
 #: The value is complete as soon as it is longer than this many bytes.
 MAX_VALUE = 256

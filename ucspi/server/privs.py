@@ -25,8 +25,7 @@ import grp
 import os
 import pwd
 from typing import List, Optional
-
-from ucspi.errors import Fatal, errtext
+from ..errors import Fatal, errtext
 
 
 class Identity:

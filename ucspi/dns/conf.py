@@ -28,8 +28,7 @@ import socket
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from typing import Callable, List, Mapping, Optional, Tuple
-
-from .dnsmsg import DnsError
+from .msg import DnsError
 
 Server = Tuple[str, int]            # (IP text, IPv6 scope id or 0)
 IfIndex = Callable[[str], int]

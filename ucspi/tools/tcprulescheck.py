@@ -17,11 +17,10 @@ from __future__ import annotations
 import os
 import sys
 from typing import List, Optional, Tuple
-
-from ucspi.cdb import CdbError
-from ucspi.errors import EXIT_TEMP, EXIT_USAGE, errtext
-from ucspi.log import say
-from ucspi.rules import entries, find
+from ..cdb.read import CdbError
+from ..errors import EXIT_TEMP, EXIT_USAGE, errtext
+from ..log import say
+from ..rules.lookup import entries, find
 
 USAGE = b"tcprulescheck: usage: tcprulescheck rules.cdb"
 

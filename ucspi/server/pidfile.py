@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from ucspi.errors import Fatal, errtext
+from ..errors import Fatal, errtext
 
 
 def running(path: str) -> bool:

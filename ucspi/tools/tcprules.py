@@ -18,11 +18,10 @@ from __future__ import annotations
 import os
 import sys
 from typing import BinaryIO, List, Optional
-
-from ucspi.cdb import CdbError, CdbWriter
-from ucspi.errors import EXIT_TEMP, EXIT_USAGE, errtext
-from ucspi.log import say
-from ucspi.rulesparse import NoColonError, RuleSyntaxError, parse_line
+from ..cdb.read import CdbError, CdbWriter
+from ..errors import EXIT_TEMP, EXIT_USAGE, errtext
+from ..log import say
+from ..rules.parse import NoColonError, RuleSyntaxError, parse_line
 
 PROG = b"tcprules: "
 FATAL = PROG + b"fatal: "

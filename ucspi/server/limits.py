@@ -15,10 +15,9 @@ from __future__ import annotations
 import heapq
 import os
 from typing import Dict, List, Mapping, Optional, Tuple
-
-from ucspi.errors import Fatal, errtext
-from ucspi.log import Log
-from ucspi.options import DEFAULT_LIMIT, Options
+from ..errors import Fatal, errtext
+from ..log import Log
+from ..options import DEFAULT_LIMIT, Options
 
 DEFAULT_CONTROLDIR = "/etc/indimail/control"
 

@@ -14,8 +14,7 @@ from __future__ import annotations
 import errno
 import os
 from typing import Iterable, List, Optional, Tuple
-
-from ucspi.cdbformat import HEADER_SIZE, CdbError, _pair, cdb_hash
+from .format import HEADER_SIZE, CdbError, _pair, cdb_hash
 
 MAX_SIZE = 0xFFFFFFFF  # the largest position a 32-bit field can hold
 

@@ -37,9 +37,8 @@ from __future__ import annotations
 import errno
 import socket
 from typing import Any, Callable, List, Optional, Protocol, Tuple
-
-from .identmsg import MAX_VALUE, ReplyParser, parse_reply, request
-from .reactor import Reactor, Timer
+from .msg import MAX_VALUE, ReplyParser, parse_reply, request
+from ..reactor import Reactor, Timer
 
 __all__ = [
     "PORT", "MAX_VALUE", "Cancellable", "IdentLookup", "ReplyParser",

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import struct
 from typing import List
-
-from ucspi.errors import UcspiError
+from ..errors import UcspiError
 
 HEADER_SIZE = 2048
 _MASK = 0xFFFFFFFF

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 from typing import List, Optional, Tuple
-
-from ucspi.errors import UcspiError
+from ..errors import UcspiError
 
 Record = Tuple[bytes, bytes]
 

@@ -32,11 +32,10 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Tuple, Union
-
-from ucspi.cdb import CdbReader, cdb_hash, prefix_hashes
-from ucspi.ipfmt import ip6_text
-from ucspi.rulecache import RulesCache
-from ucspi.rulesparse import (NoColonError, Record, RuleSyntaxError, address_keys, cidr_key,
+from ..cdb.read import CdbReader, cdb_hash, prefix_hashes
+from ..address import ip6_text
+from .cache import RulesCache
+from .parse import (NoColonError, Record, RuleSyntaxError, address_keys, cidr_key,
                               encode_value, ip4_bits, ip6_bits, parse_line)
 
 __all__ = [

@@ -20,8 +20,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from typing import Callable, List, Optional, Tuple
-
-from ucspi.errors import Fatal, errtext
+from ..errors import Fatal, errtext
 
 WILDCARDS = ("0", "::", "0.0.0.0", "")
 

@@ -20,12 +20,11 @@ from __future__ import annotations
 import ipaddress
 import socket
 from typing import TYPE_CHECKING, Any, List, Optional, Tuple, Union
-
-from ucspi import ipfmt
-from ucspi.environ import Endpoints
+from .. import address as ipfmt
+from ..environ import Endpoints
 
 if TYPE_CHECKING:
-    from ucspi.server import Server
+    from .loop import Server
 
 
 def render_address(text: str, v6sock: bool, force6: bool) -> Tuple[str, str, bool]:
@@ -146,7 +145,7 @@ class Connection:
         return ipaddress.IPv6Address(socket.inet_pton(socket.AF_INET6, text6))
 
     def _lookup_local(self) -> None:
-        from ucspi import dns
+        from ..dns import lookup as dns
         self.pending += 1
         self.handles.append(dns.lookup_ptr(
             self.server.reactor, self.server.dns_config(),
@@ -160,7 +159,7 @@ class Connection:
         self._done()
 
     def _lookup_remote(self, paranoid: bool) -> None:
-        from ucspi import dns
+        from ..dns import lookup as dns
         self.pending += 1
         self.handles.append(dns.lookup_host(
             self.server.reactor, self.server.dns_config(),
@@ -174,7 +173,7 @@ class Connection:
         self._done()
 
     def _ident(self) -> None:
-        from ucspi import ident
+        from ..ident import lookup as ident
         ep = self.ep
         local = ep.local_ip6[7:] if self.v4client else ep.local_ip6
         remote = ep.remote_ip6[7:] if self.v4client else ep.remote_ip6

@@ -24,11 +24,10 @@ import errno
 import secrets
 import socket
 from typing import Callable, Optional, Tuple
-
-from .dnsconf import DnsConfig, Server
-from .dnsmsg import (ANSWER, IGNORE, SERVFAIL, TRUNCATED, UDP_MAX, DnsError, Question,
+from .conf import DnsConfig, Server
+from .msg import (ANSWER, IGNORE, SERVFAIL, TRUNCATED, UDP_MAX, DnsError, Question,
                      build_query, classify)
-from .reactor import Reactor, Timer
+from ..reactor import Reactor, Timer
 
 __all__ = ["PacketDone", "Transmit"]
 

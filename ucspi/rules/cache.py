@@ -22,12 +22,11 @@ import stat
 import time
 from itertools import chain
 from typing import TYPE_CHECKING, Dict, List, Optional, Set, Tuple
-
-from ucspi.cdb import CdbError, CdbReader
-from ucspi.rulesparse import Record
+from ..cdb.read import CdbError, CdbReader
+from .parse import Record
 
 if TYPE_CHECKING:
-    from ucspi.rules import Decision, Text
+    from .lookup import Decision, Text
 
 __all__ = ["CdbSnapshot", "RulesCache"]
 
@@ -118,7 +117,7 @@ class RulesCache:
     """
 
     def __init__(self, cdb_path: str) -> None:
-        from ucspi.rules import _plan, apply, find  # see the module docstring
+        from .lookup import _plan, apply, find  # see the module docstring
         self._plan, self._apply, self._find = _plan, apply, find
         self.path = cdb_path
         self._snapshot = CdbSnapshot(cdb_path)

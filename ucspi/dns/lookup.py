@@ -26,12 +26,11 @@ from __future__ import annotations
 import secrets
 from ipaddress import IPv4Address, IPv6Address
 from typing import Callable, List, Optional, Protocol, Tuple, TypeVar, Union
-
-from .dnsconf import DnsConfig, apply_rules, candidates, literal
-from .dnsmsg import (TYPE_A, TYPE_AAAA, TYPE_PTR, BadName, DnsError, FormatError, Question,
+from .conf import DnsConfig, apply_rules, candidates, literal
+from .msg import (TYPE_A, TYPE_AAAA, TYPE_PTR, BadName, DnsError, FormatError, Question,
                      encode_name, parse_addresses, parse_ptr, render_name, reverse_name)
-from .dnstransmit import PacketDone, Transmit
-from .reactor import Reactor
+from .transmit import PacketDone, Transmit
+from ..reactor import Reactor
 
 # Transmit moved to ucspi.dnstransmit; it stays importable from here.
 __all__ = ["DnsConfig", "DnsError", "Cancellable", "Transmit", "lookup_ptr",

@@ -31,8 +31,7 @@ import errno as _errno
 import struct
 from ipaddress import IPv4Address, IPv6Address
 from typing import Iterator, List, NamedTuple, Optional, Tuple, Union
-
-from .errors import UcspiError
+from ..errors import UcspiError
 
 TYPE_A = 1
 TYPE_CNAME = 5

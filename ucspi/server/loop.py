@@ -22,13 +22,14 @@ import socket
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
-from ucspi import environ, limits
-from ucspi.conn import Connection
-from ucspi.errors import EXIT_TEMP, EXIT_USAGE, Fatal, UcspiError, UsageError, errtext
-from ucspi.listen import Listener
-from ucspi.log import Log, connection_fields, say
-from ucspi.options import USAGE, MissingArgument, OptionError, Options, parse
-from ucspi.reactor import Reactor
+from .. import environ
+from . import limits
+from .conn import Connection
+from ..errors import EXIT_TEMP, EXIT_USAGE, Fatal, UcspiError, UsageError, errtext
+from .listen import Listener
+from ..log import Log, connection_fields, say
+from ..options import USAGE, MissingArgument, OptionError, Options, parse
+from ..reactor import Reactor
 
 HANDLED = (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
 #: dispositions the program must get back (Python ignores SIGPIPE/SIGXFSZ)
@@ -169,7 +170,7 @@ class Server:
             limit, or None if the connection was denied or dropped here.
         """
         if self._rule_cache is None:
-            from ucspi.rules import RulesCache
+            from ..rules.lookup import RulesCache
             assert self.opts.rules is not None
             self._rule_cache = RulesCache(os.path.abspath(self.opts.rules))
         ep = conn.ep
@@ -247,7 +248,7 @@ class Server:
         """The resolver settings, re-read every 10 minutes."""
         now = self.reactor.time()
         if self._dns is None or now - self._dns_loaded > DNS_CONFIG_AGE:
-            from ucspi import dns
+            from ..dns import lookup as dns
             self._dns = dns.DnsConfig.load(os.environ, self.opts.ipv4_only)
             self._dns_loaded = now
         return self._dns
@@ -354,7 +355,9 @@ def _quiet_stdio(print_port: Optional[int]) -> None:
 
 
 def _setup(opts: Options, log: Log) -> Server:
-    from ucspi import listen, pidfile, privs
+    from . import listen
+    from . import pidfile
+    from . import privs
     if opts.refused:
         raise UsageError("not implemented yet: " + ", ".join(opts.refused))
     limit = limits.Limit.from_options(opts)
@@ -366,7 +369,7 @@ def _setup(opts: Options, log: Log) -> Server:
     _more_descriptors()
 
     def resolve(host: str) -> List[Any]:
-        from ucspi import dns
+        from ..dns import lookup as dns
         return dns.qualify(dns.DnsConfig.load(os.environ, opts.ipv4_only), host)
 
     ipv4, address, scope = listen.host_address(opts.host, opts.ipv4_only, resolve)

@@ -28,7 +28,7 @@ or the new one, never a partial one.
 
 Library use::
 
-    from ucspi.cdb import CdbReader, write_cdb
+    from .read import CdbReader, write_cdb
 
     write_cdb("rules.cdb", [(b"1.2.3.4", b"D\\0"), (b"", b"")])
     with CdbReader("rules.cdb") as db:
@@ -43,8 +43,7 @@ import errno
 import os
 import stat
 from typing import Iterable, Iterator, List, Optional, Tuple
-
-from ucspi.cdbformat import HEADER_SIZE, CdbError, _pair, cdb_hash, prefix_hashes
+from .format import HEADER_SIZE, CdbError, _pair, cdb_hash, prefix_hashes
 
 _CHUNK = 8  # slots read per pread while probing
 
@@ -289,7 +288,7 @@ class CdbReader:
 
 # The writer lives in its own module; importing it here keeps
 # ``from ucspi.cdb import CdbWriter, write_cdb`` working.
-from ucspi.cdbmake import CdbWriter, write_cdb  # noqa: E402  (no cycle: cdbmake needs cdbformat only)
+from .make import CdbWriter, write_cdb  # noqa: E402  (no cycle: cdbmake needs cdbformat only)
 
 __all__ = ["CdbError", "CdbReader", "CdbWriter", "HEADER_SIZE", "cdb_hash",
            "prefix_hashes", "write_cdb"]

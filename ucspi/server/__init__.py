@@ -1,0 +1,7 @@
+"""tcpserver itself: start-up, the event loop, the connection steps,
+limits, the two launch paths, listening sockets, privileges and the pid
+file.  ``main`` is the command (see :mod:`.bootstrap`)."""
+
+from .loop import main
+
+__all__ = ["main"]
