@@ -2,6 +2,6 @@
 limits, the two launch paths, listening sockets, privileges and the pid
 file.  ``main`` is the command (see :mod:`.bootstrap`)."""
 
-from .loop import main
+from .bootstrap import main
 
 __all__ = ["main"]

@@ -1,30 +1,45 @@
 """One accepted connection, from ``accept`` to the start of its program.
 
-The parent runs many of these at once (DECISIONS D1).  A connection:
+The parent runs many of these at once (DECISIONS D1).  A connection is a
+sequence of steps; each calls :meth:`Connection.next` when it is done,
+at once or from a reactor callback:
 
-1. gets its socket options (``-o``/``-O``, ``-d``/``-D``);
-2. writes the banner (``-B``), waiting for the socket if it is slow;
-3. learns its local address, then runs the lookups it needs at the same
-   time: PTR of the local address (unless ``-l``), PTR of the client
-   (unless ``-H``) followed by the forward check of ``-p``, and the
-   ident query (unless ``-R``);
-4. hands itself back to the server (:meth:`Host.ready`), which applies
-   the rules and starts the program.
+1. **header**: nothing yet (the PROXY protocol header will be read here);
+2. **socket**: socket options (``-o``/``-O``, ``-d``/``-D``), then the
+   banner (``-B``), waiting for the socket if it is slow, then the
+   local address;
+3. **lookups**: at the same time, the PTR of the local address (unless
+   ``-l``; a fresh answer is reused), the PTR of the client (unless
+   ``-H``) with the forward check of ``-p``, the ident query (unless
+   ``-R``);
+4. **access**: the access source (the ``-x`` cdb) answers through a
+   callback: allowed with environment changes and a per-host limit,
+   denied, or failed;
+5. **per-host limit**: with an access source, the limit it gave
+   (without one, the server checked ``-C`` at accept, before the banner);
+6. **launch**: the environment is built and the program started.
 
-Nothing here blocks: every wait is a reactor callback, and every lookup
-has its own deadline inside the DNS and ident drivers.
+The steps see a narrow :class:`Context` (options, reactor, log, lookup
+service, access source, environment builder, and the three things only
+the server can do: count per-host connections, launch, end), never the
+server itself, so they can be tested with a fake context.  Nothing here
+blocks; every lookup has its own deadline inside its driver.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import os
 import socket
-from typing import TYPE_CHECKING, Any, List, Optional, Tuple, Union
-from .. import address as ipfmt
-from ..environ import Endpoints
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-if TYPE_CHECKING:
-    from .loop import Server
+from .. import address
+from ..environ import Builder, Change, Endpoints, connection_changes
+from ..errors import errtext
+from ..log import Log, connection_fields
+from ..options import Options
+from ..reactor import Reactor
+from .access import RulesAccess, Verdict
+from .lookups import Lookups
 
 
 def render_address(text: str, v6sock: bool, force6: bool) -> Tuple[str, str, bool]:
@@ -32,27 +47,63 @@ def render_address(text: str, v6sock: bool, force6: bool) -> Tuple[str, str, boo
     the primary form is dotted for IPv4 (and IPv4-mapped) addresses
     unless ``-6`` (D18); the IPv6 form shows them as ``::ffff:a.b.c.d``."""
     if v6sock:
-        plain, is_mapped = ipfmt.unmap(text)
-        six = ipfmt.mapped(plain) if is_mapped else plain
+        plain, is_mapped = address.unmap(text)
+        six = address.mapped(plain) if is_mapped else plain
         if is_mapped and not force6:
             return plain, six, True
         return six, six, is_mapped
-    six = ipfmt.mapped(text)
+    six = address.mapped(text)
     return (six if force6 else text), six, True
+
+
+class Context:
+    """What a connection's steps may use.
+
+    Attributes:
+        opts: the options.
+        reactor: the loop.
+        log: the log.
+        lookups: DNS and ident (:class:`.lookups.Lookups`).
+        access: the access source, or None (no ``-x``).
+        env: builds the program's environment.
+        over_limit: ``(ip, limit)`` -> the number of *other* live
+            connections from ``ip`` if that is at or over ``limit``, else 0.
+        launch: ``(connection, environment)``: start the program.
+        end: ``(connection)``: it ended without a program.
+    """
+
+    __slots__ = ("opts", "reactor", "log", "lookups", "access", "env",
+                 "over_limit", "launch", "end", "localname")
+
+    def __init__(self, opts: Options, reactor: Reactor, log: Log, lookups: Lookups,
+                 access: Optional[RulesAccess], env: Builder,
+                 over_limit: Callable[[str, int], int],
+                 launch: Callable[["Connection", Dict[bytes, bytes]], None],
+                 end: Callable[["Connection"], None]) -> None:
+        self.opts = opts
+        self.reactor = reactor
+        self.log = log
+        self.lookups = lookups
+        self.access = access
+        self.env = env
+        self.over_limit = over_limit
+        self.launch = launch
+        self.end = end
+        self.localname = None if opts.localname is None else os.fsencode(opts.localname)
 
 
 class Connection:
     """The state of one connection until its program starts."""
 
-    def __init__(self, server: "Server", sock: socket.socket, peer: Any, v6sock: bool) -> None:
-        self.server = server
+    def __init__(self, ctx: Context, sock: socket.socket, peer: Any, v6sock: bool) -> None:
+        self.ctx = ctx
         self.sock = sock
         self.fd = sock.fileno()
-        opts = server.opts
+        force6 = ctx.opts.force_ipv6
         self.v4client: bool
-        remote, remote6, self.v4client = render_address(peer[0], v6sock, opts.force_ipv6)
+        remote, remote6, self.v4client = render_address(peer[0], v6sock, force6)
         self.ep = Endpoints(
-            proto6=opts.force_ipv6 or not self.v4client, v6sock=v6sock,
+            proto6=force6 or not self.v4client, v6sock=v6sock,
             local_ip="", local_ip6="", local_port=0,
             remote_ip=remote, remote_ip6=remote6, remote_port=peer[1],
         )
@@ -60,13 +111,30 @@ class Connection:
         self.banner = b""
         self.pending = 0
         self.handles: List[Any] = []
+        self.changes: List[Change] = []
+        self.max_per_host = ctx.opts.max_per_host
         self.closed = False
+        self._step = 0
 
-    # -- set-up -----------------------------------------------------------
+    # -- the steps ----------------------------------------------------------
     def start(self) -> None:
-        """Socket options and banner, then the lookups."""
-        opts = self.server.opts
-        self.pending = 1  # held until every step below has been started
+        """Run the steps from the first."""
+        self._step = 0
+        self.next()
+
+    def next(self) -> None:
+        """The current step is done: run the next one."""
+        if self.closed:
+            return
+        step = _STEPS[self._step]
+        self._step += 1
+        step(self)
+
+    def _header(self) -> None:
+        self.next()
+
+    def _socket(self) -> None:
+        opts = self.ctx.opts
         if opts.kill_ip_options and self.v4client:
             try:
                 self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, b"")
@@ -80,14 +148,9 @@ class Connection:
         if opts.banner:
             self.banner = opts.banner
             self.sock.setblocking(False)
-            self.pending += 1
             self._write_banner()
-            if self.closed:
-                return
-        if not self._local():
-            return
-        self._lookups()
-        self._done()
+        else:
+            self._local()
 
     def _write_banner(self) -> None:
         try:
@@ -95,106 +158,135 @@ class Connection:
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError as exc:
-            self.server.drop(self, "unable to print banner", exc)
+            self.drop("unable to print banner", exc)
             return
         self.banner = self.banner[sent:]
+        reactor = self.ctx.reactor
         if self.banner:
-            self.server.reactor.add_writer(self.fd, self._write_banner)
+            reactor.add_writer(self.fd, self._write_banner)
             return
-        self.server.reactor.remove_writer(self.fd)
+        reactor.remove_writer(self.fd)
         self.sock.setblocking(True)
-        self._done()
+        self._local()
 
-    def _local(self) -> bool:
+    def _local(self) -> None:
         try:
             local = self.sock.getsockname()
         except OSError as exc:
-            self.server.drop(self, "unable to get local address", exc)
-            return False
+            self.drop("unable to get local address", exc)
+            return
         ep = self.ep
-        ep.local_ip, ep.local_ip6, _ = render_address(local[0], ep.v6sock, self.server.opts.force_ipv6)
+        ep.local_ip, ep.local_ip6, _ = render_address(local[0], ep.v6sock, self.ctx.opts.force_ipv6)
         ep.local_port = local[1]
         if ep.v6sock and not self.v4client and self.scope:
             try:
                 ep.interface = socket.if_indextoname(self.scope).encode()
             except OSError:
                 ep.interface = b"[unknown]"
-        return True
+        self.next()
 
-    # -- lookups ----------------------------------------------------------
     def _lookups(self) -> None:
-        opts = self.server.opts
-        if opts.localname is not None:
-            self.ep.local_host = self.server.localname
+        ctx, ep = self.ctx, self.ep
+        opts, lookups = ctx.opts, ctx.lookups
+        self.pending = 1  # held until every lookup below has been started
+        if ctx.localname is not None:
+            ep.local_host = ctx.localname
         else:
-            known = self.server.local_names.get(self.ep.local_ip6)
-            if known is not None and known[0] > self.server.reactor.time():
-                self.ep.local_host = known[1]
+            known = lookups.known_local_name(ep.local_ip6)
+            if known is not None:
+                ep.local_host = known[0]
             else:
-                self._lookup_local()
+                self.pending += 1
+                self.handles.append(lookups.name(ep.local_ip6, self.v4client, self._got_local))
         if opts.remote_host:
-            self._lookup_remote(opts.paranoid)
+            self.pending += 1
+            self.handles.append(lookups.host(ep.remote_ip6, self.v4client, opts.paranoid,
+                                             self._got_remote))
         if opts.remote_info:
-            self._ident()
-
-    def _target(self, text6: str) -> Union[ipaddress.IPv4Address, ipaddress.IPv6Address]:
-        """The address to look up, parsed by ``inet_pton`` (much cheaper
-        than ``ipaddress``'s own parser)."""
-        if self.v4client:
-            return ipaddress.IPv4Address(socket.inet_aton(text6[len(ipfmt.MAPPED_PREFIX):]))
-        return ipaddress.IPv6Address(socket.inet_pton(socket.AF_INET6, text6))
-
-    def _lookup_local(self) -> None:
-        from ..dns import lookup as dns
-        self.pending += 1
-        self.handles.append(dns.lookup_ptr(
-            self.server.reactor, self.server.dns_config(),
-            self._target(self.ep.local_ip6), self._got_local))
+            cut = len(address.MAPPED_PREFIX) if self.v4client else 0
+            self.pending += 1
+            self.handles.append(lookups.info(ep.local_ip6[cut:], ep.remote_ip6[cut:], ep.remote_port, ep.local_port,
+                                             self.scope, self._got_info))
+        self._looked_up()
 
     def _got_local(self, name: Optional[str], error: Optional[BaseException]) -> None:
         if name:
             self.ep.local_host = name.encode()
         if error is None:
-            self.server.remember_local_name(self.ep.local_ip6, self.ep.local_host)
-        self._done()
-
-    def _lookup_remote(self, paranoid: bool) -> None:
-        from ..dns import lookup as dns
-        self.pending += 1
-        self.handles.append(dns.lookup_host(
-            self.server.reactor, self.server.dns_config(),
-            self._target(self.ep.remote_ip6), paranoid, self._got_remote))
+            self.ctx.lookups.remember_local_name(self.ep.local_ip6, self.ep.local_host)
+        self._looked_up()
 
     def _got_remote(self, name: Optional[str], failed: Optional[str]) -> None:
         if name:
             self.ep.remote_host = name.encode()
         if failed:
             self.ep.paranoid = failed.encode()
-        self._done()
-
-    def _ident(self) -> None:
-        from ..ident import lookup as ident
-        ep = self.ep
-        local = ep.local_ip6[7:] if self.v4client else ep.local_ip6
-        remote = ep.remote_ip6[7:] if self.v4client else ep.remote_ip6
-        self.pending += 1
-        self.handles.append(ident.lookup(
-            self.server.reactor, local, remote, ep.remote_port, ep.local_port,
-            float(self.server.opts.ident_timeout), self._got_info, self.scope))
+        self._looked_up()
 
     def _got_info(self, info: Optional[bytes]) -> None:
         if info is not None:
             info = info.split(b"\0", 1)[0]   # as a C string would end there
         self.ep.remote_info = info
-        self._done()
+        self._looked_up()
 
-    def _done(self) -> None:
+    def _looked_up(self) -> None:
         self.pending -= 1
-        if self.pending == 0 and not self.closed:
+        if self.pending == 0:
             self.handles = []
-            self.server.ready(self)
+            self.next()
+
+    def _access(self) -> None:
+        access = self.ctx.access
+        if access is None:
+            self.next()
+        else:
+            access.check(self.ep, self._verdict)
+
+    def _verdict(self, verdict: Verdict) -> None:
+        if self.closed:
+            return
+        if verdict.failure is not None:
+            self.drop(*verdict.failure)
+        elif not verdict.allow:
+            self.ctx.log.verdict(False, 0, self.fields())
+            self.end()
+        else:
+            self.changes = verdict.changes
+            self.max_per_host = verdict.max_per_host
+            self.next()
+
+    def _per_host(self) -> None:
+        if self.ctx.access is not None:   # else checked at accept
+            count = self.ctx.over_limit(self.ep.remote_ip, self.max_per_host)
+            if count:
+                self.ctx.log.per_host(self.ep.remote_ip, count)
+                self.end()
+                return
+        self.next()
+
+    def _launch(self) -> None:
+        ep = self.ep
+        self.ctx.launch(self, self.ctx.env.build(ep.v6sock, connection_changes(ep), self.changes))
 
     # -- end ----------------------------------------------------------------
+    def fields(self) -> bytes:
+        """The fields of the ``ok``/``deny`` line."""
+        ep = self.ep
+        return connection_fields(ep.local_host, ep.local_ip, ep.local_port,
+                                 ep.remote_host, ep.remote_ip, ep.remote_info,
+                                 ep.remote_port)
+
+    def drop(self, what: str, exc: BaseException) -> None:
+        """``warning: dropping connection, <what>: <err>``; end it."""
+        self.ctx.log.drop(f"{what}: {errtext(exc)}")
+        self.end()
+
+    def end(self) -> None:
+        """End the connection without a program."""
+        if not self.closed:
+            self.close()
+            self.ctx.end(self)
+
     def close(self) -> None:
         """Forget this connection: cancel lookups, close the socket."""
         if self.closed:
@@ -203,7 +295,13 @@ class Connection:
         for handle in self.handles:
             handle.cancel()
         self.handles = []
-        reactor = self.server.reactor
+        reactor = self.ctx.reactor
         if reactor.watching(self.fd):
             reactor.forget(self.fd)
         self.sock.close()
+
+
+_STEPS: Tuple[Callable[[Connection], None], ...] = (
+    Connection._header, Connection._socket, Connection._lookups,
+    Connection._access, Connection._per_host, Connection._launch,
+)

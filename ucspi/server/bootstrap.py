@@ -1,0 +1,135 @@
+"""tcpserver's start-up, and the one place errors become exit codes.
+
+:func:`main` parses the options, sets up (the ``-c`` limit, the target
+identity, the pid file, the signals, the listening sockets, the
+privilege drop, the ``-1`` port line), then runs the loop
+(:class:`.loop.Server`) until SIGTERM.  Inside the package errors are
+typed exceptions (D5); here they become 100 (usage, permanent) or 111
+(temporary).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Callable, List, Optional
+
+from ..errors import EXIT_TEMP, EXIT_USAGE, Fatal, UsageError
+from ..log import Log, say
+from ..options import USAGE, MissingArgument, OptionError, Options, parse
+from . import listen, pidfile, privs, signals
+from .launch import Launch, Spawn
+from .limits import Limit
+from .loop import Server
+
+#: makes the launcher from the options; the default spawns the program
+LaunchFactory = Callable[[Options], Launch]
+
+
+def _open_stdio() -> None:
+    """Make sure fds 0, 1 and 2 are open (on /dev/null if they were
+    closed), so that no socket or pipe of ours lands on them: the
+    wake-up pipe on fd 1 would be overwritten by the ``-1`` clean-up."""
+    while True:
+        fd = os.open(os.devnull, os.O_RDWR)
+        if fd > 2:
+            os.close(fd)
+            return
+
+
+def _more_descriptors() -> None:
+    """Raise the soft limit on open files to the hard one.  One process
+    holds every connection being set up and its DNS and ident sockets
+    (the C server spreads them over its children)."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, OSError, ValueError):
+        pass
+
+
+def _quiet_stdio(print_port: Optional[int]) -> None:
+    if print_port is not None:
+        try:
+            os.write(1, b"%d\n" % print_port)
+        except OSError:
+            pass
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1):
+        if fd != null:
+            os.dup2(null, fd)
+    if null > 2:
+        os.close(null)
+
+
+def _spawn(opts: Options) -> Launch:
+    return Spawn(opts.argv)
+
+
+def _setup(opts: Options, log: Log, make_launch: LaunchFactory) -> Server:
+    if opts.refused:
+        raise UsageError("not implemented yet: " + ", ".join(opts.refused))
+    limit = Limit.from_options(opts)
+    ident = privs.resolve(opts.user, opts.uid, opts.gid, opts.groups)
+    port = listen.parse_port(opts.port)
+    if opts.pidfile is not None:
+        pidfile.claim(opts.pidfile)
+    wakeup = signals.install()
+    _more_descriptors()
+
+    def resolve(host: str) -> List[Any]:
+        from ..dns.conf import DnsConfig
+        from ..dns.lookup import qualify
+        return qualify(DnsConfig.load(os.environ, opts.ipv4_only), host)
+
+    ipv4, address, scope = listen.host_address(opts.host, opts.ipv4_only, resolve)
+    scope = scope or listen.interface_index(opts.interface)
+    listener = listen.open_listener(ipv4, address, scope, port, opts.backlog)
+    privs.drop(ident)
+    server = Server(opts, log, listener, limit, wakeup, make_launch(opts))
+    _quiet_stdio(listener.port if opts.print_port else None)
+    return server
+
+
+def main(argv: Optional[List[str]] = None, launch: LaunchFactory = _spawn) -> int:
+    """The tcpserver command.
+
+    Args:
+        argv: the arguments after the program name (default ``sys.argv[1:]``).
+        launch: makes the launcher (default: spawn the program); tests
+            pass one that forks a test child body.
+
+    Returns:
+        The exit code (never on success: the server runs until SIGTERM).
+    """
+    args = sys.argv[1:] if argv is None else argv
+    _open_stdio()
+    log = Log(1)
+    try:
+        opts = parse(args)
+    except OptionError as exc:
+        log.line(os.fsencode(str(exc)))
+        say(USAGE.encode().rstrip(b"\n"))
+        return EXIT_USAGE
+    except MissingArgument as exc:
+        if not exc.quiet:
+            say(USAGE.encode().rstrip(b"\n"))
+        return EXIT_USAGE
+    except UsageError as exc:
+        log.line(b"fatal: " + os.fsencode(str(exc)))
+        return EXIT_USAGE
+    log.verbosity = opts.verbosity
+    try:
+        server = _setup(opts, log, launch)
+        server.run()
+    except UsageError as exc:
+        log.line(b"fatal: " + os.fsencode(str(exc)))
+        return EXIT_USAGE
+    except Fatal as exc:
+        log.fatal(str(exc))
+        return exc.code
+    except KeyboardInterrupt:
+        return EXIT_TEMP
+    return 0

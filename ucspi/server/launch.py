@@ -1,0 +1,72 @@
+"""The launch seam: how a connection's program is started.
+
+One interface, :class:`Launch`, with two implementations:
+
+* :class:`Spawn`, the plain path (DECISIONS D1): ``os.posix_spawn`` with
+  fd 0 and 1 on the connection, the built environment, the server's
+  signals back to their defaults and an empty signal mask.  The
+  interpreter is never forked.
+* :class:`Fork`, the fork path (D2): a *child body* runs in a forked
+  copy of the server (see :mod:`.child` for its hygiene) with the
+  connection's descriptor, the program's argv and its environment, and
+  the child exits with the body's return value.  The TLS relay, a
+  ``prog.so`` call and the ``$MYSQL_LIB`` lookup plug in here as bodies.
+
+Either way the server sees one child per program: its pid goes into the
+connection table, its exit status into the ``end`` line.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Dict, List, Protocol
+
+from . import child
+from .signals import SIGDEF
+
+Environment = Dict[bytes, bytes]
+#: ``body(fd, argv, env)`` -> exit status, run in a forked child
+ChildBody = Callable[[int, List[str], Environment], int]
+
+
+class Launch(Protocol):
+    """Starts the program of one connection."""
+
+    #: the name in ``unable to run <name>: <error>``
+    name: str
+
+    def start(self, fd: int, env: Environment) -> int:
+        """Start the program with fd 0 and 1 on ``fd``; return its pid.
+
+        Raises:
+            OSError, ValueError: it could not be started.
+        """
+
+
+class Spawn:
+    """``os.posix_spawn`` (``posix_spawnp`` for a name without ``/``)."""
+
+    def __init__(self, argv: List[str]) -> None:
+        self.argv = argv
+        self.name = argv[0]
+        self._spawn = os.posix_spawn if "/" in self.name else os.posix_spawnp
+
+    def start(self, fd: int, env: Environment) -> int:
+        return self._spawn(
+            self.name, self.argv, env,
+            file_actions=[(os.POSIX_SPAWN_DUP2, fd, 0), (os.POSIX_SPAWN_DUP2, fd, 1)],
+            setsigdef=SIGDEF, setsigmask=(),
+        )
+
+
+class Fork:
+    """Run ``body(fd, argv, env)`` in a forked child (:func:`.child.fork`)."""
+
+    def __init__(self, argv: List[str], body: ChildBody) -> None:
+        self.argv = argv
+        self.name = argv[0]
+        self.body = body
+
+    def start(self, fd: int, env: Environment) -> int:
+        argv, body = self.argv, self.body
+        return child.fork(lambda: body(fd, argv, env), keep=(fd,))

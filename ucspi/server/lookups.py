@@ -1,0 +1,107 @@
+"""The lookup service of the connections: DNS and ident, with what they
+share across connections.
+
+A connection's lookup step asks this service, never the DNS and ident
+drivers directly, so the step can be tested with a fake service and the
+state shared by every connection lives in one place:
+
+* the resolver configuration (:class:`~ucspi.dns.conf.DnsConfig`),
+  loaded on first use and re-read every ten minutes or after SIGHUP;
+* the PTR answers for the server's own addresses, reused for a minute:
+  they are few, and asking DNS for them on every connection is a third
+  of the lookup work of ``-h -r`` (forgotten on SIGHUP).
+
+The DNS and ident modules are imported on first use, so a server with
+``-HRl`` never loads them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple, Union
+
+from .. import address
+from ..reactor import Reactor
+
+if TYPE_CHECKING:
+    from ..dns.conf import DnsConfig
+
+DNS_CONFIG_AGE = 600.0
+LOCAL_NAME_AGE = 60.0   # how long the PTR answer for a local address is reused
+
+NameDone = Callable[[Optional[str], Optional[BaseException]], None]
+HostDone = Callable[[Optional[str], Optional[str]], None]
+InfoDone = Callable[[Optional[bytes]], None]
+IP = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+
+def _target(text6: str, v4: bool) -> IP:
+    """The address to look up, parsed by ``inet_pton`` (much cheaper
+    than ``ipaddress``'s own parser); ``text6`` is the IPv6 form."""
+    if v4:
+        return ipaddress.IPv4Address(socket.inet_aton(text6[len(address.MAPPED_PREFIX):]))
+    return ipaddress.IPv6Address(socket.inet_pton(socket.AF_INET6, text6))
+
+
+class Lookups:
+    """DNS and ident lookups on the server's reactor."""
+
+    def __init__(self, reactor: Reactor, ipv4_only: bool, ident_timeout: float) -> None:
+        self.reactor = reactor
+        self.ipv4_only = ipv4_only
+        self.ident_timeout = ident_timeout
+        self._dns: Optional["DnsConfig"] = None
+        self._dns_loaded = 0.0
+        # local address (IPv6 form) -> (until, name)
+        self._local_names: Dict[str, Tuple[float, Optional[bytes]]] = {}
+
+    def dns_config(self) -> "DnsConfig":
+        """The resolver settings, re-read every ten minutes."""
+        now = self.reactor.time()
+        if self._dns is None or now - self._dns_loaded > DNS_CONFIG_AGE:
+            from ..dns.conf import DnsConfig
+            self._dns = DnsConfig.load(os.environ, self.ipv4_only)
+            self._dns_loaded = now
+        return self._dns
+
+    def reload(self) -> None:
+        """SIGHUP: read the resolver settings again, forget local names."""
+        self._dns = None
+        self._local_names.clear()
+
+    # -- the server's own addresses --------------------------------------
+    def known_local_name(self, ip6: str) -> Optional[Tuple[Optional[bytes]]]:
+        """``(name,)`` if the PTR answer for ``ip6`` is fresh, else None."""
+        known = self._local_names.get(ip6)
+        if known is not None and known[0] > self.reactor.time():
+            return (known[1],)
+        return None
+
+    def remember_local_name(self, ip6: str, name: Optional[bytes]) -> None:
+        """Keep a local address's PTR answer for ``LOCAL_NAME_AGE``."""
+        if len(self._local_names) > 64:
+            self._local_names.clear()
+        self._local_names[ip6] = (self.reactor.time() + LOCAL_NAME_AGE, name)
+
+    # -- lookups --------------------------------------------------------
+    def name(self, ip6: str, v4: bool, done: NameDone) -> Any:
+        """PTR of an address (``TCPLOCALHOST``); see
+        :func:`ucspi.dns.lookup.lookup_ptr`.  Returns a cancellable handle."""
+        from ..dns.lookup import lookup_ptr
+        return lookup_ptr(self.reactor, self.dns_config(), _target(ip6, v4), done)
+
+    def host(self, ip6: str, v4: bool, paranoid: bool, done: HostDone) -> Any:
+        """PTR of the client and the ``-p`` check; see
+        :func:`ucspi.dns.lookup.lookup_host`."""
+        from ..dns.lookup import lookup_host
+        return lookup_host(self.reactor, self.dns_config(), _target(ip6, v4), paranoid, done)
+
+    def info(self, local: str, remote: str, remote_port: int, local_port: int,
+             scope: int, done: InfoDone) -> Any:
+        """The ident answer for a connection (``TCPREMOTEINFO``); see
+        :func:`ucspi.ident.lookup.lookup`."""
+        from ..ident.lookup import lookup
+        return lookup(self.reactor, local, remote, remote_port, local_port,
+                      self.ident_timeout, done, scope)

@@ -1,0 +1,33 @@
+"""What SIGHUP re-reads: a registry of reload actions, run in order.
+
+Today: the ``-c`` file, the resolver configuration and the cached names
+of local addresses.  Later subsystems add theirs (TLS certificates,
+``PLUGINn`` init(1)).  An action that fails logs one warning and the
+others still run: SIGHUP never kills the server (D15).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, Tuple
+
+from ..log import Log
+
+Action = Callable[[], None]
+
+
+class Reloads:
+    """Reload actions by name, in registration order."""
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self.actions: List[Tuple[str, Action]] = []
+
+    def add(self, name: str, action: Action) -> None:
+        self.actions.append((name, action))
+
+    def run(self) -> None:
+        for name, action in self.actions:
+            try:
+                action()
+            except Exception as exc:
+                self.log.warning(f"unable to reload {name}: {type(exc).__name__}: {exc}")
