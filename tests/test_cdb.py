@@ -13,7 +13,8 @@ import pytest
 
 from tests.fix_rules import dump_text, tinycdb_dump, tinycdb_make
 from ucspi.cdb import make as cdbmake
-from ucspi.cdb.read import CdbError, CdbReader, CdbWriter, cdb_hash, prefix_hashes, write_cdb
+from ucspi.cdb.make import CdbWriter, write_cdb
+from ucspi.cdb.read import CdbError, CdbReader, cdb_hash, prefix_hashes
 from ucspi.errors import UcspiError, errtext
 from ucspi.rules.cache import CdbSnapshot
 
@@ -139,6 +140,59 @@ def test_write_cdb_is_atomic_and_cleans_up(tmp_path):
         assert db.get(b"old") is None and db.get(b"new") == b"2"
 
 
+@pytest.mark.parametrize("keep_tmp", [False, True])
+def test_write_atomically_failing_fill(tmp_path, keep_tmp):
+    path, tmp = str(tmp_path / "f"), str(tmp_path / "f.tmp")
+    with open(path, "wb") as f:
+        f.write(b"old")
+
+    def fill(fd: int) -> None:
+        os.write(fd, b"partial")
+        raise KeyError("boom")          # passes through unchanged
+
+    with pytest.raises(KeyError):
+        cdbmake.write_atomically(path, tmp, fill, keep_tmp=keep_tmp)
+    with open(path, "rb") as f:
+        assert f.read() == b"old"
+    assert os.path.exists(tmp) == keep_tmp
+
+
+def test_write_atomically_steps(tmp_path, monkeypatch):
+    """Each step's OSError goes through ``failed`` with the step's name."""
+    seen = []
+
+    def failed(step: str, error: OSError) -> BaseException:
+        seen.append((step, error.errno))
+        return RuntimeError(step)
+
+    def fill(fd: int) -> None:
+        os.write(fd, b"new")
+
+    with pytest.raises(RuntimeError):
+        cdbmake.write_atomically(str(tmp_path / "f"), str(tmp_path / "no" / "f.tmp"),
+                                 fill, failed=failed)
+    os.mkdir(str(tmp_path / "dir"))
+    os.mkdir(str(tmp_path / "dir" / "full"))
+    with pytest.raises(RuntimeError):
+        cdbmake.write_atomically(str(tmp_path / "dir"), str(tmp_path / "f.tmp"), fill,
+                                 keep_tmp=True, failed=failed)
+    assert os.path.exists(str(tmp_path / "f.tmp"))
+
+    def no_fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "fsync")
+
+    monkeypatch.setattr(os, "fsync", no_fsync)
+    with pytest.raises(RuntimeError):
+        cdbmake.write_atomically(str(tmp_path / "g"), str(tmp_path / "g.tmp"), fill,
+                                 failed=failed)
+    assert not os.path.exists(str(tmp_path / "g.tmp"))
+    assert [step for step, _ in seen] == [cdbmake.CREATE, cdbmake.MOVE, cdbmake.WRITE]
+    assert seen[0][1] == errno.ENOENT and seen[2][1] == errno.EIO
+    with pytest.raises(OSError) as info:            # no ``failed``: the OSError
+        cdbmake.write_atomically(str(tmp_path / "g"), str(tmp_path / "g.tmp"), fill)
+    assert info.value.errno == errno.EIO
+
+
 # ------------------------------------------------------------------ reader
 
 def test_get_first_and_all(tmp_path):
@@ -176,6 +230,25 @@ def test_from_bytes_matches_file(tmp_path):
     for k, _ in RECORD_SETS["random"][:100]:
         with CdbReader(path) as db:
             assert mem.get_all(k) == db.get_all(k)
+
+
+def test_fstat_and_contents(tmp_path):
+    path = make(tmp_path, RECORD_SETS["duplicates"])
+    with open(path, "rb") as f:
+        data = f.read()
+    with CdbReader(path) as db:
+        assert db.contents() == data
+        assert db.fstat().st_ino == os.stat(path).st_ino
+        os.rename(path, path + ".old")
+        make(tmp_path, [])                  # the path names a new file now
+        assert db.fstat().st_ino == os.stat(path + ".old").st_ino
+    with pytest.raises(CdbError) as info:
+        db.fstat()                          # closed
+    assert info.value.errno == errno.EBADF
+    mem = CdbReader.from_bytes(data)
+    assert mem.contents() == data
+    with pytest.raises(CdbError):
+        mem.fstat()
 
 
 def test_missing_file_is_plain_oserror(tmp_path):

@@ -196,7 +196,7 @@ def test_parse_addresses_keeps_records_before_a_bad_one():
     answers = [rr(b"\xc0\x0c", dnsmsg.TYPE_A, bytes([10, 0, 0, 1])),
                rr(b"\xc0\x0c", dnsmsg.TYPE_A, bytes([10, 0, 0, 2]))[:-2]]
     packet = header(an=3) + WWW + b"\x00\x01\x00\x01" + b"".join(answers)
-    assert parse_addresses(packet) == [dnsmsg.V4MAPPED + bytes([10, 0, 0, 1])]
+    assert parse_addresses(packet) == [bytes(10) + b"\xff\xff" + bytes([10, 0, 0, 1])]
     assert parse_addresses(b"garbage") == []
 
 

@@ -5,15 +5,32 @@ from __future__ import annotations
 import errno
 import os
 import random
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import pytest
 
-from ucspi.cdb.read import CdbError, write_cdb
+from ucspi.cdb.make import write_cdb
+from ucspi.cdb.read import CdbError
 from ucspi.errors import errtext
-from ucspi.rules.lookup import (Decision, NoColonError, RuleSyntaxError, RulesCache,
-                         apply, check, cidr_key, encode_value, find, ip4_bits,
-                         ip6_bits, lookup_keys, parse_line)
+from ucspi.rules.cache import RulesCache
+from ucspi.rules.lookup import Decision, apply, find, lookup_keys
+from ucspi.rules.parse import (NoColonError, RuleSyntaxError, cidr_key, ip4_bits, ip6_bits,
+                               parse_line)
+
+
+def encode_value(deny: bool, changes: List[Tuple[bytes, Optional[bytes]]]) -> bytes:
+    """A rule value from its parts, as tcprules stores it."""
+    out = [b"D\0"] if deny else []
+    for name, val in changes:
+        out.append(b"-" + name + b"\0" if val is None else b"+" + name + b"=" + val + b"\0")
+    return b"".join(out)
+
+
+def check(cdb_path: str, missing_ok: bool, ip: str, host: Optional[str],
+          info: Optional[str]) -> Optional[Decision]:
+    """The decision of ``tcpserver -x``/``-X`` for one client, from a
+    fresh :class:`RulesCache`."""
+    return RulesCache(cdb_path).check(missing_ok, ip, host, info)
 
 # ------------------------------------------------------------------ parser
 

@@ -1,7 +1,8 @@
 """Known-answer tests for the pure modules of the core server.
 
 options (djb getopt, D10 numeric checks), log (djb ``safecats``, D12
-line formats), ipfmt (spec core 3.2 adjusted by D18), environ (spec core
+line formats), ipfmt (spec core 3.2 adjusted by D18; the rest of
+ucspi.address is in test_address.py), reactor.run_blocking, environ (spec core
 3.5 and the Builder fast path), listen (port and host arguments), limits
 (``-c`` file, connection table) and pidfile.
 """
@@ -12,7 +13,7 @@ import ipaddress
 import os
 import random
 import socket
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import pytest
 
@@ -22,6 +23,7 @@ from ucspi.server import limits
 from ucspi.server import listen
 from ucspi import log
 from ucspi import options
+from ucspi import reactor
 from ucspi.server import pidfile
 from ucspi.errors import Fatal, UsageError
 from ucspi.options import OptionError, getopt, parse
@@ -359,8 +361,57 @@ def test_unmap_mapped_parse() -> None:
     assert ipfmt.unmap("::ffff:127.0.0.1") == ("127.0.0.1", True)
     assert ipfmt.unmap("::1") == ("::1", False)
     assert ipfmt.unmap("fe80::1%eth0") == ("fe80::1", False)
-    assert ipfmt.mapped("1.2.3.4") == "::ffff:1.2.3.4"
+    assert ipfmt.mapped_text("1.2.3.4") == "::ffff:1.2.3.4"
     assert ipfmt.strip_scope("fe80::1%2") == "fe80::1"
+
+
+# -- reactor: the blocking runner -------------------------------------------------------
+class _Job:
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def test_run_blocking_returns_the_result() -> None:
+    jobs: List[_Job] = []
+
+    def start(r: reactor.Reactor, done: Callable[[str], None]) -> _Job:
+        r.call_later(0.01, lambda: done("first"))
+        r.call_later(0.02, lambda: done("second"))
+        jobs.append(_Job())
+        return jobs[-1]
+
+    assert reactor.run_blocking(start) == "first"
+    assert not jobs[0].cancelled
+
+
+def test_run_blocking_stall_and_errors_cancel() -> None:
+    jobs: List[_Job] = []
+    seen: List[reactor.Reactor] = []
+
+    def stall(r: reactor.Reactor, done: Callable[[str], None]) -> _Job:
+        seen.append(r)
+        jobs.append(_Job())
+        return jobs[-1]
+
+    assert reactor.run_blocking(stall) is None
+    assert jobs[-1].cancelled
+
+    def boom() -> None:
+        raise KeyError("boom")
+
+    def failing(r: reactor.Reactor, done: Callable[[str], None]) -> _Job:
+        seen.append(r)
+        r.call_later(0, boom)
+        jobs.append(_Job())
+        return jobs[-1]
+
+    with pytest.raises(KeyError):
+        reactor.run_blocking(failing)
+    assert jobs[-1].cancelled
+    assert all(not r.pending() for r in seen)     # closed
 
 
 # -- environ ---------------------------------------------------------------------------

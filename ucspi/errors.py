@@ -159,11 +159,3 @@ class Fatal(UcspiError):
         super().__init__(message)
         self.code = code
 
-
-class ProtocolError(UcspiError):
-    """A peer sent something we cannot accept (DNS, ident, MySQL).
-
-    ``errno`` is ``EPROTO`` so that :func:`errtext` prints
-    ``protocol error`` as the C tools do."""
-
-    errno = _errno.EPROTO

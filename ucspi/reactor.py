@@ -17,6 +17,9 @@ that raises is not caught here: the caller of ``run_once`` decides.
 
 Drivers written against this class can be tested alone: create a
 ``Reactor``, start the operation, and call ``run_once`` until it is done.
+:func:`run_blocking` does just that, for the blocking faces of the DNS
+and ident drivers; what a driver's start returns is a
+:class:`Cancellable`.
 """
 
 from __future__ import annotations
@@ -25,13 +28,22 @@ import heapq
 import itertools
 import selectors
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Protocol, Tuple, TypeVar
 
 Callback = Callable[[], None]
+T = TypeVar("T")
 
 MAX_WAIT = 86400.0   # longest single poll, whatever the deadlines
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
+
+
+class Cancellable(Protocol):
+    """A running operation (a lookup, a :class:`Timer`) that can be
+    called off."""
+
+    def cancel(self) -> None:
+        """Stop; the operation's callback will not be called."""
 
 
 class Timer:
@@ -186,3 +198,32 @@ class Reactor:
         self.selector.close()
         self._handlers.clear()
         self._timers.clear()
+
+
+def run_blocking(start: Callable[[Reactor, Callable[[T], None]], Cancellable]
+                 ) -> Optional[T]:
+    """Run one non-blocking operation on a private reactor until it
+    reports: the blocking face of a driver.
+
+    Args:
+        start: starts the operation on the reactor it is given, with the
+            callback that takes the result, and returns its handle.
+
+    Returns:
+        The result the operation reported, or None if it stalled (the
+        reactor had nothing left to wait for and no result came).  The
+        operation is cancelled if it did not report (an exception, such
+        as ``KeyboardInterrupt``, or a stall); the reactor is closed.
+    """
+    reactor = Reactor()
+    box: List[T] = []
+    handle: Optional[Cancellable] = None
+    try:
+        handle = start(reactor, box.append)
+        while not box and reactor.pending():
+            reactor.run_once()
+    finally:
+        if not box and handle is not None:
+            handle.cancel()
+        reactor.close()
+    return box[0] if box else None

@@ -1,5 +1,5 @@
-"""What the cdb reader (:mod:`ucspi.cdb`) and writer
-(:mod:`ucspi.cdbmake`) share: the header size, the record-header layout,
+"""What the cdb reader (:mod:`ucspi.cdb.read`) and writer
+(:mod:`ucspi.cdb.make`) share: the header size, the record-header layout,
 djb's hash, and :class:`CdbError`."""
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from ..errors import UcspiError
 
 HEADER_SIZE = 2048
 _MASK = 0xFFFFFFFF
-_CHUNK = 8  # slots read per pread while probing
 
 _pair = struct.Struct("<II")
 

@@ -1,19 +1,23 @@
-"""Writing cdb files, as djb's ``cdbmake`` does (see :mod:`ucspi.cdb`
+"""Writing cdb files, as djb's ``cdbmake`` does (see :mod:`ucspi.cdb.read`
 for the format and for reading).
 
 :class:`CdbWriter` writes records to an open descriptor and finishes
 with the hash tables and the header; the result is byte-identical to
 ``cdbmake`` and tinycdb for the same records in the same order, and the
-writer refuses to pass the format's 4 GiB limit.  :func:`write_cdb`
-builds in a temporary file, fsyncs it and renames it over the target,
-so readers see the old file or the new one, never a partial one.
+writer refuses to pass the format's 4 GiB limit.
+
+:func:`write_atomically` is the one way a file is replaced here: build
+it under a temporary name, fsync it, rename it over the target, so that
+readers see the old file or the new one, never a partial one.
+``tcprules`` uses it with its own messages; :func:`write_cdb` is the
+library's whole build.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-from typing import Iterable, List, Optional, Tuple
+from typing import Callable, Iterable, List, Optional, Tuple
 from .format import HEADER_SIZE, CdbError, _pair, cdb_hash
 
 MAX_SIZE = 0xFFFFFFFF  # the largest position a 32-bit field can hold
@@ -100,9 +104,79 @@ class CdbWriter:
             done += os.pwrite(self._fd, header[done:], done)
 
 
+#: The steps of :func:`write_atomically` that can fail on their own.
+CREATE, WRITE, MOVE = "create", "write", "move"
+
+
+def write_atomically(path: str, tmp: str, fill: Callable[[int], None], *,
+                     keep_tmp: bool = False,
+                     failed: Optional[Callable[[str, OSError], BaseException]] = None
+                     ) -> None:
+    """Create or replace ``path`` atomically: write ``tmp``, fsync, rename.
+
+    Args:
+        path: the file to create or replace.
+        tmp: the temporary file, on the same file system as ``path``;
+            created (mode 0644) or truncated.
+        fill: writes the contents to the descriptor it is given.  What it
+            raises passes through, after the descriptor is closed.
+        keep_tmp: on failure leave ``tmp`` as it is (djb's ``tcprules``
+            does); by default it is removed.
+        failed: turns the ``OSError`` of a step, :data:`CREATE` (open
+            ``tmp``), :data:`WRITE` (fsync or close it) or :data:`MOVE`
+            (the rename), into the exception to raise; by default the
+            ``OSError`` itself is raised.
+
+    Raises:
+        OSError: a step failed (unless ``failed`` says otherwise).
+    """
+    def fail(step: str, error: OSError) -> BaseException:
+        return error if failed is None else failed(step, error)
+
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise fail(CREATE, e) from None
+    try:
+        try:
+            fill(fd)
+        except BaseException:
+            _close_quietly(fd)
+            raise
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            _close_quietly(fd)
+            raise fail(WRITE, e) from None
+        try:
+            os.close(fd)
+        except OSError as e:
+            raise fail(WRITE, e) from None
+        try:
+            os.rename(tmp, path)
+        except OSError as e:
+            raise fail(MOVE, e) from None
+    except BaseException:
+        if not keep_tmp:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        raise
+
+
+def _close_quietly(fd: int) -> None:
+    """Close a descriptor on a failure path: the first error is the one
+    to report."""
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
 def write_cdb(path: str, records: Iterable[Tuple[bytes, bytes]],
               tmp: Optional[str] = None) -> None:
-    """Build a cdb atomically: temp file, fsync, rename over ``path``.
+    """Build a cdb atomically (:func:`write_atomically`).
 
     Args:
         path: the cdb to create or replace.
@@ -115,23 +189,10 @@ def write_cdb(path: str, records: Iterable[Tuple[bytes, bytes]],
         OSError: creating, writing, syncing or renaming failed.
         CdbError: the file would pass 4 GiB.
     """
-    if tmp is None:
-        tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
-                 0o644)
-    try:
-        try:
-            writer = CdbWriter(fd)
-            for key, data in records:
-                writer.add(key, data)
-            writer.finish()
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    def fill(fd: int) -> None:
+        writer = CdbWriter(fd)
+        for key, data in records:
+            writer.add(key, data)
+        writer.finish()
+
+    write_atomically(path, path + ".tmp" if tmp is None else tmp, fill)

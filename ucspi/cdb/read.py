@@ -1,4 +1,4 @@
-"""Constant databases (djb's cdb format): a careful reader and a writer.
+"""Constant databases (djb's cdb format): a careful reader.
 
 The rules that ``tcpserver -x`` consults live in a cdb file built by
 ``tcprules``.  The format is djb's: a 2048-byte header of 256
@@ -18,17 +18,12 @@ caller can forgive a missing file and nothing else.  The file is read
 with ``os.pread`` on a descriptor opened for the lookup: cheap, and a
 rebuilt file (new inode, renamed into place) is seen at once.  (A server
 that consults one cdb per connection keeps it in memory instead:
-:class:`ucspi.rulecache.CdbSnapshot`.)
+:class:`ucspi.rules.cache.CdbSnapshot`.)
 
-The writer (:mod:`ucspi.cdbmake`) produces files byte-identical to djb's ``cdbmake`` and to
-tinycdb for the same records in the same order, and refuses to pass the
-format's 4 GiB limit.  :func:`write_cdb` builds in a temporary file,
-fsyncs it and renames it over the target, so readers see the old file
-or the new one, never a partial one.
+The writer is :mod:`ucspi.cdb.make`.  Library use::
 
-Library use::
-
-    from .read import CdbReader, write_cdb
+    from ucspi.cdb.make import write_cdb
+    from ucspi.cdb.read import CdbReader
 
     write_cdb("rules.cdb", [(b"1.2.3.4", b"D\\0"), (b"", b"")])
     with CdbReader("rules.cdb") as db:
@@ -130,6 +125,27 @@ class CdbReader:
     def size(self) -> int:
         """Size of the file in bytes."""
         return self._size
+
+    def fstat(self) -> os.stat_result:
+        """``fstat`` of the open file (what was opened, whatever the
+        path names now).
+
+        Raises:
+            OSError: ``fstat`` failed.
+            CdbError: the reader is closed or reads bytes in memory
+                (``EBADF``).
+        """
+        if self._fd < 0:
+            raise CdbError(errno.EBADF, "cdb reader has no open file")
+        return os.fstat(self._fd)
+
+    def contents(self) -> bytes:
+        """The whole file.
+
+        Raises:
+            CdbError: the file shrank, or a read failed.
+        """
+        return self._read(0, self._size)
 
     def _read(self, pos: int, n: int) -> bytes:
         """Exactly ``n`` bytes at ``pos``, or CdbError."""
@@ -286,9 +302,4 @@ class CdbReader:
         return count
 
 
-# The writer lives in its own module; importing it here keeps
-# ``from ucspi.cdb import CdbWriter, write_cdb`` working.
-from .make import CdbWriter, write_cdb  # noqa: E402  (no cycle: cdbmake needs cdbformat only)
-
-__all__ = ["CdbError", "CdbReader", "CdbWriter", "HEADER_SIZE", "cdb_hash",
-           "prefix_hashes", "write_cdb"]
+__all__ = ["CdbError", "CdbReader", "HEADER_SIZE", "cdb_hash", "prefix_hashes"]

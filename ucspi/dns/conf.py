@@ -27,11 +27,11 @@ import re
 import socket
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
-from typing import Callable, List, Mapping, Optional, Tuple
+from typing import List, Mapping, Optional, Tuple
 from .msg import DnsError
+from ..address import IfIndex, mapped_ipv6, parse_quad, scope_id
 
 Server = Tuple[str, int]            # (IP text, IPv6 scope id or 0)
-IfIndex = Callable[[str], int]
 
 MAX_SERVERS = 32
 RESOLV_CONF = "/etc/resolv.conf"
@@ -46,21 +46,18 @@ _ANY = IPv6Address("::")
 # -- addresses -----------------------------------------------------------
 def quad(text: str) -> Optional[IPv4Address]:
     """A whole-string dotted quad, decimal, leading zeros allowed
-    (``127.000.000.001``), each part at most 255; else None."""
-    match = _QUAD.fullmatch(text)
-    if match is None:
-        return None
-    parts = [int(g) for g in match.groups()]
-    if any(p > 255 for p in parts):
-        return None
-    return IPv4Address(bytes(parts))
+    (``127.000.000.001``), parts of any length, each at most 255; else
+    None."""
+    octets = parse_quad(text)
+    return None if octets is None else IPv4Address(octets)
 
 
-def mapped(ip: IPv4Address) -> IPv6Address:
-    """``::ffff:a.b.c.d``; ``0.0.0.0`` becomes ``::`` (djb's ip6_scan)."""
+def ip4_literal(ip: IPv4Address) -> IPv6Address:
+    """What an IPv4 literal stands for: ``::ffff:a.b.c.d``, except that
+    ``0.0.0.0`` is ``::`` (djb's ip6_scan)."""
     if ip == IPv4Address(0):
         return _ANY
-    return IPv6Address(b"\x00" * 10 + b"\xff\xff" + ip.packed)
+    return mapped_ipv6(ip)
 
 
 def parse_server(token: str, ifindex: IfIndex = socket.if_nametoindex) -> Optional[Server]:
@@ -89,16 +86,7 @@ def parse_server(token: str, ifindex: IfIndex = socket.if_nametoindex) -> Option
     assert v6 is not None
     if v6 == _ANY:
         return None
-    return (str(v6), _scope_id(scope, ifindex) if pct else 0)
-
-
-def _scope_id(scope: str, ifindex: IfIndex) -> int:
-    if scope.isdigit():
-        return int(scope)
-    try:
-        return ifindex(scope)
-    except OSError:
-        raise ValueError(f"unknown interface {scope!r}") from None
+    return (str(v6), scope_id(scope, ifindex) if pct else 0)
 
 
 def parse_dnscacheip(text: str, ifindex: IfIndex = socket.if_nametoindex) -> List[Server]:
@@ -251,7 +239,7 @@ def literal(candidate: str) -> Optional[List[IPv6Address]]:
         whole = quad(candidate)
         if whole is None:
             raise DnsError(f"not an IP address: {candidate}", errno.EINVAL)
-        return [mapped(whole)]
+        return [ip4_literal(whole)]
     if ":" in candidate:
         try:
             return [IPv6Address(candidate)]
@@ -262,7 +250,7 @@ def literal(candidate: str) -> Optional[List[IPv6Address]]:
         return None
     if candidate and set(candidate) <= _NUMERIC:
         bracketed = quad(candidate.replace("[", "").replace("]", ""))
-        return [mapped(bracketed)] if bracketed is not None else []
+        return [ip4_literal(bracketed)] if bracketed is not None else []
     return None
 
 

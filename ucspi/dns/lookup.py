@@ -2,9 +2,9 @@
 
 The lookup half of tcpserver's djbdns-style resolver (subsystems spec
 section 4, DECISIONS D50); the messages are built and checked by
-:mod:`ucspi.dnsmsg`, the configuration comes from :mod:`ucspi.dnsconf`,
+:mod:`ucspi.dns.msg`, the configuration comes from :mod:`ucspi.dns.conf`,
 and each question is asked over UDP and TCP by
-:class:`ucspi.dnstransmit.Transmit` (which documents the retry schedule).
+:class:`ucspi.dns.transmit.Transmit` (which documents the retry schedule).
 
 Two faces:
 
@@ -15,7 +15,8 @@ Two faces:
   handle's ``cancel()`` was called first; ``cancel()`` closes the sockets
   and timers.  Many lookups run at once; each owns its sockets.
 * blocking, for tools, start-up and forked children: :func:`ptr`,
-  :func:`addresses` and :func:`qualify` run a private reactor.
+  :func:`addresses` and :func:`qualify` run a private reactor
+  (:func:`ucspi.reactor.run_blocking`).
 
 Deviation, invisible in results: the AAAA and A queries of an address
 lookup run concurrently rather than one after the other.
@@ -25,16 +26,15 @@ from __future__ import annotations
 
 import secrets
 from ipaddress import IPv4Address, IPv6Address
-from typing import Callable, List, Optional, Protocol, Tuple, TypeVar, Union
+from typing import Callable, List, Optional, Tuple, TypeVar, Union
 from .conf import DnsConfig, apply_rules, candidates, literal
 from .msg import (TYPE_A, TYPE_AAAA, TYPE_PTR, BadName, DnsError, FormatError, Question,
                      encode_name, parse_addresses, parse_ptr, render_name, reverse_name)
 from .transmit import PacketDone, Transmit
-from ..reactor import Reactor
+from ..address import mapped_packed
+from ..reactor import Cancellable, Reactor, run_blocking
 
-# Transmit moved to ucspi.dnstransmit; it stays importable from here.
-__all__ = ["DnsConfig", "DnsError", "Cancellable", "Transmit", "lookup_ptr",
-           "lookup_addresses", "lookup_host", "ptr", "addresses", "qualify"]
+__all__ = ["lookup_ptr", "lookup_addresses", "lookup_host", "ptr", "addresses", "qualify"]
 
 IP = Union[IPv4Address, IPv6Address]
 PtrDone = Callable[[Optional[str], Optional[BaseException]], None]
@@ -42,12 +42,6 @@ AddressesDone = Callable[[List[IPv6Address], Optional[BaseException]], None]
 HostDone = Callable[[Optional[str], Optional[str]], None]
 
 _RANDOM = secrets.SystemRandom()
-
-
-class Cancellable(Protocol):
-    """What the non-blocking lookups return."""
-
-    def cancel(self) -> None: ...
 
 
 # -- lookups ---------------------------------------------------------------
@@ -68,7 +62,7 @@ def lookup_ptr(reactor: Reactor, conf: DnsConfig, ip: IP, done: PtrDone) -> Canc
             there is no name (NXDOMAIN or no PTR record), or ``(None,
             error)`` (a :class:`DnsError`; a malformed answer is EPROTO).
             The name is the first PTR record's target, rendered as
-            :func:`ucspi.dnsmsg.render_name` does.
+            :func:`ucspi.dns.msg.render_name` does.
 
     Returns:
         A handle whose ``cancel()`` stops the lookup without calling done.
@@ -158,9 +152,7 @@ class _Chain:
 
 
 def _packed16(ip: IP) -> bytes:
-    if isinstance(ip, IPv4Address):
-        return bytes(10) + b"\xff\xff" + ip.packed
-    return ip.packed
+    return mapped_packed(ip.packed) if isinstance(ip, IPv4Address) else ip.packed
 
 
 def lookup_host(reactor: Reactor, conf: DnsConfig, ip: IP, paranoid: bool,
@@ -205,20 +197,16 @@ T = TypeVar("T")
 
 def _block(start: Callable[[Reactor, Callable[[T, Optional[BaseException]], None]],
                            Cancellable]) -> T:
-    """Run one non-blocking lookup on a private reactor until it is done."""
-    reactor = Reactor()
-    box: List[Tuple[T, Optional[BaseException]]] = []
-    handle = start(reactor, lambda value, error: box.append((value, error)))
-    try:
-        while not box:
-            if not reactor.pending():
-                raise RuntimeError("DNS lookup stalled")
-            reactor.run_once()
-    finally:
-        if not box:
-            handle.cancel()
-        reactor.close()
-    value, error = box[0]
+    """Run one non-blocking lookup with :func:`ucspi.reactor.run_blocking`;
+    return its value or raise its error."""
+    def begin(reactor: Reactor,
+              report: Callable[[Tuple[T, Optional[BaseException]]], None]) -> Cancellable:
+        return start(reactor, lambda value, error: report((value, error)))
+
+    result = run_blocking(begin)
+    if result is None:
+        raise RuntimeError("DNS lookup stalled")
+    value, error = result
     if error is not None:
         raise error
     return value
@@ -255,7 +243,7 @@ def qualify(conf: DnsConfig, host: str, strict: bool = False) -> List[IPv6Addres
     ``""``, ``0`` and ``::`` give ``[::]`` without DNS.  Otherwise the
     rewriting rules are applied, a ``+`` in the result gives candidates
     tried in order until one has an address, and each candidate is an
-    address literal (:func:`ucspi.dnsconf.literal`) or a name asked for
+    address literal (:func:`ucspi.dns.conf.literal`) or a name asked for
     AAAA and A.
 
     Args:

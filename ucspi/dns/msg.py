@@ -2,7 +2,7 @@
 
 Pure code over bytes, no sockets (DECISIONS D3).  It is the message half
 of tcpserver's djbdns-style stub resolver (subsystems spec section 4);
-:mod:`ucspi.dns` moves the bytes.
+:mod:`ucspi.dns.transmit` moves the bytes.
 
 Names are kept in wire form (length-prefixed labels ending with a zero
 byte, never compressed) between the functions here:
@@ -31,6 +31,7 @@ import errno as _errno
 import struct
 from ipaddress import IPv4Address, IPv6Address
 from typing import Iterator, List, NamedTuple, Optional, Tuple, Union
+from ..address import mapped_packed
 from ..errors import UcspiError
 
 TYPE_A = 1
@@ -59,7 +60,6 @@ _QTAIL = struct.Struct("!HH")
 _KEEP = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-_")
 _KEEP_BYTES = bytes(sorted(_KEEP))
 ROOT = b"\x00"
-V4MAPPED = bytes(10) + b"\xff\xff"
 
 
 class DnsError(UcspiError):
@@ -405,7 +405,7 @@ def parse_addresses(packet: bytes) -> List[bytes]:
             if record.rtype == TYPE_AAAA and len(data) == 16:
                 found.append(data)
             elif record.rtype == TYPE_A and len(data) == 4:
-                found.append(V4MAPPED + data)
+                found.append(mapped_packed(data))
     except FormatError:
         pass
     return found

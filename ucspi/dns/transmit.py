@@ -1,11 +1,11 @@
 """One DNS question over UDP and TCP: the transmission half of the resolver.
 
-:class:`Transmit` asks one :class:`~ucspi.dnsmsg.Question` on a
+:class:`Transmit` asks one :class:`~ucspi.dns.msg.Question` on a
 :class:`~ucspi.reactor.Reactor` and reports the answer packet (or the
-last failure) once; the lookups of :mod:`ucspi.dns` are built on it.
+last failure) once; the lookups of :mod:`ucspi.dns.lookup` are built on it.
 It only moves bytes: the query is built and each response judged by
-:mod:`ucspi.dnsmsg`, and the servers and timing come from
-:class:`~ucspi.dnsconf.DnsConfig`.
+:mod:`ucspi.dns.msg`, and the servers and timing come from
+:class:`~ucspi.dns.conf.DnsConfig`.
 
 The question is asked as djbdns does: UDP rounds with per-attempt
 deadlines of 3, 11 and 45 s, every server in order in each round, each
@@ -15,7 +15,7 @@ is ignored; TC switches to TCP (each server once, 10 s to connect and
 send, 10 s to read); a server failure or a refused connection moves on
 at once, except in the 11 s round where the attempt waits for its
 deadline (djbdns's quirk, kept).  The schedule lives in
-:class:`~ucspi.dnsconf.DnsConfig` so tests can shrink it.
+:class:`~ucspi.dns.conf.DnsConfig` so tests can shrink it.
 """
 
 from __future__ import annotations

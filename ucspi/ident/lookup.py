@@ -7,8 +7,8 @@ the client's end (subsystems spec section 5, DECISIONS D51):
 2. a TCP socket is bound to the connection's *local* address, port 0,
    and connected to the client's address, port 113 -- the connect on a
    clock of its own, also ``timeout`` seconds;
-3. the line of :func:`ucspi.identmsg.request` is sent and the reply is
-   read with :class:`ucspi.identmsg.ReplyParser`, both bounded by the
+3. the line of :func:`ucspi.ident.msg.request` is sent and the reply is
+   read with :class:`ucspi.ident.msg.ReplyParser`, both bounded by the
    overall deadline.
 
 Any error, refusal, end of input or deadline before the reply is
@@ -22,8 +22,9 @@ Two faces over one implementation:
   of other lookups, and calls ``done(value)`` from the reactor -- never
   from inside :func:`lookup` itself -- exactly once, unless the lookup
   was cancelled first.
-* :func:`query` blocks: it runs :func:`lookup` on a private reactor.
-  For tools and for code that already runs in a forked child.
+* :func:`query` blocks: it runs :func:`lookup` on a private reactor
+  (:func:`ucspi.reactor.run_blocking`).  For tools and for code that
+  already runs in a forked child.
 
 IPv4 addresses (an IPv4-mapped IPv6 text is turned back into one) use
 ``AF_INET`` sockets, IPv6 addresses ``AF_INET6`` with the scope id of
@@ -36,14 +37,12 @@ from __future__ import annotations
 
 import errno
 import socket
-from typing import Any, Callable, List, Optional, Protocol, Tuple
-from .msg import MAX_VALUE, ReplyParser, parse_reply, request
-from ..reactor import Reactor, Timer
+from typing import Any, Callable, Optional, Tuple
+from .msg import ReplyParser, request
+from ..address import MAPPED_PACKED, scope_id as parse_scope
+from ..reactor import Reactor, Timer, run_blocking
 
-__all__ = [
-    "PORT", "MAX_VALUE", "Cancellable", "IdentLookup", "ReplyParser",
-    "lookup", "parse_reply", "query", "request",
-]
+__all__ = ["PORT", "IdentLookup", "lookup", "query"]
 
 #: The ident port; change it (or pass ``port=``) only in tests.
 PORT = 113
@@ -51,24 +50,7 @@ PORT = 113
 Done = Callable[[Optional[bytes]], None]
 SockAddr = Tuple[Any, ...]
 
-_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 _RECV_SIZE = 1024
-
-
-class Cancellable(Protocol):
-    """What :func:`lookup` returns: something that can be called off."""
-
-    def cancel(self) -> None:
-        """Stop; the ``done`` callback will not be called."""
-
-
-def _scope(text: str, scope_id: int) -> int:
-    """The scope id: ``scope_id`` if non-zero, else the ``%iface`` text."""
-    if scope_id or not text:
-        return scope_id
-    if text.isdigit():
-        return int(text)
-    return socket.if_nametoindex(text)
 
 
 def sockaddr(ip: str, port: int, scope_id: int = 0) -> Tuple[int, SockAddr]:
@@ -84,8 +66,8 @@ def sockaddr(ip: str, port: int, scope_id: int = 0) -> Tuple[int, SockAddr]:
         ``(family, address)`` ready for ``bind`` or ``connect``.
 
     Raises:
-        ValueError: ``ip`` is not an address.
-        OSError: the scope names no interface.
+        ValueError: ``ip`` is not an address, or its scope names no
+            interface.
     """
     try:
         socket.inet_pton(socket.AF_INET, ip)
@@ -97,9 +79,11 @@ def sockaddr(ip: str, port: int, scope_id: int = 0) -> Tuple[int, SockAddr]:
         packed = socket.inet_pton(socket.AF_INET6, host)
     except OSError:
         raise ValueError(f"not an IP address: {ip!r}") from None
-    if packed.startswith(_V4_MAPPED):
+    if packed.startswith(MAPPED_PACKED):
         return socket.AF_INET, (socket.inet_ntop(socket.AF_INET, packed[12:]), port)
-    return socket.AF_INET6, (host, port, 0, _scope(scope, scope_id))
+    if not scope_id and scope:
+        scope_id = parse_scope(scope)
+    return socket.AF_INET6, (host, port, 0, scope_id)
 
 
 class IdentLookup:
@@ -220,11 +204,6 @@ class IdentLookup:
         self._done = None
         self._close()
 
-    @property
-    def finished(self) -> bool:
-        """True once ``done`` was called or the lookup was cancelled."""
-        return self._done is None
-
 
 def lookup(reactor: Reactor, local_ip: str, remote_ip: str, remote_port: int,
            local_port: int, timeout: float, done: Done, scope_id: int = 0,
@@ -280,13 +259,7 @@ def query(local_ip: str, remote_ip: str, remote_port: int, local_port: int,
     Raises:
         ValueError: a port number is out of range.
     """
-    reactor = Reactor()
-    results: List[Optional[bytes]] = []
-    try:
-        lookup(reactor, local_ip, remote_ip, remote_port, local_port, timeout,
-               results.append, scope_id, port=port)
-        while not results and reactor.pending():
-            reactor.run_once()
-    finally:
-        reactor.close()
-    return results[0] if results else None
+    def start(reactor: Reactor, done: Done) -> IdentLookup:
+        return lookup(reactor, local_ip, remote_ip, remote_port, local_port, timeout,
+                      done, scope_id, port=port)
+    return run_blocking(start)

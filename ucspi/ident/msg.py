@@ -1,7 +1,7 @@
 """RFC 1413 ident messages: the query line and the reply parser.
 
 Pure code over bytes, no sockets (DECISIONS D3); the drivers that talk
-to port 113 are in :mod:`ucspi.ident`.
+to port 113 are in :mod:`ucspi.ident.lookup`.
 
 The reply is read the way djb's ``remoteinfo.c`` reads it (DECISIONS
 D51, subsystems spec section 5.2), not the way RFC 1413 describes it:
@@ -27,7 +27,6 @@ the value.
 
 from __future__ import annotations
 from typing import Optional
-from ..errors import ProtocolError
 
 #: The value is complete as soon as it is longer than this many bytes.
 MAX_VALUE = 256
@@ -62,8 +61,8 @@ class ReplyParser:
 
     Call :meth:`feed` with the bytes received, in order; it returns the
     value (``bytes``, possibly empty) once the reply is complete and
-    ``None`` while more input is needed.  When the peer closes the
-    connection, call :meth:`eof`.
+    ``None`` while more input is needed.  An end of input before the
+    reply is :attr:`complete` is a failure.
     """
 
     __slots__ = ("_colons", "_value", "_result")
@@ -112,29 +111,3 @@ class ReplyParser:
         self._value += line[start:start + MAX_VALUE + 1 - len(self._value)]
         if len(self._value) > MAX_VALUE:
             self._result = bytes(self._value)
-
-    def eof(self) -> bytes:
-        """Report the end of the input.
-
-        Returns:
-            The value, if the reply was already complete.
-
-        Raises:
-            ProtocolError: the input ended before the reply was complete.
-        """
-        if self._result is None:
-            raise ProtocolError("ident reply ended before newline")
-        return self._result
-
-
-def parse_reply(data: bytes) -> Optional[bytes]:
-    """Parse a whole reply (everything the peer sent before closing).
-
-    Args:
-        data: the bytes received.
-
-    Returns:
-        The value, or ``None`` if ``data`` holds no complete reply.
-    """
-    parser = ReplyParser()
-    return parser.feed(data)

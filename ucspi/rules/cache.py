@@ -5,14 +5,12 @@ Reading the file per connection, as djb's tcpserver does, costs an
 open and several reads; :class:`CdbSnapshot` keeps a small cdb as a
 dict instead, reloaded whenever the file's identity changes (a rebuild
 by ``tcprules`` is a new inode), and :class:`RulesCache` answers
-:func:`ucspi.rules.find` and :func:`ucspi.rules.check` from it, trying
-only the CIDR prefix lengths that occur in the file.  A file that
-cannot be cached is read per lookup, so the answers never differ from
-a fresh open.
+:func:`ucspi.rules.lookup.find` from it, trying only the CIDR prefix
+lengths that occur in the file.  A file that cannot be cached is read
+per lookup, so the answers never differ from a fresh open.
 
-:mod:`ucspi.rules` re-exports :class:`RulesCache`, so this module takes
-the lookup functions from it when a :class:`RulesCache` is made rather
-than at import time (no import cycle, whichever module comes first).
+This module builds on :mod:`ucspi.rules.lookup` (the keys, in order, and
+what a value means); that module knows nothing of this one.
 """
 
 from __future__ import annotations
@@ -21,12 +19,10 @@ import os
 import stat
 import time
 from itertools import chain
-from typing import TYPE_CHECKING, Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 from ..cdb.read import CdbError, CdbReader
+from .lookup import Decision, Text, apply, find, key_plan
 from .parse import Record
-
-if TYPE_CHECKING:
-    from .lookup import Decision, Text
 
 __all__ = ["CdbSnapshot", "RulesCache"]
 
@@ -90,9 +86,9 @@ class CdbSnapshot:
 
     def _load(self, sig: Tuple[int, ...]) -> Optional[Dict[bytes, bytes]]:
         with CdbReader(self.path) as db:
-            if self._signature(os.fstat(db._fd)) != sig:
+            if self._signature(db.fstat()) != sig:
                 return None
-            mem = CdbReader.from_bytes(db._read(0, db.size))
+            mem = CdbReader.from_bytes(db.contents())
         records = list(mem.items())
         if mem.verify() != len(records):
             return None
@@ -103,22 +99,20 @@ class CdbSnapshot:
 
 
 class RulesCache:
-    """Lookups for a server: the answers of :func:`ucspi.rules.find`, faster.
+    """Lookups for a server: the answers of :func:`ucspi.rules.lookup.find`, faster.
 
     While the cdb is unchanged its records are held in memory
     (:class:`CdbSnapshot`), so a lookup costs one ``stat()``
     and a few dict probes, and only the CIDR prefix lengths that occur
     in the file are tried.  A new or rewritten file is picked up at the
     next lookup.  Files that cannot be cached (too big, just changed,
-    failing the full check) are read per lookup by :func:`ucspi.rules.find`.
+    failing the full check) are read per lookup by :func:`ucspi.rules.lookup.find`.
 
     Args:
         cdb_path: the rules cdb.
     """
 
     def __init__(self, cdb_path: str) -> None:
-        from .lookup import _plan, apply, find  # see the module docstring
-        self._plan, self._apply, self._find = _plan, apply, find
         self.path = cdb_path
         self._snapshot = CdbSnapshot(cdb_path)
         self._table: Optional[Dict[bytes, bytes]] = None
@@ -135,17 +129,17 @@ class RulesCache:
 
     def find(self, ip: str, host: Optional[Text], info: Optional[Text]
              ) -> Optional[Record]:
-        """As :func:`ucspi.rules.find` for this cache's file.
+        """As :func:`ucspi.rules.lookup.find` for this cache's file.
 
         Raises:
-            OSError, CdbError: as :func:`ucspi.rules.find`.
+            OSError, CdbError: as :func:`ucspi.rules.lookup.find`.
         """
         table = self._snapshot.table()
         if table is None:
-            return self._find(self.path, ip, host, info)
+            return find(self.path, ip, host, info)
         if table is not self._table:
             self._index(table)
-        plan = self._plan(ip, host, info)
+        plan = key_plan(ip, host, info)
         lengths = self._cidr.get(plan.mark, ())
         cidr = plan.mark + plan.bits if lengths else b""
         lengths = [p for p in lengths if p < len(cidr)]
@@ -158,11 +152,24 @@ class RulesCache:
 
     def check(self, missing_ok: bool, ip: str, host: Optional[Text],
               info: Optional[Text]) -> Optional[Decision]:
-        """As :func:`ucspi.rules.check` for this cache's file."""
+        """The rules decision for a client (``tcpserver -x``/``-X``).
+
+        Args:
+            missing_ok: a missing file means "no rules" (``-X``).
+            ip, host, info: as for :func:`ucspi.rules.lookup.lookup_keys`.
+
+        Returns:
+            The decision, or None when no rule matches (or the file is
+            missing and ``missing_ok``).
+
+        Raises:
+            OSError, CdbError: the file cannot be used; ``errtext(exc)``
+                gives the text for ``unable to read <cdb>: <err>``.
+        """
         try:
             found = self.find(ip, host, info)
         except FileNotFoundError:
             if missing_ok:
                 return None
             raise
-        return None if found is None else self._apply(found[1])
+        return None if found is None else apply(found[1])

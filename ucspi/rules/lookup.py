@@ -1,28 +1,24 @@
 """Access rules: which rule applies to a client, and what it says.
 
 ``tcprules`` compiles a rules text into a cdb (the language and its
-compiled form are in :mod:`ucspi.rulesparse`): keys are addresses,
+compiled form are in :mod:`ucspi.rules.parse`): keys are addresses,
 ranges expanded and CIDR blocks turned into IndiMail's bit-string keys;
 values are NUL-terminated entries, ``D`` (deny), ``+NAME=VALUE``,
 ``-NAME``.
 
 For a client, ``tcpserver -x`` and ``tcprulescheck`` try a fixed
-sequence of keys (:func:`lookup_keys`); the first key present decides,
-and its value is applied with :func:`apply`.  Everything here is pure
-except :func:`find` and :func:`check`, which open the cdb for one lookup;
-a server uses :class:`~ucspi.rulecache.RulesCache` instead.
-
-This module is the front door: it re-exports the parser's public names
-(:func:`parse_line`, :class:`RuleSyntaxError`, ...) and
-:class:`RulesCache`, so callers import everything from here.
+sequence of keys (:func:`lookup_keys`, from a :class:`KeyPlan`); the
+first key present decides, and its value is applied with :func:`apply`.
+Everything here is pure except :func:`find`, which opens the cdb for one
+lookup; a server uses :class:`ucspi.rules.cache.RulesCache` instead.
 
 Names and values are bytes throughout: an ident answer or a value in a
 rule may hold any byte but NUL.
 
 Example::
 
-    >>> parse_line(b"10.0-1.:allow,RELAYCLIENT=\\"\\",!TCPREMOTEINFO\\n")
-    [(b'10.0.', b'+RELAYCLIENT=\\x00-TCPREMOTEINFO\\x00'), (b'10.1.', ...)]
+    >>> list(lookup_keys("10.0.0.1", None, None))[:3]
+    [b'10.0.0.1', b'10.0.0.', b'10.0.']
     >>> apply(b"+MAXPERIP=5\\x00").maxperip
     5
 """
@@ -32,19 +28,12 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Tuple, Union
+from ..address import ip6_text, parse_quad
 from ..cdb.read import CdbReader, cdb_hash, prefix_hashes
-from ..address import ip6_text
-from .cache import RulesCache
-from .parse import (NoColonError, Record, RuleSyntaxError, address_keys, cidr_key,
-                              encode_value, ip4_bits, ip6_bits, parse_line)
+from .parse import Record, ip4_bits, ip6_bits
 
-__all__ = [
-    # defined here
-    "Text", "entries", "lookup_keys", "find", "Decision", "apply", "check",
-    # re-exported from ucspi.rulesparse and ucspi.rulecache
-    "Record", "RuleSyntaxError", "NoColonError", "parse_line", "address_keys",
-    "cidr_key", "encode_value", "ip4_bits", "ip6_bits", "RulesCache",
-]
+__all__ = ["Text", "entries", "KeyPlan", "key_plan", "lookup_keys", "find",
+           "Decision", "apply"]
 
 Text = Union[str, bytes]
 
@@ -62,14 +51,6 @@ def _b(text: Text) -> bytes:
         text.encode("utf-8", "surrogateescape")
 
 
-def _v4_octets(ip: str) -> Optional[bytes]:
-    parts = ip.split(".")
-    if len(parts) != 4 or not all(
-            p.isdigit() and p.isascii() and int(p) < 256 for p in parts):
-        return None
-    return bytes(int(p) for p in parts)
-
-
 def _address(ip: str) -> Tuple[Optional[bytes], List[bytes], List[bytes],
                                 bytes, bytes]:
     """For an address: the form used after ``info@``, the address keys,
@@ -77,7 +58,7 @@ def _address(ip: str) -> Tuple[Optional[bytes], List[bytes], List[bytes],
     bit string (both empty when there are no CIDR keys)."""
     ipb = _b(ip)
     if ":" not in ip:
-        octets = _v4_octets(ip)
+        octets = parse_quad(ip)
         dotted = [ipb[:n] for n in range(len(ipb), 0, -1) if ipb[n - 1] == 46]
         if octets is None:
             return ipb, [ipb], dotted, b"", b""
@@ -91,11 +72,11 @@ def _address(ip: str) -> Tuple[Optional[bytes], List[bytes], List[bytes],
     return expanded, [expanded, _b(ip6_text(six))], [], b"^", six.packed
 
 
-class _Plan:
+class KeyPlan:
     """The keys for one client, in three runs: ``head`` (info, address,
     host, dotted prefixes), the CIDR family ``mark`` + ``bits`` (longest
     prefix first, down to 2 bits), and ``tail`` (host suffixes, ``=``,
-    the empty key)."""
+    the empty key).  Build one with :func:`key_plan`."""
 
     __slots__ = ("head", "mark", "_raw", "_bits", "tail")
 
@@ -144,9 +125,10 @@ class _Plan:
             yield key, cdb_hash(key)
 
 
-def _plan(ip: str, host: Optional[Text], info: Optional[Text]) -> _Plan:
-    return _Plan(ip, None if host is None else _b(host),
-                 None if info is None else _b(info))
+def key_plan(ip: str, host: Optional[Text], info: Optional[Text]) -> KeyPlan:
+    """The keys to try for a client (arguments as for :func:`lookup_keys`)."""
+    return KeyPlan(ip, None if host is None else _b(host),
+                   None if info is None else _b(info))
 
 
 def lookup_keys(ip: str, host: Optional[Text], info: Optional[Text]
@@ -172,7 +154,7 @@ def lookup_keys(ip: str, host: Optional[Text], info: Optional[Text]
     Returns:
         An iterator over the keys.
     """
-    return iter(_plan(ip, host, info).keys())
+    return iter(key_plan(ip, host, info).keys())
 
 
 def find(cdb_path: str, ip: str, host: Optional[Text], info: Optional[Text]
@@ -194,7 +176,7 @@ def find(cdb_path: str, ip: str, host: Optional[Text], info: Optional[Text]
             read fails.
     """
     with CdbReader(cdb_path) as db:
-        return db.first_of(_plan(ip, host, info).hashed())
+        return db.first_of(key_plan(ip, host, info).hashed())
 
 
 # ---------------------------------------------------------------- applying
@@ -250,30 +232,3 @@ def apply(value: bytes) -> Decision:
         elif kind == b"-" and len(entry) > 1:
             decision.changes.append((entry[1:], None))
     return decision
-
-
-def check(cdb_path: str, missing_ok: bool, ip: str, host: Optional[Text],
-          info: Optional[Text]) -> Optional[Decision]:
-    """The rules decision for a client (``tcpserver -x``/``-X``).
-
-    Args:
-        cdb_path: the rules cdb.
-        missing_ok: a missing file means "no rules" (``-X``).
-        ip, host, info: as for :func:`lookup_keys`.
-
-    Returns:
-        The decision, or None when no rule matches (or the file is
-        missing and ``missing_ok``).
-
-    Raises:
-        OSError, CdbError: the file cannot be used; ``errtext(exc)``
-            gives the text for ``unable to read <cdb>: <err>``.
-    """
-    try:
-        found = find(cdb_path, ip, host, info)
-    except FileNotFoundError:
-        if missing_ok:
-            return None
-        raise
-    return None if found is None else apply(found[1])
-

@@ -7,12 +7,10 @@ A rules text has one rule per line, ``address:allow`` or
 keys are the addresses as written, ranges such as ``10.2-3.`` expanded
 and CIDR blocks turned into IndiMail's bit-string keys
 (:func:`cidr_key`, :func:`ip4_bits`, :func:`ip6_bits`); the value is a
-run of NUL-terminated entries, ``D`` (deny), ``+NAME=VALUE``, ``-NAME``
-(:func:`encode_value` builds one from its parts).
+run of NUL-terminated entries, ``D`` (deny), ``+NAME=VALUE``, ``-NAME``.
 
 Everything here is pure, over bytes.  The lookups that read these
-records back are in :mod:`ucspi.rules`, which re-exports this module's
-public names.
+records back are in :mod:`ucspi.rules.lookup`.
 
 Example::
 
@@ -24,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 from typing import List, Optional, Tuple
+from ..address import parse_quad
 from ..errors import UcspiError
 
 Record = Tuple[bytes, bytes]
@@ -138,12 +137,11 @@ def cidr_key(address: bytes) -> Optional[bytes]:
         if ip6.scope_id is not None or not 2 <= bits <= 128:
             return None
         return b"^" + ip6_bits(ip6.packed)[:bits]
-    fields = net.split(b".")
-    if not 1 <= len(fields) <= 4 or not 2 <= bits <= 32:
+    # 1 to 4 parts of at most 3 digits; latin-1 keeps one byte one
+    # character, so a non-ASCII byte is never taken for a digit
+    octets = parse_quad(net.decode("latin-1"), max_digits=3, min_parts=1)
+    if octets is None or not 2 <= bits <= 32:
         return None
-    if not all(f.isdigit() and len(f) <= 3 and int(f) < 256 for f in fields):
-        return None
-    octets = bytes(int(f) for f in fields) + bytes(4 - len(fields))
     return b"_" + ip4_bits(octets)[:bits]
 
 
@@ -200,24 +198,6 @@ def parse_line(line: bytes) -> List[Record]:
         raise RuleSyntaxError(text)
     value = _instructions(text, text[colon + 1:])
     return [(key, value) for key in address_keys(text[:colon], text)]
-
-
-def encode_value(deny: bool, changes: List[Tuple[bytes, Optional[bytes]]]
-                 ) -> bytes:
-    """Build a rule value from its parts.
-
-    Args:
-        deny: whether the rule denies.
-        changes: ``(name, value)`` to set, ``(name, None)`` to remove.
-
-    Returns:
-        The value bytes as tcprules stores them.
-    """
-    out = [b"D\0"] if deny else []
-    for name, val in changes:
-        out.append(b"-" + name + b"\0" if val is None
-                   else b"+" + name + b"=" + val + b"\0")
-    return b"".join(out)
 
 
 # ---------------------------------------------------------------- bit strings

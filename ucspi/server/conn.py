@@ -48,11 +48,11 @@ def render_address(text: str, v6sock: bool, force6: bool) -> Tuple[str, str, boo
     unless ``-6`` (D18); the IPv6 form shows them as ``::ffff:a.b.c.d``."""
     if v6sock:
         plain, is_mapped = address.unmap(text)
-        six = address.mapped(plain) if is_mapped else plain
+        six = address.mapped_text(plain) if is_mapped else plain
         if is_mapped and not force6:
             return plain, six, True
         return six, six, is_mapped
-    six = address.mapped(text)
+    six = address.mapped_text(text)
     return (six if force6 else text), six, True
 
 
@@ -203,9 +203,10 @@ class Connection:
             self.handles.append(lookups.host(ep.remote_ip6, self.v4client, opts.paranoid,
                                              self._got_remote))
         if opts.remote_info:
-            cut = len(address.MAPPED_PREFIX) if self.v4client else 0
+            local = address.strip_mapped(ep.local_ip6) if self.v4client else ep.local_ip6
+            remote = address.strip_mapped(ep.remote_ip6) if self.v4client else ep.remote_ip6
             self.pending += 1
-            self.handles.append(lookups.info(ep.local_ip6[cut:], ep.remote_ip6[cut:], ep.remote_port, ep.local_port,
+            self.handles.append(lookups.info(local, remote, ep.remote_port, ep.local_port,
                                              self.scope, self._got_info))
         self._looked_up()
 

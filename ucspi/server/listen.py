@@ -9,7 +9,7 @@
   socket and puts the server in IPv4 mode, as if ``-4`` were given.
 * An IPv6 literal, optionally with ``%iface``, binds ``AF_INET6``.
 * Anything else is a name, qualified and resolved through our own DNS
-  stub resolver (:func:`ucspi.dns.qualify`); the first address is used.
+  stub resolver (:func:`ucspi.dns.lookup.qualify`); the first address is used.
 
 The port is a decimal number (taken modulo 65536, as the C server does)
 or a TCP service name from ``/etc/services``.
@@ -20,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from typing import Callable, List, Optional, Tuple
+from ..address import parse_quad, scope_id
 from ..errors import Fatal, errtext
 
 WILDCARDS = ("0", "::", "0.0.0.0", "")
@@ -52,13 +53,8 @@ def dotted_quad(text: str) -> Optional[str]:
     allowed, as the C parser does), optionally in brackets."""
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
-    parts = text.split(".")
-    if len(parts) != 4 or not all(p.isascii() and p.isdigit() and len(p) <= 3 for p in parts):
-        return None
-    numbers = [int(p) for p in parts]
-    if max(numbers) > 255:
-        return None
-    return ".".join(str(n) for n in numbers)
+    octets = parse_quad(text, max_digits=3)
+    return None if octets is None else ".".join(str(n) for n in octets)
 
 
 Resolve = Callable[[str], List[ipaddress.IPv6Address]]
@@ -108,13 +104,12 @@ def _v6(addr: ipaddress.IPv6Address, scope: int) -> Tuple[bool, str, int]:
 
 
 def _scope(name: str) -> int:
+    """A scope id as the C server reads one: none or unknown is 0."""
     if not name:
         return 0
-    if name.isdigit():
-        return int(name)
     try:
-        return socket.if_nametoindex(name)
-    except OSError:
+        return scope_id(name)
+    except ValueError:
         return 0
 
 

@@ -41,7 +41,7 @@ def _target(text6: str, v4: bool) -> IP:
     """The address to look up, parsed by ``inet_pton`` (much cheaper
     than ``ipaddress``'s own parser); ``text6`` is the IPv6 form."""
     if v4:
-        return ipaddress.IPv4Address(socket.inet_aton(text6[len(address.MAPPED_PREFIX):]))
+        return ipaddress.IPv4Address(socket.inet_aton(address.strip_mapped(text6)))
     return ipaddress.IPv6Address(socket.inet_pton(socket.AF_INET6, text6))
 
 

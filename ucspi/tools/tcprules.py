@@ -10,15 +10,17 @@ On any error the old ``rules.cdb`` is left as it was (a partial
 
 Messages and exit codes are ucspi-tcp's: 100 for a usage or syntax
 error, 111 for a system error (and, as IndiMail does, for a non-blank
-line without any colon).  The line syntax is in :mod:`ucspi.rules`.
+line without any colon).  The line syntax is in :mod:`ucspi.rules.parse`.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from typing import BinaryIO, List, Optional
-from ..cdb.read import CdbError, CdbWriter
+from ..cdb.format import CdbError
+from ..cdb.make import CREATE, MOVE, WRITE, CdbWriter, write_atomically
 from ..errors import EXIT_TEMP, EXIT_USAGE, errtext
 from ..log import say
 from ..rules.parse import NoColonError, RuleSyntaxError, parse_line
@@ -65,16 +67,13 @@ def _compile(source: BinaryIO, writer: CdbWriter, tmp: bytes) -> None:
             raise _sys(b"unable to write to " + tmp, e) from None
 
 
-def _finish(fd: int, writer: CdbWriter, tmp: bytes) -> None:
+def _fill(source: BinaryIO, tmp: bytes, fd: int) -> None:
+    """Compile ``source`` into the cdb open on ``fd``."""
+    writer = CdbWriter(fd)
+    _compile(source, writer, tmp)
     try:
         writer.finish()
-        os.fsync(fd)
     except (OSError, CdbError) as e:
-        os.close(fd)
-        raise _sys(b"unable to write to " + tmp, e) from None
-    try:
-        os.close(fd)
-    except OSError as e:
         raise _sys(b"unable to write to " + tmp, e) from None
 
 
@@ -90,22 +89,11 @@ def run(cdb: str, tmp: str, source: BinaryIO) -> None:
         _Exit: with the message and exit code of the failure.
     """
     tmpb, cdbb = os.fsencode(tmp), os.fsencode(cdb)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC |
-                     os.O_CLOEXEC, 0o644)
-    except OSError as e:
-        raise _sys(b"unable to create " + tmpb, e) from None
-    writer = CdbWriter(fd)
-    try:
-        _compile(source, writer, tmpb)
-    except BaseException:
-        os.close(fd)
-        raise
-    _finish(fd, writer, tmpb)
-    try:
-        os.rename(tmp, cdb)
-    except OSError as e:
-        raise _sys(b"unable to move " + tmpb + b" to " + cdbb, e) from None
+    steps = {CREATE: b"unable to create " + tmpb,
+             WRITE: b"unable to write to " + tmpb,
+             MOVE: b"unable to move " + tmpb + b" to " + cdbb}
+    write_atomically(cdb, tmp, functools.partial(_fill, source, tmpb), keep_tmp=True,
+                     failed=lambda step, e: _sys(steps[step], e))
 
 
 def _stdin() -> BinaryIO:

@@ -3,7 +3,7 @@
 Usage: ``tcprulescheck rules.cdb``, with the client described by the
 environment: ``$TCPREMOTEIP`` (default ``0.0.0.0``), ``$TCPREMOTEHOST``
 and ``$TCPREMOTEINFO`` (each used when present, even if empty).  The
-lookup is exactly the one of ``tcpserver -x`` (:mod:`ucspi.rules`).
+lookup is exactly the one of ``tcpserver -x`` (:mod:`ucspi.rules.lookup`).
 
 Output: ``rule KEY:`` then one line per entry (``set environment
 variable NAME=VALUE``, ``unset environment variable NAME``, ``deny
@@ -29,7 +29,7 @@ def report(found: Optional[Tuple[bytes, bytes]]) -> bytes:
     """The text tcprulescheck prints for a lookup result.
 
     Args:
-        found: ``(key, value)`` from :func:`ucspi.rules.find`, or None.
+        found: ``(key, value)`` from :func:`ucspi.rules.lookup.find`, or None.
 
     Returns:
         The whole output.
