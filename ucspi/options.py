@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from typing import Dict, List, Mapping, Optional, Tuple
+
 from .errors import UsageError
 
 USAGE = """usage: tcpserver

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import struct
 from typing import List
+
 from ..errors import UcspiError
 
 HEADER_SIZE = 2048

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import os
 from typing import Callable, Iterable, List, Optional, Tuple
+
 from .format import HEADER_SIZE, CdbError, _pair, cdb_hash
 
 MAX_SIZE = 0xFFFFFFFF  # the largest position a 32-bit field can hold

@@ -38,6 +38,7 @@ import errno
 import os
 import stat
 from typing import Iterable, Iterator, List, Optional, Tuple
+
 from .format import HEADER_SIZE, CdbError, _pair, cdb_hash, prefix_hashes
 
 _CHUNK = 8  # slots read per pread while probing

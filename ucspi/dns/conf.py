@@ -28,6 +28,7 @@ import socket
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from typing import List, Mapping, Optional, Tuple
+
 from .msg import DnsError
 from ..address import IfIndex, mapped_ipv6, parse_quad, scope_id
 

@@ -31,6 +31,7 @@ import errno as _errno
 import struct
 from ipaddress import IPv4Address, IPv6Address
 from typing import Iterator, List, NamedTuple, Optional, Tuple, Union
+
 from ..address import mapped_packed
 from ..errors import UcspiError
 

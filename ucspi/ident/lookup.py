@@ -38,6 +38,7 @@ from __future__ import annotations
 import errno
 import socket
 from typing import Any, Callable, Optional, Tuple
+
 from .msg import ReplyParser, request
 from ..address import MAPPED_PACKED, scope_id as parse_scope
 from ..reactor import Reactor, Timer, run_blocking

@@ -20,6 +20,7 @@ import stat
 import time
 from itertools import chain
 from typing import Dict, List, Optional, Set, Tuple
+
 from ..cdb.read import CdbError, CdbReader
 from .lookup import Decision, Text, apply, find, key_plan
 from .parse import Record

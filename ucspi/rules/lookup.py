@@ -28,6 +28,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Tuple, Union
+
 from ..address import ip6_text, parse_quad
 from ..cdb.read import CdbReader, cdb_hash, prefix_hashes
 from .parse import Record, ip4_bits, ip6_bits

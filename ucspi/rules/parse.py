@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 from typing import List, Optional, Tuple
+
 from ..address import parse_quad
 from ..errors import UcspiError
 

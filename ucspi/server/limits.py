@@ -15,6 +15,7 @@ from __future__ import annotations
 import heapq
 import os
 from typing import Dict, List, Mapping, Optional, Tuple
+
 from ..errors import Fatal, errtext
 from ..log import Log
 from ..options import DEFAULT_LIMIT, Options

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from typing import Callable, List, Optional, Tuple
+
 from ..address import parse_quad, scope_id
 from ..errors import Fatal, errtext
 

@@ -25,6 +25,7 @@ import grp
 import os
 import pwd
 from typing import List, Optional
+
 from ..errors import Fatal, errtext
 
 

@@ -19,6 +19,7 @@ import functools
 import os
 import sys
 from typing import BinaryIO, List, Optional
+
 from ..cdb.format import CdbError
 from ..cdb.make import CREATE, MOVE, WRITE, CdbWriter, write_atomically
 from ..errors import EXIT_TEMP, EXIT_USAGE, errtext

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 from typing import List, Optional, Tuple
+
 from ..cdb.read import CdbError
 from ..errors import EXIT_TEMP, EXIT_USAGE, errtext
 from ..log import say
