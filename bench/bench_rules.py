@@ -65,7 +65,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cdb = os.path.join(tmp, "rules.cdb")
         build_cdb(cdb)
-        # A cdb younger than 2 s is read per lookup (ucspi.rules.RulesCache
+        # A cdb younger than 2 s is read per lookup (ucspi.rules.cache.RulesCache
         # waits for it to settle); measure the steady state.
         time.sleep(2.5)
         base = ["-1", "-c", "100", "-b", "256", "-HRl0"]
