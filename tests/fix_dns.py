@@ -1,24 +1,35 @@
-"""DNS fixtures: a real dnsmasq, and a programmable loopback fake.
+"""DNS helpers: a real dnsmasq, and a programmable loopback fake.
 
-``dns_server`` (session scope) starts ``/usr/sbin/dnsmasq`` on
-127.53.0.1 port 53 (UDP and TCP; needs root) serving :data:`RECORDS` and
-nothing else: names under the :data:`LOCAL_DOMAINS` that it does not
-know get NXDOMAIN at once; any other name gets REFUSED (a server
-failure for the stub, so avoid those: they cost the whole retry
-schedule).  Point a resolver at it with ``DNSCACHEIP=127.53.0.1``.
-Import it into a test module with ``from tests.fix_dns import dns_server``.
+:func:`dnsmasq` (the session fixture ``dns_server`` of
+``tests/conftest.py``) starts ``/usr/sbin/dnsmasq`` on port 53 (UDP and
+TCP; needs root) of a loopback address chosen for this run, serving
+:data:`RECORDS` and nothing else: names under the :data:`LOCAL_DOMAINS`
+that it does not know get NXDOMAIN at once; any other name gets REFUSED
+(a server failure for the stub, so avoid those: they cost the whole
+retry schedule).  Point a resolver at it with ``DNSCACHEIP=<its .ip>``
+(DNSCACHEIP has no port syntax: hence port 53 and an address of its own).
+
+The address is ``$UCSPI_TEST_DNS_IP`` if set, else a random 127.x.y.z
+outside the ranges the tests use (:func:`random_loopback`), another one
+being tried if something else already listens there, so that two runs
+of the suite on one machine never fight over it.
 
 :class:`FakeDns` is a tiny UDP+TCP name server on a loopback address and
 a kernel-chosen port (no root needed), run in a thread.  A handler
 decides, for every query, what to send back and when; the helpers
 :func:`response` and :func:`rr` build the packets.  Use it with
-``DnsConfig(servers=[(fake.ip, 0)], port=fake.port, ...)``.
+``DnsConfig(servers=[(fake.ip, 0)], port=fake.port, ...)``, or, for a
+server that reads DNSCACHEIP, on port 53 of an address of its own with
+:func:`fake_dns_on_53`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import heapq
 import os
+import random
 import selectors
 import socket
 import struct
@@ -29,11 +40,14 @@ from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequenc
 
 import pytest
 
-from tests.util import need, need_root, stop
+from tests.util import listens_on, missing, need, need_root, stop
 from ucspi.dns import msg as dnsmsg
 
 DNSMASQ = "/usr/sbin/dnsmasq"
-DNS_IP = "127.53.0.1"
+#: the environment variable that fixes the dnsmasq address (port 53)
+DNS_IP_VARIABLE = "UCSPI_TEST_DNS_IP"
+#: tries with random addresses before giving up
+ADDRESS_TRIES = 20
 LOCAL_DOMAINS = ["example", "test", "in-addr.arpa", "ip6.arpa"]
 
 # What the dnsmasq fixture serves.  "ptr": address -> name exactly as
@@ -77,9 +91,30 @@ RECORDS: Dict[str, Dict[str, object]] = {
 }
 
 
-def _dnsmasq_args() -> List[str]:
+def random_loopback() -> str:
+    """A random 127.x.y.z for a server of this run.  The second octet is
+    128-254: clear of 127.0.0.0/16 (clients, oidentd), 127.53-55/16 (the
+    records and the addresses where nothing listens), 127.113/16 (ident
+    fakes); the last one is never 0 or 255.  ``SystemRandom``: two runs
+    started at the same moment never share a seed."""
+    pick = random.SystemRandom()
+    return "127.%d.%d.%d" % (pick.randint(128, 254), pick.randint(0, 255), pick.randint(1, 254))
+
+
+def dns_addresses() -> Iterator[str]:
+    """The addresses to try for a DNS server on port 53: the one in
+    ``$UCSPI_TEST_DNS_IP`` alone, else :data:`ADDRESS_TRIES` random ones."""
+    fixed = os.environ.get(DNS_IP_VARIABLE)
+    if fixed:
+        yield fixed
+        return
+    for _ in range(ADDRESS_TRIES):
+        yield random_loopback()
+
+
+def _dnsmasq_args(ip: str) -> List[str]:
     args = [DNSMASQ, "--no-daemon", "--no-resolv", "--no-hosts", "--bind-interfaces",
-            "--listen-address=" + DNS_IP, "--port=53", "--conf-file=/dev/null",
+            "--listen-address=" + ip, "--port=53", "--conf-file=/dev/null",
             "--pid-file=", "--user=root", "--group=root", "--log-facility=-",
             "--cache-size=0"]
     args += ["--local=/%s/" % d for d in LOCAL_DOMAINS]
@@ -88,9 +123,9 @@ def _dnsmasq_args() -> List[str]:
                     "v6only.example": "2001:db8::6", "mismatch.example": "127.53.0.99",
                     "Mixed.Example": "127.53.0.4", "www.test": "127.53.0.20"}
     args += ["--host-record=%s,%s" % item for item in host_records.items()]
-    for ip in ("127.53.0.2", "127.53.0.3", "127.53.0.5"):
-        rev = ".".join(reversed(ip.split("."))) + ".in-addr.arpa"
-        args.append("--ptr-record=%s,%s" % (rev, RECORDS["ptr"][ip]))  # type: ignore[index]
+    for address in ("127.53.0.2", "127.53.0.3", "127.53.0.5"):
+        rev = ".".join(reversed(address.split("."))) + ".in-addr.arpa"
+        args.append("--ptr-record=%s,%s" % (rev, RECORDS["ptr"][address]))  # type: ignore[index]
     args.append("--cname=alias.example,www.example")
     args += ["--host-record=many.example,%s" % a
              for a in RECORDS["addresses"]["many.example"]]  # type: ignore[index]
@@ -116,31 +151,61 @@ def udp_ask(ip: str, port: int, name: str, qtype: int, timeout: float = 0.5) -> 
         return sock.recv(65536)
 
 
-@pytest.fixture(scope="session")
-def dns_server() -> Iterator[DnsServer]:
-    """A real dnsmasq on 127.53.0.1:53 serving :data:`RECORDS`."""
+class AddressInUse(Exception):
+    """Something else listens on that address (another run, say)."""
+
+
+def _start_dnsmasq(ip: str) -> "subprocess.Popen[bytes]":
+    """dnsmasq on ``ip``:53, answering; :class:`AddressInUse` if that is
+    taken; fails the test on any other trouble."""
+    proc = subprocess.Popen(_dnsmasq_args(ip), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while True:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            if proc.stderr:
+                proc.stderr.close()
+            if "Address already in use" in err:
+                raise AddressInUse(err)
+            pytest.fail("dnsmasq exited: " + err)
+        # ready: it holds the address itself (an answer alone could come
+        # from another run's server there, ours about to fail) and answers
+        if listens_on(proc.pid, ip, 53):
+            try:
+                udp_ask(ip, 53, "localhost.example", dnsmsg.TYPE_A, 0.2)
+                return proc
+            except OSError:     # bound, not serving yet
+                pass
+        if time.monotonic() > deadline:
+            stop(proc)
+            pytest.fail("dnsmasq does not answer on %s:53" % ip)
+        time.sleep(0.02)        # poll again
+
+
+@contextlib.contextmanager
+def dnsmasq() -> Iterator[DnsServer]:
+    """A real dnsmasq on port 53 of this run's address (module docstring),
+    stopped by pid at the end."""
     need(DNSMASQ)
     need_root()
-    proc = subprocess.Popen(_dnsmasq_args(), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-                pytest.fail("dnsmasq exited: " + err)
-            try:
-                udp_ask(DNS_IP, 53, "localhost.example", dnsmsg.TYPE_A, 0.2)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("dnsmasq does not answer on %s:53" % DNS_IP)
-                time.sleep(0.05)
-        yield DnsServer(DNS_IP, 53, RECORDS, proc.pid)
-    finally:
-        stop(proc)
-        if proc.stderr:
-            proc.stderr.close()
+    tried: List[str] = []
+    for ip in dns_addresses():
+        tried.append(ip)
+        try:
+            proc = _start_dnsmasq(ip)
+        except AddressInUse:
+            continue
+        try:
+            yield DnsServer(ip, 53, RECORDS, proc.pid)
+        finally:
+            stop(proc)
+            if proc.stderr:
+                proc.stderr.close()
+        return
+    if os.environ.get(DNS_IP_VARIABLE):
+        pytest.fail(f"dnsmasq: port 53 of ${DNS_IP_VARIABLE} ({tried[0]}) is taken")
+    pytest.fail("dnsmasq: port 53 taken on every address tried: " + " ".join(tried))
 
 
 # -- packets for fakes ---------------------------------------------------------
@@ -191,12 +256,17 @@ class FakeDns:
         self.tcp_handler = tcp_handler or handler
         self.queries: List[Query] = []
         self.udp = socket.socket(family, socket.SOCK_DGRAM)
-        self.udp.bind((ip, port))
-        self.ip, self.port = ip, self.udp.getsockname()[1]
         self.listener = socket.socket(family, socket.SOCK_STREAM)
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind((ip, self.port))
-        self.listener.listen(64)
+        try:
+            self.udp.bind((ip, port))
+            self.ip, self.port = ip, self.udp.getsockname()[1]
+            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.listener.bind((ip, self.port))
+            self.listener.listen(64)
+        except OSError:
+            self.udp.close()
+            self.listener.close()
+            raise
         self.sel = selectors.DefaultSelector()
         self.wake_r, self.wake_w = os.pipe()
         self.pending: List[Tuple[float, int, Callable[[], None]]] = []
@@ -294,6 +364,23 @@ class FakeDns:
             conn.sendall(data)
         except OSError:
             pass
+
+
+@contextlib.contextmanager
+def fake_dns_on_53(handler: Handler) -> Iterator[FakeDns]:
+    """A :class:`FakeDns` on port 53 (so that DNSCACHEIP can name it) of
+    an address of its own, as for :func:`dnsmasq`; skips without root."""
+    for ip in dns_addresses():
+        try:
+            fake = FakeDns(handler, ip=ip, port=53)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                continue
+            missing(f"a DNS server on {ip}:53 ({exc})")
+        with fake:
+            yield fake
+        return
+    pytest.fail("port 53 taken on every address tried")
 
 
 def closed_udp_port(ip: str = "127.53.1.250") -> int:

@@ -1,19 +1,22 @@
 """Ident servers for the tests: the real oidentd, and loopback fakes.
 
-* ``identd`` (session fixture): oidentd answering on 127.0.0.1 port 113
-  for the connections of this host.  One already listening there (CI
-  may start one) is reused; otherwise ``oidentd -i -S`` is started with
-  a configuration of our own and stopped (by pid) at the end.  Yields an
-  :class:`Identd` with ``.ip``, ``.port`` and ``.user``, the answer
-  expected for a connection opened by this process.  Needs root (port
-  113) and ``/usr/sbin/oidentd``.
+* :func:`oidentd` (the session fixture ``identd`` of ``tests/conftest.py``):
+  oidentd answering on 127.0.0.1 port 113 for the connections of this
+  host.  One already listening there (CI may start one) is reused;
+  otherwise ``oidentd -i -S`` is started with a configuration of our own
+  and stopped (by pid) at the end.  Yields an :class:`Identd` with
+  ``.ip``, ``.port`` and ``.user``, the answer expected for a connection
+  opened by this process.  Needs root (port 113) and ``/usr/sbin/oidentd``.
 
-* :class:`FakeIdentd`: a scripted ident server on its own 127.113.0.N
-  address (or ``::1``), port 113 when free, else an ephemeral port (use
-  ``.port``).  For every connection it reads the query line, records it,
-  then plays its script in a thread of its own: ``bytes`` are sent,
-  a ``float`` sleeps, ``HANG`` waits until the fake is stopped, ``RESET``
-  aborts the connection, ``DRIBBLE(data, pause)`` sends byte by byte.
+* :class:`FakeIdentd`: a scripted ident server on port 113 of a random
+  127.113.x.y address of its own (another address is tried when port 113
+  is taken there, by another run say; without root: an ephemeral port,
+  use ``.port``), or on the ``ip`` given (port 113 when free, else an
+  ephemeral one).  For every connection it reads the query line,
+  records it, then plays its script in a thread of its own: ``bytes`` are
+  sent, a ``float`` sleeps, ``HANG`` waits until the fake is stopped,
+  ``RESET`` aborts the connection, ``DRIBBLE(data, pause)`` sends byte by
+  byte.
 
 * :class:`FullBacklog`: a listener whose accept queue is full, so that
   a connect to it never completes (connect timeouts).
@@ -23,9 +26,11 @@
 
 from __future__ import annotations
 
-import itertools
+import contextlib
+import errno
 import os
 import pwd
+import random
 import select
 import socket
 import struct
@@ -33,11 +38,11 @@ import subprocess
 import tempfile
 import threading
 import time
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 import pytest
 
-from tests.util import need, need_root, stop
+from tests.util import accept_queue, need, need_root, stop, wait_until
 
 OIDENTD = "/usr/sbin/oidentd"
 IDENT_PORT = 113
@@ -89,8 +94,8 @@ def _listening(ip: str, port: int) -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
-def identd() -> Iterator[Identd]:
+@contextlib.contextmanager
+def oidentd() -> Iterator[Identd]:
     """The real oidentd on 127.0.0.1:113 (see the module docstring)."""
     user = pwd.getpwuid(os.geteuid()).pw_name
     ip = "127.0.0.1"
@@ -129,25 +134,47 @@ def _wait_listening(proc: "subprocess.Popen[bytes]", ip: str, log) -> None:  # t
 
 # -- fakes --------------------------------------------------------------
 
-_addresses = itertools.count(2)
+_used: Set[str] = set()
+#: tries with other addresses when port 113 is taken
+ADDRESS_TRIES = 50
 
 
 def fake_ip() -> str:
-    """A fresh loopback address 127.113.x.y for one fake."""
-    n = next(_addresses)
-    return f"127.113.{n // 250}.{n % 250 + 2}"
+    """A fresh loopback address 127.113.x.y for one fake: random (two runs
+    of the suite draw different ones), never twice in one run."""
+    pick = random.SystemRandom()
+    while True:
+        ip = "127.113.%d.%d" % (pick.randint(0, 255), pick.randint(1, 254))
+        if ip not in _used:
+            _used.add(ip)
+            return ip
 
 
-def _listener(ip: str, backlog: int) -> socket.socket:
+def _socket(ip: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((ip, IDENT_PORT))
-    except OSError:  # taken (e.g. a wildcard identd) or not root
-        sock.bind((ip, 0))
-    sock.listen(backlog)
     return sock
+
+
+def _listener(ip: Optional[str], backlog: int) -> Tuple[str, socket.socket]:
+    """``(ip, listening socket)``: port 113 of ``ip`` when free, else an
+    ephemeral port; with no ``ip``, port 113 of a fresh :func:`fake_ip`,
+    trying others while it is taken (an ephemeral port when not root)."""
+    for _ in range(ADDRESS_TRIES if ip is None else 1):
+        address = ip or fake_ip()
+        sock = _socket(address)
+        try:
+            sock.bind((address, IDENT_PORT))
+        except OSError as exc:
+            sock.close()
+            if ip is None and exc.errno == errno.EADDRINUSE:
+                continue        # another run's fake: next address
+            sock = _socket(address)
+            sock.bind((address, 0))   # taken (e.g. a wildcard identd) or not root
+        sock.listen(backlog)
+        return address, sock
+    raise OSError(errno.EADDRINUSE, f"port {IDENT_PORT} taken on {ADDRESS_TRIES} addresses")
 
 
 def closed_port(ip: str = "127.0.0.1") -> int:
@@ -163,13 +190,12 @@ class FakeIdentd:
 
     def __init__(self, steps: Sequence[Step], ip: Optional[str] = None,
                  read_request: bool = True) -> None:
-        self.ip = ip or fake_ip()
+        self.ip, self._sock = _listener(ip, 64)
         self.steps = list(steps)
         self.read_request = read_request
         self.requests: List[bytes] = []
         self.peers: List[Tuple[str, int]] = []
         self._stop = threading.Event()
-        self._sock = _listener(self.ip, 64)
         self.port = int(self._sock.getsockname()[1])
         self._threads: List[threading.Thread] = []
         self._lock = threading.Lock()
@@ -192,6 +218,20 @@ class FakeIdentd:
     @property
     def connections(self) -> int:
         return len(self.peers)
+
+    def first_after(self) -> Tuple[str, int]:
+        """Connect to the fake ourselves and wait until it has accepted
+        that connection; returns its address.  The fake accepts in order,
+        so ``fake.peers.index(address)`` is the number of connections
+        made to it before this call (e.g. 0: nobody else connected)."""
+        family = socket.AF_INET6 if ":" in self.ip else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect((self.ip, self.port))
+            host, port = sock.getsockname()[:2]
+            address = (str(host), int(port))
+            assert wait_until(lambda: address in self.peers), "the fake never accepted"
+        return address
 
     def _accept_loop(self) -> None:
         while not self._stop.is_set():
@@ -256,16 +296,17 @@ class FullBacklog:
     connect to it stays in progress (SYNs are dropped)."""
 
     def __init__(self, ip: Optional[str] = None) -> None:
-        self.ip = ip or fake_ip()
-        self._sock = _listener(self.ip, 0)
+        self.ip, self._sock = _listener(ip, 0)
         self.port = int(self._sock.getsockname()[1])
         self._fillers: List[socket.socket] = []
+        inode = os.fstat(self._sock.fileno()).st_ino
         for _ in range(2):
             filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             filler.setblocking(False)
             filler.connect_ex((self.ip, self.port))
             self._fillers.append(filler)
-        time.sleep(0.05)
+        # backlog 0: one connection waiting to be accepted fills the queue
+        assert wait_until(lambda: accept_queue([inode]) >= 1), "accept queue never filled"
 
     def __enter__(self) -> "FullBacklog":
         return self

@@ -1,15 +1,26 @@
-"""Start a tcpserver for a test: ours or Debian's C one, side by side.
+"""The one server harness: start a tcpserver for a test, ours or Debian's
+C one, talk to it and read its log.
 
-``servers`` (a pytest fixture) returns a factory::
+The ``servers`` fixture (``tests/conftest.py``) is a :class:`Servers`
+factory::
 
-    srv = servers(["-HR", "-l", "Local"], host="127.0.0.1", prog=PRINT_ENV)
-    srv = servers([...], impl=C)          # /usr/bin/tcpserver
+    srv = servers(["-HR", "-l", "Local"])                  # ours, PRINT_ENV
+    srv = servers(["-v", "-R"], env=clean_env(DNSCACHEIP=ip), prog=HOLD)
+    srv = servers([...], impl=C)                            # /usr/bin/tcpserver
+    srv = servers([...], prefix=["prlimit", "--nofile=64:4096"])
 
-Every server is started with ``-1`` and port 0, so the kernel picks the
-port and the server prints it on stdout; its stderr goes to a file
-(:meth:`Server.log`).  At teardown each server still running gets
-SIGTERM by pid, and the programs it left behind (children found in
-``/proc`` while it ran, and any pid a test registered) get SIGKILL by pid.
+Ours runs as ``sys.executable tcpserver.py``, never a bare
+``tcpserver``.  Every server gets ``-1`` and port 0 (unless ``port=``),
+so the kernel picks the port and the server prints it on stdout
+(:attr:`Server.port`); its stderr goes to a file: :meth:`Server.lines`,
+:meth:`Server.wait_log`.  At teardown each server still running gets
+SIGTERM by pid, and the programs it left behind (children seen in
+``/proc`` while it ran) get SIGKILL by pid.
+
+Nothing here sleeps to let the server act: waits are on a log line
+(:meth:`Server.wait_log`, :meth:`Server.marker`) or on kernel state
+(:meth:`Server.queued`, signal delivery), with a deadline that only
+bounds a failing test.
 
 :func:`run_once` runs a command line that is expected to end by itself
 (start-up errors), with a deadline.
@@ -24,11 +35,14 @@ import signal
 import socket
 import subprocess
 import time
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
-import pytest
+from tests.util import (C_TCPSERVER, accept_queue, need, ours, pending_signals, socket_inodes,
+                        wait_until)
 
-from tests.util import C_TCPSERVER, need, ours
+__all__ = ["OURS", "C", "PRINT_ENV", "HOLD", "clean_env", "argv_for", "run_once", "children_of",
+           "fd_count", "alive", "wait_until", "read_all", "read_some", "read_exactly",
+           "parse_env", "Server", "Servers"]
 
 OURS = "ours"
 C = "c"
@@ -40,6 +54,8 @@ HOLD = ["sh", "-c", "echo hi; read x"]
 #: variables a test run may inherit that would disturb the servers
 _SCRUB = re.compile(r"^(PROTO|TCP.*|MAXPERIP|UID|GID|CONTROLDIR|DNSCACHEIP|LOCALDOMAIN|"
                     r"DNSREWRITEFILE)$")
+#: how long a test waits for something that should happen (failing tests only)
+WAIT = 10.0
 
 
 def clean_env(**extra: str) -> Dict[str, str]:
@@ -57,7 +73,8 @@ def argv_for(impl: str, args: Sequence[str]) -> List[str]:
 
 
 def run_once(impl: str, args: Sequence[str], env: Optional[Dict[str, str]] = None,
-             timeout: float = 10.0, prefix: Sequence[str] = ()) -> subprocess.CompletedProcess:
+             timeout: float = 10.0, prefix: Sequence[str] = ()
+             ) -> "subprocess.CompletedProcess[bytes]":
     """Run a server command line that should exit by itself."""
     return subprocess.run([*prefix, *argv_for(impl, args)], stdin=subprocess.DEVNULL,
                           capture_output=True, env=env or clean_env(), timeout=timeout)
@@ -94,17 +111,6 @@ def alive(pid: int) -> bool:
     return stat[stat.rfind(")") + 2:].split()[0] != "Z"
 
 
-def wait_until(check: Callable[[], object], timeout: float = 5.0, step: float = 0.01) -> bool:
-    """Poll ``check`` until it is true or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if check():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(step)
-
-
 def read_all(sock: socket.socket, timeout: float = 5.0) -> bytes:
     """Everything until EOF (raises socket.timeout on the deadline)."""
     sock.settimeout(timeout)
@@ -114,6 +120,19 @@ def read_all(sock: socket.socket, timeout: float = 5.0) -> bytes:
         if not chunk:
             return data
         data += chunk
+
+
+def read_exactly(sock: socket.socket, size: int, timeout: float = 5.0) -> bytes:
+    """``size`` bytes, or fewer if EOF comes first (however the sender
+    split them into segments)."""
+    sock.settimeout(timeout)
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def read_some(sock: socket.socket, timeout: float) -> Optional[bytes]:
@@ -132,15 +151,22 @@ def parse_env(data: bytes) -> Dict[str, str]:
 
 
 class Server:
-    """One running server with its log, its port and its pid."""
+    """One running server with its log, its port and its pid.
+
+    ``argv`` is ``[*prefix, <ours or C>, "-1", *options, host, port,
+    *prog]``; the process started is the server itself (a ``prefix``
+    must exec it, as ``prlimit`` or ``ip netns exec`` do), so
+    :attr:`pid` is the server's pid.
+    """
 
     def __init__(self, impl: str, options: Sequence[str], host: str, prog: Sequence[str],
-                 logdir: str, env: Optional[Dict[str, str]] = None,
+                 log_path: str, env: Optional[Dict[str, str]] = None,
                  prefix: Sequence[str] = (), port: str = "0") -> None:
         self.impl = impl
         self.host = host
         self.argv = [*prefix, *argv_for(impl, ["-1", *options, host, port, *prog])]
-        fd, self.log_path = _logfile(logdir, impl)
+        self.log_path = log_path
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.PIPE, stderr=fd,
@@ -171,17 +197,23 @@ class Server:
         assert line.isdigit(), (data, self.log())
         return int(line)
 
-    # -- the log ------------------------------------------------------
+    def __repr__(self) -> str:
+        return f"<Server {self.impl} pid={self.pid} {self.host}:{self.port}>"
+
+    # -- the log (the server's stderr) ----------------------------------
     def log(self) -> str:
+        """Everything the server (and its programs) wrote on stderr."""
         with open(self.log_path, "rb") as handle:
             return handle.read().decode("latin-1")
 
     def lines(self) -> List[str]:
+        """The log, line by line."""
         return self.log().splitlines()
 
-    def wait_log(self, pattern: str, count: int = 1, timeout: float = 5.0) -> List[str]:
-        """Wait for ``count`` log lines matching the regex ``pattern``;
-        returns the matching lines (fails the test on the deadline)."""
+    def wait_log(self, pattern: str, count: int = 1, timeout: float = WAIT) -> List[str]:
+        """Wait for ``count`` log lines matching the regex ``pattern``
+        (``re.search``); returns all the matching lines (fails the test
+        on the deadline)."""
         regex = re.compile(pattern)
         found: List[str] = []
 
@@ -192,14 +224,41 @@ class Server:
         assert wait_until(check, timeout), f"no {count}x {pattern!r} in log:\n{self.log()}"
         return found
 
-    def wait_pids(self, count: int = 1, timeout: float = 5.0) -> List[int]:
+    def before(self, pattern: str, count: int = 1) -> List[str]:
+        """Wait for the ``count``-th line matching ``pattern``; return the
+        lines logged before it (to show that a line is absent up to a
+        marker logged after the event)."""
+        self.wait_log(pattern, count)
+        regex = re.compile(pattern)
+        lines = self.lines()
+        seen = 0
+        for at, line in enumerate(lines):
+            if regex.search(line):
+                seen += 1
+                if seen == count:
+                    return lines[:at]
+        raise AssertionError("unreachable")
+
+    def wait_pids(self, count: int = 1, timeout: float = WAIT) -> List[int]:
         """The pids of the first ``count`` programs (``pid P from`` lines)."""
         lines = self.wait_log(r"^tcpserver: pid \d+ from ", count, timeout)
         pids = [int(line.split()[2]) for line in lines]
         self.seen.update(pids)
         return pids
 
-    # -- clients ------------------------------------------------------
+    def marker(self) -> str:
+        """A log line the server writes after everything it was sent so
+        far: SIGHUP, then its next ``sighup: N/L`` line, returned.  The
+        counts in it say how many programs it was running at that point.
+        Ours only; needs a verbosity of at least 1 (no ``-q``); the ``-c``
+        file, if any, is read again."""
+        assert self.impl == OURS, "the C server dies of SIGHUP"
+        pattern = r"^tcpserver: sighup: \d+/\d+$"
+        count = len([line for line in self.lines() if re.search(pattern, line)])
+        self.signal(signal.SIGHUP)
+        return self.wait_log(pattern, count + 1)[count]
+
+    # -- clients ----------------------------------------------------------
     def address(self, host: Optional[str] = None) -> Tuple[str, int]:
         target = host or self.host
         if target in ("0", "::", "0.0.0.0", ""):
@@ -208,7 +267,8 @@ class Server:
 
     def connect(self, host: Optional[str] = None, source: Optional[str] = None,
                 timeout: float = 5.0) -> socket.socket:
-        """A connected client socket (to ``host`` or the bound host)."""
+        """A connected client socket (to ``host`` or the bound host; from
+        ``source`` if given)."""
         target = self.address(host)
         family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -227,11 +287,17 @@ class Server:
                 sock.sendall(send)
             return read_all(sock, timeout)
 
-    def env(self, host: Optional[str] = None, source: Optional[str] = None) -> Dict[str, str]:
+    def env(self, host: Optional[str] = None, source: Optional[str] = None,
+            timeout: float = 5.0) -> Dict[str, str]:
         """The environment PRINT_ENV saw for one connection."""
-        return parse_env(self.talk(host, source=source))
+        return parse_env(self.talk(host, source=source, timeout=timeout))
 
-    # -- the process --------------------------------------------------
+    def queued(self) -> int:
+        """Connections waiting in the kernel's accept queue of the
+        server's listening sockets: connected, not accepted (deferred)."""
+        return accept_queue(socket_inodes(self.pid))
+
+    # -- the process ----------------------------------------------------
     def remember(self) -> None:
         """Note the current children, to clean them up later."""
         self.seen.update(pid for pid, _ in children_of(self.pid))
@@ -239,7 +305,7 @@ class Server:
     def running(self) -> bool:
         return self.proc.poll() is None
 
-    def handlers_ready(self, timeout: float = 5.0) -> bool:
+    def handlers_ready(self, timeout: float = WAIT) -> bool:
         """Wait until the server catches SIGHUP, SIGUSR1, SIGTERM and
         SIGCHLD (``SigCgt`` in /proc), i.e. its loop is set up."""
         wanted = 0
@@ -258,13 +324,20 @@ class Server:
 
         return wait_until(check, timeout)
 
+    def delivered(self, sig: int, timeout: float = WAIT) -> bool:
+        """Wait until ``sig`` is no longer pending: it reached the server
+        (its handler ran, which for ours writes the wake-up pipe)."""
+        return wait_until(lambda: not pending_signals(self.pid) & (1 << (sig - 1)), timeout)
+
     def signal(self, sig: int, wait_ready: bool = True) -> None:
         """Send ``sig`` by pid, once the server has its handlers (unless
-        ``wait_ready`` is false)."""
+        ``wait_ready`` is false), and wait until it has been delivered:
+        two signals sent in a row reach ours in that order."""
         self.remember()
         if wait_ready and self.impl == OURS:
             assert self.handlers_ready(), "signal handlers never installed"
         self.proc.send_signal(sig)
+        assert self.delivered(sig), f"signal {sig} still pending"
 
     def stop(self, timeout: float = 5.0) -> Optional[int]:
         """SIGTERM by pid; returns the exit code."""
@@ -293,37 +366,26 @@ class Server:
                     pass
 
 
-_counter = [0]
+class Servers:
+    """The ``servers`` fixture: a factory of :class:`Server` that stops
+    them all at teardown (:meth:`cleanup`)."""
 
+    def __init__(self, logdir: str) -> None:
+        self.logdir = logdir
+        self.started: List[Server] = []
 
-def _logfile(logdir: str, impl: str) -> Tuple[int, str]:
-    _counter[0] += 1
-    path = os.path.join(logdir, f"{impl}-{_counter[0]}.log")
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), path
-
-
-Factory = Callable[..., Server]
-
-
-@pytest.fixture
-def servers(tmp_path) -> Iterator[Factory]:
-    """A factory of servers, stopped at teardown.
-
-    ``servers(options, host="127.0.0.1", prog=PRINT_ENV, impl=OURS,
-    env=None, prefix=(), port="0")``; ``env`` defaults to
-    :func:`clean_env`; ``prefix`` goes before the server's argv (e.g.
-    ``prlimit``), and the pid is still the server's when it execs.
-    """
-    started: List[Server] = []
-
-    def start(options: Sequence[str] = (), host: str = "127.0.0.1",
-              prog: Sequence[str] = tuple(PRINT_ENV), impl: str = OURS,
-              env: Optional[Dict[str, str]] = None, prefix: Sequence[str] = (),
-              port: str = "0") -> Server:
-        server = Server(impl, options, host, prog, str(tmp_path), env, prefix, port)
-        started.append(server)
+    def __call__(self, options: Sequence[str] = (), host: str = "127.0.0.1",
+                 prog: Sequence[str] = tuple(PRINT_ENV), impl: str = OURS,
+                 env: Optional[Dict[str, str]] = None, prefix: Sequence[str] = (),
+                 port: str = "0") -> Server:
+        """Start a server: ``options`` go before ``host port prog``;
+        ``env`` defaults to :func:`clean_env`; ``prefix`` goes before the
+        server's argv (e.g. ``prlimit``) and must exec it."""
+        log_path = os.path.join(self.logdir, f"{impl}-{len(self.started) + 1}.log")
+        server = Server(impl, options, host, prog, log_path, env, prefix, port)
+        self.started.append(server)
         return server
 
-    yield start
-    for server in started:
-        server.cleanup()
+    def cleanup(self) -> None:
+        for server in self.started:
+            server.cleanup()

@@ -15,8 +15,7 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from tests.fix_server import (C, OURS, PRINT_ENV, clean_env, parse_env, read_all,
-                              servers)  # noqa: F401
+from tests.fix_server import C, OURS, PRINT_ENV, clean_env, parse_env, read_all
 
 INHERITED = {"PROTO": "stale", "TCPLOCALIP": "stale", "TCPLOCALPORT": "stale",
              "TCPREMOTEIP": "stale", "TCPREMOTEPORT": "stale", "TCPREMOTEHOST": "stale",

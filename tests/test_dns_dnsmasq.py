@@ -1,4 +1,5 @@
-"""ucspi.dns against a real dnsmasq (tests/fix_dns.py, 127.53.0.1:53)."""
+"""ucspi.dns against a real dnsmasq (the ``dns_server`` fixture: port 53 of
+an address chosen per run, tests/fix_dns.py)."""
 
 from __future__ import annotations
 from ipaddress import IPv6Address, ip_address
@@ -6,10 +7,11 @@ from typing import List
 
 import pytest
 
-from tests.fix_dns import RECORDS, dns_server, udp_ask  # noqa: F401 (fixture)
+from tests.fix_dns import RECORDS, udp_ask
 from ucspi.dns import lookup as dns
 from ucspi.dns import msg as dnsmsg
-from ucspi.dns.conf import DnsConfig, mapped
+from ucspi.address import mapped_ipv6 as mapped
+from ucspi.dns.conf import DnsConfig
 from ucspi.reactor import Reactor
 
 
@@ -63,12 +65,13 @@ def test_big_answer_is_truncated_over_udp_and_fetched_over_tcp(dns_server, conf)
 
 def test_both_dnscacheip_forms(dns_server, tmp_path):
     base = {"DNSREWRITEFILE": str(tmp_path / "none")}
-    for value in ("127.53.0.1", "127.53.0.1.127.0.0.1", "127.53.0.1 ::1", "127.53.0.1,::1"):
+    ip = dns_server.ip
+    for value in (ip, f"{ip}.127.0.0.1", f"{ip} ::1", f"{ip},::1"):
         conf = DnsConfig.load(dict(base, DNSCACHEIP=value))
-        assert conf.servers[0] == ("127.53.0.1", 0)
+        assert conf.servers[0] == (ip, 0)
         assert dns.ptr(conf, ip_address("127.0.0.1")) == "localhost.example"
     # nothing listens on 127.53.0.250:53 (refused): the second server answers
-    conf = DnsConfig.load(dict(base, DNSCACHEIP="127.53.0.250 127.53.0.1"))
+    conf = DnsConfig.load(dict(base, DNSCACHEIP=f"127.53.0.250 {ip}"))
     conf.udp_timeouts = (0.2, 0.2, 0.2)
     assert dns.ptr(conf, ip_address("127.0.0.1")) == "localhost.example"
 

@@ -23,6 +23,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
+from tests.fix_server import read_all
 from tests.util import PYTHON, ROOT, need_root, stop
 from ucspi.dns import msg as dnsmsg
 from ucspi.server import child
@@ -80,20 +81,11 @@ def forkserver(tmp_path) -> Iterator:  # type: ignore[no-untyped-def]
         stop(server.proc)
 
 
-def read_all(sock: socket.socket) -> bytes:
-    chunks = []
-    while True:
-        data = sock.recv(65536)
-        if not data:
-            return b"".join(chunks)
-        chunks.append(data)
-
-
 def ask(server: ForkServer, send: bytes = b"") -> bytes:
     with server.connect() as sock:
         if send:
             sock.sendall(send)
-        return read_all(sock)
+        return read_all(sock, TIMEOUT)
 
 
 # -- the fork child, end to end -------------------------------------------
@@ -211,7 +203,7 @@ def test_fork_children_leave_the_parents_lookups_alone(forkserver) -> None:  # t
         for _ in range(12):
             clients.append(server.connect())
             time.sleep(0.05)   # staggered: children end while others wait
-        reports = [json.loads(read_all(sock)) for sock in clients]
+        reports = [json.loads(read_all(sock, TIMEOUT)) for sock in clients]
         for sock in clients:
             sock.close()
         assert [r["host"] for r in reports] == ["late.example"] * 12

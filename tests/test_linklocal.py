@@ -4,18 +4,22 @@ Loopback has no link-local address, so this module makes a namespace
 with a veth pair (``va`` fe80::1, ``vb`` fe80::2), runs our tcpserver
 and its clients inside it, and removes it afterwards.  It shows the
 scope id at work: binding ``fe80::1%va`` or ``-I va``, ``TCP6INTERFACE``
-naming the interface, and the log line.
+naming the interface, and the log line.  The server is started by the
+``servers`` harness behind ``ip netns exec`` (which execs it: the pid
+stays the server's).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from typing import Dict, Iterator, List
 
 import pytest
 
-from tests.util import PYTHON, missing, need, need_root, ours, stop
+from tests.fix_server import OURS, Servers, parse_env, run_once
+from tests.util import PYTHON, missing, need, need_root
 
 CLIENT = """
 import socket, sys
@@ -58,43 +62,34 @@ def netns() -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
 
 
-def _serve_once(ns: str, args: List[str], tmp_path) -> Dict[str, str]:  # type: ignore[no-untyped-def]
-    log_path = tmp_path / "log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, *ours("-1", "-v", *args,
-                                 "sh", "-c", "env; echo END")],
-                                stdout=subprocess.PIPE, stderr=log)
-    try:
-        assert proc.stdout is not None
-        port = proc.stdout.readline().strip()
-        assert port.isdigit(), log_path.read_text()
-        out = subprocess.run(["ip", "netns", "exec", ns, PYTHON, "-c", CLIENT, port],
-                             capture_output=True, timeout=20, check=True).stdout.decode()
-    finally:
-        stop(proc)
-    lines = out.splitlines()
-    assert lines[-1] == "END", out
-    env = dict(line.split("=", 1) for line in lines[:-1] if "=" in line)
-    env["_log"] = log_path.read_text()
-    env["_port"] = port.decode()
+def _serve_once(servers: Servers, ns: str, options: List[str], host: str) -> Dict[str, str]:
+    """Our server in the namespace, one client from ``vb``: the program's
+    environment, plus ``_log`` (the connection's ``ok`` line) and ``_port``."""
+    server = servers(["-v", *options], host=host, prefix=["ip", "netns", "exec", ns])
+    out = subprocess.run(["ip", "netns", "exec", ns, PYTHON, "-c", CLIENT, str(server.port)],
+                         capture_output=True, timeout=20, check=True).stdout
+    env = parse_env(out)
+    env["_log"] = server.wait_log(r"^tcpserver: ok ")[0]
+    env["_port"] = str(server.port)
     return env
 
 
-def test_scoped_host_argument(netns, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    env = _serve_once(netns, ["-HRl0", "fe80::1%va", "0"], tmp_path)
+def test_scoped_host_argument(servers, netns) -> None:  # type: ignore[no-untyped-def]
+    env = _serve_once(servers, netns, ["-HRl0"], "fe80::1%va")
     assert env["PROTO"] == "TCP6"
     assert env["TCPLOCALIP"] == "fe80::1" and env["TCPREMOTEIP"] == "fe80::2"
     assert env["TCP6INTERFACE"] == "va"
-    assert "ok " in env["_log"] and f" 0:fe80::1:{env['_port']} :fe80::2::" in env["_log"]
+    assert re.fullmatch(rf"tcpserver: ok \d+ 0:fe80::1:{env['_port']} :fe80::2::\d+",
+                        env["_log"]), env["_log"]
 
 
-def test_interface_option(netns, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    env = _serve_once(netns, ["-HRl0", "-I", "va", "fe80::1", "0"], tmp_path)
+def test_interface_option(servers, netns) -> None:  # type: ignore[no-untyped-def]
+    env = _serve_once(servers, netns, ["-HRl0", "-I", "va"], "fe80::1")
     assert env["TCP6INTERFACE"] == "va"
 
 
-def test_link_local_without_scope_fails(netns, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    proc = subprocess.run(["ip", "netns", "exec", netns, *ours("-HRl0", "fe80::1", "0", "true")],
-                          capture_output=True, timeout=20)
+def test_link_local_without_scope_fails(netns) -> None:  # type: ignore[no-untyped-def]
+    proc = run_once(OURS, ["-HRl0", "fe80::1", "0", "true"], timeout=20,
+                    prefix=["ip", "netns", "exec", netns])
     assert proc.returncode == 111
     assert proc.stderr == b"tcpserver: fatal: unable to bind: invalid argument\n"

@@ -12,7 +12,7 @@ from typing import List
 
 import pytest
 
-from tests.fix_server import C, OURS, PRINT_ENV, parse_env, run_once, servers  # noqa: F401
+from tests.fix_server import C, OURS, PRINT_ENV, parse_env, run_once
 from ucspi.options import USAGE
 
 PROG = ["127.0.0.1", "0", "true"]
@@ -95,13 +95,13 @@ def test_unix_sockets_and_shared_objects_are_refused(argv: List[str]) -> None:
     assert err.count("\n") == 1 and err.startswith("tcpserver: fatal: not implemented yet: ")
 
 
-def test_double_dash_ends_options(servers) -> None:  # noqa: F811
+def test_double_dash_ends_options(servers) -> None:
     server = servers(["-HR", "-l", "x", "--"])
     env = server.env()
     assert env["TCPLOCALHOST"] == "x"
 
 
-def test_clustered_and_attached_arguments(servers) -> None:  # noqa: F811
+def test_clustered_and_attached_arguments(servers) -> None:
     server = servers(["-vHRt5", "-lname", "-c3", "-Bbanner"], prog=PRINT_ENV)
     data = server.talk()
     assert data.startswith(b"banner")
@@ -110,14 +110,14 @@ def test_clustered_and_attached_arguments(servers) -> None:  # noqa: F811
     server.wait_log(r"^tcpserver: status: 0/3$")
 
 
-def test_no_permutation(servers) -> None:  # noqa: F811
+def test_no_permutation(servers) -> None:
     # "-v" after the program is an argument of the program
     server = servers(["-HR", "-l0"], prog=["echo", "-q", "-v"])
     assert server.talk() == b"-q -v\n"
     assert server.log() == ""              # not verbose: -v went to echo
 
 
-def test_V_accepted(servers) -> None:  # noqa: F811
+def test_V_accepted(servers) -> None:
     server = servers(["-V", "-HR", "-l0"], prog=["true"])
     server.talk()
     server.wait_log(r"^tcpserver: status: 0/40$", 2)

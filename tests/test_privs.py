@@ -17,7 +17,7 @@ from typing import Dict, List, Optional
 
 import pytest
 
-from tests.fix_server import C, OURS, clean_env, servers  # noqa: F401
+from tests.fix_server import C, OURS, clean_env
 from tests.util import C_TCPSERVER, TCPSERVER, need, need_root
 
 NOLOOKUP = ["-H", "-R", "-l", "Local"]

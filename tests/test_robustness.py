@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.fix_ident import FakeIdentd
-from tests.fix_server import children_of, servers, wait_until  # noqa: F401  (fixture)
+from tests.fix_server import children_of, wait_until
 from tests.util import need, ours
 from ucspi.reactor import Reactor
 

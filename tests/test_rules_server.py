@@ -5,23 +5,34 @@ Debian's, applied by our server and by the C one, and rebuilt under load.
 from __future__ import annotations
 
 import os
-import shutil
+import re
 import socket
 import subprocess
-import sys
 import threading
-import time
-from typing import List
+from typing import List, Optional
 
 import pytest
 
-from tests.fix_dns import dns_server  # noqa: F401  (fixture)
-from tests.fix_ident import identd  # noqa: F401  (fixture)
-from tests.fix_running import serve  # noqa: F401  (fixture)
-from tests.util import C_TCPRULES, C_TCPSERVER, PYTHON, ROOT, need
+from tests.fix_dns import DnsServer
+from tests.fix_server import (C, OURS, PRINT_ENV, Server, Servers, clean_env, parse_env,
+                              read_all)
+from tests.util import C_TCPRULES, PYTHON, ROOT, need
 
 TCPRULES = [PYTHON, os.path.join(ROOT, "tcprules.py")]
-SLOW_ENV = ["sh", "-c", "env; echo END; sleep 2"]
+#: prints the environment, then holds the connection until the client closes
+HOLD_ENV = ["sh", "-c", "env; echo END; read x"]
+#: DNSREWRITEFILE: a file that does not exist, so /etc/dnsrewrite never leaks in
+NO_REWRITE = "/nonexistent/ucspi-test-dnsrewrite"
+
+
+def start(servers: Servers, args: List[str], dns: Optional[DnsServer] = None,
+          host: str = "127.0.0.1", prog: List[str] = PRINT_ENV, **env: str) -> Server:
+    """Our server with ``-v`` (the tests read its log lines); ``DNSCACHEIP``
+    names ``dns`` when given."""
+    if dns is not None:
+        env["DNSCACHEIP"] = dns.ip
+    return servers(["-v", *args], host=host, prog=prog, impl=OURS,
+                   env=clean_env(DNSREWRITEFILE=NO_REWRITE, **env))
 
 
 def compile_rules(path: str, text: str, tool: List[str] = TCPRULES) -> str:
@@ -29,34 +40,40 @@ def compile_rules(path: str, text: str, tool: List[str] = TCPRULES) -> str:
     return path
 
 
-def test_allow_sets_and_removes_variables(serve, tmp_path) -> None:
+def test_allow_sets_and_removes_variables(servers, tmp_path) -> None:
     cdb = compile_rules(str(tmp_path / "r.cdb"),
                         '127.0.0.1:allow,WHO="me",!KEEP,TCPLOCALHOST=/over/\n')
-    server = serve(["-HR", "-l", "name", "-x", cdb], KEEP="yes")
-    env = server.ask()
+    server = start(servers, ["-HR", "-l", "name", "-x", cdb], KEEP="yes")
+    env = server.env()
     assert env["WHO"] == "me"
     assert "KEEP" not in env
     assert env["TCPLOCALHOST"] == "over"     # rules come after the standard variables
 
 
-def test_deny_closes_without_running(serve, tmp_path) -> None:
+def test_deny_closes_without_running(servers, tmp_path) -> None:
     cdb = compile_rules(str(tmp_path / "r.cdb"), "127.0.0.2:deny\n:allow\n")
-    server = serve(["-HRl0", "-B", "hi ", "-x", cdb])
-    assert server.raw("127.0.0.2") == b"hi "     # banner, then nothing
-    assert server.ask("127.0.0.3")["TCPREMOTEIP"] == "127.0.0.3"
-    log = server.log()
-    assert f"tcpserver: deny 0 0:127.0.0.1:{server.port} :127.0.0.2::" in log
-    assert "pid 0" not in log
+    server = start(servers, ["-HRl0", "-B", "hi ", "-x", cdb])
+    with server.connect(source="127.0.0.2") as denied:
+        denied_port = denied.getsockname()[1]
+        assert read_all(denied) == b"hi "         # banner, then nothing
+    data = server.talk(source="127.0.0.3")
+    assert data.startswith(b"hi ")
+    assert parse_env(data[len(b"hi "):])["TCPREMOTEIP"] == "127.0.0.3"
+    # the denied one's only line is its verdict; no program ran for it
+    server.wait_log(r"^tcpserver: ok \d+ 0:127\.0\.0\.1:\d+ :127\.0\.0\.3::\d+$")
+    assert [line for line in server.lines() if "127.0.0.2" in line] == [
+        f"tcpserver: deny 0 0:127.0.0.1:{server.port} :127.0.0.2::{denied_port}"]
+    assert "pid 0" not in server.log()
 
 
-def test_missing_cdb(serve, tmp_path) -> None:
+def test_missing_cdb(servers, tmp_path) -> None:
     missing = str(tmp_path / "none.cdb")
-    server = serve(["-HRl0", "-x", missing])
-    assert server.raw() == b""
-    assert (f"tcpserver: warning: dropping connection, unable to read {missing}: "
-            "file does not exist") in server.log()
-    forgiving = serve(["-HRl0", "-X", "-x", missing])
-    assert forgiving.ask()["PROTO"] == "TCP"
+    server = start(servers, ["-HRl0", "-x", missing])
+    assert server.talk() == b""
+    server.wait_log(f"^tcpserver: warning: dropping connection, unable to read "
+                    f"{re.escape(missing)}: file does not exist$")
+    forgiving = start(servers, ["-HRl0", "-X", "-x", missing])
+    assert forgiving.env()["PROTO"] == "TCP"
 
 
 @pytest.mark.parametrize("content,words", [
@@ -64,93 +81,94 @@ def test_missing_cdb(serve, tmp_path) -> None:
     (b"", "invalid argument"),
     (None, "is a directory"),
 ])
-def test_bad_cdb_drops_even_with_X(serve, tmp_path, content, words) -> None:
+def test_bad_cdb_drops_even_with_X(servers, tmp_path, content, words) -> None:
     path = tmp_path / "bad.cdb"
     if content is None:
         path.mkdir()
     else:
         path.write_bytes(content)
-    server = serve(["-HRl0", "-X", "-x", str(path)])
-    assert server.raw() == b""
-    assert f"unable to read {path}: {words}" in server.log()
+    server = start(servers, ["-HRl0", "-X", "-x", str(path)])
+    warning = (f"^tcpserver: warning: dropping connection, unable to read "
+               f"{re.escape(str(path))}: {words}$")
+    assert server.talk() == b""
+    server.wait_log(warning)
     # the server is still there for the next one
-    assert server.raw() == b""
+    assert server.talk() == b""
+    server.wait_log(warning, 2)
 
 
-def test_maxperip_from_rule(serve, tmp_path) -> None:
+def _until_end(sock: socket.socket) -> bytes:
+    """What a HOLD_ENV connection gets: up to END (served, the program
+    still running) or up to EOF (dropped)."""
+    data = b""
+    while not data.endswith(b"END\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_maxperip_from_rule(servers, tmp_path) -> None:
     cdb = compile_rules(str(tmp_path / "r.cdb"),
                         '127.0.0.1:allow,MAXPERIP="1"\n127.0.0.2:allow,MAXPERIP="3"\n')
-    server = serve(["-HRl0", "-C", "1", "-x", cdb], prog=SLOW_ENV)
+    server = start(servers, ["-HRl0", "-C", "1", "-x", cdb], prog=HOLD_ENV)
+    sources = ["127.0.0.1", "127.0.0.1", "127.0.0.2", "127.0.0.2", "127.0.0.2"]
+    held: List[socket.socket] = []
     results: List[bytes] = []
-
-    def ask(source: str) -> None:
-        results.append(server.raw(source))
-
-    threads = [threading.Thread(target=ask, args=(src,))
-               for src in ["127.0.0.1", "127.0.0.1", "127.0.0.2", "127.0.0.2", "127.0.0.2"]]
-    for thread in threads:
-        thread.start()
-        time.sleep(0.15)
-    for thread in threads:
-        thread.join(10)
-    served = [r for r in results if r.endswith(b"END\n")]
-    assert len(served) == 4, results    # one from 127.0.0.1 dropped, three from .2 kept
-    assert "tcpserver: end 127.0.0.1 perIPlimit 1" in server.log()
-    assert "perIPlimit" not in server.log().replace("end 127.0.0.1 perIPlimit 1", "")
+    try:
+        # one after the other, each program still running when the next comes
+        for source in sources:
+            held.append(server.connect(source=source, timeout=10))
+            results.append(_until_end(held[-1]))
+    finally:
+        for sock in held:
+            sock.close()
+    # one from 127.0.0.1 dropped without a byte, three from .2 kept
+    assert [r.endswith(b"END\n") for r in results] == [True, False, True, True, True], results
+    assert results[1] == b""
+    assert [line for line in server.lines() if "perIPlimit" in line] == [
+        "tcpserver: end 127.0.0.1 perIPlimit 1"]
 
 
-def test_ipv6_and_cidr_rules(serve, tmp_path) -> None:
+def test_ipv6_and_cidr_rules(servers, tmp_path) -> None:
     cdb = compile_rules(str(tmp_path / "r.cdb"),
                         '::1:allow,KIND="v6"\n127.0.0.0/8:allow,KIND="cidr"\n:deny\n')
-    server = serve(["-HRl0", "-x", cdb], host="::")
-    server.host = "::1"
-    assert server.ask("::1")["KIND"] == "v6"
-    server.host = "127.0.0.1"
-    env = server.ask("127.9.8.7")    # arrives IPv4-mapped, matched as IPv4 (D18)
+    server = start(servers, ["-HRl0", "-x", cdb], host="::")
+    assert server.env("::1", source="::1")["KIND"] == "v6"
+    # arrives IPv4-mapped, matched as IPv4 (D18)
+    env = server.env("127.0.0.1", source="127.9.8.7")
     assert env["KIND"] == "cidr" and env["TCPREMOTEIP"] == "127.9.8.7"
 
 
-def test_host_and_info_keys(serve, tmp_path, dns_server, identd) -> None:
+def test_host_and_info_keys(servers, tmp_path, dns_server, identd) -> None:
     cdb = compile_rules(str(tmp_path / "r.cdb"), (
         f'{identd.user}@127.0.0.1:allow,KEY="info@ip"\n'
         '=mixed.example:allow,KEY="=host"\n'
         '=.example:allow,KEY="=.suffix"\n'))
-    server = serve(["-l0", "-x", cdb], DNSCACHEIP="127.53.0.1")
-    assert server.ask()["KEY"] == "info@ip"
-    assert server.ask("127.53.0.4")["KEY"] == "=host"
-    assert server.ask("127.53.0.10")["KEY"] == "=.suffix"
+    server = start(servers, ["-l0", "-x", cdb], dns_server)
+    assert server.env(timeout=30)["KEY"] == "info@ip"
+    assert server.env(source="127.53.0.4", timeout=30)["KEY"] == "=host"
+    assert server.env(source="127.53.0.10", timeout=30)["KEY"] == "=.suffix"
 
 
-def test_cdb_from_debian_tcprules(serve, tmp_path) -> None:
+def test_cdb_from_debian_tcprules(servers, tmp_path) -> None:
     need(C_TCPRULES)
     cdb = compile_rules(str(tmp_path / "c.cdb"), '127.0.0.1:allow,FROM="debian"\n:deny\n',
                         [C_TCPRULES])
-    server = serve(["-HRl0", "-x", cdb])
-    assert server.ask()["FROM"] == "debian"
-    assert server.raw("127.0.0.2") == b""
+    server = start(servers, ["-HRl0", "-x", cdb])
+    assert server.env()["FROM"] == "debian"
+    assert server.talk(source="127.0.0.2") == b""
 
 
-def test_debian_tcpserver_reads_our_cdb(tmp_path) -> None:
-    need(C_TCPSERVER)
+def test_debian_tcpserver_reads_our_cdb(servers, tmp_path) -> None:
     cdb = compile_rules(str(tmp_path / "o.cdb"), '127.0.0.1:allow,FROM="ours"\n:deny\n')
-    proc = subprocess.Popen([C_TCPSERVER, "-1", "-HRl0", "-x", cdb, "127.0.0.1", "0",
-                             "sh", "-c", "echo $FROM"], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
-    try:
-        assert proc.stdout is not None
-        port = int(proc.stdout.readline())
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            assert sock.makefile("rb").read() == b"ours\n"
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.2", 0))
-            sock.connect(("127.0.0.1", port))
-            assert sock.recv(10) == b""
-    finally:
-        proc.terminate()
-        proc.wait(5)
+    server = servers(["-HRl0", "-x", cdb], prog=["sh", "-c", "echo $FROM"], impl=C)
+    assert server.talk() == b"ours\n"
+    assert server.talk(source="127.0.0.2") == b""
 
 
-def test_rebuild_under_load(serve, tmp_path) -> None:
+def test_rebuild_under_load(servers, tmp_path) -> None:
     """A cdb rebuilt again and again while connections keep coming: every
     connection sees one whole rule set, none fails."""
     cdb = str(tmp_path / "r.cdb")
@@ -158,7 +176,7 @@ def test_rebuild_under_load(serve, tmp_path) -> None:
         f'10.{i // 250}.{i % 250}.1:allow,PAD="{"x" * 40}"\n' for i in range(2000)) + ":deny\n"
         for g in ("one", "two")]
     compile_rules(cdb, texts[0])
-    server = serve(["-HRl0", "-c", "20", "-x", cdb])
+    server = start(servers, ["-HRl0", "-c", "20", "-x", cdb])
     stop = threading.Event()
     builds = [0]
 
@@ -173,7 +191,7 @@ def test_rebuild_under_load(serve, tmp_path) -> None:
     def client() -> None:
         for _ in range(40):
             try:
-                seen.append(server.ask(timeout=20)["GEN"])
+                seen.append(server.env(timeout=20)["GEN"])
             except BaseException as exc:  # recorded and asserted below
                 errors.append(exc)
 
@@ -189,4 +207,4 @@ def test_rebuild_under_load(serve, tmp_path) -> None:
     assert not errors, errors[:3]
     assert len(seen) == 320 and set(seen) == {"one", "two"}
     assert builds[0] >= 3
-    assert "warning" not in server.log()
+    assert [line for line in server.lines() if "warning" in line] == []

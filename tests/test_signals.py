@@ -22,10 +22,12 @@ from typing import List
 import pytest
 
 from tests.fix_server import (C, HOLD, OURS, alive, children_of, clean_env, fd_count, read_all,
-                              read_some, servers, wait_until)  # noqa: F401
+                              read_exactly, read_some, wait_until)
 from tests.util import need
 
 NOLOOKUP = ["-H", "-R", "-l", "Local"]
+#: a program that answers one line, after the server has gone if need be
+ECHO_LINE = ["sh", "-c", 'read x; echo "got $x"']
 
 
 def _hold(server, host=None, source=None) -> socket.socket:  # type: ignore[no-untyped-def]
@@ -35,28 +37,42 @@ def _hold(server, host=None, source=None) -> socket.socket:  # type: ignore[no-u
     return sock
 
 
+def _deferred(server, waiting: int, marker: str) -> None:  # type: ignore[no-untyped-def]
+    """``waiting`` connections sit in the kernel's backlog, and the
+    server leaves them there: it logs ``marker`` (a ``sighup: N/L`` line
+    whose N counts its programs) after they came, still not taking them."""
+    assert wait_until(lambda: server.queued() == waiting), server.queued()
+    assert server.marker() == marker
+    assert server.queued() == waiting
+
+
 # -- SIGTERM -------------------------------------------------------------------------
 @pytest.mark.parametrize("impl", [OURS, C])
 def test_sigterm_leaves_children_running(servers, impl: str) -> None:
-    server = servers(["-v", *NOLOOKUP], prog=["sleep", "5"], impl=impl)
-    with server.connect():
+    server = servers(["-v", *NOLOOKUP], prog=ECHO_LINE, impl=impl)
+    with server.connect() as sock:
         pid = server.wait_pids(1)[0]
         assert wait_until(lambda: alive(pid))
         assert server.stop() == 0
         try:
-            time.sleep(0.05)
             assert alive(pid), "the program died with the server"
+            # and it still works once the server is gone: a signal sent
+            # to it by the server would have ended it before this answer
+            sock.sendall(b"after\n")
+            assert read_all(sock) == b"got after\n"
         finally:
-            os.kill(pid, signal.SIGKILL)
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_sigterm_while_deferred(servers) -> None:
     server = servers(["-c", "1", *NOLOOKUP], prog=HOLD)
-    with _hold(server), server.connect() as waiting:
-        assert read_some(waiting, 0.2) is None
+    with _hold(server), server.connect():
+        _deferred(server, 1, "tcpserver: sighup: 1/1")
         pid = [p for p, _ in children_of(server.pid)]
+        assert len(pid) == 1                            # the one held, not the deferred
         assert server.stop() == 0
-        assert pid and all(alive(p) for p in pid)
+        assert alive(pid[0])
 
 
 # -- SIGHUP -----------------------------------------------------------------------------
@@ -66,14 +82,14 @@ def test_sighup_rereads_limit_file(servers, tmp_path) -> None:
     server = servers(["-v", "-c", str(conc), *NOLOOKUP], prog=HOLD)
     server.wait_log(r"^tcpserver: status: 0/1$")
     with _hold(server) as first, server.connect() as second:
-        assert read_some(second, 0.3) is None           # deferred at 1/1
+        _deferred(server, 1, "tcpserver: sighup: 1/1")  # deferred at 1/1
         conc.write_bytes(b"2\n")
         server.signal(signal.SIGHUP)
         server.wait_log(r"^tcpserver: sighup: 1/2$")
         assert read_some(second, 5) == b"hi\n"          # two at once now
         server.wait_log(r"^tcpserver: status: 2/2$")
-        with server.connect() as third:
-            assert read_some(third, 0.3) is None        # and not three
+        with server.connect():
+            _deferred(server, 1, "tcpserver: sighup: 2/2")   # and not three
         first.close()
     server.wait_log(r"^tcpserver: status: 0/2$")
     assert server.running()
@@ -90,10 +106,10 @@ def test_sighup_lowers_limit_below_running(servers, tmp_path) -> None:
     server.wait_log(r"^tcpserver: sighup: 2/1$")
     with server.connect() as third:
         try:
-            assert read_some(third, 0.3) is None
+            _deferred(server, 1, "tcpserver: sighup: 2/1")
             first.close()
             server.wait_log(r"^tcpserver: status: 1/1$")
-            assert read_some(third, 0.3) is None         # still 1 running
+            _deferred(server, 1, "tcpserver: sighup: 1/1")   # still 1 running
             second.close()
             assert read_some(third, 5) == b"hi\n"
         finally:
@@ -162,11 +178,16 @@ def test_sigusr1_table_default_verbosity(servers) -> None:
         assert len(pids) == 1
         server.signal(signal.SIGUSR1)
         server.wait_log(rf"^tcpserver: 0: IP 127.0.0.1: PID {pids[0]}$")
-    quiet = servers(["-q", *NOLOOKUP], prog=HOLD)
+    # -q: no table.  Under -q only the programs write to the log (fd 2):
+    # one started after SIGUSR1 reached the server marks the point where
+    # a table would already be there.
+    quiet = servers(["-q", *NOLOOKUP], prog=["sh", "-c", "echo program >&2; echo hi; read x"])
     with _hold(quiet):
-        quiet.signal(signal.SIGUSR1)
-        time.sleep(0.2)
-    assert quiet.log() == "" and quiet.running()
+        quiet.wait_log("^program$")
+        quiet.signal(signal.SIGUSR1)                    # returns once delivered
+        with _hold(quiet):
+            assert quiet.before("^program$", 2) == ["program"]
+    assert quiet.lines() == ["program", "program"] and quiet.running()
 
 
 def test_sigusr1_empty_table(servers) -> None:
@@ -196,7 +217,7 @@ def test_limit_defers_and_loses_nothing(servers) -> None:
     second = _hold(server)
     third = server.connect()
     try:
-        assert read_some(third, 0.5) is None             # waits in the backlog
+        _deferred(server, 1, "tcpserver: sighup: 2/2")   # waits in the backlog
         first.close()
         assert read_some(third, 5) == b"hi\n"            # served once one ended
     finally:
@@ -226,14 +247,13 @@ def test_limit_one_serves_in_order(servers, impl: str) -> None:
 def test_per_host_limit(servers) -> None:
     server = servers(["-v", "-B", "banner", "-C", "1", *NOLOOKUP], prog=HOLD)
     with server.connect() as first:
-        first.settimeout(5)
-        assert read_some(first, 5) in (b"banner", b"bannerhi\n")
+        assert read_exactly(first, 9) == b"bannerhi\n"
         with server.connect() as second:
             assert read_all(second) == b""              # EOF, not even the banner
         server.wait_log(r"^tcpserver: end 127\.0\.0\.1 perIPlimit 1$")
         # another host is not limited by it
         with server.connect(source="127.0.0.2") as other:
-            assert read_some(other, 5) in (b"banner", b"bannerhi\n")
+            assert read_exactly(other, 9) == b"bannerhi\n"
             server.wait_pids(2)
     server.wait_log(r"^tcpserver: status: 0/40$", 2)
     assert len(server.wait_pids(2)) == 2
@@ -334,14 +354,14 @@ def test_accept_backoff_on_emfile(servers) -> None:
     subprocess.run([prlimit, f"--pid={server.pid}", f"--nofile={used}:"], check=True)
     socks = [server.connect() for _ in range(3)]
     try:
-        time.sleep(0.2)                                   # EMFILE now
+        # all three wait in the backlog: the server cannot take them (EMFILE)
+        assert wait_until(lambda: server.queued() == 3), server.queued()
         ticks = _cpu_ticks(server.pid)
-        time.sleep(1.0)
+        time.sleep(1.0)                                   # the window measured
         spent = _cpu_ticks(server.pid) - ticks
         assert spent < 30, f"{spent} ticks in 1 s: spinning on EMFILE"
         assert server.running()
-        for sock in socks:
-            assert read_some(sock, 0.01) is None          # not served yet
+        assert server.queued() == 3                       # not served yet
         subprocess.run([prlimit, f"--pid={server.pid}", "--nofile=1024:"], check=True)
         for sock in socks:
             assert read_all(sock) == b"ok\n"
@@ -359,9 +379,11 @@ def test_accept_backoff_on_emfile(servers) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGUSR1])
 def test_signal_right_after_port_line(servers, sig: int) -> None:
     for _ in range(8):
-        server = servers(NOLOOKUP, prog=["true"])
+        server = servers(NOLOOKUP, prog=["echo", "ok"])
         os.kill(server.pid, sig)                         # at once
-        time.sleep(0.05)
+        assert server.delivered(sig)
+        # it reached the server, which still serves after it
+        assert server.talk() == b"ok\n", f"returncode {server.proc.poll()}: {server.log()}"
         assert server.running(), f"killed by {server.proc.returncode}"
         server.stop()
 

@@ -357,16 +357,23 @@ def test_rts_21_proper_order(tmp_path):
     assert rule("96.85.20.10", "four.three") == b"rule =.three:"
     assert rule("96.85.20.10", "four") == b"rule =:"
     assert rule("96.85.20.10") == b"rule :"
-    # and every other combination, against the C tool
+    # and every other combination, against the C tool (both() compares)
     count = 12
+    hits: Dict[bytes, int] = {}
     for ip in ("86.75.30.9", "86.75.30.10", "86.75.20.10", "86.85.20.10",
                "96.85.20.10"):
         for host in (None, "one.two.three", "four.two.three", "four.three",
                      "four", ""):
             for info in (None, "xyz", "abc", ""):
-                rule(ip, host, info)
+                first = rule(ip, host, info)
+                hits[first] = hits.get(first, 0) + 1
                 count += 1
-    assert count >= 27
+    assert count == 12 + 5 * 6 * 4          # every combination was checked
+    assert hits == {                        # and each of the 11 rules is someone's
+        b"rule xyz@86.75.30.9:": 6, b"rule xyz@=one.two.three:": 4,
+        b"rule 86.75.30.9:": 18, b"rule =one.two.three:": 12, b"rule 86.75.30.:": 16,
+        b"rule 86.75.:": 16, b"rule 86.:": 16, b"rule =.two.three:": 4,
+        b"rule =.three:": 4, b"rule =:": 20, b"rule :": 4}
 
 
 @pytest.mark.parametrize("content,err", [

@@ -17,7 +17,7 @@ from typing import Dict, List
 
 import pytest
 
-from tests.fix_server import C, OURS, Server, read_all, servers  # noqa: F401
+from tests.fix_server import C, OURS, Server, read_all
 
 # reads one command: exit with it, or kill itself with SIGKILL
 PROG = ["sh", "-c", 'read cmd; case "$cmd" in kill) kill -9 $$;; *) exit "$cmd";; esac']

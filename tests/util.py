@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import struct
 import subprocess
 import sys
-from typing import List, NoReturn
+import time
+from typing import Callable, Iterable, List, NoReturn, Set
 
 import pytest
 
@@ -65,3 +68,92 @@ def stop(proc: "subprocess.Popen[bytes]") -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def wait_until(check: Callable[[], object], timeout: float = 10.0, step: float = 0.01) -> bool:
+    """Poll ``check`` until it is true (returns True) or the deadline
+    passes (returns False).  The deadline only bounds a failing test:
+    no test asserts on how long anything took through it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if check():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(step)
+
+
+# -- the kernel's view of a process (Linux /proc) ------------------------------
+def socket_inodes(pid: int) -> Set[int]:
+    """Inodes of the sockets process ``pid`` has open (empty once it is gone)."""
+    found: Set[int] = set()
+    folder = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return found
+    for name in names:
+        try:
+            target = os.readlink(os.path.join(folder, name))
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            found.add(int(target[8:-1]))
+    return found
+
+
+def accept_queue(inodes: Iterable[int]) -> int:
+    """Connections waiting in the accept queue of the listening TCP
+    sockets with these inodes: complete, not yet accepted (the kernel
+    shows that count as ``rx_queue`` of a LISTEN socket)."""
+    wanted = set(inodes)
+    waiting = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as handle:
+                next(handle)
+                for line in handle:
+                    fields = line.split()
+                    if fields[3] == "0A" and int(fields[9]) in wanted:   # LISTEN
+                        waiting += int(fields[4].split(":")[1], 16)
+        except OSError:
+            continue
+    return waiting
+
+
+def _proc_net_address(ip: str, port: int) -> str:
+    """``ip:port`` as /proc/net/tcp shows a local address (IPv4 only)."""
+    packed = socket.inet_aton(ip)
+    return "%08X:%04X" % (struct.unpack("=I", packed)[0], port)
+
+
+def listens_on(pid: int, ip: str, port: int) -> bool:
+    """Does process ``pid`` itself hold a listening TCP socket on the IPv4
+    ``ip:port``?  (Not just: does something answer there.)"""
+    inodes = socket_inodes(pid)
+    local = _proc_net_address(ip, port)
+    try:
+        with open("/proc/net/tcp") as handle:
+            next(handle)
+            for line in handle:
+                fields = line.split()
+                if fields[1] == local and fields[3] == "0A" and int(fields[9]) in inodes:
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def pending_signals(pid: int) -> int:
+    """The signals sent to ``pid`` and not delivered yet, as a mask (bit
+    ``sig - 1``); 0 once it is gone.  A signal that is no longer pending
+    has reached the process: its handler ran (or it was killed)."""
+    mask = 0
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith(("SigPnd:", "ShdPnd:")):
+                    mask |= int(line.split()[1], 16)
+    except OSError:
+        return 0
+    return mask
