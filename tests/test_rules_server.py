@@ -8,6 +8,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import threading
 from typing import List, Optional
 
@@ -208,3 +209,24 @@ def test_rebuild_under_load(servers, tmp_path) -> None:
     assert len(seen) == 320 and set(seen) == {"one", "two"}
     assert builds[0] >= 3
     assert [line for line in server.lines() if "warning" in line] == []
+
+
+def test_internal_error_frees_the_slot(servers, tmp_path) -> None:
+    """A rule whose MAXPERIP cannot be read (more digits than int() takes
+    on 3.11 and later) ends each connection with one warning; the -c
+    slots come back, so the server goes on accepting (issue: no leaked
+    slots).  Where int() takes it, the rule simply allows."""
+    cdb = compile_rules(str(tmp_path / "r.cdb"), '127.0.0.1:allow,MAXPERIP="%s"\n' % ("9" * 5000))
+    server = start(servers, ["-HRl0", "-c", "3", "-x", cdb])
+    limited = hasattr(sys, "set_int_max_str_digits")
+    for n in range(1, 7):     # twice as many as there are slots
+        data = server.talk()
+        if limited:
+            assert data == b""
+            line = server.wait_log(r"^tcpserver: warning: dropping connection from 127\.0\.0\.1, "
+                                   r"internal error: ValueError: ", n)[-1]
+            assert "9999" not in line
+        else:
+            assert parse_env(data)["MAXPERIP"] == "9" * 5000
+        server.wait_log(r"^tcpserver: status: 0/3$", n + 1)
+    assert "Traceback" not in server.log()

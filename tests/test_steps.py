@@ -284,3 +284,53 @@ def test_reloads_run_in_order_and_survive_failures() -> None:
     finally:
         os.close(r)
         os.close(wfd)
+
+
+# -- the exception boundary ------------------------------------------------
+
+def _boom(conn: Connection) -> None:
+    raise RuntimeError("injected")
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_a_failing_step_ends_only_its_connection(world, monkeypatch, index) -> None:  # type: ignore[no-untyped-def]
+    """Whatever step raises, the connection ends (its slot is freed
+    through ``end``) with one warning naming the client."""
+    from ucspi.server import conn as conn_module
+    steps = list(conn_module._STEPS)
+    steps[index] = _boom
+    monkeypatch.setattr(conn_module, "_STEPS", tuple(steps))
+    w = world(["-HRl0"], access=FakeAccess(Verdict(True, [], 0)))
+    w.run()
+    assert w.ended == [w.conn] and w.conn.closed and w.launched == []
+    assert w.logged() == ["tcpserver: warning: dropping connection from 127.0.0.1, "
+                          "internal error: RuntimeError: injected"]
+
+
+def test_a_failing_lookup_callback_ends_its_connection(world) -> None:  # type: ignore[no-untyped-def]
+    w = world(["-R"])
+    w.lookups.names = {"::ffff:127.0.0.1": "bad\udcffname"}   # cannot be encoded
+    w.run()
+    assert w.ended == [w.conn] and w.launched == []
+    lines = w.logged()
+    assert len(lines) == 1
+    assert lines[0].startswith("tcpserver: warning: dropping connection from 127.0.0.1, "
+                               "internal error: UnicodeEncodeError: ")
+
+
+@pytest.mark.parametrize("where", ["access", "limit", "launch"])
+def test_a_failing_server_call_ends_its_connection(world, where) -> None:  # type: ignore[no-untyped-def]
+    class Broken:
+        def check(self, ep: Endpoints, answer: Callable[[Verdict], None]) -> None:
+            raise ValueError("no access")
+
+    w = world(["-HRl0"], access=Broken() if where == "access" else FakeAccess(Verdict(True, [], 1)))
+    if where == "limit":
+        w.ctx.over_limit = lambda ip, limit: int("x")
+    if where == "launch":
+        def launch(conn: Connection, env: Dict[bytes, bytes]) -> None:
+            raise KeyError("PATH")
+        w.ctx.launch = launch
+    w.run()
+    assert w.ended == [w.conn] and w.launched == []
+    assert len(w.logged()) == 1

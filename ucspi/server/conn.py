@@ -28,18 +28,36 @@ blocks; every lookup has its own deadline inside its driver.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from .. import address
 from ..environ import Builder, Change, Endpoints, connection_changes
 from ..errors import errtext
-from ..log import Log, connection_fields
+from ..log import Log, connection_fields, safe
 from ..options import Options
 from ..reactor import Reactor
 from .access import RulesAccess, Verdict
 from .lookups import Lookups
+
+
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def guarded(method: F) -> F:
+    """The connection's exception boundary, around each step and each
+    callback that can enter it from the reactor: whatever a step raises
+    ends this connection alone (:meth:`Connection.fail`), freeing its
+    ``-c`` slot and per-host count."""
+    @functools.wraps(method)
+    def run(self: "Connection", *args: Any) -> None:
+        try:
+            method(self, *args)
+        except Exception as exc:
+            self.fail(exc)
+    return run  # type: ignore[return-value]
 
 
 def render_address(text: str, v6sock: bool, force6: bool) -> Tuple[str, str, bool]:
@@ -128,7 +146,10 @@ class Connection:
             return
         step = _STEPS[self._step]
         self._step += 1
-        step(self)
+        try:
+            step(self)
+        except Exception as exc:
+            self.fail(exc)
 
     def _header(self) -> None:
         self.next()
@@ -152,6 +173,7 @@ class Connection:
         else:
             self._local()
 
+    @guarded
     def _write_banner(self) -> None:
         try:
             sent = self.sock.send(self.banner)
@@ -210,6 +232,7 @@ class Connection:
                                              self.scope, self._got_info))
         self._looked_up()
 
+    @guarded
     def _got_local(self, name: Optional[str], error: Optional[BaseException]) -> None:
         if name:
             self.ep.local_host = name.encode()
@@ -217,6 +240,7 @@ class Connection:
             self.ctx.lookups.remember_local_name(self.ep.local_ip6, self.ep.local_host)
         self._looked_up()
 
+    @guarded
     def _got_remote(self, name: Optional[str], failed: Optional[str]) -> None:
         if name:
             self.ep.remote_host = name.encode()
@@ -224,6 +248,7 @@ class Connection:
             self.ep.paranoid = failed.encode()
         self._looked_up()
 
+    @guarded
     def _got_info(self, info: Optional[bytes]) -> None:
         if info is not None:
             info = info.split(b"\0", 1)[0]   # as a C string would end there
@@ -243,6 +268,7 @@ class Connection:
         else:
             access.check(self.ep, self._verdict)
 
+    @guarded
     def _verdict(self, verdict: Verdict) -> None:
         if self.closed:
             return
@@ -281,6 +307,14 @@ class Connection:
         """``warning: dropping connection, <what>: <err>``; end it."""
         self.ctx.log.drop(f"{what}: {errtext(exc)}")
         self.end()
+
+    def fail(self, exc: BaseException) -> None:
+        """An unexpected error: one warning naming the client, then end."""
+        if not self.closed:
+            self.ctx.log.warning(
+                f"dropping connection from {self.ep.remote_ip}, internal error: "
+                f"{type(exc).__name__}: {safe(str(exc), True).decode()}")
+            self.end()
 
     def end(self) -> None:
         """End the connection without a program."""

@@ -192,11 +192,11 @@ class Server:
             conn.drop(f"unable to run {self.launcher.name}", exc)
             return
         self.table.started(pid, conn.ep.remote_ip)
+        conn.close()   # the slot is the program's now
         log = self.log
         if log.verbosity >= 2:
             log.pid(pid, conn.ep.remote_ip)
             log.verdict(True, pid, conn.fields())
-        conn.close()
 
     def _ended(self, conn: Connection) -> None:
         """A connection ended without a program."""
