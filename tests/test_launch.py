@@ -221,6 +221,14 @@ def _status_of(pid: int) -> int:
     return status
 
 
+# pytest's own threads (faulthandler's watchdog, fixtures' fake servers)
+# make 3.12+ warn about forking this process; the server's parent is
+# single-threaded (test_fork_without_threads_warning).
+_PYTEST_THREADS = pytest.mark.filterwarnings(
+    "ignore:This process .* is multi-threaded, use of fork:DeprecationWarning")
+
+
+@_PYTEST_THREADS
 def test_fork_closes_what_it_is_not_told_to_keep() -> None:
     keep_r, keep_w = os.pipe()
     other_r, other_w = os.pipe()
@@ -242,6 +250,7 @@ def test_fork_closes_what_it_is_not_told_to_keep() -> None:
             os.close(fd)
 
 
+@_PYTEST_THREADS
 def test_close_inherited_keeps_exactly_the_kept() -> None:
     r, w = os.pipe()
     extra = [os.dup(0) for _ in range(5)]
