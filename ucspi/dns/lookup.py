@@ -31,7 +31,6 @@ from typing import Callable, List, Optional, Tuple, TypeVar, Union
 from .conf import DnsConfig, apply_rules, candidates, literal
 from .msg import (TYPE_A, TYPE_AAAA, TYPE_PTR, BadName, DnsError, FormatError, Question,
                   encode_name, parse_addresses, parse_ptr, render_name, reverse_name)
-
 from .transmit import PacketDone, Transmit
 from ..address import mapped_packed
 from ..reactor import Cancellable, Reactor, run_blocking

@@ -28,7 +28,6 @@ from typing import Callable, Optional, Tuple
 from .conf import DnsConfig, Server
 from .msg import (ANSWER, IGNORE, SERVFAIL, TRUNCATED, UDP_MAX, DnsError, Question,
                   build_query, classify)
-
 from ..reactor import Reactor, Timer
 
 __all__ = ["PacketDone", "Transmit"]
