@@ -3,6 +3,7 @@ DNS, no ident; a real loopback TCP connection and a real reactor."""
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -38,6 +39,13 @@ class FakeLookups:
         self.names: Dict[str, Optional[str]] = {}
         self.local: Dict[str, Optional[bytes]] = {}
         self.remembered: List[Tuple[str, Optional[bytes]]] = []
+        self.starved: set = set()   # kinds of lookup that get no descriptor
+
+    def _ask(self, kind: str, call: Callable[[], None],
+             abort: Callable[[OSError], None]) -> Handle:
+        if kind in self.starved:
+            return self._later(lambda: abort(OSError(errno.EMFILE, "Too many open files")))
+        return self._later(call)
 
     def _later(self, call: Callable[[], None]) -> Handle:
         handle = Handle()
@@ -52,18 +60,20 @@ class FakeLookups:
     def remember_local_name(self, ip6: str, name: Optional[bytes]) -> None:
         self.remembered.append((ip6, name))
 
-    def name(self, ip6: str, v4: bool, done: Callable[..., None]) -> Handle:
+    def name(self, ip6: str, v4: bool, done: Callable[..., None],
+             abort: Callable[[OSError], None]) -> Handle:
         self.asked.append(("name", ip6, v4))
-        return self._later(lambda: done(self.names.get(ip6), None))
+        return self._ask("name", lambda: done(self.names.get(ip6), None), abort)
 
-    def host(self, ip6: str, v4: bool, paranoid: bool, done: Callable[..., None]) -> Handle:
+    def host(self, ip6: str, v4: bool, paranoid: bool, done: Callable[..., None],
+             abort: Callable[[OSError], None]) -> Handle:
         self.asked.append(("host", ip6, v4, paranoid))
-        return self._later(lambda: done(self.names.get(ip6), None))
+        return self._ask("host", lambda: done(self.names.get(ip6), None), abort)
 
     def info(self, local: str, remote: str, rport: int, lport: int, scope: int,
-             done: Callable[..., None]) -> Handle:
+             done: Callable[..., None], abort: Callable[[OSError], None]) -> Handle:
         self.asked.append(("info", local, remote, rport, lport))
-        return self._later(lambda: done(b"alice\0tail"))
+        return self._ask("info", lambda: done(b"alice\0tail"), abort)
 
 
 class FakeAccess:
@@ -334,3 +344,18 @@ def test_a_failing_server_call_ends_its_connection(world, where) -> None:  # typ
     w.run()
     assert w.ended == [w.conn] and w.launched == []
     assert len(w.logged()) == 1
+
+
+@pytest.mark.parametrize("kind", ["name", "host", "info"])
+def test_a_lookup_without_descriptors_drops_the_connection(world, kind) -> None:  # type: ignore[no-untyped-def]
+    """A lookup that could not get a socket is never taken for "no
+    answer": the connection is dropped with one warning naming the
+    client, its other lookups are cancelled, and nothing is launched."""
+    w = world(["-v", "-p"])
+    w.lookups.starved = {kind}
+    w.run()
+    assert w.launched == [] and w.ended == [w.conn] and w.conn.closed
+    assert all(h.cancelled for h in w.lookups.handles)
+    warnings = [line for line in w.logged() if "warning" in line]
+    assert warnings == ["tcpserver: warning: dropping connection from 127.0.0.1, "
+                        "unable to start a lookup: process cannot open more files"]

@@ -142,6 +142,19 @@ def errtext(err: Union[int, BaseException, None]) -> str:
     return ERRTEXT.get(err, "unknown error")
 
 
+#: errnos that say "no descriptor or buffer to spare right now": an
+#: operation that fails with one of them may work a moment later.
+RESOURCE_ERRNOS = frozenset(
+    getattr(_errno, name) for name in ("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM")
+    if hasattr(_errno, name))
+
+
+def out_of_resources(exc: BaseException) -> bool:
+    """True if ``exc`` is an ``OSError`` for want of descriptors or
+    memory (:data:`RESOURCE_ERRNOS`), not a refusal by a peer."""
+    return isinstance(exc, OSError) and exc.errno in RESOURCE_ERRNOS
+
+
 class UcspiError(Exception):
     """Base class of every error this package raises on purpose."""
 

@@ -200,6 +200,36 @@ class Reactor:
         self._timers.clear()
 
 
+class Backoff:
+    """Retries, with growing pauses, of an operation that failed for want
+    of a resource (no descriptor to spare, say), until a deadline.
+
+    ``retry(reactor, deadline, callback)`` schedules ``callback`` after
+    the next pause (10 ms, doubling up to 250 ms, never past
+    ``deadline``) and returns its timer, or returns None when
+    ``deadline`` has passed: time to give up.  ``reset()`` after a
+    success starts the pauses again from the shortest.
+    """
+
+    FIRST = 0.01
+    LONGEST = 0.25
+
+    __slots__ = ("pause",)
+
+    def __init__(self) -> None:
+        self.pause = 0.0
+
+    def reset(self) -> None:
+        self.pause = 0.0
+
+    def retry(self, reactor: "Reactor", deadline: float, callback: Callback) -> Optional[Timer]:
+        now = reactor.time()
+        if now >= deadline:
+            return None
+        self.pause = min(2 * self.pause, self.LONGEST) if self.pause else self.FIRST
+        return reactor.call_at(min(now + self.pause, deadline), callback)
+
+
 def run_blocking(start: Callable[[Reactor, Callable[[T], None]], Cancellable]
                  ) -> Optional[T]:
     """Run one non-blocking operation on a private reactor until it

@@ -31,7 +31,7 @@ from typing import Callable, List, Optional, Tuple, TypeVar, Union
 from .conf import DnsConfig, apply_rules, candidates, literal
 from .msg import (TYPE_A, TYPE_AAAA, TYPE_PTR, BadName, DnsError, FormatError, Question,
                   encode_name, parse_addresses, parse_ptr, render_name, reverse_name)
-from .transmit import PacketDone, Transmit
+from .transmit import Abort, PacketDone, Transmit
 from ..address import mapped_packed
 from ..reactor import Cancellable, Reactor, run_blocking
 
@@ -51,7 +51,8 @@ def _fail_soon(reactor: Reactor, report: Callable[[], None]) -> Cancellable:
     return reactor.call_later(0, report)
 
 
-def lookup_ptr(reactor: Reactor, conf: DnsConfig, ip: IP, done: PtrDone) -> Cancellable:
+def lookup_ptr(reactor: Reactor, conf: DnsConfig, ip: IP, done: PtrDone,
+               abort: Optional[Abort] = None) -> Cancellable:
     """Look up the host name of an address (subsystems spec 4.2).
 
     Args:
@@ -64,6 +65,9 @@ def lookup_ptr(reactor: Reactor, conf: DnsConfig, ip: IP, done: PtrDone) -> Canc
             error)`` (a :class:`DnsError`; a malformed answer is EPROTO).
             The name is the first PTR record's target, rendered as
             :func:`ucspi.dns.msg.render_name` does.
+        abort: if given, called instead of ``done`` when the question
+            could not be asked for want of descriptors
+            (:class:`~ucspi.dns.transmit.Transmit`).
 
     Returns:
         A handle whose ``cancel()`` stops the lookup without calling done.
@@ -79,20 +83,28 @@ def lookup_ptr(reactor: Reactor, conf: DnsConfig, ip: IP, done: PtrDone) -> Canc
             return
         done(None if name is None else render_name(name), None)
 
-    return Transmit(reactor, conf, Question(reverse_name(ip), TYPE_PTR), got).start()
+    return Transmit(reactor, conf, Question(reverse_name(ip), TYPE_PTR), got, abort).start()
 
 
 class _Forward:
     """AAAA and A for one name, asked concurrently."""
 
     def __init__(self, reactor: Reactor, conf: DnsConfig, qname: bytes,
-                 done: AddressesDone) -> None:
+                 done: AddressesDone, abort: Optional[Abort]) -> None:
         self.done = done
         self.found: List[List[bytes]] = [[], []]
         self.errors: List[Optional[DnsError]] = [None, None]
         self.pending = 2
-        self.transmits = [Transmit(reactor, conf, Question(qname, qtype), self._got(i)).start()
+        self.abort = abort
+        self.transmits = [Transmit(reactor, conf, Question(qname, qtype), self._got(i),
+                                   None if abort is None else self._abort).start()
                           for i, qtype in enumerate((TYPE_AAAA, TYPE_A))]
+
+    def _abort(self, error: OSError) -> None:
+        abort, self.abort = self.abort, None
+        self.cancel()
+        if abort is not None:
+            abort(error)
 
     def _got(self, index: int) -> PacketDone:
         def got(packet: Optional[bytes], error: Optional[DnsError]) -> None:
@@ -116,7 +128,7 @@ class _Forward:
 
 
 def lookup_addresses(reactor: Reactor, conf: DnsConfig, name: str,
-                     done: AddressesDone) -> Cancellable:
+                     done: AddressesDone, abort: Optional[Abort] = None) -> Cancellable:
     """Look up the addresses of a name: AAAA and A (spec 4.5).
 
     Every AAAA (16 bytes) and A (4 bytes) record of class IN in the
@@ -129,6 +141,7 @@ def lookup_addresses(reactor: Reactor, conf: DnsConfig, name: str,
             A results, shuffled with a cryptographic generator; ``[]`` for
             none) or, when both queries failed or the name cannot be
             encoded, ``(addresses so far, error)``.
+        abort: as for :func:`lookup_ptr` (either query's).
 
     Returns:
         A handle whose ``cancel()`` stops the lookup without calling done.
@@ -138,7 +151,7 @@ def lookup_addresses(reactor: Reactor, conf: DnsConfig, name: str,
     except BadName as exc:
         error = exc
         return _fail_soon(reactor, lambda: done([], error))
-    return _Forward(reactor, conf, qname, done)
+    return _Forward(reactor, conf, qname, done, abort)
 
 
 class _Chain:
@@ -157,7 +170,7 @@ def _packed16(ip: IP) -> bytes:
 
 
 def lookup_host(reactor: Reactor, conf: DnsConfig, ip: IP, paranoid: bool,
-                done: HostDone) -> Cancellable:
+                done: HostDone, abort: Optional[Abort] = None) -> Cancellable:
     """PTR lookup plus the optional paranoid check (spec 4.2-4.3).
 
     Args:
@@ -168,6 +181,7 @@ def lookup_host(reactor: Reactor, conf: DnsConfig, ip: IP, paranoid: bool,
             None)`` if a name was found (and matched); ``(None, name)``
             if the paranoid check failed (mismatch or lookup failure);
             ``(None, None)`` if there is no name or the PTR lookup failed.
+        abort: as for :func:`lookup_ptr` (any of the questions).
 
     Returns:
         A handle whose ``cancel()`` stops the lookup without calling done.
@@ -186,9 +200,9 @@ def lookup_host(reactor: Reactor, conf: DnsConfig, ip: IP, paranoid: bool,
             else:
                 done(None, name)
 
-        chain.current = lookup_addresses(reactor, conf, name, got_addresses)
+        chain.current = lookup_addresses(reactor, conf, name, got_addresses, abort)
 
-    chain.current = lookup_ptr(reactor, conf, ip, got_name)
+    chain.current = lookup_ptr(reactor, conf, ip, got_name, abort)
     return chain
 
 

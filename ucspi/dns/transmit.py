@@ -16,6 +16,14 @@ send, 10 s to read); a server failure or a refused connection moves on
 at once, except in the 11 s round where the attempt waits for its
 deadline (djbdns's quirk, kept).  The schedule lives in
 :class:`~ucspi.dns.conf.DnsConfig` so tests can shrink it.
+
+A socket that cannot be had for want of descriptors (EMFILE, ENFILE,
+ENOBUFS, ENOMEM) is not a failure of the server asked: the attempt
+waits and tries again (:class:`~ucspi.reactor.Backoff`) until its own
+deadline.  If it still has no socket then, the question is given up: a
+caller that passed ``abort`` hears of it there (the tcpserver parent
+drops the connection rather than take it for "no answer"), other
+callers get the error through ``done``.
 """
 
 from __future__ import annotations
@@ -28,11 +36,14 @@ from typing import Callable, Optional, Tuple
 from .conf import DnsConfig, Server
 from .msg import (ANSWER, IGNORE, SERVFAIL, TRUNCATED, UDP_MAX, DnsError, Question,
                   build_query, classify)
-from ..reactor import Reactor, Timer
+from ..errors import out_of_resources
+from ..reactor import Backoff, Reactor, Timer
 
-__all__ = ["PacketDone", "Transmit"]
+__all__ = ["Abort", "PacketDone", "Transmit"]
 
 PacketDone = Callable[[Optional[bytes], Optional[DnsError]], None]
+#: told why a lookup could not be made at all (no descriptor to spare)
+Abort = Callable[[OSError], None]
 
 def _error(exc: OSError) -> DnsError:
     num = exc.errno if exc.errno is not None else errno.EIO
@@ -71,14 +82,19 @@ class Transmit:
     ``done(packet, None)`` receives a response that :func:`classify` calls
     an answer (NOERROR or NXDOMAIN); ``done(None, error)`` reports the
     failure of the last try (``ETIMEDOUT`` after a silent server).
+    ``abort(error)``, if given, is called instead when no socket could
+    be had before the attempt's deadline.
     """
 
     def __init__(self, reactor: Reactor, conf: DnsConfig, question: Question,
-                 done: PacketDone) -> None:
+                 done: PacketDone, abort: Optional[Abort] = None) -> None:
         self.reactor = reactor
         self.conf = conf
         self.question = question
         self.done: Optional[PacketDone] = done
+        self.abort = abort
+        self.backoff = Backoff()
+        self.starved_until: Optional[float] = None
         self.sock: Optional[socket.socket] = None
         self.timer: Optional[Timer] = None
         self.round = 0
@@ -95,7 +111,7 @@ class Transmit:
 
     def cancel(self) -> None:
         """Stop: close the socket and the timer; ``done`` is never called."""
-        self.done = None
+        self.done = self.abort = None
         self._close()
 
     # -- common -----------------------------------------------------------
@@ -117,9 +133,46 @@ class Transmit:
 
     def _finish(self, packet: Optional[bytes], error: Optional[DnsError]) -> None:
         done, self.done = self.done, None
+        self.abort = None
         self._close()
         if done is not None:
             done(packet, error)
+
+    def _open(self, ip: str, kind: int, timeout: float,
+              again: Callable[[], None]) -> Optional[socket.socket]:
+        """A socket for the current attempt, or None: then either it
+        failed (``self.error``; move on), or the attempt waits for a
+        descriptor and ``again`` runs later (``self.timer`` is set), or
+        the question was given up (``self.done`` is None)."""
+        try:
+            sock = _open(ip, kind)
+        except OSError as exc:
+            if out_of_resources(exc):
+                self._starved(exc, timeout, again)
+            else:
+                self.error = _error(exc)
+            return None
+        self.starved_until = None
+        self.backoff.reset()
+        return sock
+
+    def _starved(self, exc: OSError, timeout: float, again: Callable[[], None]) -> None:
+        if self.starved_until is None:
+            self.starved_until = self.reactor.time() + timeout
+        self.timer = self.backoff.retry(self.reactor, self.starved_until, again)
+        if self.timer is None:
+            abort, self.abort = self.abort, None
+            if abort is None:
+                self._finish(None, _error(exc))
+            else:
+                self.done = None
+                self._close()
+                abort(exc)
+
+    def _waiting(self) -> bool:
+        """After :meth:`_open` gave None: True if this attempt is not
+        over (it waits for a descriptor, or the question was given up)."""
+        return self.timer is not None or self.done is None
 
     def _new_query(self) -> bytes:
         self.qid = secrets.randbits(16)
@@ -149,11 +202,10 @@ class Transmit:
         self._udp()
 
     def _udp_send(self, server: Server) -> bool:
-        try:
-            sock = _open(server[0], socket.SOCK_DGRAM)
-        except OSError as exc:
-            self.error = _error(exc)
-            return False
+        sock = self._open(server[0], socket.SOCK_DGRAM,
+                          self.conf.udp_timeouts[self.round], self._udp_again)
+        if sock is None:
+            return self._waiting()
         try:
             sock.connect(_address(server, self.conf.port))
             sock.send(self._new_query())
@@ -165,6 +217,10 @@ class Transmit:
         self.reactor.add_reader(sock.fileno(), self._udp_read)
         self._wait(self.conf.udp_timeouts[self.round], self._udp_timeout)
         return True
+
+    def _udp_again(self) -> None:
+        self.timer = None
+        self._udp()
 
     def _patient(self) -> bool:
         return self.round == self.conf.patient_round
@@ -215,11 +271,10 @@ class Transmit:
         self._tcp()
 
     def _tcp_connect(self, server: Server) -> bool:
-        try:
-            sock = _open(server[0], socket.SOCK_STREAM)
-        except OSError as exc:
-            self.error = _error(exc)
-            return False
+        sock = self._open(server[0], socket.SOCK_STREAM, self.conf.tcp_timeout,
+                          self._tcp_again)
+        if sock is None:
+            return self._waiting()
         query = self._new_query()
         self.out = len(query).to_bytes(2, "big") + query
         self.inbuf = bytearray()
@@ -232,6 +287,10 @@ class Transmit:
         self.reactor.add_writer(sock.fileno(), self._tcp_write)
         self._wait(self.conf.tcp_timeout, self._tcp_timeout)
         return True
+
+    def _tcp_again(self) -> None:
+        self.timer = None
+        self._tcp()
 
     def _tcp_timeout(self) -> None:
         self.timer = None

@@ -15,6 +15,13 @@ Any error, refusal, end of input or deadline before the reply is
 complete gives ``None`` (``TCPREMOTEINFO`` unset); an ``ERROR`` reply
 gives ``b""`` (set but empty).  ``timeout <= 0`` fails at once.
 
+A socket that cannot be had for want of descriptors (EMFILE, ENFILE,
+ENOBUFS, ENOMEM) is asked for again, with growing pauses
+(:class:`~ucspi.reactor.Backoff`), until the overall deadline; then the
+lookup gives up: through ``abort(error)`` if the caller gave one (the
+tcpserver parent drops the connection rather than take it for "no
+answer"), else as a failure (``None``).
+
 Two faces over one implementation:
 
 * :func:`lookup` is non-blocking: it runs on a
@@ -41,7 +48,8 @@ from typing import Any, Callable, Optional, Tuple
 
 from .msg import ReplyParser, request
 from ..address import MAPPED_PACKED, scope_id as parse_scope
-from ..reactor import Reactor, Timer, run_blocking
+from ..errors import out_of_resources
+from ..reactor import Backoff, Reactor, Timer, run_blocking
 
 __all__ = ["PORT", "IdentLookup", "lookup", "query"]
 
@@ -49,6 +57,7 @@ __all__ = ["PORT", "IdentLookup", "lookup", "query"]
 PORT = 113
 
 Done = Callable[[Optional[bytes]], None]
+Abort = Callable[[OSError], None]
 SockAddr = Tuple[Any, ...]
 
 _RECV_SIZE = 1024
@@ -90,29 +99,45 @@ def sockaddr(ip: str, port: int, scope_id: int = 0) -> Tuple[int, SockAddr]:
 class IdentLookup:
     """One non-blocking ident exchange on a reactor; see :func:`lookup`."""
 
-    def __init__(self, reactor: Reactor, done: Done) -> None:
+    def __init__(self, reactor: Reactor, done: Done, abort: Optional[Abort] = None) -> None:
         self._reactor = reactor
         self._done: Optional[Done] = done
+        self._abort = abort
         self._sock: Optional[socket.socket] = None
         self._timer: Optional[Timer] = None
         self._parser = ReplyParser()
         self._out = b""
         self._deadline = 0.0
+        self._timeout = 0.0
+        self._where: Tuple[int, SockAddr, SockAddr] = (0, (), ())
+        self._backoff = Backoff()
 
     # -- start ----------------------------------------------------------
     def start(self, family: int, local: SockAddr, remote: SockAddr,
               timeout: float, line: bytes) -> None:
-        """Bind, start connecting and arm the connect timer."""
+        """Arm the overall deadline, then connect (:meth:`_connect`)."""
         now = self._reactor.time()
         self._deadline = now + timeout
+        self._timeout = timeout
         self._out = line
+        self._where = (family, local, remote)
         if not timeout > 0:
             self.fail_soon()
             return
+        self._connect()
+
+    def _connect(self) -> None:
+        """Bind, start connecting and arm the connect timer; without a
+        descriptor to spare, try again later (until the deadline)."""
+        self._timer = None
+        family, local, remote = self._where
         try:
             sock = socket.socket(family, socket.SOCK_STREAM)
-        except OSError:
-            self.fail_soon()
+        except OSError as exc:
+            if out_of_resources(exc):
+                self._starved(exc)
+            else:
+                self.fail_soon()
             return
         self._sock = sock
         try:
@@ -125,8 +150,22 @@ class IdentLookup:
             self.fail_soon()
             return
         # The connect has a clock of its own (spec 5.3), started here.
-        self._timer = self._reactor.call_later(timeout, self._expire)
+        self._timer = self._reactor.call_later(self._timeout, self._expire)
         self._reactor.add_writer(sock.fileno(), self._on_connect)
+
+    def _starved(self, exc: OSError) -> None:
+        self._timer = self._backoff.retry(self._reactor, self._deadline, self._connect)
+        if self._timer is None:
+            self._timer = self._reactor.call_later(0, lambda: self._give_up(exc))
+
+    def _give_up(self, exc: OSError) -> None:
+        self._timer = None
+        abort, self._abort = self._abort, None
+        if abort is None:
+            self._finish(None)
+        else:
+            self.cancel()
+            abort(exc)
 
     def fail_soon(self) -> None:
         """Report failure on the reactor's next turn."""
@@ -195,6 +234,7 @@ class IdentLookup:
 
     def _finish(self, value: Optional[bytes]) -> None:
         done, self._done = self._done, None
+        self._abort = None
         self._close()
         if done is not None:
             done(value)
@@ -202,13 +242,13 @@ class IdentLookup:
     def cancel(self) -> None:
         """Stop the lookup and close its socket; ``done`` is not called.
         Harmless after the lookup has finished."""
-        self._done = None
+        self._done = self._abort = None
         self._close()
 
 
 def lookup(reactor: Reactor, local_ip: str, remote_ip: str, remote_port: int,
            local_port: int, timeout: float, done: Done, scope_id: int = 0,
-           *, port: Optional[int] = None) -> IdentLookup:
+           *, port: Optional[int] = None, abort: Optional[Abort] = None) -> IdentLookup:
     """Start a non-blocking ident lookup.
 
     Args:
@@ -224,6 +264,8 @@ def lookup(reactor: Reactor, local_ip: str, remote_ip: str, remote_port: int,
             lookup is cancelled first.
         scope_id: the IPv6 scope id of the connection (0: none).
         port: the port to ask instead of :data:`PORT` (tests).
+        abort: if given, called (from the reactor) instead of ``done``
+            when no socket could be had before the deadline.
 
     Returns:
         The running lookup; its ``cancel()`` calls it off.
@@ -232,7 +274,7 @@ def lookup(reactor: Reactor, local_ip: str, remote_ip: str, remote_port: int,
         ValueError: a port number is out of range.
     """
     line = request(remote_port, local_port)
-    job = IdentLookup(reactor, done)
+    job = IdentLookup(reactor, done, abort)
     try:
         family, local = sockaddr(local_ip, 0, scope_id)
         remote_family, remote = sockaddr(remote_ip, PORT if port is None else port, scope_id)

@@ -219,17 +219,18 @@ class Connection:
                 ep.local_host = known[0]
             else:
                 self.pending += 1
-                self.handles.append(lookups.name(ep.local_ip6, self.v4client, self._got_local))
+                self.handles.append(lookups.name(ep.local_ip6, self.v4client, self._got_local,
+                                                 self._starved))
         if opts.remote_host:
             self.pending += 1
             self.handles.append(lookups.host(ep.remote_ip6, self.v4client, opts.paranoid,
-                                             self._got_remote))
+                                             self._got_remote, self._starved))
         if opts.remote_info:
             local = address.strip_mapped(ep.local_ip6) if self.v4client else ep.local_ip6
             remote = address.strip_mapped(ep.remote_ip6) if self.v4client else ep.remote_ip6
             self.pending += 1
             self.handles.append(lookups.info(local, remote, ep.remote_port, ep.local_port,
-                                             self.scope, self._got_info))
+                                             self.scope, self._got_info, self._starved))
         self._looked_up()
 
     @guarded
@@ -254,6 +255,15 @@ class Connection:
             info = info.split(b"\0", 1)[0]   # as a C string would end there
         self.ep.remote_info = info
         self._looked_up()
+
+    @guarded
+    def _starved(self, exc: OSError) -> None:
+        """A lookup could not get a descriptor before its deadline: the
+        connection is dropped, never decided as if there were no answer."""
+        if not self.closed:
+            self.ctx.log.warning(f"dropping connection from {self.ep.remote_ip}, "
+                                 f"unable to start a lookup: {errtext(exc)}")
+            self.end()
 
     def _looked_up(self) -> None:
         self.pending -= 1

@@ -8,6 +8,10 @@
   running programs to their client, for the SIGUSR1/``-V`` dump and for
   the per-host limit.  Unlike IndiMail's fixed slot array it does not
   depend on the limit, so lowering the limit on SIGHUP loses nothing.
+* :class:`Descriptors` is the parent's descriptor budget: a connection
+  is accepted only when the descriptors its lookups will need can be
+  had, so that no lookup goes without a socket under load (the C
+  server spreads them over its children; here one process holds all).
 """
 
 from __future__ import annotations
@@ -21,6 +25,76 @@ from ..log import Log
 from ..options import DEFAULT_LIMIT, Options
 
 DEFAULT_CONTROLDIR = "/etc/indimail/control"
+
+#: descriptors kept back from connections: the rules cdb, the -c file,
+#: the resolver's files, /proc reads, a pid file, the spawn itself
+DESCRIPTOR_RESERVE = 12
+
+
+def descriptors_needed(opts: Options) -> int:
+    """The most descriptors one connection holds in the parent at once:
+    its socket, the PTR query of the local address (without ``-l``),
+    the client's PTR (``-h``) or, with ``-p``, its AAAA and A queries
+    after it, and the ident socket (``-r``)."""
+    need = 1
+    if opts.localname is None:
+        need += 1
+    if opts.remote_host:
+        need += 2 if opts.paranoid else 1
+    if opts.remote_info:
+        need += 1
+    return need
+
+
+def open_descriptors() -> int:
+    """How many descriptors this process has open (an estimate of 16
+    where ``/proc/self/fd`` and ``/dev/fd`` cannot be listed)."""
+    for where in ("/proc/self/fd", "/dev/fd"):
+        try:
+            return len(os.listdir(where)) - 1   # the listing's own
+        except OSError:
+            continue
+    return 16
+
+
+class Descriptors:
+    """The budget of descriptors for connections being set up.
+
+    Args:
+        per_connection: what one connection may hold at once
+            (:func:`descriptors_needed`).
+        available: what the file limit leaves (None: read the soft
+            ``RLIMIT_NOFILE`` and subtract :func:`open_descriptors` and
+            :data:`DESCRIPTOR_RESERVE`).  At least one connection's worth
+            is always allowed: a lookup then still waits for a socket
+            (:class:`~ucspi.reactor.Backoff`) rather than go without.
+    """
+
+    def __init__(self, per_connection: int, available: Optional[int] = None) -> None:
+        if available is None:
+            available = _file_limit() - open_descriptors() - DESCRIPTOR_RESERVE
+        self.per_connection = per_connection
+        self.limit = max(available, per_connection)
+        self.used = 0
+
+    def room(self) -> bool:
+        """True if one more connection can be accepted."""
+        return self.used + self.per_connection <= self.limit
+
+    def take(self) -> None:
+        self.used += self.per_connection
+
+    def give(self) -> None:
+        self.used -= self.per_connection
+
+
+def _file_limit() -> int:
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 1024
+    return soft if soft != resource.RLIM_INFINITY and soft < 2**31 else 2**31
 
 
 def control_path(name: str, environ: Mapping[str, str] = os.environ) -> str:

@@ -11,6 +11,11 @@ state shared by every connection lives in one place:
   they are few, and asking DNS for them on every connection is a third
   of the lookup work of ``-h -r`` (forgotten on SIGHUP).
 
+Each lookup takes an ``abort`` callback besides ``done``: it is called
+instead of ``done`` when the lookup could not be made at all because
+no descriptor could be had before its deadline, so that the connection
+is dropped rather than decided as if there were no answer.
+
 The DNS and ident modules are imported on first use, so a server with
 ``-HRl`` never loads them.
 """
@@ -34,6 +39,7 @@ LOCAL_NAME_AGE = 60.0   # how long the PTR answer for a local address is reused
 NameDone = Callable[[Optional[str], Optional[BaseException]], None]
 HostDone = Callable[[Optional[str], Optional[str]], None]
 InfoDone = Callable[[Optional[bytes]], None]
+Abort = Callable[[OSError], None]
 IP = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 
@@ -86,22 +92,23 @@ class Lookups:
         self._local_names[ip6] = (self.reactor.time() + LOCAL_NAME_AGE, name)
 
     # -- lookups --------------------------------------------------------
-    def name(self, ip6: str, v4: bool, done: NameDone) -> Any:
+    def name(self, ip6: str, v4: bool, done: NameDone, abort: Abort) -> Any:
         """PTR of an address (``TCPLOCALHOST``); see
         :func:`ucspi.dns.lookup.lookup_ptr`.  Returns a cancellable handle."""
         from ..dns.lookup import lookup_ptr
-        return lookup_ptr(self.reactor, self.dns_config(), _target(ip6, v4), done)
+        return lookup_ptr(self.reactor, self.dns_config(), _target(ip6, v4), done, abort)
 
-    def host(self, ip6: str, v4: bool, paranoid: bool, done: HostDone) -> Any:
+    def host(self, ip6: str, v4: bool, paranoid: bool, done: HostDone, abort: Abort) -> Any:
         """PTR of the client and the ``-p`` check; see
         :func:`ucspi.dns.lookup.lookup_host`."""
         from ..dns.lookup import lookup_host
-        return lookup_host(self.reactor, self.dns_config(), _target(ip6, v4), paranoid, done)
+        return lookup_host(self.reactor, self.dns_config(), _target(ip6, v4), paranoid,
+                           done, abort)
 
     def info(self, local: str, remote: str, remote_port: int, local_port: int,
-             scope: int, done: InfoDone) -> Any:
+             scope: int, done: InfoDone, abort: Abort) -> Any:
         """The ident answer for a connection (``TCPREMOTEINFO``); see
         :func:`ucspi.ident.lookup.lookup`."""
         from ..ident.lookup import lookup
         return lookup(self.reactor, local, remote, remote_port, local_port,
-                      self.ident_timeout, done, scope)
+                      self.ident_timeout, done, scope, abort=abort)

@@ -21,7 +21,7 @@ import functools
 import os
 import signal
 import socket
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 from .. import environ
 from ..log import Log
@@ -30,7 +30,7 @@ from ..reactor import Reactor
 from .access import RulesAccess
 from .conn import Connection, Context
 from .launch import Launch
-from .limits import Limit, Table
+from .limits import Descriptors, Limit, Table, descriptors_needed
 from .listen import Listener
 from .lookups import Lookups
 from .reload import Reloads
@@ -102,12 +102,14 @@ class Server:
         self.reloads.add("-c file", functools.partial(limit.reread, log))
         self.reloads.add("DNS settings", self.lookups.reload)
         self.accepting = False
+        self.descriptors: Optional[Descriptors] = None   # measured in run()
         self._wakeup = wakeup
         self.reactor.add_reader(wakeup, self._on_signal)
 
     # -- the loop ---------------------------------------------------------
     def run(self) -> None:
         """Serve until SIGTERM."""
+        self.descriptors = Descriptors(descriptors_needed(self.opts))
         self.status()
         self._watch(True)
         run_once = self.reactor.run_once
@@ -132,7 +134,7 @@ class Server:
         v6sock = family == socket.AF_INET6
         accept = lsock._accept  # (fd, address): no socket object until needed
         for _ in range(ACCEPT_BATCH):
-            if self.table.count >= self.limit.value:
+            if not self._room():
                 break
             try:
                 fd, peer = accept()
@@ -153,8 +155,15 @@ class Server:
         self.reactor.call_later(ACCEPT_BACKOFF, self._resume)
 
     def _resume(self) -> None:
-        if self.table.count < self.limit.value:
+        if self._room():
             self._watch(True)
+
+    def _room(self) -> bool:
+        """Below the ``-c`` limit, with descriptors for one more
+        connection's lookups: else the server stops accepting."""
+        budget = self.descriptors
+        return (self.table.count < self.limit.value
+                and (budget is None or budget.room()))
 
     def _connection(self, sock: Any, peer: Any, v6sock: bool) -> None:
         conn = Connection(self.context, sock, peer, v6sock)
@@ -166,6 +175,8 @@ class Server:
                 sock.close()
                 return
         self.table.open(ip)
+        if self.descriptors is not None:
+            self.descriptors.take()
         self.status()
         conn.start()
 
@@ -193,6 +204,7 @@ class Server:
             return
         self.table.started(pid, conn.ep.remote_ip)
         conn.close()   # the slot is the program's now
+        self._closed()
         log = self.log
         if log.verbosity >= 2:
             log.pid(pid, conn.ep.remote_ip)
@@ -201,7 +213,16 @@ class Server:
     def _ended(self, conn: Connection) -> None:
         """A connection ended without a program."""
         self.table.close(conn.ep.remote_ip)
+        self._closed()
         self._after_close()
+
+    def _closed(self) -> None:
+        """A connection gave back its descriptors (program started, or
+        ended without one)."""
+        if self.descriptors is not None:
+            self.descriptors.give()
+            if not self.accepting and self._room():
+                self._watch(True)
 
     def _program_ended(self, pid: int, status: int) -> None:
         self.log.end(pid, status)
@@ -209,7 +230,7 @@ class Server:
 
     def _after_close(self) -> None:
         self.status()
-        if not self.accepting and self.table.count < self.limit.value:
+        if not self.accepting and self._room():
             self._watch(True)
 
     def status(self) -> None:
@@ -235,5 +256,5 @@ class Server:
     def _sighup(self) -> None:
         self.reloads.run()
         self.log.sighup(self.table.count, self.limit.value)
-        if not self.accepting and self.table.count < self.limit.value:
+        if not self.accepting and self._room():
             self._watch(True)
