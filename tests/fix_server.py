@@ -37,8 +37,8 @@ import subprocess
 import time
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
-from tests.util import (C_TCPSERVER, accept_queue, need, ours, pending_signals, socket_inodes,
-                        wait_until)
+from tests.util import (C_TCPSERVER, PYTHON, accept_queue, need, ours, pending_signals,
+                        socket_inodes, wait_until)
 
 __all__ = ["OURS", "C", "PRINT_ENV", "HOLD", "clean_env", "argv_for", "run_once", "children_of",
            "fd_count", "alive", "wait_until", "read_all", "read_some", "read_exactly",
@@ -69,6 +69,8 @@ def argv_for(impl: str, args: Sequence[str]) -> List[str]:
     """The full argv of a tcpserver command line, ours or C."""
     if impl == OURS:
         return ours(*args)
+    if impl.endswith((".py", ".pyz")):   # a copy of ours somewhere else
+        return [PYTHON, impl, *args]
     return [need(C_TCPSERVER), *args]
 
 

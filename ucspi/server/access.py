@@ -53,17 +53,17 @@ class RulesAccess:
     """
 
     def __init__(self, path: str, missing_ok: bool, max_per_host: int) -> None:
+        # imported here, at start-up: before privileges are dropped, when
+        # the package can still be read whatever its permissions
+        from ..rules.cache import RulesCache
         self.path = path
         self.missing_ok = missing_ok
         self.max_per_host = max_per_host
-        self._cache: Optional["RulesCache"] = None
+        self._cache: "RulesCache" = RulesCache(os.path.abspath(path))
 
     def check(self, ep: Endpoints, answer: Answer) -> None:
         """Look the client up and answer at once."""
         cache = self._cache
-        if cache is None:
-            from ..rules.cache import RulesCache
-            cache = self._cache = RulesCache(os.path.abspath(self.path))
         try:
             decision = cache.check(self.missing_ok, ep.remote_ip, ep.remote_host,
                                    ep.remote_info)

@@ -87,8 +87,10 @@ def _setup(opts: Options, log: Log, make_launch: LaunchFactory) -> Server:
     ipv4, address, scope = listen.host_address(opts.host, opts.ipv4_only, resolve)
     scope = scope or listen.interface_index(opts.interface)
     listener = listen.open_listener(ipv4, address, scope, port, opts.backlog)
-    privs.drop(ident)
+    # the server is built before the drop: it imports what the options
+    # need while the package and the interpreter's library are readable
     server = Server(opts, log, listener, limit, wakeup, make_launch(opts))
+    privs.drop(ident)
     _quiet_stdio(listener.port if opts.print_port else None)
     return server
 

@@ -16,8 +16,10 @@ instead of ``done`` when the lookup could not be made at all because
 no descriptor could be had before its deadline, so that the connection
 is dropped rather than decided as if there were no answer.
 
-The DNS and ident modules are imported on first use, so a server with
-``-HRl`` never loads them.
+The DNS and ident modules are imported by :meth:`Lookups.preload`, at
+start-up and only for the lookups the options ask for (a server with
+``-HRl`` never loads them): after the privilege drop the package, or
+the interpreter's own library, may no longer be readable.
 """
 
 from __future__ import annotations
@@ -62,6 +64,15 @@ class Lookups:
         self._dns_loaded = 0.0
         # local address (IPv6 form) -> (until, name)
         self._local_names: Dict[str, Tuple[float, Optional[bytes]]] = {}
+
+    def preload(self, dns: bool, ident: bool) -> None:
+        """Import the drivers the server will use, and read the resolver
+        settings, before privileges are dropped."""
+        if dns:
+            from ..dns import conf, lookup, msg, transmit  # noqa: F401
+            self.dns_config()
+        if ident:
+            from ..ident import lookup as ident_lookup, msg as ident_msg  # noqa: F401
 
     def dns_config(self) -> "DnsConfig":
         """The resolver settings, re-read every ten minutes."""

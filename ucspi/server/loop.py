@@ -21,7 +21,7 @@ import functools
 import os
 import signal
 import socket
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict
 
 from .. import environ
 from ..log import Log
@@ -101,15 +101,15 @@ class Server:
         self.reloads = Reloads(log)
         self.reloads.add("-c file", functools.partial(limit.reread, log))
         self.reloads.add("DNS settings", self.lookups.reload)
+        self.lookups.preload(opts.remote_host or opts.localname is None, opts.remote_info)
         self.accepting = False
-        self.descriptors: Optional[Descriptors] = None   # measured in run()
+        self.descriptors = Descriptors(descriptors_needed(opts))
         self._wakeup = wakeup
         self.reactor.add_reader(wakeup, self._on_signal)
 
     # -- the loop ---------------------------------------------------------
     def run(self) -> None:
         """Serve until SIGTERM."""
-        self.descriptors = Descriptors(descriptors_needed(self.opts))
         self.status()
         self._watch(True)
         run_once = self.reactor.run_once
@@ -161,9 +161,7 @@ class Server:
     def _room(self) -> bool:
         """Below the ``-c`` limit, with descriptors for one more
         connection's lookups: else the server stops accepting."""
-        budget = self.descriptors
-        return (self.table.count < self.limit.value
-                and (budget is None or budget.room()))
+        return self.table.count < self.limit.value and self.descriptors.room()
 
     def _connection(self, sock: Any, peer: Any, v6sock: bool) -> None:
         conn = Connection(self.context, sock, peer, v6sock)
@@ -175,8 +173,7 @@ class Server:
                 sock.close()
                 return
         self.table.open(ip)
-        if self.descriptors is not None:
-            self.descriptors.take()
+        self.descriptors.take()
         self.status()
         conn.start()
 
@@ -219,10 +216,9 @@ class Server:
     def _closed(self) -> None:
         """A connection gave back its descriptors (program started, or
         ended without one)."""
-        if self.descriptors is not None:
-            self.descriptors.give()
-            if not self.accepting and self._room():
-                self._watch(True)
+        self.descriptors.give()
+        if not self.accepting and self._room():
+            self._watch(True)
 
     def _program_ended(self, pid: int, status: int) -> None:
         self.log.end(pid, status)
