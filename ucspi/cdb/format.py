@@ -30,6 +30,12 @@ class CdbError(UcspiError):
         self.errno = err
 
 
+class TooMuchWork(Exception):
+    """A lookup would visit more hash slots than its budget allows: the
+    file is unusual (a huge or hostile hash chain), not corrupt.  The
+    caller may do the lookup elsewhere, without a budget."""
+
+
 def cdb_hash(key: bytes, h: int = 5381) -> int:
     """djb's cdb hash: ``h = ((h * 33) mod 2**32) XOR byte``, from 5381.
 

@@ -39,7 +39,7 @@ import os
 import stat
 from typing import Iterable, Iterator, List, Optional, Tuple
 
-from .format import HEADER_SIZE, CdbError, _pair, cdb_hash, prefix_hashes
+from .format import HEADER_SIZE, CdbError, TooMuchWork, _pair, cdb_hash, prefix_hashes
 
 _CHUNK = 8  # slots read per pread while probing
 
@@ -68,6 +68,7 @@ class CdbReader:
     def __init__(self, path: str) -> None:
         self._fd = -1
         self._data: Optional[bytes] = None
+        self._budget = -1
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             st = os.fstat(fd)
@@ -98,6 +99,7 @@ class CdbReader:
         """
         self = cls.__new__(cls)
         self._fd = -1
+        self._budget = -1
         self._data = bytes(data)
         self._size = len(self._data)
         self._start()
@@ -184,6 +186,10 @@ class CdbReader:
         left = slots
         while left:
             n = min(_CHUNK, left, slots - index)
+            if self._budget >= 0:
+                self._budget -= n
+                if self._budget < 0:
+                    raise TooMuchWork("more than the allowed slots for one lookup")
             chunk = self._read(tpos + 8 * index, 8 * n)
             for off in range(0, 8 * n, 8):
                 sh, rpos = _pair.unpack_from(chunk, off)
@@ -237,24 +243,31 @@ class CdbReader:
         return [self._read(dpos, dlen)
                 for dpos, dlen in self._scan(key, cdb_hash(key), 0)]
 
-    def first_of(self, keys: Iterable[Tuple[bytes, int]]
+    def first_of(self, keys: Iterable[Tuple[bytes, int]], max_slots: int = 0
                  ) -> Optional[Tuple[bytes, bytes]]:
         """The first of several keys that exists.
 
         Args:
             keys: ``(key, cdb_hash(key))`` pairs, in order of preference.
+            max_slots: the most hash slots all the keys together may
+                visit (0: no limit); a lookup that must visit more stops.
 
         Returns:
             ``(key, data)`` for the first key with a record, or None.
 
         Raises:
             CdbError: the file is corrupt or cannot be read.
+            TooMuchWork: ``max_slots`` would be passed.
         """
-        for key, h in keys:
-            data = self.get(key, h)
-            if data is not None:
-                return key, data
-        return None
+        self._budget = max_slots if max_slots > 0 else -1
+        try:
+            for key, h in keys:
+                data = self.get(key, h)
+                if data is not None:
+                    return key, data
+            return None
+        finally:
+            self._budget = -1
 
     def items(self) -> Iterator[Tuple[bytes, bytes]]:
         """Every record in file order (what ``cdb -d`` prints).
@@ -303,4 +316,4 @@ class CdbReader:
         return count
 
 
-__all__ = ["CdbError", "CdbReader", "HEADER_SIZE", "cdb_hash", "prefix_hashes"]
+__all__ = ["CdbError", "CdbReader", "HEADER_SIZE", "TooMuchWork", "cdb_hash", "prefix_hashes"]

@@ -9,23 +9,38 @@ by ``tcprules`` is a new inode), and :class:`RulesCache` answers
 lengths that occur in the file.  A file that cannot be cached is read
 per lookup, so the answers never differ from a fresh open.
 
+The server's loop must never stand still on one lookup, whatever the
+file holds, so both kinds of work are bounded: a snapshot is taken only
+of a file of at most :data:`SNAPSHOT_MAX` bytes (loading costs about
+60 ms per MB), and a lookup in the file can be given a budget of hash
+slots (``max_slots``); a lookup that would pass it raises
+:class:`~ucspi.cdb.format.TooMuchWork` and the server asks again in a
+child of its own (:func:`pack_found` and :func:`unpack_found` carry the
+answer back).
+
 This module builds on :mod:`ucspi.rules.lookup` (the keys, in order, and
 what a value means); that module knows nothing of this one.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
 from itertools import chain
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple, Union
 
 from ..cdb.read import CdbError, CdbReader
 from .lookup import Decision, Text, apply, find, key_plan
 from .parse import Record
 
-__all__ = ["CdbSnapshot", "RulesCache"]
+__all__ = ["CdbSnapshot", "RulesCache", "SNAPSHOT_MAX", "decide", "pack_found",
+           "unpack_found"]
+
+#: the biggest cdb held in memory: its load (once per version) stays
+#: within about 15 ms of the loop's time
+SNAPSHOT_MAX = 256 << 10
 
 
 class CdbSnapshot:
@@ -47,7 +62,7 @@ class CdbSnapshot:
         settle_ns: how long a file must have been left alone.
     """
 
-    def __init__(self, path: str, max_size: int = 8 << 20,
+    def __init__(self, path: str, max_size: int = SNAPSHOT_MAX,
                  settle_ns: int = 2_000_000_000) -> None:
         self.path = path
         self.max_size = max_size
@@ -128,16 +143,17 @@ class RulesCache:
         self._cidr = {m: sorted(ls, reverse=True) for m, ls in lengths.items()}
         self._table = table
 
-    def find(self, ip: str, host: Optional[Text], info: Optional[Text]
-             ) -> Optional[Record]:
+    def find(self, ip: str, host: Optional[Text], info: Optional[Text],
+             max_slots: int = 0) -> Optional[Record]:
         """As :func:`ucspi.rules.lookup.find` for this cache's file.
 
         Raises:
-            OSError, CdbError: as :func:`ucspi.rules.lookup.find`.
+            OSError, CdbError, TooMuchWork: as :func:`ucspi.rules.lookup.find`
+                (``max_slots`` bounds only a lookup in the file itself).
         """
         table = self._snapshot.table()
         if table is None:
-            return find(self.path, ip, host, info)
+            return find(self.path, ip, host, info, max_slots)
         if table is not self._table:
             self._index(table)
         plan = key_plan(ip, host, info)
@@ -152,12 +168,13 @@ class RulesCache:
         return None
 
     def check(self, missing_ok: bool, ip: str, host: Optional[Text],
-              info: Optional[Text]) -> Optional[Decision]:
+              info: Optional[Text], max_slots: int = 0) -> Optional[Decision]:
         """The rules decision for a client (``tcpserver -x``/``-X``).
 
         Args:
             missing_ok: a missing file means "no rules" (``-X``).
             ip, host, info: as for :func:`ucspi.rules.lookup.lookup_keys`.
+            max_slots: as for :meth:`find`.
 
         Returns:
             The decision, or None when no rule matches (or the file is
@@ -166,11 +183,55 @@ class RulesCache:
         Raises:
             OSError, CdbError: the file cannot be used; ``errtext(exc)``
                 gives the text for ``unable to read <cdb>: <err>``.
+            TooMuchWork: ``max_slots`` would be passed.
         """
-        try:
-            found = self.find(ip, host, info)
-        except FileNotFoundError:
-            if missing_ok:
-                return None
-            raise
-        return None if found is None else apply(found[1])
+        return decide(missing_ok, lambda: self.find(ip, host, info, max_slots))
+
+
+def decide(missing_ok: bool, lookup: Callable[[], Optional[Record]]) -> Optional[Decision]:
+    """The decision from a lookup's outcome: ``lookup()`` gives the rule
+    found (or raises); a missing file is no rule when ``missing_ok``."""
+    try:
+        found = lookup()
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise
+    return None if found is None else apply(found[1])
+
+
+def pack_found(found: Union[Optional[Record], BaseException]) -> bytes:
+    """The outcome of a lookup as bytes, for a child to hand to its
+    parent: ``F``, key and value lengths, key, value; ``N`` (no rule); ``O``/``C``
+    errno and text (an ``OSError``, a ``CdbError``)."""
+    if isinstance(found, BaseException):
+        kind = b"O" if isinstance(found, OSError) else b"C"
+        num = getattr(found, "errno", None) or errno.EIO
+        return kind + num.to_bytes(4, "big") + str(found).encode(errors="replace")
+    if found is None:
+        return b"N"
+    key, value = found
+    return b"F" + len(key).to_bytes(4, "big") + len(value).to_bytes(4, "big") + key + value
+
+
+def unpack_found(data: bytes) -> Optional[Record]:
+    """The lookup outcome that :func:`pack_found` made.
+
+    Raises:
+        OSError, CdbError: the lookup's error (``FileNotFoundError`` for
+            a missing file); ``CdbError`` (``EPROTO``) if ``data`` is not
+            a complete answer (the child died).
+    """
+    kind, body = data[:1], data[1:]
+    if kind == b"N" and not body:
+        return None
+    if kind == b"F" and len(body) >= 8:
+        klen, vlen = int.from_bytes(body[:4], "big"), int.from_bytes(body[4:8], "big")
+        if len(body) == 8 + klen + vlen:
+            return body[8:8 + klen], body[8 + klen:]
+    if kind in (b"O", b"C") and len(body) >= 4:
+        num, text = int.from_bytes(body[:4], "big"), body[4:].decode(errors="replace")
+        if kind == b"C":
+            raise CdbError(num, text)
+        raise OSError(num, os.strerror(num)) if num else OSError(text)
+    raise CdbError(errno.EPROTO, "no answer from the lookup child")

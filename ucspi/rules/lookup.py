@@ -158,8 +158,8 @@ def lookup_keys(ip: str, host: Optional[Text], info: Optional[Text]
     return iter(key_plan(ip, host, info).keys())
 
 
-def find(cdb_path: str, ip: str, host: Optional[Text], info: Optional[Text]
-         ) -> Optional[Record]:
+def find(cdb_path: str, ip: str, host: Optional[Text], info: Optional[Text],
+         max_slots: int = 0) -> Optional[Record]:
     """Look a client up in a rules cdb, opened for this lookup.
 
     Args:
@@ -167,6 +167,8 @@ def find(cdb_path: str, ip: str, host: Optional[Text], info: Optional[Text]
         ip: the client address text (see :func:`lookup_keys`).
         host: the remote host name, or None.
         info: the ident answer, or None.
+        max_slots: the most hash slots the lookup may visit (0: no
+            limit; see :meth:`ucspi.cdb.read.CdbReader.first_of`).
 
     Returns:
         ``(key, value)`` of the first key found, or None.
@@ -175,9 +177,10 @@ def find(cdb_path: str, ip: str, host: Optional[Text], info: Optional[Text]
         OSError: the file cannot be opened (``ENOENT`` when missing).
         CdbError: it is corrupt, truncated, empty, a directory, or a
             read fails.
+        TooMuchWork: ``max_slots`` would be passed.
     """
     with CdbReader(cdb_path) as db:
-        return db.first_of(key_plan(ip, host, info).hashed())
+        return db.first_of(key_plan(ip, host, info).hashed(), max_slots)
 
 
 # ---------------------------------------------------------------- applying

@@ -39,7 +39,7 @@ from ..errors import errtext
 from ..log import Log, connection_fields, safe
 from ..options import Options
 from ..reactor import Reactor
-from .access import RulesAccess, Verdict
+from .access import Access, Verdict
 from .lookups import Lookups
 
 
@@ -94,7 +94,7 @@ class Context:
                  "over_limit", "launch", "end", "localname")
 
     def __init__(self, opts: Options, reactor: Reactor, log: Log, lookups: Lookups,
-                 access: Optional[RulesAccess], env: Builder,
+                 access: Optional[Access], env: Builder,
                  over_limit: Callable[[str, int], int],
                  launch: Callable[["Connection", Dict[bytes, bytes]], None],
                  end: Callable[["Connection"], None]) -> None:

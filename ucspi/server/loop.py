@@ -21,18 +21,19 @@ import functools
 import os
 import signal
 import socket
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 from .. import environ
 from ..log import Log
 from ..options import Options
 from ..reactor import Reactor
-from .access import RulesAccess
+from .access import Access
 from .conn import Connection, Context
 from .launch import Launch
 from .limits import Descriptors, Limit, Table, descriptors_needed
 from .listen import Listener
 from .lookups import Lookups
+from .offload import Offload
 from .reload import Reloads
 
 ACCEPT_BACKOFF = 0.1
@@ -92,9 +93,13 @@ class Server:
         self.table = Table()
         self.children = Children(self.table, self._program_ended)
         self.lookups = Lookups(self.reactor, opts.ipv4_only, float(opts.ident_timeout))
-        access = None
+        self.offload = Offload(self.reactor)
+        access: Optional[Access] = None
         if opts.rules is not None:
-            access = RulesAccess(opts.rules, opts.rules_missing_ok, opts.max_per_host)
+            # imported now, before privileges are dropped (and only for -x)
+            from .rules_access import RulesAccess
+            access = RulesAccess(opts.rules, opts.rules_missing_ok, opts.max_per_host,
+                                 self.offload)
         self.context = Context(opts, self.reactor, log, self.lookups, access,
                                environ.Builder(environ.inherited()),
                                self.over_limit, self._launch, self._ended)

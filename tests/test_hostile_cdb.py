@@ -1,0 +1,138 @@
+"""A hostile rules cdb never stalls the loop (issue 7, item 6).
+
+The file below has one hash chain of 900,000 full slots, all with the
+hash of the default key ``""``, so a lookup that reaches that key must
+visit every slot (about 0.8 s in Python).  The server looks up in the
+loop only within a budget of hash slots, and makes a lookup that would
+pass it again in a helper child: the client still gets the right
+answer, and other clients are not held up meanwhile."""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import time
+from typing import List
+
+import pytest
+
+from tests.fix_server import OURS, PRINT_ENV, clean_env, parse_env, read_all
+from ucspi.cdb.format import TooMuchWork, cdb_hash
+from ucspi.cdb.read import CdbReader
+from ucspi.rules.cache import CdbSnapshot, pack_found, unpack_found
+from ucspi.rules.lookup import find
+from ucspi.cdb.format import CdbError
+
+SLOTS = 900_000
+PAIR = struct.Struct("<II")
+
+
+def hostile_cdb(path: str, slots: int = SLOTS) -> None:
+    """``127.0.0.2`` allows with WHO=fast; ``""`` allows with WHO=slow,
+    at the far end of a chain of ``slots`` slots with its hash."""
+    records = b""
+    positions = {}
+    for key, value in ((b"127.0.0.2", b"+WHO=fast\0"), (b"", b"+WHO=slow\0"),
+                       (b"decoy", b"D")):
+        positions[key] = 2048 + len(records)
+        records += PAIR.pack(len(key), len(value)) + key + value
+    end = 2048 + len(records)
+    header = [(end, 0)] * 256
+    tables = b""
+    h_fast = cdb_hash(b"127.0.0.2")
+    fast = [PAIR.pack(0, 0)] * 2
+    fast[(h_fast >> 8) % 2] = PAIR.pack(h_fast, positions[b"127.0.0.2"])
+    header[h_fast & 255] = (end, 2)
+    tables += b"".join(fast)
+    h_default = cdb_hash(b"")
+    assert h_default & 255 != h_fast & 255
+    start = (h_default >> 8) % slots
+    last = (start - 1) % slots           # probed last
+    decoy = PAIR.pack(h_default, positions[b"decoy"])
+    chain = bytearray(decoy * slots)
+    chain[8 * last:8 * last + 8] = PAIR.pack(h_default, positions[b""])
+    header[h_default & 255] = (end + len(tables), slots)
+    tables += bytes(chain)
+    with open(path, "wb") as f:
+        f.write(b"".join(PAIR.pack(*pair) for pair in header) + records + tables)
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory) -> str:
+    path = str(tmp_path_factory.mktemp("hostile") / "rules.cdb")
+    hostile_cdb(path)
+    return path
+
+
+def test_the_file_is_what_it_claims(hostile) -> None:
+    assert os.path.getsize(hostile) > 7_000_000
+    assert find(hostile, "127.0.0.2", None, None) == (b"127.0.0.2", b"+WHO=fast\0")
+    assert find(hostile, "127.0.0.3", None, None) == (b"", b"+WHO=slow\0")
+
+
+def test_a_budget_stops_the_long_chain_only(hostile) -> None:
+    assert find(hostile, "127.0.0.2", None, None, max_slots=4096) == \
+        (b"127.0.0.2", b"+WHO=fast\0")
+    with pytest.raises(TooMuchWork):
+        find(hostile, "127.0.0.3", None, None, max_slots=4096)
+    with CdbReader(hostile) as db:      # the budget ends with its lookup
+        assert db.get(b"") == b"+WHO=slow\0"
+
+
+def test_big_files_are_not_held_in_memory(hostile) -> None:
+    snapshot = CdbSnapshot(hostile, settle_ns=0)
+    assert snapshot.table() is None     # loading it would stall the loop
+
+
+@pytest.mark.parametrize("outcome", [
+    None, (b"", b""), (b"1.2.3.4", b"+A=b\0D"),
+    FileNotFoundError(2, "No such file or directory"), CdbError(71, "corrupt cdb: x"),
+])
+def test_outcomes_travel_from_the_child(outcome) -> None:
+    data = pack_found(outcome)
+    if isinstance(outcome, BaseException):
+        with pytest.raises(type(outcome)) as info:
+            unpack_found(data)
+        assert info.value.errno == outcome.errno
+    else:
+        assert unpack_found(data) == outcome
+    for cut in range(len(data)):           # a child that died part way
+        if cut == 1 and data[:1] == b"N":
+            continue
+        try:
+            got = unpack_found(data[:cut])
+        except (OSError, CdbError) as exc:
+            assert isinstance(exc, (CdbError, OSError))
+        else:
+            assert got == unpack_found(data) and cut == len(data)
+
+
+def test_other_clients_are_not_held_up(servers, hostile) -> None:
+    server = servers(["-v", "-HRl0", "-C", "0", "-x", hostile], prog=PRINT_ENV,
+                     impl=OURS, env=clean_env())
+    stop = threading.Event()
+    slow: List[str] = []
+
+    def slow_clients() -> None:
+        while not stop.is_set():
+            slow.append(server.env(source="127.0.0.3", timeout=30).get("WHO", "?"))
+
+    worker = threading.Thread(target=slow_clients)
+    worker.start()
+    try:
+        time.sleep(0.3)            # a slow lookup is under way
+        latencies = []
+        for _ in range(150):
+            begin = time.monotonic()
+            env = server.env(source="127.0.0.2")
+            latencies.append(time.monotonic() - begin)
+            assert env["WHO"] == "fast"
+    finally:
+        stop.set()
+        worker.join(60)
+    latencies.sort()
+    p99 = latencies[int(len(latencies) * 0.99) - 1]
+    assert p99 < 0.05, f"p99 {p99 * 1000:.0f} ms"
+    assert slow and set(slow) == {"slow"}
+    assert not [line for line in server.lines() if "warning" in line]
