@@ -87,6 +87,7 @@ class Options:
     user: Optional[str] = None                # -u name
     uid: Optional[int] = None                 # -u number, -U $UID
     gid: Optional[int] = None                 # -U $GID
+    ids_from_env: bool = False                # -U given
     groups: Optional[str] = None              # -g text (number, name, list)
     print_port: bool = False                  # -1
     ipv4_only: bool = False                   # -4
@@ -252,6 +253,7 @@ def _apply(opts: Options, letter: str, arg: Optional[str], environ: Mapping[str,
         else:
             opts.user, opts.uid = text, None
     elif letter == "U":
+        opts.ids_from_env = True
         _env_ids(opts, environ)
     elif letter == "l":
         opts.localname = text

@@ -18,6 +18,7 @@ from ..errors import EXIT_TEMP, EXIT_USAGE, Fatal, UsageError
 from ..log import Log, say
 from ..options import USAGE, MissingArgument, OptionError, Options, parse
 from . import listen, pidfile, privs, signals
+from .checks import startup_warnings
 from .launch import Launch, Spawn
 from .limits import Limit
 from .loop import Server
@@ -91,6 +92,8 @@ def _setup(opts: Options, log: Log, make_launch: LaunchFactory) -> Server:
     # need while the package and the interpreter's library are readable
     server = Server(opts, log, listener, limit, wakeup, make_launch(opts))
     privs.drop(ident)
+    for problem in startup_warnings(opts, limit.path):
+        log.warning(problem)
     _quiet_stdio(listener.port if opts.print_port else None)
     return server
 
