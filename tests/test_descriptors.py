@@ -23,8 +23,8 @@ from ucspi.server.limits import Descriptors, descriptors_needed
 from ucspi.options import parse
 
 SLOW = 0.3
-CLIENTS = 100
-EACH = 3
+CLIENTS = 200
+EACH = 2
 
 
 def slow_ptr(query: Query):
