@@ -197,7 +197,7 @@ DIFFERENTIAL = {
     "empty-values": b"a:deny,X=\"\",=//,Y=\xff\xff\n",
     "ranges": (b"10.2-3.:allow\n1.2.3.250-300:deny\n1.2.3.7-4:allow\n"
                b"1.2.3.-5:allow\n-2:allow\n127.0-1.x.:allow\n"
-               b"1.2.3.4-:deny\n1.2.3.18446744073709551617-3:deny\n"),
+               b"1.2.3.4-:deny\n1.2.3.18446744073709551615-3:deny\n"),
     "literal-ranges": b"=host-name.example:deny\njoe@1.2.3.4-5:allow\n",
     "hosts": b"=known.edu:allow\n=.abuser.edu:deny\n=:allow\n",
     "info": b"joe@127.0.0.1:allow,which=/first/\njoe@=h.example:deny\n",

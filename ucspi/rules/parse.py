@@ -25,11 +25,11 @@ from typing import List, Optional, Tuple
 
 from ..address import parse_quad
 from ..errors import UcspiError
+from ..scan import ULONG_MAX, decimal
 
 Record = Tuple[bytes, bytes]
 
 _LETTERS4 = b"abcdefghijklmnopqrstuvwxyz123456"
-_U64 = 1 << 64
 
 
 class RuleSyntaxError(UcspiError):
@@ -95,10 +95,15 @@ def _instructions(text: bytes, rest: bytes) -> bytes:
 
 
 def _number(field_: bytes, text: bytes) -> int:
-    """A range bound: decimal digits, empty = 0, wrapping like C."""
-    if field_ and not field_.isdigit():
+    """A range bound: decimal digits, empty = 0.  The C tool reads it
+    into an unsigned long and wraps; a bound above that is a parse
+    error here (and nothing that long ever reaches ``int()``)."""
+    if not field_:
+        return 0
+    value = decimal(field_, ULONG_MAX)
+    if value is None:
         raise RuleSyntaxError(text)
-    return int(field_ or b"0") % _U64
+    return value
 
 
 def _expand_range(address: bytes, dash: int, text: bytes) -> List[bytes]:
@@ -127,9 +132,9 @@ def cidr_key(address: bytes) -> Optional[bytes]:
         The key, or None.
     """
     net, _, plen = address.partition(b"/")
-    if not plen.isdigit() or len(plen) > 3:
+    bits = decimal(plen, 128)
+    if bits is None:
         return None
-    bits = int(plen)
     if b":" in net:
         try:
             ip6 = ipaddress.IPv6Address(net.decode("ascii"))
