@@ -5,7 +5,8 @@ environment: ``$TCPREMOTEIP`` (default ``0.0.0.0``), ``$TCPREMOTEHOST``
 and ``$TCPREMOTEINFO`` (each used when present, even if empty).  The
 lookup is exactly the one of ``tcpserver -x`` (:mod:`ucspi.rules.lookup`).
 
-Output: ``rule KEY:`` then one line per entry (``set environment
+Output: ``rule KEY:`` (a CIDR rule as its block, ``10.0.0.0/8``, not
+as its stored bit-string key) then one line per entry (``set environment
 variable NAME=VALUE``, ``unset environment variable NAME``, ``deny
 connection`` which ends the list) and ``allow connection``; or, with no
 matching rule, ``default:`` and ``allow connection``.  Exit 0 in both
@@ -22,6 +23,7 @@ from ..cdb.read import CdbError
 from ..errors import EXIT_TEMP, EXIT_USAGE, errtext
 from ..log import say
 from ..rules.lookup import entries, find
+from ..rules.parse import cidr_text
 
 USAGE = b"tcprulescheck: usage: tcprulescheck rules.cdb"
 
@@ -38,7 +40,7 @@ def report(found: Optional[Tuple[bytes, bytes]]) -> bytes:
     if found is None:
         return b"default:\nallow connection\n"
     key, value = found
-    out = [b"rule " + key + b":\n"]
+    out = [b"rule " + (cidr_text(key) or key) + b":\n"]
     for entry in entries(value):
         kind = entry[:1]
         if kind == b"D":
