@@ -1,5 +1,7 @@
-"""Issue 7, the command-line defects: huge numbers (4), and a seeded
-fuzz of rules inputs.  Defect 5 is in tests/test_privs.py.
+"""Issue 7, the command-line defects: huge numbers (4), help and version
+(9), and the seeded fuzz of command lines and rules inputs.  Defect 5
+is in tests/test_privs.py, 8 in tests/test_packaging.py, 10 in
+tests/test_tcprules.py.
 
 Every bad input gets one line in the house style and exit 100 (usage,
 parse error) or 111 (temporary), never a traceback.
@@ -7,23 +9,31 @@ parse error) or 111 (temporary), never a traceback.
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import socket
 import subprocess
 import sys
 from typing import Dict, List, Optional
 
 import pytest
 
+from tests.fix_dns import Query, fake_dns_on_53, response, rr
 from tests.fix_rules import OUR_TCPRULES, OUR_TCPRULESCHECK
 from tests.fix_server import OURS, clean_env, run_once
+from tests.util import PYTHON, ROOT
 from ucspi import scan
-from ucspi.options import MAX_NUMBER, parse
+from ucspi.options import MAX_NUMBER, NOT_YET, USAGE, parse
 from ucspi.rules.lookup import apply
 from ucspi.rules.parse import NoColonError, RuleSyntaxError, parse_line
 
 HUGE = "9" * 5000
 PROG = ["127.0.0.1", "0", "true"]
 NOLOOKUP = ["-HR", "-l0"]
+STARTUPS = os.path.join(ROOT, "tests", "startups.py")
+#: DNSREWRITEFILE: a file that does not exist, so /etc/dnsrewrite never leaks in
+NO_REWRITE = "/nonexistent/ucspi-test-dnsrewrite"
 
 
 def one_fatal_line(result: "subprocess.CompletedProcess[bytes]", code: int,
@@ -162,7 +172,185 @@ def test_tcprulescheck_huge_remote_ip(tmp_path, ip: str) -> None:
                              b"\nallow connection\n")
 
 
+# -- defect 9: --help and --version ---------------------------------------------------------
+def _commands() -> Dict[str, List[str]]:
+    return {
+        "tcpserver": [PYTHON, os.path.join(ROOT, "tcpserver.py")],
+        "tcprules": list(OUR_TCPRULES),
+        "tcprulescheck": list(OUR_TCPRULESCHECK),
+    }
+
+
+USAGES = {
+    "tcpserver": USAGE,
+    "tcprules": "tcprules: usage: tcprules rules.cdb rules.tmp\n",
+    "tcprulescheck": "tcprulescheck: usage: tcprulescheck rules.cdb\n",
+}
+
+
+@pytest.mark.parametrize("command", ["tcpserver", "tcprules", "tcprulescheck"])
+def test_help_and_version(command: str) -> None:
+    import ucspi
+    argv = _commands()[command]
+    helped = subprocess.run([*argv, "--help"], capture_output=True, timeout=30,
+                            stdin=subprocess.DEVNULL)
+    assert (helped.returncode, helped.stderr) == (0, b"")
+    assert helped.stdout.decode() == USAGES[command]
+    assert helped.stdout.startswith(command.encode() + b": usage: " + command.encode() + b" ")
+    versioned = subprocess.run([*argv, "--version"], capture_output=True, timeout=30,
+                               stdin=subprocess.DEVNULL)
+    assert (versioned.returncode, versioned.stderr) == (0, b"")
+    assert versioned.stdout.decode() == f"{command} {ucspi.__version__}\n"
+
+
+@pytest.mark.parametrize("name", ["tcpserver", "tcprules", "tcprulescheck"])
+def test_help_and_version_of_python_dash_m(tmp_path, name: str) -> None:
+    """``python3 -m ucspi`` (and a zipapp, by the same code) under each name."""
+    import ucspi
+    runner = ("import runpy, sys; sys.argv[0] = %r; "
+              "runpy.run_module('ucspi', run_name='__main__', alter_sys=False)" % name)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    for flag, expected in (("--help", USAGES[name]), ("--version", f"{name} {ucspi.__version__}\n")):
+        result = subprocess.run([PYTHON, "-c", runner, flag], capture_output=True, timeout=30,
+                                cwd=str(tmp_path), env=env)
+        assert (result.returncode, result.stdout.decode(), result.stderr) == (0, expected, b"")
+
+
+def test_help_is_an_option_word_only() -> None:
+    # after -B it is the banner; after the host it is the program's
+    o = parse(["-B", "--help", *PROG], {})
+    assert o.banner == b"--help"
+    o = parse(["0", "0", "prog", "--help"], {})
+    assert o.argv == ["prog", "--help"]
+
+
+def test_usage_on_errors_is_djbs_line_without_refused_letters() -> None:
+    result = run_once(OURS, ["0", "0"])
+    assert result.returncode == 100
+    assert result.stderr.decode() == USAGE
+    assert USAGE.startswith("tcpserver: usage: tcpserver ")
+    words = USAGE.split()
+    for letter in NOT_YET:
+        assert f"-{letter}" not in words
+    assert not set(words[3]) & set(NOT_YET), words[3]      # [ -461UX... ]
+
+
+# -- the fuzz: 500 seeded command lines ---------------------------------------------------
 SEED = 20261129
+#: the letters that work, those refused (TLS, -m) and some unknown ones
+WORKING = "qQvVUX146oOdDhHpPrRcCxBgulbtIe"
+REFUSED = "".join(NOT_YET)
+UNKNOWN = "yYkKjJwWZ9!-"
+GOOD_NUMBERS = ["1", "2", "3", "40", "100", "2147483647", "007"]
+BAD_NUMBERS = ["0", "65536", "2147483648", "4294967295", "18446744073709551616", HUGE,
+               "9" * 4301, "-1", "-0", "+5", "5x", "x", "", " 7", "7 ", "0x10", "1e3", "1.5",
+               "\u0664\u0665", "\u00b2", "0" * 5000 + "3", "\udcff"]
+GOOD_HOSTS = ["0", "", "::", "0.0.0.0", "127.0.0.1", "127.000.000.001", "::1",
+              "::ffff:127.0.0.1", "::1%lo", "::1%1", "ok.example"]
+BAD_HOSTS = ["[127.0.0.1]", "127.1", "256.1.1.1", "1.2.3.4", "2001:db8::1", "::1%" + HUGE,
+             "fe80::1%99999999999", "fe80::1%nosuchif", "::1%", "1.2.3.4%lo", "-", "--",
+             "x" * 300, "no.example", "a..b", ".", "\udcff.example", "/tmp/ucspi-fuzz.sock",
+             "127.0.0.1:80", "::g"]
+BAD_PORTS = ["65536", "99999", HUGE, "-1", "SMTP", "nosuchservice", "0x10", " 80", "80 ",
+             "\u0664", "+0"]
+PROGRAMS = [["true"], ["/nonexistent/prog"], ["lib.so"], ["echo", "-q"], ["--"], ["-v"]]
+USERS = ["nobody", "daemon", "root", "0", "65534", "12345", "nosuchuser", HUGE, "", "-1"]
+GROUPS = ["3", "daemon", "daemon,sys", "0", ",", "nosuchgroup", "1," + HUGE, ""]
+
+
+def _pick(rnd: random.Random, good: List[str], bad: List[str], p_bad: float = 0.15) -> str:
+    return rnd.choice(bad if rnd.random() < p_bad else good)
+
+
+def _command_line(rnd: random.Random, folder: str) -> Dict[str, object]:
+    """One random command line and the environment it runs with: mostly
+    plausible, with a bad part here and there (an unknown or refused
+    letter, a bad number, host or port, a missing argument)."""
+    files = [os.path.join(folder, name) for name in ("good", "zero", "huge", "words")]
+    argv: List[str] = []
+    for _ in range(rnd.randrange(6)):
+        draw = rnd.random()
+        letter = rnd.choice(UNKNOWN if draw < 0.03 else REFUSED if draw < 0.08 else WORKING)
+        word = "-" + letter
+        if letter == "c":
+            arg: Optional[str] = _pick(rnd, GOOD_NUMBERS, BAD_NUMBERS + files + ["nosuchfile"])
+        elif letter in "CbtTS":
+            arg = _pick(rnd, GOOD_NUMBERS, BAD_NUMBERS)
+        elif letter == "u":
+            arg = _pick(rnd, ["nobody", "daemon", "65534"], USERS)
+        elif letter == "g":
+            arg = _pick(rnd, ["daemon", "3"], GROUPS)
+        elif letter == "I":
+            arg = _pick(rnd, ["lo"], ["eth99", "1", "0", "4294967296", HUGE, ""])
+        elif letter == "e":
+            arg = os.path.join(folder, "pid%d" % rnd.randrange(3))
+        elif letter in "xmBlnafMiL":
+            arg = rnd.choice(["", "x", os.path.join(folder, "rules.cdb"), HUGE, "-v"])
+        else:
+            arg = None
+        if arg is not None:
+            if rnd.random() < 0.5 and arg:
+                argv.append(word + arg)           # attached
+            else:
+                argv += [word, arg]
+        elif rnd.random() < 0.3 and argv and argv[-1].startswith("-") and len(argv[-1]) > 1 \
+                and argv[-1][-1] not in "cCxmBgulbtTeInafMiLS":
+            argv[-1] += letter                    # clustered
+        else:
+            argv.append(word)
+    if rnd.random() < 0.1:
+        argv.append("--")
+    prog = rnd.choice(PROGRAMS) if rnd.random() < 0.15 else ["true"]
+    tail = [_pick(rnd, GOOD_HOSTS, BAD_HOSTS), _pick(rnd, ["0"], BAD_PORTS), *prog]
+    argv += tail[:3 if rnd.random() < 0.95 else rnd.randrange(3)]   # sometimes missing
+    env: Dict[str, str] = {}
+    if rnd.random() < 0.2:
+        env["MAXPERIP"] = _pick(rnd, GOOD_NUMBERS, BAD_NUMBERS, 0.5)
+    if rnd.random() < 0.2:
+        env["UID"] = _pick(rnd, ["65534", "1"], BAD_NUMBERS, 0.5)
+    if rnd.random() < 0.2:
+        env["GID"] = _pick(rnd, ["65534", "1"], BAD_NUMBERS, 0.5)
+    return {"argv": argv, "env": env}
+
+
+def _dns_handler(query: Query) -> List[tuple]:
+    """ok.example has 127.0.0.1; every other name does not exist."""
+    if query.name == b"\x02ok\x07example\x00" and query.qtype == 1:
+        return [(0, response(query, [rr(b"\xc0\x0c", 1, socket.inet_aton("127.0.0.1"))]))]
+    return [(0, response(query, rcode=3))]
+
+
+def test_500_random_command_lines_never_trace_back(tmp_path) -> None:
+    folder = str(tmp_path)
+    for name, text in (("good", "3\n"), ("zero", "0\n"), ("huge", HUGE + "\n"),
+                       ("words", "many\n")):
+        with open(os.path.join(folder, name), "w") as handle:
+            handle.write(text)
+    rnd = random.Random(SEED)
+    cases = [_command_line(rnd, folder) for _ in range(500)]
+    assert len({json.dumps(c) for c in cases}) > 450              # varied enough
+    with fake_dns_on_53(_dns_handler) as dns:
+        base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DNSCACHEIP": dns.ip,
+                "DNSREWRITEFILE": NO_REWRITE, "CONTROLDIR": folder}
+        for case in cases:
+            case["env"] = {**base, **case["env"]}            # type: ignore[dict-item]
+        proc = subprocess.run([PYTHON, STARTUPS], input=json.dumps(cases).encode(),
+                              capture_output=True, timeout=120, cwd=folder)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    results = json.loads(proc.stdout)
+    assert len(results) == len(cases)
+    codes: Dict[int, int] = {}
+    for case, result in zip(cases, results):
+        shown = f"{case['argv']!r:.300} {case['env']!r:.300}: {result!r:.2000}"
+        assert not result["hung"], shown
+        assert "Traceback" not in result["stderr"], shown
+        assert result["code"] in (0, 100, 111), shown
+        for line in result["stderr"].splitlines():
+            assert line.startswith("tcpserver: "), shown
+            assert len(line) < 600, shown
+        codes[result["code"]] = codes.get(result["code"], 0) + 1
+    # the mix covers all three outcomes: started, usage errors, fatal errors
+    assert all(codes.get(code, 0) >= 50 for code in (0, 100, 111)), codes
 
 
 # -- the fuzz of rules inputs ---------------------------------------------------------------

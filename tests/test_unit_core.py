@@ -207,10 +207,14 @@ def test_parse_refuses_so_and_unix() -> None:
 
 
 def test_usage_text() -> None:
-    lines = options.USAGE.split("\n")
-    assert lines[0] == "usage: tcpserver"
-    assert lines[-2] == "host port program" and lines[-1] == ""
-    assert "[ -a cafile ] " in lines and "[ -L crlfile ] " in lines
+    # djb's one line (issue 7, defect 9), with the letters that work
+    usage = options.USAGE
+    assert usage.startswith("tcpserver: usage: tcpserver [ -")
+    assert usage.endswith(" host port program\n") and usage.count("\n") == 1
+    flags = set(usage.split("[ -", 1)[1].split(" ]", 1)[0])
+    assert flags == set(options.FLAGS) - set(options.NOT_YET)
+    with_arg = {word[1] for word in usage.split() if word.startswith("-") and len(word) == 2}
+    assert with_arg == set(options.WITH_ARG) - set(options.NOT_YET)
 
 
 # -- log: safecats and line formats ---------------------------------------------------

@@ -11,7 +11,8 @@ D10): ``-c 4x``, ``-c 0``, ``-C -1`` or ``-b x`` are usage errors, and
 so are numbers out of range, a numeric port above 65535, and an
 interface index (``-I``, ``host%index``) above ``2**32 - 1``.  Every
 number goes through the one bounded parser, :mod:`ucspi.scan`, so no
-length of digits reaches ``int()``.
+length of digits reaches ``int()``.  ``--help`` and ``--version``
+where an option may be are a :class:`Request`, not an error.
 
 The module is pure: :func:`parse` turns argv and the environment into a
 :class:`Options` value or raises :class:`~ucspi.errors.UsageError`.
@@ -22,31 +23,17 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Mapping, Optional, Tuple
 
+from . import version_line
 from .errors import UsageError
 from .scan import ID_MAX, INT_MAX, PORT_MAX, SCOPE_MAX, decimal, is_digits, leading, shown
 
-USAGE = """usage: tcpserver
-[ -461UXpPhHrRoOdDqQvVsNz ]
-[ -c Maxlimit | -c concurrency_file]
-[ -C PerHostlimit ]
-[ -x rules.cdb ]
-[ -B banner ]
-[ -g gid ]
-[ -u uid ]
-[ -b backlog ]
-[ -l localname ]
-[ -t timeout ]
-[ -T timeoutidle ]
-[ -e pidfile ]
-[ -i certdir ]
-[ -n certfile ]
-[ -f cipherlist ]
-[ -M TLS method ]
-[ -a cafile ] 
-[ -L crlfile ] 
-[ -I interface ]
-host port program
-"""
+#: The usage text, djb's one line with our letters.  The letters of
+#: features that have not landed (:data:`NOT_YET`) are left out: they
+#: are recognised, but only to be refused.
+USAGE = ("tcpserver: usage: tcpserver [ -461UXpPhHrRoOdDqQvV ] [ -c limit | -c file ] "
+         "[ -C perhostlimit ] [ -x rules.cdb ] [ -B banner ] [ -g gid ] [ -u uid ] "
+         "[ -b backlog ] [ -l localname ] [ -t timeout ] [ -e pidfile ] [ -I interface ] "
+         "host port program\n")
 
 #: letters that take an argument
 WITH_ARG = frozenset("cCxmBgulbtTeInafMiLS")
@@ -119,6 +106,15 @@ class Options:
         return f"Options({vars(self)!r})"
 
 
+class Request(Exception):
+    """``--help`` or ``--version`` in the place of an option: not an
+    error.  ``text`` goes to standard output and the exit code is 0."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
 class MissingArgument(UsageError):
     """No host, port or program.  Like the C server, this comes after
     option parsing, so ``-q`` silences it (``quiet``)."""
@@ -143,6 +139,7 @@ def getopt(argv: List[str]) -> Tuple[List[Tuple[str, Optional[str]]], List[str]]
     Raises:
         UsageError: an unknown letter or a missing argument; the message
             is the C text (``illegal option -- X``).
+        Request: ``--help`` or ``--version`` where an option may be.
     """
     opts: List[Tuple[str, Optional[str]]] = []
     i = 0
@@ -150,6 +147,10 @@ def getopt(argv: List[str]) -> Tuple[List[Tuple[str, Optional[str]]], List[str]]
         word = argv[i]
         if word == "--":
             return opts, argv[i + 1:]
+        if word == "--help":
+            raise Request(USAGE)
+        if word == "--version":
+            raise Request(version_line("tcpserver") + "\n")
         if not word.startswith("-") or word == "-":
             break
         j = 1
@@ -316,6 +317,7 @@ def parse(argv: List[str], environ: Mapping[str, str] = os.environ) -> Options:
 
     Raises:
         UsageError: bad option, bad number, or missing host/port/program.
+        Request: ``--help`` or ``--version``.
     """
     opts = Options()
     if "MAXPERIP" in environ:

@@ -11,7 +11,8 @@ On any error the old ``rules.cdb`` is left as it was (a partial
 Messages and exit codes are ucspi-tcp's: 100 for a usage or syntax
 error (a non-blank line without any colon too, where IndiMail exits
 111; a line ending in a carriage return says so, with its number), 111
-for a system error.  The line syntax is in :mod:`ucspi.rules.parse`.
+for a system error.  ``--help`` and ``--version`` answer on standard
+output.  The line syntax is in :mod:`ucspi.rules.parse`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import BinaryIO, List, Optional
 
 from ..cdb.format import CdbError
 from ..cdb.make import CREATE, MOVE, WRITE, CdbWriter, write_atomically
+from .. import version_line
 from ..errors import EXIT_TEMP, EXIT_USAGE, errtext
 from ..log import say
 from ..rules.parse import CarriageReturnError, NoColonError, RuleSyntaxError, parse_line
@@ -122,6 +124,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         The exit code: 0, 100 or 111.
     """
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--help"]:
+        say(USAGE, 1)
+        return 0
+    if args[:1] == ["--version"]:
+        say(version_line("tcprules").encode(), 1)
+        return 0
     if len(args) < 2:
         say(USAGE)
         return EXIT_USAGE

@@ -11,6 +11,7 @@ variable NAME=VALUE``, ``unset environment variable NAME``, ``deny
 connection`` which ends the list) and ``allow connection``; or, with no
 matching rule, ``default:`` and ``allow connection``.  Exit 0 in both
 cases, 100 without an argument, 111 if the cdb cannot be read.
+``--help`` and ``--version`` answer on standard output.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import sys
 from typing import List, Optional, Tuple
 
+from .. import version_line
 from ..cdb.read import CdbError
 from ..errors import EXIT_TEMP, EXIT_USAGE, errtext
 from ..log import say
@@ -71,6 +73,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         The exit code: 0, 100 or 111.
     """
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--help"]:
+        say(USAGE, 1)
+        return 0
+    if args[:1] == ["--version"]:
+        say(version_line("tcprulescheck").encode(), 1)
+        return 0
     try:
         if not args:
             say(USAGE)
