@@ -7,6 +7,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+# Importing ucspi checks the interpreter first (3.9 or newer, else one
+# line and exit 111), so this file must stay readable by Python 3.6.
+
 from ucspi.tools.tcprules import main  # noqa: E402
 
 if __name__ == "__main__":

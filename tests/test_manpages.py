@@ -133,3 +133,20 @@ def test_see_also_pages_of_ours_exist(text: str) -> None:
         assert "%s(1)" % page in section(text, "SEE ALSO")
         if not os.path.exists(os.path.join(MAN, page + ".1")):
             pytest.skip("man/%s.1 is not written yet" % page)
+
+
+@pytest.mark.parametrize("page", ["tcpserver", "tcprules", "tcprulescheck"])
+def test_help_and_version_documented(page: str) -> None:
+    """Issue 7, defect 9: every command answers --help and --version."""
+    rendered = render(os.path.join(MAN, page + ".1"))
+    synopsis = section(rendered, "SYNOPSIS")
+    assert "%s --help | --version" % page in " ".join(synopsis.split())
+    assert "--version" in section(rendered, "EXIT STATUS")
+
+
+def test_numbers_and_python_version_documented(text: str) -> None:
+    flat = " ".join(section(text, "DIFFERENCES").split())
+    for needle in ("port above 65535", "modulo 65536", "4294967295", "counts as 2147483647",
+                   "without a passwd entry"):
+        assert needle in flat, needle
+    assert "Python 3.9 or newer is needed" in " ".join(section(text, "DESCRIPTION").split())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import configparser
 import contextlib
+import glob
 import importlib
 import importlib.util
 import os
@@ -26,7 +27,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
-from tests.util import PYTHON, ROOT
+from tests.util import PYTHON, ROOT, missing
 
 BUILD_PYZ = os.path.join(ROOT, "tools", "build_pyz.py")
 SETUP_CFG = os.path.join(ROOT, "setup.cfg")
@@ -146,7 +147,7 @@ def test_pyz_without_arguments_prints_usage(pyz: str, elsewhere: str) -> None:
     need_module("ucspi.server")
     result = run([PYTHON, "-I", pyz], cwd=elsewhere)
     assert result.returncode == 100
-    assert result.stderr.startswith(b"usage: tcpserver\n")
+    assert result.stderr.startswith(b"tcpserver: usage: tcpserver [ ")
     assert b"Traceback" not in result.stderr
 
 
@@ -158,7 +159,7 @@ def test_pyz_runs_through_its_shebang(pyz: str, elsewhere: str) -> None:
     env = dict(os.environ, PATH=here + os.pathsep + os.environ.get("PATH", ""))
     result = run([pyz], cwd=elsewhere, env=env)
     assert result.returncode == 100
-    assert result.stderr.startswith(b"usage: tcpserver\n")
+    assert result.stderr.startswith(b"tcpserver: usage: tcpserver [ ")
 
 
 def _read_port(proc: subprocess.Popen[bytes]) -> int:
@@ -243,7 +244,7 @@ def test_python_dash_m_ucspi(elsewhere: str) -> None:
     env = dict(os.environ, PYTHONPATH=ROOT)
     result = run([PYTHON, "-m", "ucspi"], cwd=elsewhere, env=env)
     assert result.returncode == 100
-    assert result.stderr.startswith(b"usage: tcpserver\n")
+    assert result.stderr.startswith(b"tcpserver: usage: tcpserver [ ")
 
 
 def test_copied_folder_runs_on_its_own(tmp_path: Path) -> None:
@@ -390,3 +391,101 @@ def test_readme_rules_example_compiles() -> None:
     assert len(lines) >= 5
     for line in lines:
         assert parse_line(line.encode()), line
+
+
+# -- issue 7, defect 8: old interpreters -------------------------------------------------
+OLD_PYTHONS = ["3.6", "3.7", "3.8"]
+
+
+def old_python(minor: str) -> str:
+    """An interpreter of an unsupported version: pyenv's, else one on
+    PATH; skip (fail under UCSPI_REQUIRE_ALL=1) if there is none."""
+    roots = [os.environ.get("PYENV_ROOT", ""), os.path.expanduser("~/.pyenv"), "/root/.pyenv"]
+    for root in roots:
+        if not root:
+            continue
+        found = sorted(glob.glob(os.path.join(root, "versions", minor + ".*", "bin",
+                                              "python" + minor)))
+        for path in reversed(found):
+            if os.access(path, os.X_OK):
+                return path
+    on_path = shutil.which("python" + minor)
+    if on_path:
+        return on_path
+    missing(f"Python {minor} (pyenv or PATH)")
+
+
+def _version_of(python: str) -> str:
+    out = run([python, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"])
+    return out.stdout.decode().strip()
+
+
+def _entries(pyz: str, folder: str) -> Dict[str, Tuple[str, List[str], Optional[Dict[str, str]]]]:
+    """Every way to start a command: name -> (command, argv after the
+    interpreter, environment)."""
+    os.symlink(pyz, os.path.join(folder, "tcprules"))
+    os.symlink(pyz, os.path.join(folder, "tcprulescheck"))
+    with_root = dict(os.environ, PYTHONPATH=ROOT)
+    script = ("import sys; sys.argv[0] = '/usr/bin/{0}'; sys.path.insert(0, {1!r}); "
+              "from {2} import main; sys.exit(main())")
+    return {
+        "tcpserver.py": ("tcpserver", [os.path.join(ROOT, "tcpserver.py")], None),
+        "tcprules.py": ("tcprules", [os.path.join(ROOT, "tcprules.py")], None),
+        "tcprulescheck.py": ("tcprulescheck", [os.path.join(ROOT, "tcprulescheck.py")], None),
+        "-m ucspi": ("tcpserver", ["-m", "ucspi"], with_root),
+        "pyz": ("tcpserver", [pyz], None),
+        "pyz as tcprules": ("tcprules", [os.path.join(folder, "tcprules")], None),
+        "pyz as tcprulescheck": ("tcprulescheck", [os.path.join(folder, "tcprulescheck")], None),
+        "console script tcpserver": (
+            "tcpserver", ["-c", script.format("tcpserver", ROOT, "ucspi.server")], None),
+        "console script tcprules": (
+            "tcprules", ["-c", script.format("tcprules", ROOT, "ucspi.tools.tcprules")], None),
+        "console script tcprulescheck": (
+            "tcprulescheck",
+            ["-c", script.format("tcprulescheck", ROOT, "ucspi.tools.tcprulescheck")], None),
+    }
+
+
+@pytest.mark.parametrize("minor", OLD_PYTHONS)
+def test_old_python_gets_one_line_and_111(pyz: str, elsewhere: str, minor: str) -> None:
+    """D64: every command checks the interpreter before anything else:
+    one line, exit 111, nothing bound or printed on standard output (the
+    arguments would start a server on a supported Python)."""
+    python = old_python(minor)
+    version = _version_of(python)
+    assert version.startswith(minor + ".")
+    for what, (command, argv, env) in _entries(pyz, elsewhere).items():
+        args = ["-1", "127.0.0.1", "0", "true"] if command == "tcpserver" else ["r.cdb", "r.tmp"]
+        result = run([python, *argv, *args], cwd=elsewhere, env=env)
+        assert (result.returncode, result.stderr.decode(), result.stdout) == (
+            111, f"{command}: fatal: Python 3.9 or newer is needed (this is {version})\n", b""
+        ), what
+
+
+def test_first_files_read_parse_on_python_3_6() -> None:
+    """What an old interpreter reads before the check: the entry scripts,
+    ``ucspi/__init__.py`` and the zipapp's ``__main__.py``."""
+    sources = {}
+    for name in ("tcpserver.py", "tcprules.py", "tcprulescheck.py", "ucspi/__init__.py"):
+        with open(os.path.join(ROOT, name), "rb") as f:
+            sources[name] = f.read()
+    sources["zipapp __main__.py"] = build_tool().MAIN.encode()
+    for name, source in sources.items():
+        tree = ast.parse(source, name, feature_version=(3, 6))
+        for node in ast.walk(tree):
+            # 3.6 parses these, but they would be evaluated or imported
+            assert not isinstance(node, ast.ImportFrom) or node.module != "__future__", name
+            assert not isinstance(node, (ast.AnnAssign, ast.JoinedStr)), name
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                assert node.returns is None and not any(
+                    a.annotation for a in node.args.args), name
+
+
+def test_check_python_in_process(capfd: pytest.CaptureFixture[str]) -> None:
+    import ucspi
+    ucspi.check_python((3, 9, 0), "x")                 # new enough: nothing
+    with pytest.raises(SystemExit) as info:
+        ucspi.check_python((3, 8, 18, "final", 0), "/usr/local/bin/tcprulescheck")
+    assert info.value.code == 111
+    assert capfd.readouterr().err == \
+        "tcprulescheck: fatal: Python 3.9 or newer is needed (this is 3.8.18)\n"

@@ -140,3 +140,47 @@ def test_non_root_privileged_port() -> None:
         result = _as_nobody(impl, [*NOLOOKUP, "127.0.0.1", "1", "true"])
         assert (result.returncode, result.stderr.decode()) == (
             111, "tcpserver: fatal: unable to bind: access denied\n"), impl
+
+
+# -- issue 7, defect 5: a numeric uid without a passwd entry -------------------------------
+def _uid_without_entry() -> int:
+    import pwd
+    for uid in range(12345, 60000):
+        try:
+            pwd.getpwuid(uid)
+        except KeyError:
+            return uid
+    pytest.skip("every uid from 12345 has a passwd entry")
+
+
+@pytest.mark.parametrize("how", ["-u", "-U"])
+def test_uid_without_passwd_entry_needs_g(how: str) -> None:
+    """As root, ``-u 12345`` (no passwd entry, no -g) would run the program
+    in root's group 0 (IndiMail: Gid 0, Groups: 0): a start-up error that
+    says to give -g, exit 100, before anything is bound."""
+    need_root()
+    uid = _uid_without_entry()
+    args = ["-u", str(uid)] if how == "-u" else ["-U"]
+    env = clean_env(UID=str(uid)) if how == "-U" else clean_env()
+    result = subprocess.run([sys.executable, TCPSERVER, *args, *NOLOOKUP, "127.0.0.1", "0",
+                             "true"], stdin=subprocess.DEVNULL, capture_output=True, env=env,
+                            timeout=20)
+    assert (result.returncode, result.stderr.decode(), result.stdout) == (
+        100, f"tcpserver: fatal: uid {uid} has no passwd entry, so no group to switch to: "
+             f"give -g with a group for it (or $GID with -U)\n", b"")
+
+
+@pytest.mark.parametrize("options, env", [
+    (["-g", "3"], {}), (["-g", "sys"], {}), (["-U"], {"GID": "3"}),
+])
+def test_uid_without_passwd_entry_with_a_group(servers, options: List[str],
+                                               env: Dict[str, str]) -> None:
+    need_root()
+    uid = _uid_without_entry()
+    if options == ["-U"]:
+        env = {**env, "UID": str(uid)}
+    else:
+        options = ["-u", str(uid), *options]
+    server = servers([*options, *NOLOOKUP], prog=ID, env=clean_env(**env))
+    assert _ids(server) == [str(uid), "3", "3"]
+    assert _proc_ids(server.pid)["Groups"] == ["3"]

@@ -47,10 +47,12 @@ def test_numbers_out_of_range_are_usage_errors(args) -> None:
 
 
 def test_group_number_out_of_range() -> None:
-    proc = subprocess.run(ours("-g", "99999999999", "127.0.0.1", "0", "true"),
+    # a bad number is a usage error (issue 7, defect 4), names are looked up later
+    proc = subprocess.run(ours("-g", "daemon,99999999999", "127.0.0.1", "0", "true"),
                           capture_output=True, timeout=20)
-    assert proc.returncode == 111
-    assert proc.stderr.startswith(b"tcpserver: fatal: unable to set gid")
+    assert proc.returncode == 100
+    assert proc.stderr == (b"tcpserver: fatal: -g wants group names or numbers from 0 to "
+                           b"4294967294, not '99999999999'\n")
 
 
 def test_far_deadline_does_not_overflow_the_poll() -> None:

@@ -77,7 +77,7 @@ def test_parse_known_answers(line, records):
     (b"127.0-1.x.", [b"127.0.x.", b"127.1.x."]),
     (b"=host-name.example", [b"=host-name.example"]),
     (b"joe@1.2.3.4-5", [b"joe@1.2.3.4-5"]),
-    (b"1.2.3.18446744073709551617-3", [b"1.2.3.1", b"1.2.3.2", b"1.2.3.3"]),
+    (b"1.2.3.18446744073709551615-3", []),              # the largest bound C reads
 ])
 def test_range_expansion(address, keys):
     assert [k for k, _ in parse_line(address + b":allow")] == keys

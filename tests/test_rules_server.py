@@ -211,22 +211,50 @@ def test_rebuild_under_load(servers, tmp_path) -> None:
     assert [line for line in server.lines() if "warning" in line] == []
 
 
+#: runs our server with the rules' verdict made to raise: an internal
+#: error on the connection path that no input can cause any more
+INJECT = ("import sys; sys.path.insert(0, sys.argv[2].rpartition('/')[0]); "
+          "import ucspi.rules.cache as cache; "
+          "cache.apply = lambda value: int('injected'); "
+          "from ucspi.server.bootstrap import main; sys.exit(main(sys.argv[3:]))")
+
+
 def test_internal_error_frees_the_slot(servers, tmp_path) -> None:
-    """A rule whose MAXPERIP cannot be read (more digits than int() takes
-    on 3.11 and later) ends each connection with one warning; the -c
-    slots come back, so the server goes on accepting (issue: no leaked
-    slots).  Where int() takes it, the rule simply allows."""
-    cdb = compile_rules(str(tmp_path / "r.cdb"), '127.0.0.1:allow,MAXPERIP="%s"\n' % ("9" * 5000))
-    server = start(servers, ["-HRl0", "-c", "3", "-x", cdb])
-    limited = hasattr(sys, "set_int_max_str_digits")
+    """Whatever raises on the connection path (here: a ValueError injected
+    into the rules lookup, as int() of a 5,000-digit MAXPERIP raised
+    before issue 7, defect 4) ends each connection with one warning; the
+    -c slots come back, so the server goes on accepting (defect 2)."""
+    cdb = compile_rules(str(tmp_path / "r.cdb"), '127.0.0.1:allow\n')
+    server = servers(["-v", "-HRl0", "-c", "3", "-x", cdb], impl=OURS,
+                     env=clean_env(DNSREWRITEFILE=NO_REWRITE), prefix=[PYTHON, "-c", INJECT])
     for n in range(1, 7):     # twice as many as there are slots
-        data = server.talk()
-        if limited:
-            assert data == b""
-            line = server.wait_log(r"^tcpserver: warning: dropping connection from 127\.0\.0\.1, "
-                                   r"internal error: ValueError: ", n)[-1]
-            assert "9999" not in line
-        else:
-            assert parse_env(data)["MAXPERIP"] == "9" * 5000
+        assert server.talk() == b""
+        line = server.wait_log(r"^tcpserver: warning: dropping connection from 127\.0\.0\.1, "
+                               r"internal error: ValueError: ", n)[-1]
+        assert line.endswith("'injected'"), line          # one line, the error's own text
         server.wait_log(r"^tcpserver: status: 0/3$", n + 1)
     assert "Traceback" not in server.log()
+
+
+def test_huge_maxperip_in_a_rule_is_no_limit(servers, tmp_path) -> None:
+    """A rule's MAXPERIP of 5,000 digits is read as C's scan_ulong reads
+    it, but bounded: more than 2**31 - 1 counts as that, no practical
+    limit (issue 7, defect 4).  The variable itself reaches the program
+    unchanged."""
+    huge = "9" * 5000
+    cdb = compile_rules(str(tmp_path / "r.cdb"), '127.0.0.1:allow,MAXPERIP="%s"\n' % huge)
+    server = start(servers, ["-HRl0", "-C", "1", "-x", cdb], prog=HOLD_ENV)
+    held = [server.connect() for _ in range(3)]     # -C 1 would refuse the second
+    try:
+        for sock in held:
+            data = b""
+            while not data.endswith(b"END\n"):
+                chunk = sock.recv(65536)
+                assert chunk, data
+                data += chunk
+            assert parse_env(data)["MAXPERIP"] == huge
+    finally:
+        for sock in held:
+            sock.close()
+    server.wait_log(r"^tcpserver: status: 0/40$", 2)                # start, and all ended
+    assert "perIPlimit" not in server.log() and "warning" not in server.log()

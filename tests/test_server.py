@@ -243,14 +243,22 @@ def test_unknown_service(impl: str, port: str) -> None:
     _one_fatal(result, f"unable to figure out port number for {port}")
 
 
-@pytest.mark.parametrize("impl", [OURS, C])
-def test_port_modulo_65536(servers, impl: str) -> None:
+def test_port_modulo_65536_c(servers) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         free = probe.getsockname()[1]
-    server = servers(NOLOOKUP, prog=["echo", "m"], impl=impl, port=str(free + 65536))
+    server = servers(NOLOOKUP, prog=["echo", "m"], impl=C, port=str(free + 65536))
     assert server.port == free
     assert server.talk() == b"m\n"
+
+
+@pytest.mark.parametrize("port", ["65536", "99999", "9" * 5000])
+def test_port_above_65535_is_a_usage_error(port: str) -> None:
+    # the C server wraps (99999 listens on 34463); ours refuses (D10)
+    result = run_once(OURS, [*NOLOOKUP, "127.0.0.1", port, "echo", "wrong"])
+    err = result.stderr.decode()
+    assert result.returncode == 100 and err.count("\n") == 1, err
+    assert err.startswith("tcpserver: fatal: the port wants a number from 0 to 65535"), err
 
 
 def test_port_service_name(servers) -> None:

@@ -131,7 +131,6 @@ def test_read_error(tmp_path):
     (b"1.2.3.4:allow,X=\"abc\n", b"1.2.3.4:allow,X=\"abc"),
     (b"1.2.3.4:allow,X=\"a\"b\n", b"1.2.3.4:allow,X=\"a\"b"),
     (b"1.2.3.a-4:allow\n", b"1.2.3.a-4:allow"),
-    (b"1.2.3.4:allow\r\n", b"1.2.3.4:allow\r"),
 ])
 def test_parse_error_same_as_c(tmp_path, text, line):
     old = setup_old(tmp_path)
@@ -161,11 +160,36 @@ def test_parse_error_indimail_syntax(tmp_path, text, line):
 
 
 def test_no_colon_line(tmp_path):
+    # issue 7, defect 10: 100 like every parse error (IndiMail: 111,
+    # "try again", which a retry loop would retry for ever)
     old = setup_old(tmp_path)
     res = no_traceback(ours_rules(str(tmp_path), b"ok:allow\nfoo bar\n"))
     assert (res.code, res.err) == \
-        (111, b"tcprules: fatal: Unable to find colon on non-empty line.\n")
+        (100, b"tcprules: fatal: Unable to find colon on non-empty line.\n")
     assert res.cdb == old
+
+
+@pytest.mark.parametrize("text, number", [
+    (b"1.2.3.4:allow\r\n", 1),
+    (b"# rules\r\n\n1.2.3.4:allow\n5.6.7.8:deny,X=\"y\"\r\n", 4),   # a comment may end in CR
+    (b"ok:allow\n1.2.3.4:allow\r", 2),                                # no LF at the end
+    (b"ok:allow\nno colon\r\n", 2),
+])
+def test_carriage_return_says_so(tmp_path, text, number):
+    """Issue 7, defect 10: a DOS line end is named, with the line's
+    number, instead of showing a line that looks valid (djb's tcprules
+    prints ``unable to parse this line: 1.2.3.4:allow^M``)."""
+    old = setup_old(tmp_path)
+    res = no_traceback(ours_rules(str(tmp_path), text))
+    assert (res.code, res.err) == \
+        (100, b"tcprules: fatal: carriage return at end of line %d\n" % number)
+    assert res.cdb == old
+
+
+def test_carriage_return_inside_a_value_is_kept(tmp_path):
+    cdb = build(tmp_path, b"1.2.3.4:allow,X=\"a\rb\"\n")
+    res = ours_check(cdb, client("1.2.3.4"))
+    assert res.out == b"rule 1.2.3.4:\nset environment variable X=a\rb\nallow connection\n"
 
 
 def test_blank_lines_are_skipped(tmp_path):
@@ -197,7 +221,7 @@ DIFFERENTIAL = {
     "empty-values": b"a:deny,X=\"\",=//,Y=\xff\xff\n",
     "ranges": (b"10.2-3.:allow\n1.2.3.250-300:deny\n1.2.3.7-4:allow\n"
                b"1.2.3.-5:allow\n-2:allow\n127.0-1.x.:allow\n"
-               b"1.2.3.4-:deny\n1.2.3.18446744073709551617-3:deny\n"),
+               b"1.2.3.4-:deny\n1.2.3.18446744073709551615-3:deny\n"),
     "literal-ranges": b"=host-name.example:deny\njoe@1.2.3.4-5:allow\n",
     "hosts": b"=known.edu:allow\n=.abuser.edu:deny\n=:allow\n",
     "info": b"joe@127.0.0.1:allow,which=/first/\njoe@=h.example:deny\n",
@@ -408,7 +432,7 @@ def test_check_indimail_entries_and_defaults(tmp_path):
     assert res.out == (b"rule 1.2.3.4:\nunset environment variable A\n"
                        b"set environment variable B=x\nallow connection\n")
     res = no_traceback(ours_check(cdb, {}))  # no $TCPREMOTEIP: no crash
-    assert (res.code, res.out) == (0, b"rule _00000000:\ndeny connection\n")
+    assert (res.code, res.out) == (0, b"rule 0.0.0.0/8:\ndeny connection\n")
     res = ours_check(cdb, client("0:0::1"))
     assert res.out == (b"rule ::1:\nset environment variable Z=v6\n"
                        b"allow connection\n")
@@ -433,3 +457,30 @@ def test_tcprules_closed_stdin(tmp_path):
     assert proc.stderr == b"tcprules: fatal: unable to read input: " \
         b"file descriptor not open\n"
     assert not os.path.exists(str(tmp_path / "t.cdb"))
+
+
+@pytest.mark.parametrize("rule, ip, shown", [
+    (b"10.0.0.0/8", "10.1.2.3", b"10.0.0.0/8"),
+    (b"10.9.9.9/8", "10.1.2.3", b"10.0.0.0/8"),             # stored as the network
+    (b"127.0/16", "127.0.5.5", b"127.0.0.0/16"),
+    (b"192.168.1.128/25", "192.168.1.200", b"192.168.1.128/25"),
+    (b"1.2.3.4/32", "1.2.3.4", b"1.2.3.4/32"),
+    (b"2001:db8::/32", "2001:db8::5", b"2001:db8::/32"),
+    (b"fe80::/64", "fe80::1", b"fe80::/64"),
+    (b"::1/128", "::1", b"::1/128"),
+])
+def test_check_shows_a_cidr_rule_as_its_block(tmp_path, rule, ip, shown):
+    """Issue 7, defect 10: ``rule 10.0.0.0/8:``, not the stored key
+    ``rule _0000e0g0:``."""
+    cdb = build(tmp_path, rule + b":allow,NET=\"yes\"\n")
+    res = no_traceback(ours_check(cdb, client(ip)))
+    assert (res.code, res.out) == (0, b"rule " + shown + b":\nset environment variable "
+                                      b"NET=yes\nallow connection\n")
+
+
+def test_check_shows_other_keys_as_they_are(tmp_path):
+    # keys that are not well-formed bit strings (literal rules) stay as they are
+    cdb = build(tmp_path, b"_foo:deny\n_0000e0gx:deny\n_0:deny\n^0a:deny\n")
+    for ip in ("_foo", "_0000e0gx", "_0", "^0a"):
+        res = no_traceback(ours_check(cdb, client(ip)))
+        assert res.out == b"rule " + ip.encode() + b":\ndeny connection\n"

@@ -1,18 +1,22 @@
 """``python3 -m ucspi`` runs tcpserver (or tcprules / tcprulescheck when
-started under that name, as from a zipapp symlink)."""
+started under that name, as from a zipapp symlink).
+
+The interpreter has been checked by ``ucspi/__init__.py`` already.
+"""
 
 from __future__ import annotations
 
-import os
 import sys
+
+from . import command_name
 
 
 def _run() -> int:
-    name = os.path.basename(sys.argv[0]) if sys.argv else ""
-    if name.startswith("tcprulescheck"):
+    command = command_name(sys.argv[0] if sys.argv else "")
+    if command == "tcprulescheck":
         from .tools.tcprulescheck import main as check_main
         return check_main()
-    if name.startswith("tcprules"):
+    if command == "tcprules":
         from .tools.tcprules import main as rules_main
         return rules_main()
     from .server import main

@@ -29,6 +29,8 @@ import ipaddress
 import socket
 from typing import Callable, Optional, Tuple
 
+from .scan import SCOPE_MAX, decimal, is_digits
+
 #: The text that starts an IPv4-mapped IPv6 address.
 MAPPED_PREFIX = "::ffff:"
 #: The first 12 bytes of an IPv4-mapped IPv6 address.
@@ -62,15 +64,10 @@ def parse_quad(text: str, *, max_digits: Optional[int] = None,
         return None
     octets = bytearray(4)
     for i, part in enumerate(parts):
-        if not (part.isascii() and part.isdigit()):
-            return None
         if max_digits is not None and len(part) > max_digits:
             return None
-        digits = part.lstrip("0")
-        if len(digits) > 3:                # never int() a huge string
-            return None
-        value = int(digits or "0")
-        if value > 255:
+        value = decimal(part, 255)         # never int() a huge string
+        if value is None:
             return None
         octets[i] = value
     return bytes(octets)
@@ -87,7 +84,8 @@ def scope_id(text: str, ifindex: IfIndex = socket.if_nametoindex) -> int:
     """The IPv6 scope id that the text after ``%`` names.
 
     Args:
-        text: a decimal index (``str.isdigit``) or an interface name.
+        text: a decimal index (ASCII digits, at most ``2**32 - 1``) or
+            an interface name.
         ifindex: interface name -> index (tests pass their own).
 
     Returns:
@@ -98,8 +96,11 @@ def scope_id(text: str, ifindex: IfIndex = socket.if_nametoindex) -> int:
             interface.  Callers that follow djb ("an unknown interface is
             0") catch it.
     """
-    if text.isdigit():
-        return int(text)                   # ValueError for "²" and such
+    if is_digits(text):
+        index = decimal(text, SCOPE_MAX)   # bounded: never int() a huge string
+        if index is None:
+            raise ValueError(f"scope id out of range: {text[:24]!r}")
+        return index
     try:
         return ifindex(text)
     except OSError:

@@ -31,6 +31,7 @@ from typing import Iterator, List, Optional, Tuple, Union
 
 from ..address import ip6_text, parse_quad
 from ..cdb.read import CdbReader, cdb_hash, prefix_hashes
+from ..scan import INT_MAX, leading
 from .parse import Record, ip4_bits, ip6_bits
 
 __all__ = ["Text", "entries", "KeyPlan", "key_plan", "lookup_keys", "find",
@@ -201,20 +202,15 @@ class Decision:
     maxperip: Optional[int] = None
 
 
-def _leading_number(value: bytes) -> int:
-    end = 0
-    while end < len(value) and 48 <= value[end] <= 57:
-        end += 1
-    return int(value[:end]) if end else 0
-
-
 def apply(value: bytes) -> Decision:
     """Interpret a rule value (spec §5.7).
 
     ``D`` denies; ``+NAME=VALUE`` sets (no ``=`` or an empty NAME:
     ignored); ``-NAME`` removes; other entries and an unterminated tail
     are ignored.  ``MAXPERIP=...`` also sets ``maxperip`` from its
-    leading digits (none = 0); ``-MAXPERIP`` only removes the variable.
+    leading digits (none = 0; more than ``2**31 - 1``, the largest
+    ``-C``, counts as that: no practical limit, never a wrapped or
+    failed conversion); ``-MAXPERIP`` only removes the variable.
 
     Args:
         value: the value found in the cdb.
@@ -232,7 +228,7 @@ def apply(value: bytes) -> Decision:
             if eq and name:
                 decision.changes.append((name, val))
                 if name == b"MAXPERIP":
-                    decision.maxperip = _leading_number(val)
+                    decision.maxperip = leading(val, INT_MAX)
         elif kind == b"-" and len(entry) > 1:
             decision.changes.append((entry[1:], None))
     return decision

@@ -23,13 +23,13 @@ from __future__ import annotations
 import ipaddress
 from typing import List, Optional, Tuple
 
-from ..address import parse_quad
+from ..address import ip6_text, parse_quad
 from ..errors import UcspiError
+from ..scan import ULONG_MAX, decimal
 
 Record = Tuple[bytes, bytes]
 
 _LETTERS4 = b"abcdefghijklmnopqrstuvwxyz123456"
-_U64 = 1 << 64
 
 
 class RuleSyntaxError(UcspiError):
@@ -42,9 +42,15 @@ class RuleSyntaxError(UcspiError):
         self.line = line
 
 
+class CarriageReturnError(RuleSyntaxError):
+    """The line ends in a carriage return (a file with DOS line ends):
+    tcprules says so instead of showing a line that looks valid."""
+
+
 class NoColonError(UcspiError):
-    """A non-blank line has no colon at all (tcprules exits 111, as
-    IndiMail's does)."""
+    """A non-blank line has no colon at all (tcprules exits 100 like for
+    every other parse error; IndiMail's exits 111, "try again", which a
+    retry loop would retry for ever)."""
 
 
 # ---------------------------------------------------------------- parsing
@@ -95,10 +101,15 @@ def _instructions(text: bytes, rest: bytes) -> bytes:
 
 
 def _number(field_: bytes, text: bytes) -> int:
-    """A range bound: decimal digits, empty = 0, wrapping like C."""
-    if field_ and not field_.isdigit():
+    """A range bound: decimal digits, empty = 0.  The C tool reads it
+    into an unsigned long and wraps; a bound above that is a parse
+    error here (and nothing that long ever reaches ``int()``)."""
+    if not field_:
+        return 0
+    value = decimal(field_, ULONG_MAX)
+    if value is None:
         raise RuleSyntaxError(text)
-    return int(field_ or b"0") % _U64
+    return value
 
 
 def _expand_range(address: bytes, dash: int, text: bytes) -> List[bytes]:
@@ -127,9 +138,9 @@ def cidr_key(address: bytes) -> Optional[bytes]:
         The key, or None.
     """
     net, _, plen = address.partition(b"/")
-    if not plen.isdigit() or len(plen) > 3:
+    bits = decimal(plen, 128)
+    if bits is None:
         return None
-    bits = int(plen)
     if b":" in net:
         try:
             ip6 = ipaddress.IPv6Address(net.decode("ascii"))
@@ -144,6 +155,44 @@ def cidr_key(address: bytes) -> Optional[bytes]:
     if octets is None or not 2 <= bits <= 32:
         return None
     return b"_" + ip4_bits(octets)[:bits]
+
+
+def cidr_text(key: bytes) -> Optional[bytes]:
+    """The CIDR block a bit-string key stands for, the inverse of
+    :func:`cidr_key`: ``_0000e0g0`` -> ``10.0.0.0/8``,
+    ``^00`000000000000a`` -> ``2001::/16``.
+
+    Args:
+        key: a cdb key.
+
+    Returns:
+        The block in its usual form (network address, RFC 5952 for
+        IPv6), or None if ``key`` is not a well-formed bit string (any
+        other key, shown as it is).
+    """
+    mark, bits = key[:1], key[1:]
+    if mark == b"_" and 2 <= len(bits) <= 32:
+        # bit i: "0" or the i-th of a..z1..6
+        if any(byte not in (48, _LETTERS4[i]) for i, byte in enumerate(bits)):
+            return None
+    elif mark == b"^" and 2 <= len(bits) <= 128:
+        # the n-th set bit is the byte 96 + n
+        n = 96
+        for byte in bits:
+            if byte != 48:
+                if byte != n:
+                    return None
+                n += 1
+    else:
+        return None
+    size = 32 if mark == b"_" else 128
+    value = 0
+    for byte in bits:
+        value = value << 1 | (byte != 48)
+    value <<= size - len(bits)
+    text = str(ipaddress.IPv4Address(value)) if size == 32 else \
+        ip6_text(ipaddress.IPv6Address(value))
+    return b"%s/%d" % (text.encode("ascii"), len(bits))
 
 
 def address_keys(address: bytes, text: bytes) -> List[bytes]:
@@ -184,14 +233,17 @@ def parse_line(line: bytes) -> List[Record]:
         high end).
 
     Raises:
-        RuleSyntaxError: the line is malformed (exit 100).
-        NoColonError: the line is not blank and has no colon (exit 111).
+        CarriageReturnError: the line ends in CR (a DOS line end).
+        RuleSyntaxError: the line is malformed.
+        NoColonError: the line is not blank and has no colon.
     """
     if line.startswith(b"#"):
         return []
     text = line.rstrip(b"\n \t")
     if not text.strip():  # blank, or only ASCII white space (D19)
         return []
+    if text.endswith(b"\r"):
+        raise CarriageReturnError(text)
     colon = _separator(text)
     if colon < 0:
         if b":" not in text:

@@ -16,7 +16,7 @@ from typing import Any, Callable, List, Optional
 
 from ..errors import EXIT_TEMP, EXIT_USAGE, Fatal, UsageError
 from ..log import Log, say
-from ..options import USAGE, MissingArgument, OptionError, Options, parse
+from ..options import USAGE, MissingArgument, OptionError, Options, Request, parse
 from . import listen, pidfile, privs, signals
 from .checks import startup_warnings
 from .launch import Launch, Spawn
@@ -114,6 +114,9 @@ def main(argv: Optional[List[str]] = None, launch: LaunchFactory = _spawn) -> in
     log = Log(1)
     try:
         opts = parse(args)
+    except Request as req:                 # --help, --version
+        say(req.text.rstrip("\n").encode(), 1)
+        return 0
     except OptionError as exc:
         log.line(os.fsencode(str(exc)))
         say(USAGE.encode().rstrip(b"\n"))

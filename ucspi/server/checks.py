@@ -29,6 +29,12 @@ from ..options import Options
 
 #: glibc's search path when $PATH is unset (confstr _CS_PATH)
 DEFAULT_PATH = "/bin:/usr/bin"
+#: the longest name shown in full in a warning
+SHOWN = 200
+
+
+def _shown(name: str) -> str:
+    return name if len(name) <= SHOWN else name[:SHOWN] + f"... ({len(name)} characters)"
 
 
 def program_problem(name: str, path: Optional[str]) -> Optional[str]:
@@ -51,8 +57,8 @@ def program_problem(name: str, path: Optional[str]) -> Optional[str]:
         if os.access(candidate, os.X_OK):
             return None
     if found:
-        return f"program is not executable: {name}"
-    return f"program not found: {name}"
+        return f"program is not executable: {_shown(name)}"
+    return f"program not found: {_shown(name)}"
 
 
 def rules_problem(path: str, missing_ok: bool) -> Optional[str]:
@@ -66,9 +72,9 @@ def rules_problem(path: str, missing_ok: bool) -> Optional[str]:
             if db.size <= SNAPSHOT_MAX:
                 db.verify()
     except FileNotFoundError:
-        return None if missing_ok else f"rules file does not exist: {path}"
+        return None if missing_ok else f"rules file does not exist: {_shown(path)}"
     except (OSError, UcspiError) as exc:
-        return f"unable to read rules file {path}: {errtext(exc)}"
+        return f"unable to read rules file {_shown(path)}: {errtext(exc)}"
     return None
 
 
@@ -90,6 +96,6 @@ def startup_warnings(opts: Options, limit_path: Optional[str]) -> List[str]:
     if opts.ids_from_env and "UID" not in os.environ and "GID" not in os.environ:
         found.append("-U given but neither $UID nor $GID is set: privileges are kept")
     if limit_path is not None and not os.path.exists(limit_path):
-        found.append(f"-c file does not exist: {limit_path} "
+        found.append(f"-c file does not exist: {_shown(limit_path)} "
                      f"(the limit stays {opts.limit} until it does and SIGHUP is sent)")
     return found

@@ -22,7 +22,8 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 from ..errors import Fatal, errtext
 from ..log import Log
-from ..options import DEFAULT_LIMIT, Options
+from ..options import DEFAULT_LIMIT, MAX_NUMBER, Options
+from ..scan import decimal
 
 DEFAULT_CONTROLDIR = "/etc/indimail/control"
 
@@ -114,17 +115,18 @@ def read_limit(path: str) -> Optional[int]:
 
     Raises:
         OSError: the file cannot be read.
-        ValueError: the first line is not a positive number.
+        ValueError: the first line is not a number from 1 to
+            :data:`~ucspi.options.MAX_NUMBER`.
     """
     try:
         with open(path, "rb") as handle:
             first = handle.readline()
     except FileNotFoundError:
         return None
-    text = first.rstrip(b" \t\r\n")
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"{path} does not hold a positive number")
-    return int(text)
+    value = decimal(first.rstrip(b" \t\r\n"), MAX_NUMBER)
+    if value is None or value < 1:
+        raise ValueError(f"{path} does not hold a number from 1 to {MAX_NUMBER}")
+    return value
 
 
 class Limit:

@@ -11,8 +11,9 @@
 * Anything else is a name, qualified and resolved through our own DNS
   stub resolver (:func:`ucspi.dns.lookup.qualify`); the first address is used.
 
-The port is a decimal number (taken modulo 65536, as the C server does)
-or a TCP service name from ``/etc/services``.
+The port is a decimal number from 0 to 65535 (the C server takes any
+number modulo 65536; a larger one is a usage error here) or a TCP
+service name from ``/etc/services``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import socket
 from typing import Callable, List, Optional, Tuple
 
 from ..address import parse_quad, scope_id
-from ..errors import Fatal, errtext
+from ..errors import Fatal, UsageError, errtext
+from ..scan import PORT_MAX, decimal, is_digits, shown
 
 WILDCARDS = ("0", "::", "0.0.0.0", "")
 
@@ -39,10 +41,17 @@ def parse_port(text: str) -> int:
     """A port argument.
 
     Raises:
+        UsageError: a number above 65535.
         Fatal: ``unable to figure out port number for <text>``.
     """
-    if text == "" or (text.isascii() and text.isdigit()):
-        return int(text or "0") % 65536
+    if text == "":
+        return 0
+    if is_digits(text):
+        port = decimal(text, PORT_MAX)
+        if port is None:
+            raise UsageError(f"the port wants a number from 0 to {PORT_MAX} or a service "
+                             f"name, not {shown(text)}")
+        return port
     try:
         return socket.getservbyname(text, "tcp")
     except (OSError, UnicodeError, ValueError):

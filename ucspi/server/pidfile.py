@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from ..errors import Fatal, errtext
+from ..scan import INT_MAX, decimal
 
 
 def running(path: str) -> bool:
@@ -20,10 +21,11 @@ def running(path: str) -> bool:
             text = handle.read(64).strip()
     except OSError:
         return False
-    if not text.isdigit() or int(text) <= 0:
+    pid = decimal(text, INT_MAX)
+    if not pid:
         return False
     try:
-        os.kill(int(text), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:

@@ -10,7 +10,11 @@ What the options mean:
 
 * ``-u NAME``: that user's uid and primary gid.
 * ``-u NUMBER`` (or ``-U`` with ``$UID``): that uid; the gid is the
-  user's primary gid when the uid has a passwd entry, else unchanged.
+  user's primary gid when the uid has a passwd entry.  A uid without
+  one needs ``-g`` (or ``$GID``) when tcpserver runs as root: there is
+  no group to take, and keeping root's (IndiMail does: ``Gid 0``,
+  ``Groups: 0``) would hand root's groups to the program.  That is a
+  start-up error, exit 100 (issue 7, defect 5).
 * ``-g GROUP[,GROUP...]`` (numbers or names; or ``-U`` with ``$GID``):
   the first is the gid, all of them the supplementary groups.
   It overrides the gid implied by ``-u``.
@@ -26,7 +30,8 @@ import os
 import pwd
 from typing import List, Optional
 
-from ..errors import Fatal, errtext
+from ..errors import EXIT_USAGE, Fatal, errtext
+from ..scan import ID_MAX, decimal, is_digits, shown
 
 
 class Identity:
@@ -43,10 +48,11 @@ class Identity:
 
 
 def _group(text: str) -> int:
-    if text.isascii() and text.isdigit():
-        if int(text) > 2**32 - 2:
-            raise Fatal(f"unable to set gid: invalid argument: {text}")
-        return int(text)
+    if is_digits(text):
+        gid = decimal(text, ID_MAX)
+        if gid is None:
+            raise Fatal(f"unable to set gid: invalid argument: {shown(text)}")
+        return gid
     try:
         return grp.getgrnam(text).gr_gid
     except KeyError:
@@ -58,9 +64,11 @@ def resolve(user: Optional[str], uid: Optional[int], gid: Optional[int],
     """Work out the target identity from the options.
 
     Raises:
-        Fatal: an unknown user or group name.
+        Fatal: an unknown user or group name (exit 111); as root, a
+            numeric uid without a passwd entry and no group (exit 100).
     """
     ident = Identity(uid=uid, gid=gid)
+    no_entry = False
     if user is not None:
         try:
             entry = pwd.getpwnam(user)
@@ -71,7 +79,7 @@ def resolve(user: Optional[str], uid: Optional[int], gid: Optional[int],
         try:
             ident.gid = pwd.getpwuid(uid).pw_gid
         except KeyError:
-            ident.gid = None
+            ident.gid, no_entry = None, True
     if groups:
         listed = [_group(g) for g in groups.split(",") if g]
         if listed:
@@ -79,6 +87,9 @@ def resolve(user: Optional[str], uid: Optional[int], gid: Optional[int],
             ident.explicit_gid = True
     elif gid is not None:
         ident.gid, ident.explicit_gid = gid, True
+    if no_entry and ident.gid is None and os.geteuid() == 0:
+        raise Fatal(f"uid {uid} has no passwd entry, so no group to switch to: "
+                    f"give -g with a group for it (or $GID with -U)", EXIT_USAGE)
     if ident.gid is not None and ident.groups is None:
         ident.groups = [ident.gid]
     return ident

@@ -9,8 +9,10 @@ On any error the old ``rules.cdb`` is left as it was (a partial
 ``rules.tmp`` may remain, as with the C tool).
 
 Messages and exit codes are ucspi-tcp's: 100 for a usage or syntax
-error, 111 for a system error (and, as IndiMail does, for a non-blank
-line without any colon).  The line syntax is in :mod:`ucspi.rules.parse`.
+error (a non-blank line without any colon too, where IndiMail exits
+111; a line ending in a carriage return says so, with its number), 111
+for a system error.  ``--help`` and ``--version`` answer on standard
+output.  The line syntax is in :mod:`ucspi.rules.parse`.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from typing import BinaryIO, List, Optional
 
 from ..cdb.format import CdbError
 from ..cdb.make import CREATE, MOVE, WRITE, CdbWriter, write_atomically
+from .. import version_line
 from ..errors import EXIT_TEMP, EXIT_USAGE, errtext
 from ..log import say
-from ..rules.parse import NoColonError, RuleSyntaxError, parse_line
+from ..rules.parse import CarriageReturnError, NoColonError, RuleSyntaxError, parse_line
 
 PROG = b"tcprules: "
 FATAL = PROG + b"fatal: "
@@ -46,6 +49,7 @@ def _sys(what: bytes, err: BaseException) -> _Exit:
 
 def _compile(source: BinaryIO, writer: CdbWriter, tmp: bytes) -> None:
     """Read every line of ``source`` and add its records."""
+    number = 0
     while True:
         try:
             line = source.readline()
@@ -53,14 +57,19 @@ def _compile(source: BinaryIO, writer: CdbWriter, tmp: bytes) -> None:
             raise _sys(b"unable to read input", e) from None
         if not line:
             return
+        number += 1
         try:
             records = parse_line(line)
+        except CarriageReturnError:
+            raise _Exit(EXIT_USAGE,
+                        FATAL + b"carriage return at end of line %d" % number) \
+                from None
         except RuleSyntaxError as e:
             raise _Exit(EXIT_USAGE,
                         FATAL + b"unable to parse this line: " + e.line) \
                 from None
         except NoColonError as e:
-            raise _Exit(EXIT_TEMP, FATAL + str(e).encode()) from None
+            raise _Exit(EXIT_USAGE, FATAL + str(e).encode()) from None
         try:
             for key, value in records:
                 writer.add(key, value)
@@ -115,6 +124,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         The exit code: 0, 100 or 111.
     """
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--help"]:
+        say(USAGE, 1)
+        return 0
+    if args[:1] == ["--version"]:
+        say(version_line("tcprules").encode(), 1)
+        return 0
     if len(args) < 2:
         say(USAGE)
         return EXIT_USAGE

@@ -5,11 +5,13 @@ environment: ``$TCPREMOTEIP`` (default ``0.0.0.0``), ``$TCPREMOTEHOST``
 and ``$TCPREMOTEINFO`` (each used when present, even if empty).  The
 lookup is exactly the one of ``tcpserver -x`` (:mod:`ucspi.rules.lookup`).
 
-Output: ``rule KEY:`` then one line per entry (``set environment
+Output: ``rule KEY:`` (a CIDR rule as its block, ``10.0.0.0/8``, not
+as its stored bit-string key) then one line per entry (``set environment
 variable NAME=VALUE``, ``unset environment variable NAME``, ``deny
 connection`` which ends the list) and ``allow connection``; or, with no
 matching rule, ``default:`` and ``allow connection``.  Exit 0 in both
 cases, 100 without an argument, 111 if the cdb cannot be read.
+``--help`` and ``--version`` answer on standard output.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import os
 import sys
 from typing import List, Optional, Tuple
 
+from .. import version_line
 from ..cdb.read import CdbError
 from ..errors import EXIT_TEMP, EXIT_USAGE, errtext
 from ..log import say
 from ..rules.lookup import entries, find
+from ..rules.parse import cidr_text
 
 USAGE = b"tcprulescheck: usage: tcprulescheck rules.cdb"
 
@@ -38,7 +42,7 @@ def report(found: Optional[Tuple[bytes, bytes]]) -> bytes:
     if found is None:
         return b"default:\nallow connection\n"
     key, value = found
-    out = [b"rule " + key + b":\n"]
+    out = [b"rule " + (cidr_text(key) or key) + b":\n"]
     for entry in entries(value):
         kind = entry[:1]
         if kind == b"D":
@@ -69,6 +73,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         The exit code: 0, 100 or 111.
     """
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--help"]:
+        say(USAGE, 1)
+        return 0
+    if args[:1] == ["--version"]:
+        say(version_line("tcprulescheck").encode(), 1)
+        return 0
     try:
         if not args:
             say(USAGE)
