@@ -243,7 +243,14 @@ def response(query: Query, answers: Sequence[bytes] = (), rcode: int = 0, tc: bo
 
 # A handler returns what to send: a list of (delay in seconds, packet);
 # [] sends nothing; None sends nothing and, over TCP, closes the connection.
+# Over TCP each packet goes out with its 2-byte length in front, except a
+# RawTcp, which is sent as it is; an empty RawTcp closes the connection.
 Handler = Callable[[Query], Optional[List[Tuple[float, bytes]]]]
+
+
+class RawTcp(bytes):
+    """Bytes a fake sends over TCP as they are (no length in front, so
+    any framing can be spoiled); ``RawTcp()`` closes the connection."""
 
 
 class FakeDns:
@@ -356,10 +363,13 @@ class FakeDns:
             self._close(conn)
             return
         for delay, reply in replies:
-            framed = len(reply).to_bytes(2, "big") + reply
+            framed = reply if isinstance(reply, RawTcp) else len(reply).to_bytes(2, "big") + reply
             self._later(delay, lambda framed=framed: self._tcp_send(conn, framed))
 
     def _tcp_send(self, conn: socket.socket, data: bytes) -> None:
+        if isinstance(data, RawTcp) and not data:
+            self._close(conn)
+            return
         try:
             conn.sendall(data)
         except OSError:

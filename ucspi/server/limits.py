@@ -16,8 +16,10 @@
 
 from __future__ import annotations
 
+import errno
 import heapq
 import os
+import stat
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from ..errors import Fatal, errtext
@@ -106,23 +108,45 @@ def control_path(name: str, environ: Mapping[str, str] = os.environ) -> str:
     return os.path.abspath(name)
 
 
+#: how much of a ``-c`` file is read: its first line holds a number
+LIMIT_FILE_READ = 4096
+
+
 def read_limit(path: str) -> Optional[int]:
     """The limit in a ``-c`` file.
+
+    The file is read in the loop, at start-up and on SIGHUP, so it must
+    never block or grow without bound: it is opened non-blocking (a
+    FIFO never stalls the server), only a regular file is read, and only
+    its first :data:`LIMIT_FILE_READ` bytes (``/dev/zero`` does not eat
+    memory).
 
     Returns:
         The number on the first line, or ``None`` if the file does not
         exist (the limit is then left as it is, as IndiMail does).
 
     Raises:
-        OSError: the file cannot be read.
+        OSError: the file cannot be read, is a directory (``EISDIR``) or
+            is not a regular file (``EINVAL``).
         ValueError: the first line is not a number from 1 to
             :data:`~ucspi.options.MAX_NUMBER`.
     """
     try:
-        with open(path, "rb") as handle:
-            first = handle.readline()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        data = os.read(fd, LIMIT_FILE_READ)
+    finally:
+        os.close(fd)
+    first, newline, _ = data.partition(b"\n")
+    if not newline and len(data) == LIMIT_FILE_READ:
+        first = b""            # a first line that long holds no number
     value = decimal(first.rstrip(b" \t\r\n"), MAX_NUMBER)
     if value is None or value < 1:
         raise ValueError(f"{path} does not hold a number from 1 to {MAX_NUMBER}")
