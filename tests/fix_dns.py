@@ -262,18 +262,21 @@ class FakeDns:
         self.handler = handler
         self.tcp_handler = tcp_handler or handler
         self.queries: List[Query] = []
-        self.udp = socket.socket(family, socket.SOCK_DGRAM)
-        self.listener = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            self.udp.bind((ip, port))
-            self.ip, self.port = ip, self.udp.getsockname()[1]
-            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.listener.bind((ip, self.port))
-            self.listener.listen(64)
-        except OSError:
-            self.udp.close()
-            self.listener.close()
-            raise
+        for attempt in range(20):   # a kernel-chosen UDP port may be taken for TCP
+            self.udp = socket.socket(family, socket.SOCK_DGRAM)
+            self.listener = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                self.udp.bind((ip, port))
+                self.ip, self.port = ip, self.udp.getsockname()[1]
+                self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                self.listener.bind((ip, self.port))
+                self.listener.listen(64)
+                break
+            except OSError as exc:
+                self.udp.close()
+                self.listener.close()
+                if port or exc.errno != errno.EADDRINUSE or attempt == 19:
+                    raise
         self.sel = selectors.DefaultSelector()
         self.wake_r, self.wake_w = os.pipe()
         self.pending: List[Tuple[float, int, Callable[[], None]]] = []

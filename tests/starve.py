@@ -26,7 +26,7 @@ from typing import Any, Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.fix_dns import FakeDns, Query, response, rr  # noqa: E402
+from tests.fix_dns import FakeDns, Query, random_loopback, response, rr  # noqa: E402
 from tests.fix_ident import FakeIdentd  # noqa: E402
 from ucspi.dns import msg as dnsmsg  # noqa: E402
 from ucspi.dns.conf import DnsConfig  # noqa: E402
@@ -57,6 +57,18 @@ def ptr_answer(query: Query) -> Any:
     return [(0, response(query, [rr(b"\xc0\x0c", dnsmsg.TYPE_PTR, name)]))]
 
 
+def fake_dns() -> FakeDns:
+    """A fake on an address of its own (its UDP port may be taken for
+    TCP by another run: then another address)."""
+    for _ in range(20):
+        try:
+            return FakeDns(ptr_answer, ip=random_loopback())
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+    raise RuntimeError("no address for the fake DNS server")
+
+
 def main(scenario: str) -> None:
     kind, _, mode = scenario.partition("-")
     reactor = Reactor()
@@ -73,7 +85,7 @@ def main(scenario: str) -> None:
         out["at"] = time.monotonic() - start
 
     if kind == "dns":
-        server: Any = FakeDns(ptr_answer, ip="127.0.0.1")
+        server: Any = fake_dns()
     else:
         server = FakeIdentd([b"1, 2 : USERID : UNIX : starved\r\n"], ip="127.0.0.1")
     with server:
