@@ -7,6 +7,20 @@ the median over rounds of conn/s, p50 and p99 latency, and the ratio
 ours/C.  Also reports start-up time to listening and idle RSS.
 
     python3 bench/bench_core.py [--rounds 5] [--count 3000] [--quick]
+                                [--dns IP] [--no-ceiling]
+
+CPU per connection, per scenario (from ``/proc/PID/stat``, the delta over
+every round of that server, divided by its connections): our parent
+(utime+stime), the programs it started (cutime+cstime: children are
+counted once reaped), and the same two for the C server, whose children
+are its forked copies (lookups included) *and* the programs they exec.
+The programs cost the same on both sides, so ``C work`` = C parent + C
+children - our children is what the C server spends per connection
+beyond the program itself, the figure to set against our parent's.
+
+The spawn ceiling (``bench/ceiling.py``, run once per run unless
+``--no-ceiling``): each scenario's conn/s is also shown as a fraction of
+the C ``posix_spawn`` loop's rate on this machine, this run.
 
 Both servers get ``-c 100 -b 256`` (a backlog large enough that no SYN is
 dropped, which would add 1 s retransmits to both).  Scenarios: ``-HRl0`` with ``/bin/true`` and ``echo hello`` at
@@ -19,13 +33,14 @@ issue notes, not assertions.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import statistics
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -35,6 +50,8 @@ import loadgen  # noqa: E402
 
 C_TCPSERVER = "/usr/bin/tcpserver"
 OURS = [sys.executable, os.path.join(ROOT, "tcpserver.py")]
+CEILING = os.path.join(HERE, "ceiling.py")
+TICK = float(os.sysconf("SC_CLK_TCK"))
 
 
 def start(argv: List[str], env: Optional[Dict[str, str]] = None) -> Tuple[subprocess.Popen, int, float]:  # type: ignore[type-arg]
@@ -64,6 +81,26 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> Tuple[float, float]:
+    """(own utime+stime, reaped children's cutime+cstime) of ``pid``, in
+    seconds, from ``/proc/PID/stat``."""
+    with open(f"/proc/{pid}/stat", "rb") as handle:
+        data = handle.read()
+    fields = data[data.rindex(b")") + 2:].split()
+    # fields[0] is field 3 (state): utime is 14, stime 15, cutime 16, cstime 17
+    utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
+    return (utime + stime) / TICK, (cutime + cstime) / TICK
+
+
+def ceiling(rounds: int, count: int) -> Dict[str, Any]:
+    """Run ``bench/ceiling.py --json`` once; its report."""
+    out = subprocess.run([sys.executable, CEILING, "--json", "--rounds", str(rounds),
+                          "--count", str(count)],
+                         stdout=subprocess.PIPE, check=True, timeout=1200).stdout
+    report: Dict[str, Any] = json.loads(out)
+    return report
+
+
 def bare_python_rss() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
     time.sleep(0.5)
@@ -80,17 +117,30 @@ def scenario(opts: List[str], prog: List[str], conc: int, count: int, rounds: in
     ours, ours_port, _ = start([*OURS, "-C", "0", *common], env)
     theirs, c_port, _ = start([C_TCPSERVER, *common], env)
     results: Dict[str, List[Dict[str, float]]] = {"ours": [], "C": []}
+    cpu = {"ours": [0.0, 0.0], "C": [0.0, 0.0]}   # own, children: seconds
+    conns = {"ours": 0, "C": 0}
     try:
         for _ in range(rounds):
-            for name, port in (("ours", ours_port), ("C", c_port)):
-                results[name].append(loadgen.run("127.0.0.1", port, count, conc, 60.0))
-                time.sleep(0.3)
+            for name, proc, port in (("ours", ours, ours_port), ("C", theirs, c_port)):
+                own0, kids0 = cpu_seconds(proc.pid)
+                res = loadgen.run("127.0.0.1", port, count, conc, 60.0)
+                time.sleep(0.3)   # the last programs end and are reaped
+                own1, kids1 = cpu_seconds(proc.pid)
+                cpu[name][0] += own1 - own0
+                cpu[name][1] += kids1 - kids0
+                conns[name] += int(res["conns"])
+                results[name].append(res)
     finally:
         stop(ours)
         stop(theirs)
-    return {name: {key: statistics.median(r[key] for r in runs)
-                   for key in ("rate", "p50_ms", "p99_ms", "errors")}
-            for name, runs in results.items()}
+    summary = {name: {key: statistics.median(r[key] for r in runs)
+                      for key in ("rate", "p50_ms", "p99_ms", "errors")}
+               for name, runs in results.items()}
+    for name in summary:
+        done = max(1, conns[name])
+        summary[name]["cpu_us"] = cpu[name][0] / done * 1e6
+        summary[name]["child_cpu_us"] = cpu[name][1] / done * 1e6
+    return summary
 
 
 def main() -> None:
@@ -99,9 +149,14 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=3000)
     parser.add_argument("--dns", help="DNS server IP for the -hr scenario (DNSCACHEIP)")
     parser.add_argument("--quick", action="store_true", help="1 round, 1000 connections")
+    parser.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
+                        help="measure the spawn ceiling once (bench/ceiling.py; default on)")
+    parser.add_argument("--ceiling-rounds", type=int, default=3)
+    parser.add_argument("--ceiling-count", type=int, default=6000)
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.count = 1, 1000
+        args.ceiling_rounds, args.ceiling_count = 1, 2000
     if not os.access(C_TCPSERVER, os.X_OK):
         sys.exit(f"{C_TCPSERVER} missing: apt-get install ucspi-tcp")
 
@@ -116,6 +171,20 @@ def main() -> None:
     print(f"start-up to listening: median {statistics.median(starts) * 1000:.1f} ms")
     print(f"idle RSS: ours {idle} KiB, bare python3 {bare} KiB, ratio {idle / bare:.2f}")
 
+    roof = 0.0
+    if args.ceiling:
+        report = ceiling(args.ceiling_rounds, args.ceiling_count)
+        print(f"spawn ceiling ({report['program']}, {report['inflight']} in flight, "
+              f"{report['count']} spawns, median of {report['rounds']}):")
+        for name, why in report["skipped"].items():
+            print(f"  {name:11} skipped: {why}")
+        for name, entry in report["methods"].items():
+            print(f"  {name:11} {entry['rate']:6.0f}/s  {entry['label']}")
+        methods = report["methods"]
+        base = "c_spawn" if "c_spawn" in methods else "py_spawn"
+        roof = float(methods[base]["rate"])
+        print(f"ceiling for the fractions below: {base} {roof:.0f}/s", flush=True)
+
     plans = [
         (["-HRl0"], ["/bin/true"], 1), (["-HRl0"], ["/bin/true"], 32),
         (["-HRl0"], ["echo", "hello"], 1), (["-HRl0"], ["echo", "hello"], 32),
@@ -127,14 +196,21 @@ def main() -> None:
         # gets slower as the TIME_WAIT sockets of earlier scenarios pile up
         plans.insert(0, (["-hr", "-t", "5"], ["/bin/true"], 32))
     print(f"{'scenario':36} {'ours c/s':>9} {'C c/s':>9} {'ratio':>6} "
-          f"{'p50 ours/C ms':>15} {'p99 ours/C ms':>15}")
+          f"{'p50 ours/C ms':>15} {'p99 ours/C ms':>15} {'ceil ours/C':>11} "
+          f"{'µs/conn: ours parent':>20} {'C parent':>8} {'C child':>8} {'ours child':>10} "
+          f"{'C work':>7}")
     for opts, prog, conc in plans:
         count = args.count if conc > 1 else max(200, args.count // 5)
         res = scenario(opts, prog, conc, count, args.rounds, env)
         o, c = res["ours"], res["C"]
         label = f"{' '.join(opts)} {' '.join(prog)} c={conc}"
+        frac = (f"{o['rate'] / roof:5.2f}/{c['rate'] / roof:<5.2f}" if roof
+                else f"{'-':>5}/{'-':<5}")
+        c_work = c["cpu_us"] + c["child_cpu_us"] - o["child_cpu_us"]
         print(f"{label:36} {o['rate']:9.0f} {c['rate']:9.0f} {o['rate'] / c['rate']:6.2f} "
-              f"{o['p50_ms']:7.2f}/{c['p50_ms']:<7.2f} {o['p99_ms']:7.2f}/{c['p99_ms']:<7.2f}", flush=True)
+              f"{o['p50_ms']:7.2f}/{c['p50_ms']:<7.2f} {o['p99_ms']:7.2f}/{c['p99_ms']:<7.2f} "
+              f"{frac:>11} {o['cpu_us']:20.0f} {c['cpu_us']:8.0f} {c['child_cpu_us']:8.0f} "
+              f"{o['child_cpu_us']:10.0f} {c_work:7.0f}", flush=True)
 
 
 if __name__ == "__main__":
