@@ -238,7 +238,10 @@ class FakeIdentd:
             ready, _, _ = select.select([self._sock], [], [], 0.05)
             if not ready:
                 continue
-            conn, peer = self._sock.accept()
+            try:
+                conn, peer = self._sock.accept()
+            except OSError:        # aborted before we got to it: not the fake's end
+                continue
             with self._lock:
                 self.peers.append(peer[:2])
             thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
