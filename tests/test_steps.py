@@ -109,7 +109,7 @@ class World:
         self.client = socket.create_connection(listener.getsockname())
         sock, peer = listener.accept()
         listener.close()
-        self.conn = Connection(self.ctx, sock, peer, False)
+        self.conn = Connection(self.ctx, sock.detach(), socket.AF_INET, peer, False)
 
     def _over_limit(self, ip: str, limit: int) -> int:
         self.limits.append((ip, limit))
@@ -359,3 +359,27 @@ def test_a_lookup_without_descriptors_drops_the_connection(world, kind) -> None:
     warnings = [line for line in w.logged() if "warning" in line]
     assert warnings == ["tcpserver: warning: dropping connection from 127.0.0.1, "
                         "unable to start a lookup: process cannot open more files"]
+
+
+def test_source_routes_accepted(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from ucspi.server.conn import source_routes_accepted
+    setting = tmp_path / "accept_source_route"
+    setting.write_text("0\n")
+    assert source_routes_accepted(str(setting)) is False
+    setting.write_text("1\n")
+    assert source_routes_accepted(str(setting)) is True
+    assert source_routes_accepted(str(tmp_path / "missing")) is True
+
+
+def test_no_socket_object_when_nothing_needs_one(world) -> None:  # type: ignore[no-untyped-def]
+    """-HRl with no banner, on a listener bound to one address: the
+    connection stays a bare descriptor up to the launch."""
+    w = world(["-HRl0", "-o"])
+    w.conn.local = w.client.getpeername()
+    w.run()
+    assert w.conn._sock is None and w.conn.closed
+    env = w.launched[0]
+    assert env[b"TCPLOCALIP"] == b"127.0.0.1"
+    assert env[b"TCPLOCALPORT"] == str(w.client.getpeername()[1]).encode()
+    with pytest.raises(OSError):
+        os.fstat(w.conn.fd)        # closed with the connection

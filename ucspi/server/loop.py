@@ -79,6 +79,16 @@ class Children:
                     done(status)
 
 
+def own_address(sock: socket.socket) -> Any:
+    """The address of a listening socket bound to one address (every
+    connection it accepts has it as its local address), or None for a
+    wildcard (``0.0.0.0``, ``::``: ask each connection)."""
+    address = sock.getsockname()
+    if address[0] in ("0.0.0.0", "::"):
+        return None
+    return address
+
+
 class Server:
     """The running server: listening sockets, limits, children."""
 
@@ -109,6 +119,8 @@ class Server:
         self.lookups.preload(opts.remote_host or opts.localname is None, opts.remote_info)
         self.accepting = False
         self.descriptors = Descriptors(descriptors_needed(opts))
+        # listener fd -> its address, for a listener bound to one address
+        self._locals = {sock.fileno(): own_address(sock) for sock in listener.sockets}
         self._wakeup = wakeup
         self.reactor.add_reader(wakeup, self._on_signal)
 
@@ -137,6 +149,7 @@ class Server:
     def _accept(self, lsock: Any) -> None:
         family = lsock.family
         v6sock = family == socket.AF_INET6
+        local = self._locals.get(lsock.fileno())
         accept = lsock._accept  # (fd, address): no socket object until needed
         for _ in range(ACCEPT_BATCH):
             if not self._room():
@@ -150,7 +163,7 @@ class Server:
                     continue
                 self._backoff()  # EMFILE, ENFILE, ENOBUFS, ENOMEM... (D16)
                 return
-            self._connection(socket.socket(family, socket.SOCK_STREAM, 0, fd), peer, v6sock)
+            self._connection(fd, family, peer, v6sock, local)
         else:
             return
         self._watch(False)
@@ -168,14 +181,15 @@ class Server:
         connection's lookups: else the server stops accepting."""
         return self.table.count < self.limit.value and self.descriptors.room()
 
-    def _connection(self, sock: Any, peer: Any, v6sock: bool) -> None:
-        conn = Connection(self.context, sock, peer, v6sock)
+    def _connection(self, fd: int, family: int, peer: Any, v6sock: bool,
+                    local: Any) -> None:
+        conn = Connection(self.context, fd, family, peer, v6sock, local)
         ip = conn.ep.remote_ip
         if self.opts.rules is None:   # else the limit may come from a rule
             count = self.over_limit(ip, self.opts.max_per_host, 0)
             if count:
                 self.log.per_host(ip, count)
-                sock.close()
+                os.close(fd)
                 return
         self.table.open(ip)
         self.descriptors.take()
