@@ -80,9 +80,30 @@ def test_a_budget_stops_the_long_chain_only(hostile) -> None:
         assert db.get(b"") == b"+WHO=slow\0"
 
 
-def test_big_files_are_not_held_in_memory(hostile) -> None:
+def test_a_hostile_file_is_never_held_in_memory(hostile) -> None:
+    """Its load, in steps, finds the slots that do not match their keys."""
     snapshot = CdbSnapshot(hostile, settle_ns=0)
-    assert snapshot.table() is None     # loading it would stall the loop
+    assert [snapshot.table() for _ in range(5)] == [None] * 5
+    assert snapshot._bad is not None and snapshot._loading is None
+
+
+def test_a_big_file_is_loaded_in_bounded_steps(tmp_path) -> None:
+    from ucspi.cdb.make import write_cdb
+    path = str(tmp_path / "big.cdb")
+    records = [(b"10.%d.%d" % (i >> 8, i & 255), b"+N=%d\0" % i) for i in range(12000)]
+    write_cdb(path, records)
+    snapshot = CdbSnapshot(path, settle_ns=0, step=5000)
+    calls = 0
+    table = None
+    while table is None:
+        calls += 1
+        assert calls < 50
+        table = snapshot.table()
+    # 12,000 records and 24,000 slots in steps of 5,000: several calls
+    assert 5 <= calls <= 9
+    assert len(table) == 12000 and table[b"10.0.7"] == b"+N=7\0"
+    assert snapshot.table() is table
+    assert CdbSnapshot(path, settle_ns=0, step=0).table() == table   # all at once
 
 
 @pytest.mark.parametrize("outcome", [

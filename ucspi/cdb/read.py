@@ -37,7 +37,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Iterable, Iterator, List, Optional, Tuple
+from typing import Generator, Iterable, Iterator, List, Optional, Tuple
 
 from .format import HEADER_SIZE, CdbError, TooMuchWork, _pair, cdb_hash, prefix_hashes
 
@@ -297,11 +297,32 @@ class CdbReader:
         Raises:
             CdbError: anything out of range or inconsistent.
         """
+        steps = self.verifying(0)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                count: int = done.value
+                return count
+
+    def verifying(self, step: int) -> Generator[None, None, int]:
+        """:meth:`verify` in steps: yields after every ``step`` slots
+        (never if ``step`` <= 0) and returns the count, so that a caller
+        can spread the check of a big file over many turns of a loop.
+
+        Raises:
+            CdbError: as :meth:`verify`.
+        """
         count = 0
+        work = 0
         for t in range(256):
             tpos, slots = self._table(t)
             raw = self._read(tpos, 8 * slots) if slots else b""
             for off in range(0, 8 * slots, 8):
+                work += 1
+                if work == step:
+                    work = 0
+                    yield
                 sh, rpos = _pair.unpack_from(raw, off)
                 if rpos == 0:
                     continue

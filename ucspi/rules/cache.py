@@ -10,9 +10,11 @@ lengths that occur in the file.  A file that cannot be cached is read
 per lookup, so the answers never differ from a fresh open.
 
 The server's loop must never stand still on one lookup, whatever the
-file holds, so both kinds of work are bounded: a snapshot is taken only
-of a file of at most :data:`SNAPSHOT_MAX` bytes (loading costs about
-60 ms per MB), and a lookup in the file can be given a budget of hash
+file holds, so both kinds of work are bounded.  Loading a snapshot costs
+about 60 ms per MB, so it is done in steps of :data:`LOAD_STEP` records
+and slots (a few milliseconds), one step per lookup, the lookups being
+answered from the file itself meanwhile; files over :data:`SNAPSHOT_MAX`
+are never held.  A lookup in the file can be given a budget of hash
 slots (``max_slots``); a lookup that would pass it raises
 :class:`~ucspi.cdb.format.TooMuchWork` and the server asks again in a
 child of its own (:func:`pack_found` and :func:`unpack_found` carry the
@@ -29,18 +31,23 @@ import os
 import stat
 import time
 from itertools import chain
-from typing import Callable, Dict, List, Optional, Set, Tuple, Union
+from typing import Callable, Dict, Generator, List, Optional, Set, Tuple, Union
 
 from ..cdb.read import CdbError, CdbReader
 from .lookup import Decision, Text, apply, find, key_plan
 from .parse import Record
 
-__all__ = ["CdbSnapshot", "RulesCache", "SNAPSHOT_MAX", "decide", "pack_found",
+__all__ = ["CdbSnapshot", "LOAD_STEP", "RulesCache", "SNAPSHOT_MAX", "decide", "pack_found",
            "unpack_found"]
 
-#: the biggest cdb held in memory: its load (once per version) stays
-#: within about 15 ms of the loop's time
-SNAPSHOT_MAX = 256 << 10
+#: a snapshot being loaded: yields between steps, returns the table
+#: (or None: the file changed or does not add up)
+Loading = Generator[None, None, Optional[Dict[bytes, bytes]]]
+
+#: the biggest cdb held in memory
+SNAPSHOT_MAX = 8 << 20
+#: records and hash slots loaded per step (about 5 ms of the loop)
+LOAD_STEP = 5000
 
 
 class CdbSnapshot:
@@ -55,21 +62,27 @@ class CdbSnapshot:
     than ``max_size``, or failing the full check of :meth:`CdbReader.verify`
     is not cached: :meth:`table` returns None and the caller reads the
     file itself with :class:`CdbReader`, which then reports any error.
+    A new version is loaded in steps of ``step`` records and slots, one
+    per call of :meth:`table` (which returns None until the load is
+    done), so that no call does more than a bounded amount of work.
 
     Args:
         path: the cdb file.
         max_size: largest file to hold in memory.
         settle_ns: how long a file must have been left alone.
+        step: the work of one call while loading (0: all at once).
     """
 
     def __init__(self, path: str, max_size: int = SNAPSHOT_MAX,
-                 settle_ns: int = 2_000_000_000) -> None:
+                 settle_ns: int = 2_000_000_000, step: int = LOAD_STEP) -> None:
         self.path = path
         self.max_size = max_size
         self.settle_ns = settle_ns
+        self.step = step
         self._sig: Optional[Tuple[int, ...]] = None
         self._bad: Optional[Tuple[int, ...]] = None
         self._table: Dict[bytes, bytes] = {}
+        self._loading: Optional[Tuple[Tuple[int, ...], Loading]] = None
 
     @staticmethod
     def _signature(st: os.stat_result) -> Tuple[int, ...]:
@@ -90,27 +103,37 @@ class CdbSnapshot:
                 st.st_size > self.max_size or \
                 time.time_ns() - st.st_ctime_ns < self.settle_ns:
             return None
+        if self._loading is None or self._loading[0] != sig:
+            self._loading = (sig, self._load(sig))
         try:
-            table = self._load(sig)
+            next(self._loading[1])
+            return None               # not loaded yet: read the file this time
+        except StopIteration as done:
+            table: Optional[Dict[bytes, bytes]] = done.value
         except (OSError, CdbError):
             table = None
+        self._loading = None
         if table is None:
             self._bad = sig
             return None
         self._sig, self._table = sig, table
         return table
 
-    def _load(self, sig: Tuple[int, ...]) -> Optional[Dict[bytes, bytes]]:
+    def _load(self, sig: Tuple[int, ...]) -> "Loading":
+        """Load a version in steps (a generator: see :meth:`table`)."""
         with CdbReader(self.path) as db:
             if self._signature(db.fstat()) != sig:
                 return None
             mem = CdbReader.from_bytes(db.contents())
-        records = list(mem.items())
-        if mem.verify() != len(records):
-            return None
         table: Dict[bytes, bytes] = {}
-        for key, data in records:
+        count = 0
+        for key, data in mem.items():
             table.setdefault(key, data)
+            count += 1
+            if self.step > 0 and count % self.step == 0:
+                yield
+        if (yield from mem.verifying(self.step)) != count:
+            return None
         return table
 
 

@@ -29,6 +29,8 @@ from ..options import Options
 
 #: glibc's search path when $PATH is unset (confstr _CS_PATH)
 DEFAULT_PATH = "/bin:/usr/bin"
+#: the biggest -x file checked through at start-up (a few milliseconds)
+CHECK_MAX = 256 << 10
 #: the longest name shown in full in a warning
 SHOWN = 200
 
@@ -66,10 +68,9 @@ def rules_problem(path: str, missing_ok: bool) -> Optional[str]:
     to be held in memory is checked through; a bigger one only opened
     (its header read), so the check stays quick."""
     from ..cdb.read import CdbReader
-    from ..rules.cache import SNAPSHOT_MAX
     try:
         with CdbReader(path) as db:
-            if db.size <= SNAPSHOT_MAX:
+            if db.size <= CHECK_MAX:
                 db.verify()
     except FileNotFoundError:
         return None if missing_ok else f"rules file does not exist: {_shown(path)}"
