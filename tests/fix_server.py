@@ -383,7 +383,8 @@ class Servers:
         """Start a server: ``options`` go before ``host port prog``;
         ``env`` defaults to :func:`clean_env`; ``prefix`` goes before the
         server's argv (e.g. ``prlimit``) and must exec it."""
-        log_path = os.path.join(self.logdir, f"{impl}-{len(self.started) + 1}.log")
+        log_path = os.path.join(self.logdir,
+                                f"{os.path.basename(impl)}-{len(self.started) + 1}.log")
         server = Server(impl, options, host, prog, log_path, env, prefix, port)
         self.started.append(server)
         return server
