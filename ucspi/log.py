@@ -62,6 +62,18 @@ def say(line: bytes, fd: int = 2) -> None:
         pass
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd`` (a blocking descriptor), however
+    many writes it takes.
+
+    Raises:
+        OSError: a write failed.
+    """
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def connection_fields(
     localhost: Optional[Text], localip: str, localport: int,
     remotehost: Optional[Text], remoteip: str, remoteinfo: Optional[Text],

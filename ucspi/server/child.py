@@ -40,7 +40,7 @@ from .signals import HANDLED, defaults
 Work = Callable[[], int]
 
 
-def _open_descriptors() -> List[int]:
+def open_descriptors() -> List[int]:
     """The descriptors open in this process, from ``/proc/self/fd``
     (``/dev/fd`` elsewhere); ``[]`` if neither can be listed."""
     for folder in ("/proc/self/fd", "/dev/fd"):
@@ -58,7 +58,7 @@ def close_inherited(keep: Iterable[int]) -> None:
     descriptors, up to the highest one open: never a loop up to the
     open-file limit, which can be a million.
     """
-    top = max(_open_descriptors(), default=-1) + 1
+    top = max(open_descriptors(), default=-1) + 1
     if top <= 0:
         top = os.sysconf("SC_OPEN_MAX")
     low = 3

@@ -26,6 +26,7 @@ from ..errors import Fatal, errtext
 from ..log import Log
 from ..options import DEFAULT_LIMIT, MAX_NUMBER, Options
 from ..scan import decimal
+from .child import open_descriptors
 
 DEFAULT_CONTROLDIR = "/etc/indimail/control"
 
@@ -49,15 +50,11 @@ def descriptors_needed(opts: Options) -> int:
     return need
 
 
-def open_descriptors() -> int:
+def descriptors_open() -> int:
     """How many descriptors this process has open (an estimate of 16
-    where ``/proc/self/fd`` and ``/dev/fd`` cannot be listed)."""
-    for where in ("/proc/self/fd", "/dev/fd"):
-        try:
-            return len(os.listdir(where)) - 1   # the listing's own
-        except OSError:
-            continue
-    return 16
+    where they cannot be listed)."""
+    found = open_descriptors()
+    return len(found) - 1 if found else 16   # less the listing's own
 
 
 class Descriptors:
@@ -67,7 +64,7 @@ class Descriptors:
         per_connection: what one connection may hold at once
             (:func:`descriptors_needed`).
         available: what the file limit leaves (None: read the soft
-            ``RLIMIT_NOFILE`` and subtract :func:`open_descriptors` and
+            ``RLIMIT_NOFILE`` and subtract :func:`descriptors_open` and
             :data:`DESCRIPTOR_RESERVE`).  At least one connection's worth
             is always allowed: a lookup then still waits for a socket
             (:class:`~ucspi.reactor.Backoff`) rather than go without.
@@ -75,7 +72,7 @@ class Descriptors:
 
     def __init__(self, per_connection: int, available: Optional[int] = None) -> None:
         if available is None:
-            available = _file_limit() - open_descriptors() - DESCRIPTOR_RESERVE
+            available = _file_limit() - descriptors_open() - DESCRIPTOR_RESERVE
         self.per_connection = per_connection
         self.limit = max(available, per_connection)
         self.used = 0

@@ -20,10 +20,12 @@ reaped).
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import signal
 from typing import Callable, Optional
 
+from ..log import write_all
 from ..reactor import Reactor, Timer
 from . import child
 
@@ -34,10 +36,9 @@ Work = Callable[[], bytes]
 Done = Callable[[bytes, Optional[OSError]], None]
 
 
-def _send(fd: int, data: bytes) -> int:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+def _answer(fd: int, work: Work) -> int:
+    """The child's job: do the work, hand its bytes to the parent."""
+    write_all(fd, work())
     return 0
 
 
@@ -56,7 +57,7 @@ class Offload:
             done(b"", exc)
             return
         try:
-            pid = child.fork(lambda: _send(wfd, work()), keep=(wfd,))
+            pid = child.fork(functools.partial(_answer, wfd, work), keep=(wfd,))
         except OSError as exc:
             os.close(rfd)
             os.close(wfd)

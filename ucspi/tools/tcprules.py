@@ -24,7 +24,7 @@ from typing import BinaryIO, List, Optional
 
 from ..cdb.format import CdbError
 from ..cdb.make import CREATE, MOVE, WRITE, CdbWriter, write_atomically
-from .. import version_line
+from . import answered
 from ..errors import EXIT_TEMP, EXIT_USAGE, errtext
 from ..log import say
 from ..rules.parse import CarriageReturnError, NoColonError, RuleSyntaxError, parse_line
@@ -124,11 +124,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         The exit code: 0, 100 or 111.
     """
     args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["--help"]:
-        say(USAGE, 1)
-        return 0
-    if args[:1] == ["--version"]:
-        say(version_line("tcprules").encode(), 1)
+    if answered(args, "tcprules", USAGE):
         return 0
     if len(args) < 2:
         say(USAGE)

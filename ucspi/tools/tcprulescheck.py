@@ -20,10 +20,10 @@ import os
 import sys
 from typing import List, Optional, Tuple
 
-from .. import version_line
+from . import answered
 from ..cdb.read import CdbError
 from ..errors import EXIT_TEMP, EXIT_USAGE, errtext
-from ..log import say
+from ..log import say, write_all
 from ..rules.lookup import entries, find
 from ..rules.parse import cidr_text
 
@@ -56,12 +56,6 @@ def report(found: Optional[Tuple[bytes, bytes]]) -> bytes:
     return b"".join(out)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     """Run tcprulescheck.
 
@@ -73,11 +67,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         The exit code: 0, 100 or 111.
     """
     args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["--help"]:
-        say(USAGE, 1)
-        return 0
-    if args[:1] == ["--version"]:
-        say(version_line("tcprulescheck").encode(), 1)
+    if answered(args, "tcprulescheck", USAGE):
         return 0
     try:
         if not args:
@@ -92,7 +82,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             say(b"tcprulescheck: fatal: unable to read " +
                  os.fsencode(args[0]) + b": " + errtext(e).encode())
             return EXIT_TEMP
-        _write_all(1, report(found))
+        write_all(1, report(found))
     except OSError:
         return EXIT_TEMP
     except KeyboardInterrupt:
