@@ -30,10 +30,11 @@ from .scan import ID_MAX, INT_MAX, PORT_MAX, SCOPE_MAX, decimal, is_digits, lead
 #: The usage text, djb's one line with our letters.  The letters of
 #: features that have not landed (:data:`NOT_YET`) are left out: they
 #: are recognised, but only to be refused.
-USAGE = ("tcpserver: usage: tcpserver [ -461UXpPhHrRoOdDqQvV ] [ -c limit | -c file ] "
+USAGE = ("tcpserver: usage: tcpserver [ -461UXpPhHrRoOdDqQvVsNz ] [ -c limit | -c file ] "
          "[ -C perhostlimit ] [ -x rules.cdb ] [ -B banner ] [ -g gid ] [ -u uid ] "
          "[ -b backlog ] [ -l localname ] [ -t timeout ] [ -e pidfile ] [ -I interface ] "
-         "host port program\n")
+         "[ -n certfile ] [ -i certdir ] [ -a cafile ] [ -L crlfile ] [ -f cipherlist ] "
+         "[ -M method ] [ -S timeout ] [ -T timeout ] host port program\n")
 
 #: letters that take an argument
 WITH_ARG = frozenset("cCxmBgulbtTeInafMiLS")
@@ -42,17 +43,6 @@ FLAGS = frozenset("qQvVUX1 46oOdDhHpPrRsNz".replace(" ", ""))
 #: letters parsed but belonging to features that have not landed yet
 NOT_YET: Dict[str, str] = {
     "m": "MySQL rules (-m)",
-    "n": "TLS (-n)",
-    "s": "TLS (-s)",
-    "i": "TLS (-i)",
-    "a": "TLS (-a)",
-    "L": "TLS (-L)",
-    "f": "TLS (-f)",
-    "M": "TLS (-M)",
-    "N": "TLS (-N)",
-    "z": "TLS (-z)",
-    "S": "TLS (-S)",
-    "T": "the TLS idle timeout (-T)",
 }
 
 DEFAULT_LIMIT = 40
@@ -94,6 +84,17 @@ class Options:
     remote_info: bool = True                  # -r (default) / -R
     ident_timeout: int = 26                   # -t
     pidfile: Optional[str] = None             # -e
+    tls: bool = False                         # -n, -s
+    certfile: Optional[str] = None            # -n file ("" or -s: the default)
+    certdir: Optional[str] = None             # -i
+    cafile: Optional[str] = None              # -a
+    crlfile: Optional[str] = None             # -L
+    ciphers: Optional[str] = None             # -f file or cipher string
+    tls_method: Optional[str] = None          # -M
+    renegotiation: bool = False               # -N
+    tls_details: bool = False                 # -z
+    handshake_timeout: int = 60               # -S (0: none)
+    idle_timeout: int = 300                   # -T (0: none; TLS only)
     host: str = "0"
     port: str = ""
     argv: List[str]
@@ -260,6 +261,7 @@ def _apply(opts: Options, letter: str, arg: Optional[str], environ: Mapping[str,
         "h": ("remote_host", True), "H": ("remote_host", False),
         "p": ("paranoid", True), "P": ("paranoid", False),
         "r": ("remote_info", True), "R": ("remote_info", False),
+        "s": ("tls", True),
     }
     if letter in simple:
         name, value = simple[letter]
@@ -298,6 +300,21 @@ def _apply(opts: Options, letter: str, arg: Optional[str], environ: Mapping[str,
         opts.interface = text
     elif letter == "e":
         opts.pidfile = text
+    elif letter == "n":
+        opts.tls = True
+        opts.certfile = text or None
+    elif letter in "iaLfM":
+        name = {"i": "certdir", "a": "cafile", "L": "crlfile", "f": "ciphers",
+                "M": "tls_method"}[letter]
+        setattr(opts, name, text if letter in "ifM" else text or None)
+    elif letter == "N":
+        opts.renegotiation = True
+    elif letter == "z":
+        opts.tls_details = True
+    elif letter == "S":
+        opts.handshake_timeout = number("S", text)
+    elif letter == "T":
+        opts.idle_timeout = number("T", text)
     if letter in NOT_YET and NOT_YET[letter] not in opts.refused:
         opts.refused.append(NOT_YET[letter])
 

@@ -65,7 +65,36 @@ def _quiet_stdio(print_port: Optional[int]) -> None:
         os.close(null)
 
 
+def _tls(opts: Options) -> Launch:
+    """The TLS launcher, its contexts built now: before the listener
+    exists, with the privileges of start-up (spec subsystems §1.1)."""
+    from ..tls import context, relay
+    from ..tls.settings import TlsError
+    if opts.renegotiation and not context.renegotiation_supported():
+        raise UsageError("-N needs OpenSSL 3 or newer")
+    setup = context.Setup(opts.certfile, opts.certdir, opts.cafile, opts.crlfile,
+                          opts.ciphers, opts.tls_method, opts.renegotiation, os.environ)
+    log = Log(opts.verbosity)
+    try:
+        contexts = setup.build()
+    except TlsError as exc:
+        if opts.verbosity >= 1:
+            for line in exc.lines:
+                say(line.encode())
+        raise Fatal("unable to initialize TLS") from None
+    for note in setup.notes:
+        if opts.verbosity >= 1:
+            say(note.encode())
+    for problem in setup.skipped:
+        log.warning(problem)
+    return relay.TlsLaunch(opts.argv, setup, contexts, log, opts.tls_details,
+                           opts.handshake_timeout, opts.idle_timeout)
+
+
 def _spawn(opts: Options) -> Launch:
+    """The default launcher: spawn the program, or relay TLS."""
+    if opts.tls:
+        return _tls(opts)
     return Spawn(opts.argv)
 
 
@@ -75,6 +104,7 @@ def _setup(opts: Options, log: Log, make_launch: LaunchFactory) -> Server:
     limit = Limit.from_options(opts)
     ident = privs.resolve(opts.user, opts.uid, opts.gid, opts.groups)
     port = listen.parse_port(opts.port)
+    launch = make_launch(opts)          # TLS: the contexts, before binding
     if opts.pidfile is not None:
         pidfile.claim(opts.pidfile)
     wakeup = signals.install()
@@ -90,7 +120,7 @@ def _setup(opts: Options, log: Log, make_launch: LaunchFactory) -> Server:
     listener = listen.open_listener(ipv4, address, scope, port, opts.backlog)
     # the server is built before the drop: it imports what the options
     # need while the package and the interpreter's library are readable
-    server = Server(opts, log, listener, limit, wakeup, make_launch(opts))
+    server = Server(opts, log, listener, limit, wakeup, launch)
     privs.drop(ident)
     for problem in startup_warnings(opts, limit.path):
         log.warning(problem)

@@ -9,8 +9,10 @@ One interface, :class:`Launch`, with two implementations:
 * :class:`Fork`, the fork path (D2): a *child body* runs in a forked
   copy of the server (see :mod:`.child` for its hygiene) with the
   connection's descriptor, the program's argv and its environment, and
-  the child exits with the body's return value.  The TLS relay, a
-  ``prog.so`` call and the ``$MYSQL_LIB`` lookup plug in here as bodies.
+  the child exits with the body's return value.  A ``prog.so`` call and
+  the ``$MYSQL_LIB`` lookup plug in here as bodies; the TLS relay has a
+  launcher of its own (:class:`ucspi.tls.relay.TlsLaunch`) on the same
+  fork hygiene.
 
 Either way the server sees one child per program: its pid goes into the
 connection table, its exit status into the ``end`` line.
@@ -19,14 +21,17 @@ connection table, its exit status into the ``end`` line.
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, List, Protocol
+from typing import Callable, Dict, List, Protocol, Tuple
 
 from . import child
+from .reload import Reloads
 from .signals import SIGDEF
 
 Environment = Dict[bytes, bytes]
 #: ``body(fd, argv, env)`` -> exit status, run in a forked child
 ChildBody = Callable[[int, List[str], Environment], int]
+#: the server's ``(connections, limit)``, for a child's status line
+Counts = Callable[[], Tuple[int, int]]
 
 
 class Launch(Protocol):
@@ -42,6 +47,10 @@ class Launch(Protocol):
             OSError, ValueError: it could not be started.
         """
 
+    def attach(self, reloads: Reloads, counts: Counts) -> None:
+        """Called once by the server: register what SIGHUP must reload,
+        and take the server's counts for the children's status lines."""
+
 
 class Spawn:
     """``os.posix_spawn`` (``posix_spawnp`` for a name without ``/``)."""
@@ -50,6 +59,9 @@ class Spawn:
         self.argv = argv
         self.name = argv[0]
         self._spawn = os.posix_spawn if "/" in self.name else os.posix_spawnp
+
+    def attach(self, reloads: Reloads, counts: Counts) -> None:
+        """Nothing to reload."""
 
     def start(self, fd: int, env: Environment) -> int:
         return self._spawn(
@@ -66,6 +78,9 @@ class Fork:
         self.argv = argv
         self.name = argv[0]
         self.body = body
+
+    def attach(self, reloads: Reloads, counts: Counts) -> None:
+        """Nothing to reload."""
 
     def start(self, fd: int, env: Environment) -> int:
         argv, body = self.argv, self.body

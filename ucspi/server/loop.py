@@ -116,6 +116,7 @@ class Server:
         self.reloads = Reloads(log)
         self.reloads.add("-c file", functools.partial(limit.reread, log))
         self.reloads.add("DNS settings", self.lookups.reload)
+        launch.attach(self.reloads, lambda: (self.table.count, self.limit.value))
         self.lookups.preload(opts.remote_host or opts.localname is None, opts.remote_info)
         self.accepting = False
         self.descriptors = Descriptors(descriptors_needed(opts))

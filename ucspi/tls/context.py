@@ -1,0 +1,235 @@
+"""The server's ``ssl`` contexts, built in the parent.
+
+:class:`Setup` holds what the options and the environment ask for and
+:meth:`Setup.build` makes a :class:`Contexts`: the default context and
+one per SNI name (``<certdir>/<name>.pem``, DECISIONS D25).  Everything
+is built before the listener exists (start-up errors print the
+original's lines, then ``unable to initialize TLS``, exit 111) and again
+on SIGHUP (D24), when a failure keeps the old contexts.  The relay
+children inherit the contexts through the fork, so a session ticket
+issued by one child is accepted by any other.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import ssl
+from typing import Any, Dict, List, Mapping, Optional
+
+from ..errors import errtext
+from . import settings
+from .settings import Files, TlsError
+
+_VERSIONS = {
+    "SSLv3": ssl.TLSVersion.SSLv3, "TLSv1": ssl.TLSVersion.TLSv1,
+    "TLSv1_1": ssl.TLSVersion.TLSv1_1, "TLSv1_2": ssl.TLSVersion.TLSv1_2,
+    "TLSv1_3": ssl.TLSVersion.TLSv1_3,
+}
+#: SSL_OP_ALLOW_CLIENT_RENEGOTIATION (OpenSSL 3)
+OP_ALLOW_CLIENT_RENEGOTIATION = 0x100
+#: DH parameter files looked for in the certificate directory (spec §1.5.1)
+DH_FILES = ("dh8192.pem", "dh4096.pem", "dh2048.pem", "dh512.pem")
+NO_TLS13_SUITES = "tls_init: TLS 1.3 ciphersuites cannot be restricted, using defaults"
+
+
+def library_error(exc: BaseException) -> str:
+    """An error in the shape of OpenSSL's error strings, as far as
+    Python tells: ``error:<library>::<reason>``, else djb's errno text."""
+    if isinstance(exc, ssl.SSLError) and getattr(exc, "reason", None):
+        library = getattr(exc, "library", None) or "SSL"
+        library = "SSL routines" if library == "SSL" else library
+        return f"error:{library}::{str(exc.reason).lower().replace('_', ' ')}"
+    if isinstance(exc, OSError) and exc.errno:
+        return errtext(exc)
+    return str(exc) or type(exc).__name__
+
+
+def renegotiation_supported() -> bool:
+    """``-N`` exists only with OpenSSL 3 (spec §1.7)."""
+    return ssl.OPENSSL_VERSION_INFO >= (3,)
+
+
+class Contexts:
+    """The contexts of one generation: ``default`` and ``by_name``."""
+
+    def __init__(self, default: ssl.SSLContext, by_name: Dict[str, ssl.SSLContext]) -> None:
+        self.default = default
+        self.by_name = by_name
+
+
+class Sni:
+    """Selects a context by the client's SNI name, in the relay child,
+    and remembers the (checked) name for ``SSL_TLS_SNI_SERVERNAME``."""
+
+    def __init__(self) -> None:
+        self.by_name: Dict[str, ssl.SSLContext] = {}
+        self.name: Optional[str] = None
+
+    def __call__(self, conn: Any, name: Optional[str], ctx: ssl.SSLContext) -> None:
+        checked = settings.sni_name(name)
+        self.name = checked
+        chosen = self.by_name.get(checked) if checked else None
+        if chosen is not None:
+            conn.context = chosen
+
+
+class Setup:
+    """The TLS settings of a server, and the contexts built from them."""
+
+    def __init__(self, certfile: Optional[str], certdir: Optional[str], cafile: Optional[str],
+                 crlfile: Optional[str], cipher_arg: Optional[str], method: Optional[str],
+                 renegotiation: bool, environ: Mapping[str, str]) -> None:
+        self.args = (certfile, certdir, cafile, crlfile)
+        self.cipher_arg = cipher_arg
+        self.method = method
+        self.renegotiation = renegotiation
+        self.environ = dict(environ)
+        self.sni = Sni()
+        #: lines to print once at start-up (not on every reload)
+        self.notes: List[str] = []
+        #: problems with SNI files, one line each
+        self.skipped: List[str] = []
+
+    def files(self) -> Files:
+        certfile, certdir, cafile, crlfile = self.args
+        return settings.resolve(certfile, certdir, cafile, crlfile, self.environ)
+
+    # -- one context ------------------------------------------------------
+    def _bounds(self, ctx: ssl.SSLContext, notes: List[str]) -> None:
+        bounds = settings.parse_method(self.method)
+        if bounds.minimum is None and (bounds.maximum is None
+                                       or settings.METHODS[bounds.maximum] >= 6):
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2       # D23
+        for which, name in (("min", bounds.minimum), ("max", bounds.maximum)):
+            if name is None:
+                continue
+            try:
+                if name not in _VERSIONS:
+                    raise ValueError("")
+                setattr(ctx, which + "imum_version", _VERSIONS[name])
+            except (ValueError, ssl.SSLError) as exc:
+                notes.append(f"SSL_CTX_set_{which}_proto: {exc}".rstrip())
+
+    def _ciphers(self, ctx: ssl.SSLContext, notes: List[str]) -> None:
+        string, tls13 = settings.cipher_choice(self.cipher_arg, self.method, self.environ)
+        if string is None:
+            return
+        if tls13:
+            known = {c["name"] for c in ctx.get_ciphers() if c.get("protocol") == "TLSv1.3"}
+            if any(name not in known for name in string.split(":")):
+                raise TlsError([f"tls_init: unable to set ciphersuites: {string}: "
+                                "error:SSL routines::no cipher match"])
+            notes.append(NO_TLS13_SUITES)
+            return
+        try:
+            ctx.set_ciphers(string)
+        except ssl.SSLError as exc:
+            if string == "PROFILE=SYSTEM":
+                return                       # RHEL's word for the defaults
+            raise TlsError([f"tls_init: unable to set cipherlist: {string}: "
+                            f"{library_error(exc)}"]) from None
+
+    @staticmethod
+    def _dh(ctx: ssl.SSLContext, certdir: str) -> None:
+        for name in DH_FILES:
+            path = os.path.join(certdir, name)
+            try:
+                os.stat(path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                    continue
+                raise TlsError([f"error reading dh parameters {path}: {errtext(exc)}"]) from None
+            try:
+                ctx.load_dh_params(path)
+            except (OSError, ssl.SSLError):
+                continue
+            return
+
+    def context(self, files: Files, certfile: str, notes: List[str]) -> ssl.SSLContext:
+        """One server context with ``certfile`` (chain and key).
+
+        Raises:
+            TlsError: the original's lines for what failed.
+        """
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._bounds(ctx, notes)
+        ctx.options |= ssl.OP_NO_SSLv2 | ssl.OP_NO_SSLv3
+        ctx.options |= getattr(ssl, "OP_NO_SESSION_RESUMPTION_ON_RENEGOTIATION", 0)
+        if self.renegotiation:
+            ctx.options |= OP_ALLOW_CLIENT_RENEGOTIATION
+        capath = files.certdir if os.path.isdir(files.certdir) else None
+        try:
+            ctx.load_verify_locations(cafile=certfile, capath=capath)
+        except (OSError, ssl.SSLError) as exc:
+            raise TlsError([f"unable to load CA certificate: {certfile}: "
+                            f"{library_error(exc)}"]) from None
+        if files.cafile:
+            try:
+                ctx.load_verify_locations(cafile=files.cafile)
+            except (OSError, ssl.SSLError) as exc:
+                raise TlsError(["SSL_CTX_load_verify_locations: Unable to load CA certificate: "
+                                f"{files.cafile}: {library_error(exc)}"]) from None
+        if files.crlfile:
+            try:
+                ctx.load_verify_locations(cafile=files.crlfile)
+            except (OSError, ssl.SSLError):
+                pass                          # ignored, as in IndiMail
+            else:
+                ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_CHAIN
+        ctx.verify_mode = ssl.CERT_NONE       # D21: no client certificates
+        self._ciphers(ctx, notes)
+        try:
+            ctx.load_cert_chain(certfile)
+        except (OSError, ssl.SSLError) as exc:
+            if "KEY_VALUES_MISMATCH" in str(getattr(exc, "reason", "")):
+                raise TlsError(["SSL_CTX_use_certificate_file: Unable to use private key: "
+                                f"{certfile}: {library_error(exc)}"]) from None
+            raise TlsError(["SSL_CTX_use_PrivateKey_file: Unable to load private keys: "
+                            f"{library_error(exc)}"]) from None
+        self._dh(ctx, files.certdir)
+        return ctx
+
+    # -- the whole set ------------------------------------------------------
+    def _by_name(self, files: Files) -> Dict[str, ssl.SSLContext]:
+        """A context per ``<certdir>/<name>.pem`` holding a private key."""
+        found: Dict[str, ssl.SSLContext] = {}
+        try:
+            entries = sorted(os.listdir(files.certdir))
+        except OSError:
+            return found
+        for entry in entries:
+            name = entry[:-4]
+            if not entry.endswith(".pem") or settings.sni_name(name) != name:
+                continue
+            path = os.path.join(files.certdir, entry)
+            try:
+                with open(path, "rb") as handle:
+                    if b"PRIVATE KEY-----" not in handle.read(1 << 20):
+                        continue              # a CA, a CRL, DH parameters
+            except OSError:
+                continue
+            try:
+                found[name] = self.context(files, path, [])
+            except TlsError as exc:
+                self.skipped.append(f"SNI certificate {path} skipped: {exc.lines[-1]}")
+        return found
+
+    def build(self) -> Contexts:
+        """Build the contexts.
+
+        Raises:
+            TlsError: the default context cannot be made.
+        """
+        files = self.files()
+        notes: List[str] = []
+        default = self.context(files, files.certfile, notes)
+        self.skipped = []
+        by_name = self._by_name(files)
+        if not self.notes:
+            self.notes = notes
+        default.sni_callback = self.sni
+        self.sni.by_name = by_name
+        return Contexts(default, by_name)

@@ -1,0 +1,191 @@
+"""What the TLS options and environment ask for, without ``ssl``.
+
+Pure functions over the options and an environment mapping (spec
+subsystems §1.1-1.4, DECISIONS D22-D23):
+
+* :func:`resolve`: the certificate, CA and CRL file names;
+* :func:`parse_method`: ``-M``'s protocol bounds;
+* :func:`cipher_choice`: the cipher string and whether it is a TLS 1.3
+  suite list or a TLS <= 1.2 cipher list;
+* :func:`sni_name`: the check a client's SNI name must pass to select a
+  certificate file.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, List, Mapping, Optional, Tuple
+
+#: where certificates live when neither ``-i`` nor ``$CERTDIR`` says
+DEFAULT_CERTDIR = "/etc/indimail/certs"
+
+#: ``-M`` names and IndiMail's method numbers
+METHODS = {"SSLv23": 2, "SSLv3": 3, "TLSv1": 4, "TLSv1_1": 5, "TLSv1_2": 6, "TLSv1_3": 7}
+#: the number of "automatic" (no ``-M``, or ``MIN:``)
+AUTOMATIC = 0
+TLS13 = 7
+
+Access = Callable[[str], bool]
+
+
+class TlsError(Exception):
+    """TLS cannot be set up.  ``lines`` are printed as they are (the
+    original's helper lines), then ``tcpserver: fatal: unable to
+    initialize TLS``."""
+
+    def __init__(self, lines: List[str]) -> None:
+        super().__init__("; ".join(lines))
+        self.lines = lines
+
+
+class Files:
+    """The files of a TLS server (spec §1.2)."""
+
+    def __init__(self, certdir: str, certfile: str, cafile: Optional[str],
+                 crlfile: Optional[str]) -> None:
+        self.certdir = certdir
+        self.certfile = certfile
+        self.cafile = cafile
+        self.crlfile = crlfile
+
+    def __repr__(self) -> str:
+        return f"Files({vars(self)!r})"
+
+
+def _in_dir(certdir: str, name: str) -> str:
+    """A name not starting with ``.`` or ``/`` is taken in the directory."""
+    return name if name.startswith((".", "/")) else os.path.join(certdir, name)
+
+
+def _readable(path: str) -> bool:
+    return os.access(path, os.R_OK)
+
+
+def resolve(certfile: Optional[str], certdir: Optional[str], cafile: Optional[str],
+            crlfile: Optional[str], environ: Mapping[str, str],
+            readable: Access = _readable) -> Files:
+    """The file names, as IndiMail resolves them.
+
+    Args:
+        certfile: ``-n``'s argument; ``None`` or empty for the default
+            (``$TLS_CERTFILE``, else ``servercert.pem``, in the directory).
+        certdir: ``-i``'s argument, else ``$CERTDIR``, else
+            :data:`DEFAULT_CERTDIR`.
+        cafile, crlfile: ``-a`` and ``-L``; ``None`` or empty: the
+            default (``$CLIENTCA`` or ``clientca.pem``, ``$CLIENTCRL`` or
+            ``clientcrl.pem``, in the directory), dropped when not
+            readable.
+        environ: the server's environment.
+        readable: the access check (tests replace it).
+    """
+    folder = certdir if certdir is not None else environ.get("CERTDIR", DEFAULT_CERTDIR)
+    cert = certfile or _in_dir(folder, environ.get("TLS_CERTFILE", "servercert.pem"))
+
+    def extra(given: Optional[str], variable: str, default: str) -> Optional[str]:
+        if given:
+            return given
+        path = _in_dir(folder, environ.get(variable, default))
+        return path if readable(path) else None
+
+    return Files(folder, cert, extra(cafile, "CLIENTCA", "clientca.pem"),
+                 extra(crlfile, "CLIENTCRL", "clientcrl.pem"))
+
+
+class Bounds:
+    """``-M``: the method number and the names of the bounds."""
+
+    def __init__(self, method: int, minimum: Optional[str], maximum: Optional[str]) -> None:
+        self.method = method
+        self.minimum = minimum
+        self.maximum = maximum
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Bounds) and vars(self) == vars(other)
+
+    def __repr__(self) -> str:
+        return f"Bounds({vars(self)!r})"
+
+
+def _bad_method(text: str) -> TlsError:
+    return TlsError([f"tls_method: Invalid TLS method configured [{text}]",
+                     "tls_method: Supported methods: TLSv1_2, TLSv1_3",
+                     "SSL_CTX_new: error initializing method: protocol error"])
+
+
+def parse_method(text: Optional[str]) -> Bounds:
+    """``-M NAME``, ``MIN:MAX``, ``:MAX``, ``MIN:`` (spec §1.3).
+
+    Raises:
+        TlsError: an unknown name (the original's three lines).
+    """
+    if text is None:
+        return Bounds(AUTOMATIC, None, None)
+    low, colon, high = text.partition(":")
+    if not colon:
+        low, high = "", low
+    for name in (low, high):
+        if name and name not in METHODS:
+            raise _bad_method(text)
+    if colon and not low and not high:
+        raise _bad_method(text)
+    method = METHODS[high] if high else AUTOMATIC
+    return Bounds(method, low or None, high or None)
+
+
+def cipher_string(arg: Optional[str]) -> Optional[str]:
+    """``-f ARG`` (D22): the first whitespace-free token of the file ARG
+    when it is a readable file, else ARG itself; an empty result is no
+    cipher string."""
+    if arg is None:
+        return None
+    try:
+        with open(arg, "rb") as handle:
+            data = handle.read(65536)
+    except OSError:
+        text = arg
+    else:
+        text = data.decode("ascii", "replace")
+    words = text.split()
+    return words[0] if words else None
+
+
+def cipher_choice(cipher_arg: Optional[str], method: Optional[str],
+                  environ: Mapping[str, str]) -> Tuple[Optional[str], bool]:
+    """The cipher string and whether it is a TLS 1.3 suite list (spec §1.4).
+
+    Returns:
+        ``(string or None, tls13)``.  Without ``-M`` the string (from
+        ``-f`` or ``$TLS_CIPHER_SUITE``) is a TLS 1.3 suite list and
+        ``$TLS_CIPHER_LIST`` is ignored; with a maximum below TLS 1.3 it
+        is a TLS <= 1.2 list (``$TLS_CIPHER_LIST`` when no ``-f``).
+
+    Raises:
+        TlsError: ``-M`` names an unknown method.
+    """
+    number = TLS13
+    if method is not None:
+        low, colon, high = method.partition(":")
+        name = high if colon else low
+        number = METHODS.get(name, -1) if name else TLS13
+    string = cipher_string(cipher_arg)
+    if string is None and cipher_arg is None:
+        string = environ.get("TLS_CIPHER_LIST" if number < TLS13 else "TLS_CIPHER_SUITE") or None
+    return string, parse_method(method).method in (AUTOMATIC, TLS13)
+
+
+#: the longest host name a client may select a certificate with
+NAME_MAX = 253
+
+
+def sni_name(name: Optional[str]) -> Optional[str]:
+    """A client's SNI name, lower-cased, if it may name a certificate file:
+    letters, digits, ``-`` and ``.``, no ``..``, not starting with ``.``,
+    at most 253 bytes.  ``None`` otherwise."""
+    if not name or len(name) > NAME_MAX or not name.isascii():
+        return None
+    name = name.lower()
+    if name.startswith(".") or ".." in name:
+        return None
+    if any(not (c.isalnum() or c in "-.") for c in name):
+        return None
+    return name
