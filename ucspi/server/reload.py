@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, List, Tuple
 
+from ..errors import UcspiError
 from ..log import Log
 
 Action = Callable[[], None]
@@ -29,5 +30,7 @@ class Reloads:
         for name, action in self.actions:
             try:
                 action()
+            except UcspiError as exc:      # a reason already worded for the log
+                self.log.warning(f"unable to reload {name}: {exc}")
             except Exception as exc:
                 self.log.warning(f"unable to reload {name}: {type(exc).__name__}: {exc}")

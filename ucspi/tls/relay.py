@@ -31,12 +31,13 @@ import ssl
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
-from ..errors import EXIT_TEMP, errtext
+from ..errors import EXIT_TEMP, Fatal, errtext
 from ..log import Log, safe, say
 from ..server import child
 from ..server.reload import Reloads
 from ..server.signals import SIGDEF
 from .context import Contexts, Setup, library_error
+from .settings import TlsError
 
 Environment = Dict[bytes, bytes]
 Counts = Callable[[], Tuple[int, int]]
@@ -443,9 +444,8 @@ class TlsLaunch:
         ones stay (the registry logs the warning)."""
         try:
             self.contexts = self.setup.build()
-        except Exception as exc:
-            lines = getattr(exc, "lines", None)
-            raise RuntimeError(lines[-1] if lines else str(exc)) from None
+        except TlsError as exc:
+            raise Fatal(exc.lines[-1]) from None
         for problem in self.setup.skipped:
             self.log.warning(problem)
 
