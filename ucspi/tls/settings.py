@@ -126,7 +126,7 @@ def parse_method(text: Optional[str]) -> Bounds:
     for name in (low, high):
         if name and name not in METHODS:
             raise _bad_method(text)
-    if colon and not low and not high:
+    if not low and not high:
         raise _bad_method(text)
     method = METHODS[high] if high else AUTOMATIC
     return Bounds(method, low or None, high or None)
