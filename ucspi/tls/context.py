@@ -98,9 +98,11 @@ class Setup:
     # -- one context ------------------------------------------------------
     def _bounds(self, ctx: ssl.SSLContext, notes: List[str]) -> None:
         bounds = settings.parse_method(self.method)
-        if bounds.minimum is None and (bounds.maximum is None
-                                       or settings.METHODS[bounds.maximum] >= 6):
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2       # D23
+        if bounds.minimum is None:
+            # D23: TLS 1.2 at least, unless the maximum asks for less
+            below = bounds.maximum is not None and settings.METHODS[bounds.maximum] < 6
+            ctx.minimum_version = (ssl.TLSVersion.MINIMUM_SUPPORTED if below
+                                   else ssl.TLSVersion.TLSv1_2)
         for which, name in (("min", bounds.minimum), ("max", bounds.maximum)):
             if name is None:
                 continue

@@ -296,7 +296,10 @@ class Relay:
         try:
             self.chan.send()
         except OSError as exc:
-            self._complain("write network", exc)
+            # a client that has closed its end may reset the connection
+            # before it has everything: that is its choice, not an error
+            if self.client_open or exc.errno not in (errno.EPIPE, errno.ECONNRESET):
+                self._complain("write network", exc)
             self.dead = True
 
     # -- the loop ---------------------------------------------------------
