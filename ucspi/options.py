@@ -357,6 +357,4 @@ def parse(argv: List[str], environ: Mapping[str, str] = os.environ) -> Options:
     opts.port = rest[1]
     _port(opts.port)
     opts.argv = rest[2:]
-    if opts.argv[0].endswith(".so"):
-        opts.refused.append("shared-object programs (prog.so)")
     return opts

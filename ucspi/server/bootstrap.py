@@ -19,6 +19,8 @@ from ..log import Log, say
 from ..options import USAGE, MissingArgument, OptionError, Options, Request, parse
 from . import listen, pidfile, privs, signals
 from .checks import startup_warnings
+from ..plugin import entries as plugin_entries
+from ..plugin import has_dirs, is_shared_object
 from .launch import Launch, Spawn
 from .limits import Limit
 from .loop import Server
@@ -65,6 +67,20 @@ def _quiet_stdio(print_port: Optional[int]) -> None:
         os.close(null)
 
 
+def _absolute(opts: Options) -> None:
+    """A ``PLUGINn_dir`` changes the working directory: the file arguments
+    are made absolute first (DECISIONS D30)."""
+    for name in ("rules", "limit_file", "certfile", "certdir", "cafile", "crlfile",
+                 "pidfile"):
+        value = getattr(opts, name)
+        if value:
+            setattr(opts, name, os.path.abspath(value))
+    if opts.ciphers and os.path.isfile(opts.ciphers):
+        opts.ciphers = os.path.abspath(opts.ciphers)
+    if "/" in opts.argv[0]:
+        opts.argv[0] = os.path.abspath(opts.argv[0])
+
+
 def _tls(opts: Options) -> Launch:
     """The TLS launcher, its contexts built now: before the listener
     exists, with the privileges of start-up (spec subsystems §1.1)."""
@@ -87,20 +103,37 @@ def _tls(opts: Options) -> Launch:
             say(note.encode())
     for problem in setup.skipped:
         log.warning(problem)
+    program = None
+    if is_shared_object(opts.argv[0]):
+        from ..plugin.loader import SharedObject
+        program = SharedObject(opts.argv[0])
     return relay.TlsLaunch(opts.argv, setup, contexts, log, opts.tls_details,
-                           opts.handshake_timeout, opts.idle_timeout)
+                           opts.handshake_timeout, opts.idle_timeout, program)
 
 
 def _spawn(opts: Options) -> Launch:
-    """The default launcher: spawn the program, or relay TLS."""
+    """The default launcher: spawn the program, call a ``prog.so``, or
+    relay TLS."""
     if opts.tls:
         return _tls(opts)
+    if is_shared_object(opts.argv[0]):
+        from ..plugin.loader import SoLaunch
+        return SoLaunch(opts.argv)
     return Spawn(opts.argv)
 
 
 def _setup(opts: Options, log: Log, make_launch: LaunchFactory) -> Server:
     if opts.refused:
         raise UsageError("not implemented yet: " + ", ".join(opts.refused))
+    plugins = None
+    if plugin_entries(os.environ):
+        from ..plugin.preload import Plugins     # ctypes, before the drop
+        plugins = Plugins(os.environ)
+        if has_dirs(os.environ):
+            _absolute(opts)
+    if "USE_DLMOPEN" in os.environ:
+        log.warning("USE_DLMOPEN is not supported: objects are loaded into the "
+                    "default namespace")
     limit = Limit.from_options(opts)
     ident = privs.resolve(opts.user, opts.uid, opts.gid, opts.groups)
     port = listen.parse_port(opts.port)
@@ -122,6 +155,10 @@ def _setup(opts: Options, log: Log, make_launch: LaunchFactory) -> Server:
     # need while the package and the interpreter's library are readable
     server = Server(opts, log, listener, limit, wakeup, launch)
     privs.drop(ident)
+    if plugins is not None:
+        plugins.run(reload=False)
+        server.reloads.add("plugins", plugins.reload)
+    launch.ready()
     for problem in startup_warnings(opts, limit.path):
         log.warning(problem)
     _quiet_stdio(listener.port if opts.print_port else None)

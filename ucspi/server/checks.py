@@ -26,6 +26,7 @@ from typing import List, Optional
 
 from ..errors import UcspiError, errtext
 from ..options import Options
+from ..plugin import is_shared_object
 
 #: glibc's search path when $PATH is unset (confstr _CS_PATH)
 DEFAULT_PATH = "/bin:/usr/bin"
@@ -87,7 +88,7 @@ def startup_warnings(opts: Options, limit_path: Optional[str]) -> List[str]:
         limit_path: the ``-c`` file as the server reads it, or None.
     """
     found: List[str] = []
-    problem = program_problem(opts.argv[0], os.environ.get("PATH"))
+    problem = None if is_shared_object(opts.argv[0]) else program_problem(opts.argv[0], os.environ.get("PATH"))
     if problem:
         found.append(problem)
     if opts.rules is not None:

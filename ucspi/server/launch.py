@@ -51,6 +51,10 @@ class Launch(Protocol):
         """Called once by the server: register what SIGHUP must reload,
         and take the server's counts for the children's status lines."""
 
+    def ready(self) -> None:
+        """Called once after the privilege drop, before the first accept:
+        load what the program needs (a ``prog.so``).  Raises Fatal."""
+
 
 class Spawn:
     """``os.posix_spawn`` (``posix_spawnp`` for a name without ``/``)."""
@@ -62,6 +66,9 @@ class Spawn:
 
     def attach(self, reloads: Reloads, counts: Counts) -> None:
         """Nothing to reload."""
+
+    def ready(self) -> None:
+        """Nothing to load."""
 
     def start(self, fd: int, env: Environment) -> int:
         return self._spawn(
@@ -81,6 +88,9 @@ class Fork:
 
     def attach(self, reloads: Reloads, counts: Counts) -> None:
         """Nothing to reload."""
+
+    def ready(self) -> None:
+        """Nothing to load."""
 
     def start(self, fd: int, env: Environment) -> int:
         argv, body = self.argv, self.body

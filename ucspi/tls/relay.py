@@ -29,7 +29,7 @@ import signal
 import socket
 import ssl
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Protocol, Tuple
 
 from ..errors import EXIT_TEMP, Fatal, errtext
 from ..log import Log, safe, say
@@ -41,6 +41,14 @@ from .settings import TlsError
 
 Environment = Dict[bytes, bytes]
 Counts = Callable[[], Tuple[int, int]]
+
+
+class Program(Protocol):
+    """A program run by a call rather than an exec (``prog.so``)."""
+
+    def load(self) -> None: ...
+
+    def start(self, fd0: int, fd1: int, argv: List[str], env: Environment) -> int: ...
 
 #: bytes read at once from the socket or the program
 CHUNK = 65536
@@ -426,8 +434,10 @@ class TlsLaunch:
     """The launcher of a TLS server: a relay child per connection."""
 
     def __init__(self, argv: List[str], setup: Setup, contexts: Contexts, log: Log,
-                 details: bool, handshake_timeout: int, idle_timeout: int) -> None:
+                 details: bool, handshake_timeout: int, idle_timeout: int,
+                 program: Optional[Program] = None) -> None:
         self.argv = argv
+        self.program = program
         self.name = argv[0]
         self.setup = setup
         self.contexts = contexts
@@ -441,6 +451,10 @@ class TlsLaunch:
     def attach(self, reloads: Reloads, counts: Counts) -> None:
         self.counts = counts
         reloads.add("TLS certificates", self.reload)
+
+    def ready(self) -> None:
+        if self.program is not None:
+            self.program.load()
 
     def reload(self) -> None:
         """SIGHUP: new contexts for new connections; on failure the old
@@ -485,10 +499,13 @@ class TlsLaunch:
         to_r, to_w = os.pipe()
         from_r, from_w = os.pipe()
         try:
-            pid = self._spawn(self.name, self.argv, env,
-                              file_actions=[(os.POSIX_SPAWN_DUP2, to_r, 0),
-                                            (os.POSIX_SPAWN_DUP2, from_w, 1)],
-                              setsigdef=SIGDEF, setsigmask=())
+            if self.program is not None:      # a prog.so, called behind the relay
+                pid = self.program.start(to_r, from_w, self.argv, env)
+            else:
+                pid = self._spawn(self.name, self.argv, env,
+                                  file_actions=[(os.POSIX_SPAWN_DUP2, to_r, 0),
+                                                (os.POSIX_SPAWN_DUP2, from_w, 1)],
+                                  setsigdef=SIGDEF, setsigmask=())
         except (OSError, ValueError) as exc:
             log.drop(f"unable to run {self.name}: {errtext(exc)}")
             return EXIT_TEMP
