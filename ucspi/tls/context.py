@@ -36,7 +36,9 @@ NO_TLS13_SUITES = "tls_init: TLS 1.3 ciphersuites cannot be restricted, using de
 def library_error(exc: BaseException) -> str:
     """An error in the shape of OpenSSL's error strings, as far as
     Python tells: ``error:<library>::<reason>``, else djb's errno text."""
-    if isinstance(exc, ssl.SSLError) and getattr(exc, "reason", None):
+    if isinstance(exc, ssl.SSLError):
+        if not getattr(exc, "reason", None):
+            return str(exc.args[1] if len(exc.args) > 1 else exc)
         library = getattr(exc, "library", None) or "SSL"
         library = "SSL routines" if library == "SSL" else library
         return f"error:{library}::{str(exc.reason).lower().replace('_', ' ')}"

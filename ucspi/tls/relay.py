@@ -118,13 +118,16 @@ class Channel:
 
     def receive(self) -> bool:
         """Feed what the socket has to the TLS layer; False at its EOF.
-        Raises OSError."""
+        Raises OSError.
+
+        The EOF is not passed on to the TLS layer: OpenSSL 3 treats an
+        EOF without close_notify as a fatal error and would refuse to
+        send the program's answer after it (a client may half-close)."""
         try:
             data = self.sock.recv(CHUNK)
         except (BlockingIOError, InterruptedError):
             return True
         if not data:
-            self.incoming.write_eof()
             return False
         self.incoming.write(data)
         return True
@@ -171,7 +174,10 @@ def handshake(chan: Channel, timeout: int) -> None:
                 return
             if not _wait(fd, _IN, deadline):
                 raise HandshakeFailed([f"SSL_accept: decoded err: {WANT_READ}"])
-            chan.receive()
+            if not chan.receive():
+                raise HandshakeFailed([f"SSL_accept: decoded err: {PROTOCOL}",
+                                       "SSL_accept: TLS/SSL err: error:SSL routines::"
+                                       "unexpected eof while reading"])
     except HandshakeFailed:
         raise
     except (OSError, ssl.SSLError) as exc:
@@ -220,13 +226,19 @@ class Relay:
 
     # -- events ---------------------------------------------------------
     def _from_client(self) -> None:
-        chan = self.chan
         try:
-            more = chan.receive()
+            more = self.chan.receive()
         except OSError as exc:
             self._complain("read network", exc)
             self.dead = True
             return
+        if not more:
+            self.client_open = False
+        self._decrypt()
+
+    def _decrypt(self) -> None:
+        """Pass on what the TLS layer has for the program."""
+        chan = self.chan
         parts = []
         while True:
             try:
@@ -244,8 +256,6 @@ class Relay:
                 self.client_open = False
                 break
             parts.append(data)
-        if not more:
-            self.client_open = False
         if parts:
             self.down = b"".join(parts)
         chan.collect()
@@ -343,6 +353,7 @@ class Relay:
         poller = select.poll()
         registered: Dict[int, int] = {}
         sock_fd = self.chan.sock.fileno()
+        self._decrypt()            # data that came with the client's Finished
         self._encrypt()
         while not self._finished():
             wanted = self._interest()
