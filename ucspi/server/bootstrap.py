@@ -69,9 +69,10 @@ def _quiet_stdio(print_port: Optional[int]) -> None:
 
 def _absolute(opts: Options) -> None:
     """A ``PLUGINn_dir`` changes the working directory: the file arguments
-    are made absolute first (DECISIONS D30)."""
-    for name in ("rules", "limit_file", "certfile", "certdir", "cafile", "crlfile",
-                 "pidfile"):
+    are made absolute first (DECISIONS D30).  The ``-c`` file needs
+    nothing: it is found in ``$CONTROLDIR`` and made absolute at start-up
+    in any case."""
+    for name in ("rules", "certfile", "certdir", "cafile", "crlfile", "pidfile"):
         value = getattr(opts, name)
         if value:
             setattr(opts, name, os.path.abspath(value))
