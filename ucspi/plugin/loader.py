@@ -66,14 +66,29 @@ def strings(items: List[bytes]) -> CharArray:
     return (ctypes.c_char_p * (len(items) + 1))(*items)   # the last one stays NULL
 
 
+def _libc_handle() -> ctypes.CDLL:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None)
+    return _libc
+
+
+def purge_stdout() -> None:
+    """Drop what C's ``stdout`` buffer holds in this (new) child: output
+    an init function left buffered in the parent is not the
+    connection's (glibc's ``__fpurge``; elsewhere nothing is done)."""
+    try:
+        libc = _libc_handle()
+        libc.__fpurge(ctypes.c_void_p.in_dll(libc, "stdout"))
+    except (OSError, AttributeError, ValueError):
+        pass
+
+
 def flush_stdio() -> None:
     """``fflush(NULL)``: what the function left in C's stdio buffers
     reaches its descriptors before the child's ``_exit``."""
-    global _libc
     try:
-        if _libc is None:
-            _libc = ctypes.CDLL(None)
-        _libc.fflush(None)
+        _libc_handle().fflush(None)
     except (OSError, AttributeError):
         pass
 
@@ -114,6 +129,7 @@ class SharedObject:
             OSError: the fork failed.
         """
         def work() -> int:
+            purge_stdout()
             os.dup2(fd0, 0)
             os.dup2(fd1, 1)
             for fd in {fd0, fd1} - {0, 1, 2}:
