@@ -8,6 +8,8 @@ fixture.  Tests never import a fixture: pytest finds these by name.
   this run, or ``$UCSPI_TEST_DNS_IP`` (:func:`tests.fix_dns.dnsmasq`).
 * ``identd`` (session): oidentd on 127.0.0.1:113
   (:func:`tests.fix_ident.oidentd`).
+* ``mariadb`` (session): a throw-away MariaDB server
+  (:func:`tests.fix_mariadb.mariadb_server`).
 
 The helper modules are imported inside the fixtures, so that a module
 of ``ucspi`` that does not import (mid-change) only breaks the tests
@@ -30,6 +32,7 @@ if ROOT not in sys.path:
 if TYPE_CHECKING:
     from tests.fix_dns import DnsServer
     from tests.fix_ident import Identd
+    from tests.fix_mariadb import MariaDB
     from tests.fix_server import Servers
 
 
@@ -62,4 +65,15 @@ def identd() -> Iterator["Identd"]:
     from tests.fix_ident import oidentd
 
     with oidentd() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator["MariaDB"]:
+    """A MariaDB server of this run: ``.socket``, ``.host``/``.port``,
+    ``.user``, ``.password``, ``.database``, ``.sql(statement)``,
+    ``.stop()``/``.start()`` (see tests/fix_mariadb.py)."""
+    from tests.fix_mariadb import mariadb_server
+
+    with mariadb_server() as server:
         yield server

@@ -74,17 +74,6 @@ def test_numbers_are_checked(argv: List[str]) -> None:
     assert "wants a number" in err
 
 
-@pytest.mark.parametrize("argv, feature", [
-    (["-m", "db.conf"], "-m"), (["-vm", "db.conf"], "-m"),
-])
-def test_later_features_are_refused(argv: List[str], feature: str) -> None:
-    result = run_once(OURS, ["-HR", "-l0", *argv, *PROG])
-    err = _err(result)
-    assert result.returncode == 100
-    assert err.count("\n") == 1 and err.startswith("tcpserver: fatal: "), err
-    assert feature in err and "not implemented" in err
-
-
 @pytest.mark.parametrize("argv", [["/tmp/no-such.sock", "prog"]])
 def test_unix_sockets_are_refused(argv: List[str]) -> None:
     result = run_once(OURS, ["-HR", "-l0", *argv])

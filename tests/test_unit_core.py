@@ -187,10 +187,9 @@ def test_parse_missing_arguments_quiet() -> None:
     assert getattr(info.value, "quiet", False) is True
 
 
-def test_parse_refuses_later_letters_with_argument() -> None:
-    o = parse(["-m", "arg"] + PROG, {})
-    assert len(o.refused) == 1 and "-m" in o.refused[0]
-    assert o.argv == ["prog"]                         # the argument was consumed
+def test_parse_mysql_option() -> None:
+    o = parse(["-m", "db.conf"] + PROG, {})
+    assert (o.mysql, o.refused, o.argv) == ("db.conf", [], ["prog"])
 
 
 def test_parse_tls_options() -> None:

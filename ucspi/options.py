@@ -31,7 +31,7 @@ from .scan import ID_MAX, INT_MAX, PORT_MAX, SCOPE_MAX, decimal, is_digits, lead
 #: features that have not landed (:data:`NOT_YET`) are left out: they
 #: are recognised, but only to be refused.
 USAGE = ("tcpserver: usage: tcpserver [ -461UXpPhHrRoOdDqQvVsNz ] [ -c limit | -c file ] "
-         "[ -C perhostlimit ] [ -x rules.cdb ] [ -B banner ] [ -g gid ] [ -u uid ] "
+         "[ -C perhostlimit ] [ -x rules.cdb ] [ -m db.conf ] [ -B banner ] [ -g gid ] [ -u uid ] "
          "[ -b backlog ] [ -l localname ] [ -t timeout ] [ -e pidfile ] [ -I interface ] "
          "[ -n certfile ] [ -i certdir ] [ -a cafile ] [ -L crlfile ] [ -f cipherlist ] "
          "[ -M method ] [ -S timeout ] [ -T timeout ] host port program\n")
@@ -41,9 +41,7 @@ WITH_ARG = frozenset("cCxmBgulbtTeInafMiLS")
 #: letters that are flags
 FLAGS = frozenset("qQvVUX1 46oOdDhHpPrRsNz".replace(" ", ""))
 #: letters parsed but belonging to features that have not landed yet
-NOT_YET: Dict[str, str] = {
-    "m": "MySQL rules (-m)",
-}
+NOT_YET: Dict[str, str] = {}
 
 DEFAULT_LIMIT = 40
 DEFAULT_PER_HOST = 20
@@ -64,6 +62,7 @@ class Options:
     limit_file: Optional[str] = None          # -c file
     max_per_host: int = DEFAULT_PER_HOST      # -C n, $MAXPERIP; 0 = none
     rules: Optional[str] = None               # -x cdb
+    mysql: Optional[str] = None               # -m db.conf
     rules_missing_ok: bool = False            # -X
     banner: bytes = b""                       # -B
     user: Optional[str] = None                # -u name
@@ -280,6 +279,8 @@ def _apply(opts: Options, letter: str, arg: Optional[str], environ: Mapping[str,
         opts.ident_timeout = number("t", text)
     elif letter == "x":
         opts.rules = text
+    elif letter == "m":
+        opts.mysql = text
     elif letter == "B":
         opts.banner = os.fsencode(text)
     elif letter == "g":

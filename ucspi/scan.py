@@ -83,6 +83,16 @@ def leading(text: Text, maximum: int) -> int:
     return maximum if value is None else value
 
 
+#: how much of a file name a message shows
+NAME_SHOWN = 200
+
+
+def cut(name: str, limit: int = NAME_SHOWN) -> str:
+    """A file name for a message, cut after ``limit`` characters (a
+    5,000-character argument is not echoed in full)."""
+    return name if len(name) <= limit else name[:limit] + f"... ({len(name)} characters)"
+
+
 def shown(text: Text, limit: int = 24) -> str:
     """``repr`` of ``text`` for an error message, cut after ``limit``
     characters (a 5,000-digit argument is not echoed in full)."""

@@ -24,16 +24,20 @@ class Verdict:
         max_per_host: the client's per-host limit (0 = none).
         failure: ``(what, error)`` when the source could not answer:
             the connection is dropped with ``<what>: <error text>``.
+        quiet: the source could not answer and has said so in the log
+            already (once per failure burst): drop without a line.
     """
 
-    __slots__ = ("allow", "changes", "max_per_host", "failure")
+    __slots__ = ("allow", "changes", "max_per_host", "failure", "quiet")
 
     def __init__(self, allow: bool, changes: List[Change], max_per_host: int,
-                 failure: Optional[Tuple[str, BaseException]] = None) -> None:
+                 failure: Optional[Tuple[str, BaseException]] = None,
+                 quiet: bool = False) -> None:
         self.allow = allow
         self.changes = changes
         self.max_per_host = max_per_host
         self.failure = failure
+        self.quiet = quiet
 
 
 Answer = Callable[[Verdict], None]

@@ -27,6 +27,7 @@ from typing import List, Optional
 from ..errors import UcspiError, errtext
 from ..options import Options
 from ..plugin import is_shared_object
+from ..scan import cut
 
 #: glibc's search path when $PATH is unset (confstr _CS_PATH)
 DEFAULT_PATH = "/bin:/usr/bin"
@@ -37,7 +38,7 @@ SHOWN = 200
 
 
 def _shown(name: str) -> str:
-    return name if len(name) <= SHOWN else name[:SHOWN] + f"... ({len(name)} characters)"
+    return cut(name, SHOWN)
 
 
 def program_problem(name: str, path: Optional[str]) -> Optional[str]:

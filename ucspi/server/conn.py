@@ -322,6 +322,8 @@ class Connection:
             return
         if verdict.failure is not None:
             self.drop(*verdict.failure)
+        elif verdict.quiet:
+            self.end()
         elif not verdict.allow:
             self.ctx.log.verdict(False, 0, self.fields())
             self.end()

@@ -110,6 +110,11 @@ class Server:
             from .rules_access import RulesAccess
             access = RulesAccess(opts.rules, opts.rules_missing_ok, opts.max_per_host,
                                  self.offload)
+        if opts.mysql is not None:
+            # -m: db.conf read and the database asked once, before the drop
+            from .mysql_access import build
+            access = build(opts.mysql, os.environ, self.reactor, self.lookups, log, access,
+                           opts.max_per_host, self.offload)
         self.context = Context(opts, self.reactor, log, self.lookups, access,
                                environ.Builder(environ.inherited()),
                                self.over_limit, self._launch, self._ended)
@@ -186,7 +191,7 @@ class Server:
                     local: Any) -> None:
         conn = Connection(self.context, fd, family, peer, v6sock, local)
         ip = conn.ep.remote_ip
-        if self.opts.rules is None:   # else the limit may come from a rule
+        if self.context.access is None:   # else the limit may come from a rule
             count = self.over_limit(ip, self.opts.max_per_host, 0)
             if count:
                 self.log.per_host(ip, count)

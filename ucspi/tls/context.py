@@ -18,6 +18,7 @@ import ssl
 from typing import Any, Dict, List, Mapping, Optional
 
 from ..errors import errtext
+from ..scan import cut
 from . import settings
 from .settings import Files, TlsError
 
@@ -122,7 +123,7 @@ class Setup:
         if tls13:
             known = {c["name"] for c in ctx.get_ciphers() if c.get("protocol") == "TLSv1.3"}
             if any(name not in known for name in string.split(":")):
-                raise TlsError([f"tls_init: unable to set ciphersuites: {string}: "
+                raise TlsError([f"tls_init: unable to set ciphersuites: {cut(string)}: "
                                 "error:SSL routines::no cipher match"])
             notes.append(NO_TLS13_SUITES)
             return
@@ -131,7 +132,7 @@ class Setup:
         except ssl.SSLError:
             if string == "PROFILE=SYSTEM":
                 return                       # RHEL's word for the defaults
-            raise TlsError([f"tls_init: unable to set cipherlist: {string}: "
+            raise TlsError([f"tls_init: unable to set cipherlist: {cut(string)}: "
                             "error:SSL routines::no cipher match"]) from None
 
     @staticmethod
@@ -145,7 +146,7 @@ class Setup:
             except OSError as exc:
                 if exc.errno in (errno.ENOENT, errno.ENOTDIR):
                     continue
-                raise TlsError([f"error reading dh parameters {path}: {errtext(exc)}"]) from None
+                raise TlsError([f"error reading dh parameters {cut(path)}: {errtext(exc)}"]) from None
             try:
                 ctx.load_dh_params(path)
             except (OSError, ssl.SSLError):
@@ -168,14 +169,14 @@ class Setup:
         try:
             ctx.load_verify_locations(cafile=certfile, capath=capath)
         except (OSError, ssl.SSLError) as exc:
-            raise TlsError([f"unable to load CA certificate: {certfile}: "
+            raise TlsError([f"unable to load CA certificate: {cut(certfile)}: "
                             f"{library_error(exc)}"]) from None
         if files.cafile:
             try:
                 ctx.load_verify_locations(cafile=files.cafile)
             except (OSError, ssl.SSLError) as exc:
                 raise TlsError(["SSL_CTX_load_verify_locations: Unable to load CA certificate: "
-                                f"{files.cafile}: {library_error(exc)}"]) from None
+                                f"{cut(files.cafile)}: {library_error(exc)}"]) from None
         if files.crlfile:
             try:
                 ctx.load_verify_locations(cafile=files.crlfile)
@@ -190,7 +191,7 @@ class Setup:
         except (OSError, ssl.SSLError) as exc:
             if "KEY_VALUES_MISMATCH" in str(getattr(exc, "reason", "")):
                 raise TlsError(["SSL_CTX_use_certificate_file: Unable to use private key: "
-                                f"{certfile}: {library_error(exc)}"]) from None
+                                f"{cut(certfile)}: {library_error(exc)}"]) from None
             raise TlsError(["SSL_CTX_use_PrivateKey_file: Unable to load private keys: "
                             f"{library_error(exc)}"]) from None
         self._dh(ctx, files.certdir)
@@ -218,7 +219,7 @@ class Setup:
             try:
                 found[name] = self.context(files, path, [])
             except TlsError as exc:
-                self.skipped.append(f"SNI certificate {path} skipped: {exc.lines[-1]}")
+                self.skipped.append(f"SNI certificate {cut(path)} skipped: {exc.lines[-1]}")
         return found
 
     def build(self) -> Contexts:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 from typing import Callable, List, Mapping, Optional, Tuple
 
+from ..scan import cut
+
 #: where certificates live when neither ``-i`` nor ``$CERTDIR`` says
 DEFAULT_CERTDIR = "/etc/indimail/certs"
 
@@ -107,7 +109,7 @@ class Bounds:
 
 
 def _bad_method(text: str) -> TlsError:
-    return TlsError([f"tls_method: Invalid TLS method configured [{text}]",
+    return TlsError([f"tls_method: Invalid TLS method configured [{cut(text)}]",
                      "tls_method: Supported methods: TLSv1_2, TLSv1_3",
                      "SSL_CTX_new: error initializing method: protocol error"])
 
