@@ -56,10 +56,13 @@ Differences from IndiMail (DECISIONS D40; the man page says the same):
 
 from __future__ import annotations
 
+import functools
+import heapq
 import ipaddress
 import os
 from dataclasses import dataclass, field
-from typing import List, Literal, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import (Dict, Iterator, List, Literal, Mapping, NamedTuple, Optional, Sequence,
+                    Tuple, Union)
 
 from ..errors import Fatal, errtext
 from ..options import leading_number
@@ -496,21 +499,10 @@ def names_to_resolve(rows: Sequence[Row], ip: str) -> List[str]:
     since evaluation stops there.
 
     The caller resolves each (any family) and passes the textual
-    addresses to :func:`evaluate` as ``resolved``.
+    addresses to :func:`evaluate` as ``resolved``.  (:class:`Plan` does
+    the same for many clients of one result.)
     """
-    wanted: List[str] = []
-    for row in rows:
-        rule = _clean(row[1] if len(row) > 1 else None)
-        if rule is None:
-            continue
-        decision = _clean(row[0])
-        verdict = _applies_by_fields(rule, ip)
-        if verdict is None:
-            if _literal(rule) is None and _hostname_like(rule) and rule not in wanted:
-                wanted.append(rule)
-        elif verdict and decision is not None and decision.startswith("D"):
-            break
-    return wanted
+    return Plan(rows).names_to_resolve(ip)
 
 
 @dataclass
@@ -533,12 +525,11 @@ class Outcome:
     max_per_host: Optional[int] = None
 
 
-def _step4(rule: str, ip: str, resolved: Mapping[str, List[str]], compat: bool) -> bool:
-    literal = _literal(rule)
-    if literal is not None:
-        addresses: Optional[List[str]] = [literal]
+def _step4(entry: "_Entry", ip: str, resolved: Mapping[str, List[str]], compat: bool) -> bool:
+    if entry.literal is not None:
+        addresses: Optional[List[str]] = [entry.literal]
     else:
-        addresses = resolved.get(rule) if _hostname_like(rule) else None
+        addresses = resolved.get(entry.rule) if entry.hostname else None
     if not addresses:                   # failed, missing or empty lookup
         return compat
     want = _canonical(ip)
@@ -572,34 +563,120 @@ def evaluate(rows: Sequence[Row], ip: str, resolved: Mapping[str, List[str]],
             resolved IPv6 address of 16 characters or more) is a match.
 
     Returns:
-        The :class:`Outcome`.
+        The :class:`Outcome`.  (:class:`Plan` does the same for many
+        clients of one result.)
     """
     _port(port)
-    ip = _client(ip)
-    outcome = Outcome()
-    for row in rows:
-        decision = _clean(row[0] if len(row) > 0 else None)
-        rule = _clean(row[1] if len(row) > 1 else None)
-        env = row[2] if len(row) > 2 else None
-        if rule is None:
-            continue
-        verdict = _applies_by_fields(rule, ip)
-        if verdict is None:
-            verdict = _step4(rule, ip, resolved, compat_fail_matches)
-        if not verdict:
-            continue
-        if decision is not None and decision.startswith("D"):
-            outcome.denied = True
-            outcome.deny_rule = rule
-            break
-        text = _clean(env)
-        if text is None:
-            continue
+    return Plan(rows).evaluate(ip, resolved, compat_fail_matches)
+
+
+class _Entry(NamedTuple):
+    """One row, read once: what it says whoever the client is."""
+
+    rule: str
+    deny: bool
+    changes: Tuple[Change, ...]
+    max_per_host: Optional[int]
+    exact: bool                 # an inet_addr address: applies to that text only
+    literal: Optional[str]      # step 4 without DNS: the address it is
+    hostname: bool              # step 4 by a lookup
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _entry(decision_raw: Optional[bytes], rule_raw: Optional[bytes],
+           env_raw: Optional[bytes]) -> Optional[_Entry]:
+    """A row's meaning, cached on its column bytes (a table asked again
+    and again costs a lookup per row); None for a NULL ``iprule``, which
+    never applies."""
+    rule = _clean(rule_raw)
+    if rule is None:
+        return None
+    decision = _clean(decision_raw)
+    changes: List[Change] = []
+    limit: Optional[int] = None
+    text = _clean(env_raw)
+    if text is not None:
         for name, value in parse_env(text):
-            outcome.changes.append((name.encode("latin-1"), value.encode("latin-1")))
+            changes.append((name.encode("latin-1"), value.encode("latin-1")))
             if name == "MAXPERIP":
-                outcome.max_per_host = leading_number(value)
-    return outcome
+                limit = leading_number(value)
+    # steps 1 and 2: a valid inet_addr token applies to its own text or never
+    exact = rule != "*" and inet_addr_valid(rule)
+    literal = None if exact else _literal(rule)
+    return _Entry(rule, decision is not None and decision.startswith("D"), tuple(changes),
+                  limit, exact, literal, literal is None and _hostname_like(rule))
+
+
+class Plan:
+    """The rows of one result, read once for all the clients that get it.
+
+    Rows whose ``iprule`` is an ``inet_addr`` address apply only to a
+    client of that very text (steps 1-2), so they are indexed by it; the
+    other rows are kept in order.  A client then costs a dictionary
+    lookup plus the walk of the other rows, whatever the table's size.
+    """
+
+    __slots__ = ("entries", "exact", "others")
+
+    def __init__(self, rows: Sequence[Row]) -> None:
+        self.entries: List[_Entry] = []
+        self.exact: Dict[str, List[int]] = {}
+        self.others: List[int] = []
+        for row in rows:
+            entry = _entry(row[0] if len(row) > 0 else None, row[1] if len(row) > 1 else None,
+                           row[2] if len(row) > 2 else None)
+            if entry is None:
+                continue
+            at = len(self.entries)
+            self.entries.append(entry)
+            if entry.exact:
+                self.exact.setdefault(entry.rule, []).append(at)
+            else:
+                self.others.append(at)
+
+    def _walk(self, ip: str) -> Iterator[Tuple[_Entry, Optional[bool]]]:
+        """The rows that may apply to ``ip`` in order, each with steps
+        1-3's answer (None: step 4 decides)."""
+        hits = self.exact.get(ip)
+        order = heapq.merge(hits, self.others) if hits else self.others
+        for at in order:
+            entry = self.entries[at]
+            if entry.exact:
+                yield entry, True
+            else:
+                yield entry, _applies_by_fields(entry.rule, ip)
+
+    def names_to_resolve(self, ip: str) -> List[str]:
+        """As :func:`names_to_resolve`."""
+        ip = _client(ip)
+        wanted: List[str] = []
+        for entry, verdict in self._walk(ip):
+            if verdict is None:
+                if entry.hostname and entry.rule not in wanted:
+                    wanted.append(entry.rule)
+            elif verdict and entry.deny:
+                break
+        return wanted
+
+    def evaluate(self, ip: str, resolved: Mapping[str, List[str]],
+                 compat_fail_matches: bool = False) -> Outcome:
+        """As :func:`evaluate`."""
+        ip = _client(ip)
+        outcome = Outcome()
+        for entry, verdict in self._walk(ip):
+            if verdict is None:
+                verdict = _step4(entry, ip, resolved, compat_fail_matches)
+            if not verdict:
+                continue
+            if entry.deny:
+                outcome.denied = True
+                outcome.deny_rule = entry.rule
+                break
+            if entry.changes:
+                outcome.changes.extend(entry.changes)
+                if entry.max_per_host is not None:
+                    outcome.max_per_host = entry.max_per_host
+        return outcome
 
 
 __all__ = [
@@ -608,5 +685,5 @@ __all__ = [
     "parse_dbconf", "read_dbconf", "to_bytes", "endpoint", "mysql_timeout",
     "select_sql", "create_sql", "connect_error", "create_error", "query_error",
     "result_error", "deny_line", "parse_env", "inet_aton", "inet_addr_valid",
-    "match_fields", "names_to_resolve", "evaluate",
+    "match_fields", "names_to_resolve", "evaluate", "Plan",
 ]

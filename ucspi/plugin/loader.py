@@ -22,7 +22,6 @@ FLAGS = (os.RTLD_NOW | os.RTLD_LOCAL | getattr(os, "RTLD_DEEPBIND", 0)
          | getattr(os, "RTLD_NODELETE", 0))
 
 _loaded: Dict[str, ctypes.CDLL] = {}
-_libc: Optional[ctypes.CDLL] = None
 
 CharArray = Any     # a NULL-terminated ctypes array of char *
 
@@ -66,31 +65,44 @@ def strings(items: List[bytes]) -> CharArray:
     return (ctypes.c_char_p * (len(items) + 1))(*items)   # the last one stays NULL
 
 
-def _libc_handle() -> ctypes.CDLL:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None)
-    return _libc
+class Stdio:
+    """C's stdio, found once in the parent (:meth:`SharedObject.load`) so
+    that a child only calls: ``__fpurge(stdout)`` before the function
+    (what an init left in the parent's buffer is not the connection's)
+    and ``fflush(NULL)`` after it (what the function left reaches its
+    descriptors before the child's ``_exit``).  Where glibc's
+    ``__fpurge`` or ``stdout`` cannot be found, nothing is purged."""
+
+    def __init__(self) -> None:
+        self.fpurge: Any = None
+        self.stdout: Any = None
+        self.fflush: Any = None
+        try:
+            libc = ctypes.CDLL(None)
+            self.fflush = libc.fflush
+            self.fpurge = getattr(libc, "__fpurge")   # (no name mangling)
+            self.stdout = ctypes.c_void_p.in_dll(libc, "stdout")
+        except (OSError, AttributeError, ValueError):
+            pass
+
+    def purge_stdout(self) -> None:
+        if self.fpurge is not None and self.stdout is not None:
+            self.fpurge(self.stdout)
+
+    def flush(self) -> None:
+        if self.fflush is not None:
+            self.fflush(None)
 
 
-def purge_stdout() -> None:
-    """Drop what C's ``stdout`` buffer holds in this (new) child: output
-    an init function left buffered in the parent is not the
-    connection's (glibc's ``__fpurge``; elsewhere nothing is done)."""
-    try:
-        libc = _libc_handle()
-        libc.__fpurge(ctypes.c_void_p.in_dll(libc, "stdout"))
-    except (OSError, AttributeError, ValueError):
-        pass
+_stdio: Optional[Stdio] = None
 
 
-def flush_stdio() -> None:
-    """``fflush(NULL)``: what the function left in C's stdio buffers
-    reaches its descriptors before the child's ``_exit``."""
-    try:
-        _libc_handle().fflush(None)
-    except (OSError, AttributeError):
-        pass
+def stdio() -> Stdio:
+    """The one :class:`Stdio` of the process."""
+    global _stdio
+    if _stdio is None:
+        _stdio = Stdio()
+    return _stdio
 
 
 class SharedObject:
@@ -101,6 +113,7 @@ class SharedObject:
         self.path = path
         self.name = function_name(path)
         self.function: Any = None
+        self.stdio: Optional[Stdio] = None
 
     def load(self) -> None:
         """Load the object and find its function.  Raises Fatal."""
@@ -109,6 +122,7 @@ class SharedObject:
                              ctypes.POINTER(ctypes.c_char_p)]
         function.restype = ctypes.c_int
         self.function = function
+        self.stdio = stdio()
 
     def call(self, argv: List[str], env: Dict[bytes, bytes]) -> int:
         """Call the function with ``argv`` and ``env`` (the process's own
@@ -118,7 +132,7 @@ class SharedObject:
         args = [os.fsencode(a) for a in argv]
         envp = [k + b"=" + v for k, v in env.items()]
         value = int(self.function(len(args), strings(args), strings(envp)))
-        flush_stdio()
+        (self.stdio or stdio()).flush()
         return value & 0xFF
 
     def start(self, fd0: int, fd1: int, argv: List[str], env: Dict[bytes, bytes]) -> int:
@@ -129,7 +143,7 @@ class SharedObject:
             OSError: the fork failed.
         """
         def work() -> int:
-            purge_stdout()
+            (self.stdio or stdio()).purge_stdout()
             os.dup2(fd0, 0)
             os.dup2(fd1, 1)
             for fd in {fd0, fd1} - {0, 1, 2}:

@@ -151,6 +151,17 @@ class MysqlAccess:
         self.then = then
         self.max_per_host = max_per_host
         self.failing = False
+        self._seen_rows: Optional[Rows] = None
+        self._seen_plan: Optional[rules.Plan] = None
+
+    def plan(self, rows: Rows) -> "rules.Plan":
+        """The rows read once for every client of this answer, and of the
+        next answers as long as the table does not change."""
+        plan = self._seen_plan
+        if plan is None or (rows is not self._seen_rows and rows != self._seen_rows):
+            plan = self._seen_plan = rules.Plan(rows)
+        self._seen_rows = rows
+        return plan
 
     def check(self, ep: Endpoints, answer: Answer) -> None:
         port = int(ep.local_port)
@@ -172,13 +183,14 @@ class MysqlAccess:
         if self.failing:
             self.failing = False
             self.log.warning("MySQL: answering again")
-        names = rules.names_to_resolve(rows, ep.remote_ip)
+        plan = self.plan(rows)
+        names = plan.names_to_resolve(ep.remote_ip)
         if not names:
-            self._evaluate(ep, answer, port, rows, {})
+            self._evaluate(ep, answer, port, plan, {})
             return
-        self._resolve(ep, answer, port, rows, names)
+        self._resolve(ep, answer, port, plan, names)
 
-    def _resolve(self, ep: Endpoints, answer: Answer, port: int, rows: Rows,
+    def _resolve(self, ep: Endpoints, answer: Answer, port: int, plan: "rules.Plan",
                  names: List[str]) -> None:
         from ..dns.lookup import lookup_addresses
         resolved: Dict[str, List[str]] = {}
@@ -190,7 +202,7 @@ class MysqlAccess:
                 resolved[name] = [] if error is not None else [_text(a) for a in addresses]
                 left[0] -= 1
                 if left[0] == 0:
-                    self._evaluate(ep, answer, port, rows, resolved)
+                    self._evaluate(ep, answer, port, plan, resolved)
 
             def abort(error: OSError) -> None:
                 done([], error)
@@ -200,9 +212,9 @@ class MysqlAccess:
         for name in names:
             one(name)
 
-    def _evaluate(self, ep: Endpoints, answer: Answer, port: int, rows: Rows,
+    def _evaluate(self, ep: Endpoints, answer: Answer, port: int, plan: "rules.Plan",
                   resolved: Dict[str, List[str]]) -> None:
-        outcome = rules.evaluate(rows, ep.remote_ip, resolved, port)
+        outcome = plan.evaluate(ep.remote_ip, resolved)
         if outcome.denied:
             if self.log.verbosity >= 1:
                 self.log.line(b"MySQL: Port %d: IPrule %s"
