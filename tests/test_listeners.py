@@ -17,7 +17,7 @@ from typing import Dict, List, Sequence
 
 import pytest
 
-from tests.fix_server import HOLD, PRINT_ENV, clean_env, parse_env, read_all, read_some
+from tests.fix_server import HOLD, clean_env, parse_env, read_all, read_some
 from tests.util import ours, wait_until
 
 #: execs its argv with the descriptors named on its command line moved to
