@@ -41,7 +41,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
-from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from .. import address
 from ..environ import Builder, Change, Endpoints, connection_changes
@@ -49,10 +49,12 @@ from ..errors import errtext
 from ..log import Log, connection_fields, safe
 from ..options import Options
 from ..reactor import Reactor
-from ..proxy import Header
 from .access import Access, Verdict
 from .lookups import Lookups
 from .proxied import HeaderReader
+
+if TYPE_CHECKING:
+    from ..proxy import Header
 
 
 F = TypeVar("F", bound=Callable[..., None])
@@ -219,7 +221,7 @@ class Connection:
         self.end()
 
     @guarded
-    def _got_header(self, header: Header) -> None:
+    def _got_header(self, header: "Header") -> None:
         self.handles = []
         self.sock.setblocking(True)
         if not header.local:
@@ -229,7 +231,7 @@ class Connection:
                 self.ctx.moved(old, self.ep.remote_ip)
         self.next()
 
-    def _readdress(self, header: Header) -> None:
+    def _readdress(self, header: "Header") -> None:
         """The header's addresses replace the socket's (D63); IPv4 in
         the header, or IPv4-mapped, is an IPv4 client (D18)."""
         src, dst = _six(header.src_ip, header.family), _six(header.dst_ip, header.family)

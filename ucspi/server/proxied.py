@@ -15,19 +15,25 @@ takes the bytes it peeked (all of them belong to the header when the
 size is not known yet) or, once the size is known, reads exactly the
 rest.  The whole header must arrive within :data:`HEADER_TIMEOUT`
 seconds.  The loop goes on serving other connections meanwhile.
+
+The parser (:mod:`ucspi.proxy`) is imported by :func:`proxy_sources`,
+at start-up and only when ``PROXY_FROM`` is set: before the privilege
+drop, and not at all for a server that does not use it.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Callable, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, List, Mapping, Optional, Tuple
 
 from ..address import MAPPED_PACKED, strip_scope
 from ..errors import UsageError, errtext
-from ..proxy import Header, ProxyError, needed, parse
 from ..reactor import Reactor, Timer
 from ..scan import shown
+
+if TYPE_CHECKING:
+    from ..proxy import Header
 
 #: seconds for the whole header
 HEADER_TIMEOUT = 5.0
@@ -90,6 +96,7 @@ def proxy_sources(environ: Mapping[str, str]) -> Optional[Trusted]:
             net = ipaddress.IPv4Network((net.network_address.packed[12:], net.prefixlen - 96))
         target = v4 if net.version == 4 else v6
         target.append((int(net.network_address), int(net.netmask)))
+    from .. import proxy  # noqa: F401  (the parser, imported before the drop)
     return Trusted(v4, v6)
 
 
@@ -106,7 +113,7 @@ class HeaderReader:
     """
 
     def __init__(self, reactor: Reactor, sock: socket.socket,
-                 done: Callable[[Header], None], bad: Callable[[str], None]) -> None:
+                 done: Callable[["Header"], None], bad: Callable[[str], None]) -> None:
         self.reactor = reactor
         self.sock = sock
         self.done = done
@@ -138,6 +145,7 @@ class HeaderReader:
         self.bad(reason)
 
     def _readable(self) -> None:
+        from ..proxy import ProxyError
         try:
             header = self._read()
         except (BlockingIOError, InterruptedError):
@@ -152,7 +160,8 @@ class HeaderReader:
             self.cancel()
             self.done(header)
 
-    def _read(self) -> Optional[Header]:
+    def _read(self) -> Optional["Header"]:
+        from ..proxy import ProxyError, needed, parse
         sock = self.sock
         if not self.size:
             data = sock.recv(PEEK, socket.MSG_PEEK)
