@@ -259,3 +259,25 @@ def test_proxy_from_networks(servers) -> None:  # type: ignore[no-untyped-def]
     assert "2001:db8::1" in trusted and "2001:db8::2" not in trusted
     assert "fe80::1%lo" not in trusted and "junk" not in trusted
     assert proxy_sources({"PROXY_FROM": " "}) is None
+
+
+def test_tls_after_the_header(servers, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Not a byte of the ClientHello is taken with the header: the relay
+    handshakes on the same socket, and the program sees the header's
+    client."""
+    from tests.fix_tls import client_context, session_certs, tls_env
+    certs = session_certs(str(tmp_path))
+    server = servers(["-HRl0", "-n", certs.default], env=tls_env(PROXY_FROM="127.0.0.1"))
+    raw = server.connect(timeout=10)
+    raw.sendall(build_v2("192.0.2.9", 999, "192.0.2.10", 465))
+    with client_context().wrap_socket(raw) as tls:
+        data = b""
+        while not data.endswith(b"END\n"):
+            chunk = tls.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    env = parse_env(data)
+    assert (env["TCPREMOTEIP"], env["TCPREMOTEPORT"], env["TCPLOCALPORT"]) == \
+        ("192.0.2.9", "999", "465")
+    assert env["SSL_PROTOCOL"].startswith("TLSv1.")

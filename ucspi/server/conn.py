@@ -223,7 +223,6 @@ class Connection:
     @guarded
     def _got_header(self, header: "Header") -> None:
         self.handles = []
-        self.sock.setblocking(True)
         if not header.local:
             old = self.ep.remote_ip
             self._readdress(header)

@@ -40,6 +40,8 @@ HEADER_TIMEOUT = 5.0
 #: bytes peeked at a time: a whole v1 line, or v2's fixed part and more
 PEEK = 256
 VARIABLE = "PROXY_FROM"
+_NOW = socket.MSG_DONTWAIT
+_PEEK_NOW = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
 Network = Tuple[int, int]    # (address, mask) as integers
 
@@ -105,7 +107,7 @@ class HeaderReader:
 
     Args:
         reactor: the loop.
-        sock: the connection (made non-blocking here).
+        sock: the connection (left blocking: reads are ``MSG_DONTWAIT``).
         done: called with the parsed header; the socket is then at the
             first byte after it.
         bad: called with the reason when the header is malformed, too
@@ -121,20 +123,28 @@ class HeaderReader:
         self.head = b""
         self.size = 0
         self.timer: Optional[Timer] = None
+        self.watching = False
 
     def start(self) -> None:
-        """Read what has arrived; wait for the rest."""
-        self.sock.setblocking(False)
+        """Read what has arrived (usually the whole header: a proxy sends
+        it with its connect); wait for the rest on the reactor."""
+        if self._readable():
+            return
         self.timer = self.reactor.call_later(HEADER_TIMEOUT, self._late)
-        self.reactor.add_reader(self.sock.fileno(), self._readable)
-        self._readable()
+        self.watching = True
+        self.reactor.add_reader(self.sock.fileno(), self._on_readable)
 
     def cancel(self) -> None:
         """Stop reading (the connection ends)."""
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.reactor.remove_reader(self.sock.fileno())
+        if self.watching:
+            self.watching = False
+            self.reactor.remove_reader(self.sock.fileno())
+
+    def _on_readable(self) -> None:
+        self._readable()
 
     def _late(self) -> None:
         self.timer = None
@@ -144,35 +154,41 @@ class HeaderReader:
         self.cancel()
         self.bad(reason)
 
-    def _readable(self) -> None:
+    def _readable(self) -> bool:
+        """Read what has arrived; True once the connection is done with
+        (the header complete, or refused)."""
         from ..proxy import ProxyError
         try:
             header = self._read()
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except ProxyError as exc:
             self._fail(str(exc))
-            return
+            return True
         except OSError as exc:
             self._fail(errtext(exc))
-            return
-        if header is not None:
-            self.cancel()
-            self.done(header)
+            return True
+        if header is None:
+            return False
+        self.cancel()
+        self.done(header)
+        return True
 
     def _read(self) -> Optional["Header"]:
+        """The socket stays blocking (the program gets it so): every
+        read here is ``MSG_DONTWAIT``."""
         from ..proxy import ProxyError, needed, parse
         sock = self.sock
         if not self.size:
-            data = sock.recv(PEEK, socket.MSG_PEEK)
+            data = sock.recv(PEEK, _PEEK_NOW)
             if not data:
                 raise ProxyError("truncated header")
             size = needed(self.head + data)
             if not size:
-                self.head += sock.recv(len(data))   # all of it is header
+                self.head += sock.recv(len(data), _NOW)   # all of it is header
                 return None
             self.size = size
-        chunk = sock.recv(self.size - len(self.head))
+        chunk = sock.recv(self.size - len(self.head), _NOW)
         if not chunk:
             raise ProxyError("truncated header")
         self.head += chunk
