@@ -37,6 +37,12 @@ class FakeLaunch:
         self.env_sizes: List[int] = []
         self.envs = envs
 
+    def attach(self, reloads: Any, counts: Any) -> None:
+        """Nothing to reload."""
+
+    def ready(self) -> None:
+        """Nothing to load."""
+
     def start(self, fd: int, env: Dict[bytes, bytes]) -> int:
         self.next_pid += 1
         self.started.append(self.next_pid)

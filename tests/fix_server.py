@@ -38,7 +38,7 @@ import time
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from tests.util import (C_TCPSERVER, PYTHON, accept_queue, need, ours, pending_signals,
-                        socket_inodes, wait_until)
+                        socket_inodes, unix_listening, wait_until)
 
 __all__ = ["OURS", "C", "PRINT_ENV", "HOLD", "clean_env", "argv_for", "run_once", "children_of",
            "fd_count", "alive", "wait_until", "read_all", "read_some", "read_exactly",
@@ -163,21 +163,35 @@ class Server:
 
     def __init__(self, impl: str, options: Sequence[str], host: str, prog: Sequence[str],
                  log_path: str, env: Optional[Dict[str, str]] = None,
-                 prefix: Sequence[str] = (), port: str = "0") -> None:
+                 prefix: Sequence[str] = (), port: Optional[str] = "0",
+                 pass_fds: Sequence[int] = ()) -> None:
         self.impl = impl
         self.host = host
-        self.argv = [*prefix, *argv_for(impl, ["-1", *options, host, port, *prog])]
+        where = [host] if port is None else [host, port]
+        self.argv = [*prefix, *argv_for(impl, ["-1", *options, *where, *prog])]
         self.log_path = log_path
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.PIPE, stderr=fd,
-                                         env=env if env is not None else clean_env())
+                                         env=env if env is not None else clean_env(),
+                                         pass_fds=tuple(pass_fds))
         finally:
             os.close(fd)
         self.pid = self.proc.pid
         self.seen: Set[int] = set()
-        self.port = self._read_port()
+        self.port = self._read_port() if port is not None else self._wait_unix()
+
+    def _wait_unix(self) -> int:
+        """UNIX mode (no port argument, no port line): wait until the
+        server's socket at :attr:`host` is listening; the port is 0."""
+        def check() -> bool:
+            if self.proc.poll() is not None:
+                return True
+            return unix_listening(self.host)
+        assert wait_until(check, 15), f"never listened on {self.host}: {self.log()}"
+        assert self.proc.poll() is None, f"server ended ({self.proc.returncode}): {self.log()}"
+        return 0
 
     def _read_port(self) -> int:
         assert self.proc.stdout is not None
@@ -270,7 +284,13 @@ class Server:
     def connect(self, host: Optional[str] = None, source: Optional[str] = None,
                 timeout: float = 5.0) -> socket.socket:
         """A connected client socket (to ``host`` or the bound host; from
-        ``source`` if given)."""
+        ``source`` if given; a host starting with ``/`` is a UNIX path)."""
+        if (host or self.host).startswith("/"):
+            usock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            usock.settimeout(timeout)
+            usock.connect(host or self.host)
+            self.remember()
+            return usock
         target = self.address(host)
         family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -379,13 +399,16 @@ class Servers:
     def __call__(self, options: Sequence[str] = (), host: str = "127.0.0.1",
                  prog: Sequence[str] = tuple(PRINT_ENV), impl: str = OURS,
                  env: Optional[Dict[str, str]] = None, prefix: Sequence[str] = (),
-                 port: str = "0") -> Server:
+                 port: Optional[str] = "0", pass_fds: Sequence[int] = ()) -> Server:
         """Start a server: ``options`` go before ``host port prog``;
         ``env`` defaults to :func:`clean_env`; ``prefix`` goes before the
-        server's argv (e.g. ``prlimit``) and must exec it."""
+        server's argv (e.g. ``prlimit``) and must exec it.  ``port=None``:
+        UNIX mode (``host`` is the socket path, no port argument; the
+        server is ready when that socket listens).  ``pass_fds``: kept
+        open in the server (socket activation)."""
         log_path = os.path.join(self.logdir,
                                 f"{os.path.basename(impl)}-{len(self.started) + 1}.log")
-        server = Server(impl, options, host, prog, log_path, env, prefix, port)
+        server = Server(impl, options, host, prog, log_path, env, prefix, port, pass_fds)
         self.started.append(server)
         return server
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
@@ -20,7 +21,8 @@ from typing import Iterator
 
 import pytest
 
-from tests.fix_server import PRINT_ENV, clean_env
+from tests.fix_server import PRINT_ENV, clean_env, parse_env
+from ucspi.proxy import build_v1
 from tests.util import PYTHON, ROOT, need_root
 
 NO_REWRITE = "/nonexistent/ucspi-test-dnsrewrite"
@@ -82,7 +84,9 @@ def test_unreadable_code_still_serves_every_option(servers, dns_server, identd, 
                         ':deny\n')
     server = servers(["-v", "-u", "nobody", "-x", cdb, "-h", "-r", "-p", "-t", "5"],
                      prog=PRINT_ENV, impl=program,
-                     env=clean_env(DNSCACHEIP=dns_server.ip, DNSREWRITEFILE=NO_REWRITE))
+                     env=clean_env(DNSCACHEIP=dns_server.ip, DNSREWRITEFILE=NO_REWRITE,
+                                   PROXY_FROM="127.53.0.9",
+                                   NOTIFY_SOCKET=os.path.join(public, "notify")))
     status = os.stat(f"/proc/{server.pid}")
     assert status.st_uid == 65534            # the drop happened
     for _ in range(3):
@@ -92,5 +96,10 @@ def test_unreadable_code_still_serves_every_option(servers, dns_server, identd, 
         by_host = server.env(source="127.53.0.4")
         assert by_host["WHO"] == "host" and by_host["TCPREMOTEHOST"] == "mixed.example"
     assert server.talk(source="127.53.0.3") == b""     # paranoid mismatch: denied
+    header = build_v1("127.53.0.4", 1234, "127.0.0.1", server.port)
+    proxied = parse_env(server.talk(send=header, source="127.53.0.9"))   # PROXY_FROM
+    assert proxied["WHO"] == "host" and proxied["TCPREMOTEPORT"] == "1234"
+    server.signal(signal.SIGHUP, wait_ready=False)     # RELOADING, READY
+    server.wait_log(r"^tcpserver: sighup: ")
     assert not [line for line in server.lines() if "warning" in line or "Error" in line]
     assert stat.S_IMODE(os.stat(hidden).st_mode) == 0o700

@@ -13,7 +13,7 @@ from typing import List
 import pytest
 
 from tests.fix_server import C, OURS, PRINT_ENV, parse_env, run_once
-from ucspi.options import USAGE
+from ucspi.options import USAGE, parse
 
 PROG = ["127.0.0.1", "0", "true"]
 C_USAGE = ("tcpserver: usage: tcpserver [ -1UXpPhHrRoOdDqQv ] [ -c limit ] [ -x rules.cdb ] "
@@ -74,12 +74,19 @@ def test_numbers_are_checked(argv: List[str]) -> None:
     assert "wants a number" in err
 
 
-@pytest.mark.parametrize("argv", [["/tmp/no-such.sock", "prog"]])
-def test_unix_sockets_are_refused(argv: List[str]) -> None:
-    result = run_once(OURS, ["-HR", "-l0", *argv])
-    err = _err(result)
+def test_a_path_host_takes_no_port() -> None:
+    """``/path prog``: UNIX mode, the word after the path is the program
+    (spec core §2.9); the options it ignores are turned off."""
+    opts = parse(["-1", "-x", "r.cdb", "-hpr", "-D", "-6", "/tmp/x.sock", "0", "prog"], {})
+    assert opts.unix and opts.host == "/tmp/x.sock" and opts.argv == ["0", "prog"]
+    assert not (opts.print_port or opts.rules or opts.remote_host or opts.paranoid
+                or opts.remote_info or opts.nodelay or opts.force_ipv6)
+
+
+def test_a_path_host_wants_a_program() -> None:
+    result = run_once(OURS, ["-HR", "/tmp/ucspi-no-such.sock"])
     assert result.returncode == 100
-    assert err.count("\n") == 1 and err.startswith("tcpserver: fatal: not implemented yet: ")
+    assert result.stderr.decode().startswith("tcpserver: usage: ")
 
 
 def test_double_dash_ends_options(servers) -> None:

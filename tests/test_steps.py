@@ -306,10 +306,9 @@ def _boom(conn: Connection) -> None:
 def test_a_failing_step_ends_only_its_connection(world, monkeypatch, index) -> None:  # type: ignore[no-untyped-def]
     """Whatever step raises, the connection ends (its slot is freed
     through ``end``) with one warning naming the client."""
-    from ucspi.server import conn as conn_module
-    steps = list(conn_module._STEPS)
+    steps = list(Connection.STEPS)
     steps[index] = _boom
-    monkeypatch.setattr(conn_module, "_STEPS", tuple(steps))
+    monkeypatch.setattr(Connection, "STEPS", tuple(steps))
     w = world(["-HRl0"], access=FakeAccess(Verdict(True, [], 0)))
     w.run()
     assert w.ended == [w.conn] and w.conn.closed and w.launched == []

@@ -205,10 +205,10 @@ def test_parse_tls_options() -> None:
     assert not parse(["-T", "5"] + PROG, {}).tls          # -T alone: no TLS
 
 
-def test_parse_takes_so_and_refuses_unix() -> None:
+def test_parse_takes_so_and_unix() -> None:
     assert parse(["0", "0", "/lib/x.so"], {}).refused == []
     o = parse(["/tmp/sock", "prog"], {})
-    assert o.refused and "UNIX" in o.refused[0]
+    assert o.unix and o.refused == [] and o.argv == ["prog"] and o.port == ""
 
 
 def test_usage_text() -> None:

@@ -157,3 +157,18 @@ def pending_signals(pid: int) -> int:
     except OSError:
         return 0
     return mask
+
+
+def unix_listening(path: str) -> bool:
+    """Is a UNIX stream socket bound to ``path`` listening?  (The
+    kernel's table, ``/proc/net/unix``: flag ``__SO_ACCEPTCON``.)"""
+    try:
+        with open("/proc/net/unix") as handle:
+            next(handle)
+            for line in handle:
+                fields = line.split()
+                if len(fields) >= 8 and fields[7] == path and int(fields[3], 16) & 0x10000:
+                    return True
+    except OSError:
+        pass
+    return False

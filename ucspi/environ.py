@@ -152,7 +152,17 @@ class Builder:
             env = apply(env, more)
         return env
 
+    def build_plain(self, changes: List[Change]) -> Environment:
+        """The server's environment with ``changes`` applied, and no
+        standard ``TCP*`` variable touched (UNIX clients)."""
+        return apply(self.base, changes)
 
-def inherited() -> Environment:
-    """The server's own environment, as bytes."""
-    return dict(os.environb)
+
+def inherited(drop: Tuple[str, ...] = ()) -> Environment:
+    """The server's own environment, as bytes, without the variables
+    named in ``drop`` (those meant for the server alone: socket
+    activation's, ``NOTIFY_SOCKET``)."""
+    env = dict(os.environb)
+    for name in drop:
+        env.pop(name.encode(), None)
+    return env

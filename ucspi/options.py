@@ -96,6 +96,7 @@ class Options:
     idle_timeout: int = 300                   # -T (0: none; TLS only)
     host: str = "0"
     port: str = ""
+    unix: bool = False                        # host starting with /: UNIX-domain mode
     argv: List[str]
     refused: List[str]
 
@@ -324,6 +325,20 @@ def _missing(opts: Options) -> MissingArgument:
     return MissingArgument(quiet=opts.verbosity == 0)
 
 
+def _unix_mode(opts: Options) -> None:
+    """A host starting with ``/``: UNIX-domain mode, no port argument.
+    The options that mean nothing there are turned off (spec core §2.9:
+    ``-1 -x -X -h -H -p -r -R -l -o -O -d -D -4 -6 -I`` are ignored)."""
+    opts.unix = True
+    opts.port = ""
+    opts.print_port = False
+    opts.rules, opts.rules_missing_ok = None, False
+    opts.remote_host, opts.paranoid, opts.remote_info = False, False, False
+    opts.localname = None
+    opts.kill_ip_options, opts.nodelay = False, False
+    opts.ipv4_only, opts.force_ipv6, opts.interface = False, False, None
+
+
 def parse(argv: List[str], environ: Mapping[str, str] = os.environ) -> Options:
     """Parse tcpserver's command line (without the program name).
 
@@ -332,7 +347,9 @@ def parse(argv: List[str], environ: Mapping[str, str] = os.environ) -> Options:
         environ: where ``$MAXPERIP``, ``$UID`` and ``$GID`` come from.
 
     Returns:
-        The options, with ``host``, ``port`` and ``argv`` filled in.
+        The options, with ``host``, ``port`` and ``argv`` filled in
+        (a host starting with ``/`` is a socket path: ``unix`` is set and
+        no port argument is taken).
         ``refused`` names features asked for that are not available.
 
     Raises:
@@ -349,11 +366,14 @@ def parse(argv: List[str], environ: Mapping[str, str] = os.environ) -> Options:
         raise _missing(opts)
     opts.host = rest[0] or "0"
     if opts.host.startswith("/"):
-        opts.refused.append("UNIX-domain sockets (host starting with /)")
-        rest = rest[:1] + ["0"] + rest[1:]
+        if len(rest) < 2:
+            raise _missing(opts)
+        _unix_mode(opts)
+        opts.argv = rest[1:]
+        return opts
     if len(rest) < 3:
         raise _missing(opts)
-    if ":" in opts.host and "%" in opts.host and not opts.host.startswith("/"):
+    if ":" in opts.host and "%" in opts.host:
         _scope("the host's scope id", opts.host.partition("%")[2])
     opts.port = rest[1]
     _port(opts.port)

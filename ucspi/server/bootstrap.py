@@ -10,6 +10,7 @@ typed exceptions (D5); here they become 100 (usage, permanent) or 111
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from typing import Any, Callable, List, Optional
@@ -24,6 +25,8 @@ from ..plugin import has_dirs, is_shared_object
 from .launch import Launch, Spawn
 from .limits import Limit
 from .loop import Server
+from .notify import Notifier
+from .proxied import proxy_sources
 
 #: makes the launcher from the options; the default spawns the program
 LaunchFactory = Callable[[Options], Launch]
@@ -138,23 +141,19 @@ def _setup(opts: Options, log: Log, make_launch: LaunchFactory) -> Server:
     limit = Limit.from_options(opts)
     ident = privs.resolve(opts.user, opts.uid, opts.gid, opts.groups)
     port = listen.parse_port(opts.port)
+    trusted = proxy_sources(os.environ)
     launch = make_launch(opts)          # TLS: the contexts, before binding
+    activated = listen.activated(os.environ, os.getpid())
     if opts.pidfile is not None:
-        pidfile.claim(opts.pidfile)
+        stale = opts.host if opts.unix and not activated else None
+        pidfile.claim(opts.pidfile, stale)
     wakeup = signals.install()
     _more_descriptors()
-
-    def resolve(host: str) -> List[Any]:
-        from ..dns.conf import DnsConfig
-        from ..dns.lookup import qualify
-        return qualify(DnsConfig.load(os.environ, opts.ipv4_only), host)
-
-    ipv4, address, scope = listen.host_address(opts.host, opts.ipv4_only, resolve)
-    scope = scope or listen.interface_index(opts.interface)
-    listener = listen.open_listener(ipv4, address, scope, port, opts.backlog)
+    listener = _listen(opts, port, activated)
     # the server is built before the drop: it imports what the options
     # need while the package and the interpreter's library are readable
-    server = Server(opts, log, listener, limit, wakeup, launch)
+    server = Server(opts, log, listener, limit, wakeup, launch, trusted,
+                    Notifier.from_environ(os.environ, log))
     privs.drop(ident)
     if plugins is not None:
         plugins.run(reload=False)
@@ -164,6 +163,26 @@ def _setup(opts: Options, log: Log, make_launch: LaunchFactory) -> Server:
         log.warning(problem)
     _quiet_stdio(listener.port if opts.print_port else None)
     return server
+
+
+def _listen(opts: Options, port: int, activated: int) -> listen.Listener:
+    """The listening sockets: inherited from the supervisor, bound to
+    the UNIX path, or bound to the host and port."""
+    if activated:
+        return listen.inherited(activated)
+    if opts.unix:
+        listener = listen.open_unix(opts.host, opts.backlog)
+        signals.at_term(functools.partial(listen.remove_own, listener.path))
+        return listener
+
+    def resolve(host: str) -> List[Any]:
+        from ..dns.conf import DnsConfig
+        from ..dns.lookup import qualify
+        return qualify(DnsConfig.load(os.environ, opts.ipv4_only), host)
+
+    ipv4, address, scope = listen.host_address(opts.host, opts.ipv4_only, resolve)
+    scope = scope or listen.interface_index(opts.interface)
+    return listen.open_listener(ipv4, address, scope, port, opts.backlog)
 
 
 def main(argv: Optional[List[str]] = None, launch: LaunchFactory = _spawn) -> int:
@@ -201,11 +220,14 @@ def main(argv: Optional[List[str]] = None, launch: LaunchFactory = _spawn) -> in
         server = _setup(opts, log, launch)
         server.run()
     except UsageError as exc:
+        signals.run_at_term()
         log.line(b"fatal: " + os.fsencode(str(exc)))
         return EXIT_USAGE
     except Fatal as exc:
+        signals.run_at_term()
         log.fatal(str(exc))
         return exc.code
     except KeyboardInterrupt:
+        signals.run_at_term()
         return EXIT_TEMP
     return 0

@@ -4,7 +4,9 @@ The parent runs many of these at once (DECISIONS D1).  A connection is a
 sequence of steps; each calls :meth:`Connection.next` when it is done,
 at once or from a reactor callback:
 
-1. **header**: nothing yet (the PROXY protocol header will be read here);
+1. **header**: for a connection from a source trusted by ``PROXY_FROM``,
+   the PROXY protocol header (:mod:`.proxied`), whose addresses then
+   replace the socket's in every later step; nothing for the others;
 2. **socket**: socket options (``-o``/``-O``, ``-d``/``-D``), then the
    banner (``-B``), waiting for the socket if it is slow, then the
    local address;
@@ -15,8 +17,9 @@ at once or from a reactor callback:
 4. **access**: the access source (the ``-x`` cdb) answers through a
    callback: allowed with environment changes and a per-host limit,
    denied, or failed;
-5. **per-host limit**: with an access source, the limit it gave
-   (without one, the server checked ``-C`` at accept, before the banner);
+5. **per-host limit**: with an access source, the limit it gave; for a
+   proxied connection, ``-C`` for the client in the header (for the
+   others, the server checked ``-C`` at accept, before the banner);
 6. **launch**: the environment is built and the program started.
 
 The steps see a narrow :class:`Context` (options, reactor, log, lookup
@@ -38,7 +41,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
-from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from .. import address
 from ..environ import Builder, Change, Endpoints, connection_changes
@@ -48,6 +51,10 @@ from ..options import Options
 from ..reactor import Reactor
 from .access import Access, Verdict
 from .lookups import Lookups
+from .proxied import HeaderReader
+
+if TYPE_CHECKING:
+    from ..proxy import Header
 
 
 F = TypeVar("F", bound=Callable[..., None])
@@ -95,16 +102,19 @@ class Context:
             connections from ``ip`` if that is at or over ``limit``, else 0.
         launch: ``(connection, environment)``: start the program.
         end: ``(connection)``: it ended without a program.
+        moved: ``(old ip, new ip)``: a PROXY header changed the
+            client's address (the per-host count follows it).
     """
 
     __slots__ = ("opts", "reactor", "log", "lookups", "access", "env",
-                 "over_limit", "launch", "end", "localname", "kill_ip_options")
+                 "over_limit", "launch", "end", "moved", "localname", "kill_ip_options")
 
     def __init__(self, opts: Options, reactor: Reactor, log: Log, lookups: Lookups,
                  access: Optional[Access], env: Builder,
                  over_limit: Callable[[str, int], int],
                  launch: Callable[["Connection", Dict[bytes, bytes]], None],
-                 end: Callable[["Connection"], None]) -> None:
+                 end: Callable[["Connection"], None],
+                 moved: Optional[Callable[[str, str], None]] = None) -> None:
         self.opts = opts
         self.reactor = reactor
         self.log = log
@@ -114,6 +124,7 @@ class Context:
         self.over_limit = over_limit
         self.launch = launch
         self.end = end
+        self.moved = moved
         self.localname = None if opts.localname is None else os.fsencode(opts.localname)
         # -O: only where a source-routed SYN can arrive at all
         self.kill_ip_options = opts.kill_ip_options and source_routes_accepted()
@@ -139,7 +150,14 @@ def source_routes_accepted(path: str = "/proc/sys/net/ipv4/conf/all/accept_sourc
 
 
 class Connection:
-    """The state of one connection until its program starts."""
+    """The state of one connection until its program starts.
+
+    ``proxied`` is set (by the server, before :meth:`start`) for a
+    connection from a source that ``PROXY_FROM`` trusts.
+    """
+
+    proxied = False
+    STEPS: Tuple[Callable[["Connection"], None], ...] = ()
 
     def __init__(self, ctx: Context, fd: int, family: int, peer: Any, v6sock: bool,
                  local: Optional[Tuple[Any, ...]] = None) -> None:
@@ -182,7 +200,7 @@ class Connection:
         """The current step is done: run the next one."""
         if self.closed:
             return
-        step = _STEPS[self._step]
+        step = self.STEPS[self._step]
         self._step += 1
         try:
             step(self)
@@ -190,7 +208,44 @@ class Connection:
             self.fail(exc)
 
     def _header(self) -> None:
+        if not self.proxied:
+            self.next()
+            return
+        reader = HeaderReader(self.ctx.reactor, self.sock, self._got_header, self._bad_header)
+        self.handles.append(reader)
+        reader.start()
+
+    @guarded
+    def _bad_header(self, reason: str) -> None:
+        self.ctx.log.drop(f"bad PROXY header from {self.ep.remote_ip}: {reason}")
+        self.end()
+
+    @guarded
+    def _got_header(self, header: "Header") -> None:
+        self.handles = []
+        if not header.local:
+            old = self.ep.remote_ip
+            self._readdress(header)
+            if self.ctx.moved is not None:
+                self.ctx.moved(old, self.ep.remote_ip)
         self.next()
+
+    def _readdress(self, header: "Header") -> None:
+        """The header's addresses replace the socket's (D63); IPv4 in
+        the header, or IPv4-mapped, is an IPv4 client (D18)."""
+        src, dst = _six(header.src_ip, header.family), _six(header.dst_ip, header.family)
+        ep = self.ep
+        v6sock = ep.v6sock or not (src.startswith(address.MAPPED_PREFIX)
+                                   and dst.startswith(address.MAPPED_PREFIX))
+        if not v6sock:
+            src, dst = address.strip_mapped(src), address.strip_mapped(dst)
+        force6 = self.ctx.opts.force_ipv6
+        ep.remote_ip, ep.remote_ip6, self.v4client = render_address(src, v6sock, force6)
+        ep.remote_port = header.src_port
+        ep.v6sock = v6sock
+        ep.proto6 = force6 or not self.v4client
+        self.local = (dst, header.dst_port)
+        self.scope = 0
 
     def _socket(self) -> None:
         opts = self.ctx.opts
@@ -265,6 +320,8 @@ class Connection:
                                              self._got_remote, self._starved))
         if opts.remote_info:
             local = address.strip_mapped(ep.local_ip6) if self.v4client else ep.local_ip6
+            if self.proxied:    # the header's local address is the proxy's
+                local = "0.0.0.0" if self.v4client else "::"
             remote = address.strip_mapped(ep.remote_ip6) if self.v4client else ep.remote_ip6
             self.pending += 1
             self.handles.append(lookups.info(local, remote, ep.remote_port, ep.local_port,
@@ -333,7 +390,7 @@ class Connection:
             self.next()
 
     def _per_host(self) -> None:
-        if self.ctx.access is not None:   # else checked at accept
+        if self.ctx.access is not None or self.proxied:   # else checked at accept
             count = self.ctx.over_limit(self.ep.remote_ip, self.max_per_host)
             if count:
                 self.ctx.log.per_host(self.ep.remote_ip, count)
@@ -346,6 +403,10 @@ class Connection:
         self.ctx.launch(self, self.ctx.env.build(ep.v6sock, connection_changes(ep), self.changes))
 
     # -- end ----------------------------------------------------------------
+    def origin(self) -> str:
+        """Where the connection comes from, for the ``pid`` line."""
+        return self.ep.remote_ip
+
     def fields(self) -> bytes:
         """The fields of the ``ok``/``deny`` line."""
         ep = self.ep
@@ -389,7 +450,12 @@ class Connection:
             os.close(self.fd)
 
 
-_STEPS: Tuple[Callable[[Connection], None], ...] = (
+def _six(ip: str, family: Optional[str]) -> str:
+    """An address of a PROXY header in IPv6 text form."""
+    return address.mapped_text(ip) if family == "4" else ip
+
+
+Connection.STEPS = (
     Connection._header, Connection._socket, Connection._lookups,
     Connection._access, Connection._per_host, Connection._launch,
 )

@@ -41,6 +41,8 @@ def descriptors_needed(opts: Options) -> int:
     the client's PTR (``-h``) or, with ``-p``, its AAAA and A queries
     after it, and the ident socket (``-r``)."""
     need = 1
+    if opts.unix:
+        return need
     if opts.localname is None:
         need += 1
     if opts.remote_host:

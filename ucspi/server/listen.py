@@ -14,13 +14,28 @@
 The port is a decimal number from 0 to 65535 (the C server takes any
 number modulo 65536; a larger one is a usage error here) or a TCP
 service name from ``/etc/services``.
+
+Two other ways to listen (DECISIONS D60, D61):
+
+* **UNIX-domain mode** (:func:`open_unix`): a host starting with ``/``
+  is a socket path, bound as it is.  The socket file gets the mode the
+  umask leaves (the kernel creates it ``0777 & ~umask``); SIGTERM
+  removes it (:mod:`.signals`), but only while it is still the file
+  this server made (same device and inode).
+* **Socket activation** (:func:`inherited`): when ``LISTEN_PID`` is our
+  pid and ``LISTEN_FDS`` is at least 1, the listening sockets are the
+  descriptors from 3 on, made by the supervisor (systemd, s6's
+  ``s6-fdholder``, ...); nothing is bound.  Each must be a listening
+  stream socket, TCP over IPv4 or IPv6, or UNIX.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
-from typing import Callable, List, Optional, Tuple
+import stat
+from typing import Callable, List, Mapping, Optional, Tuple
 
 from ..address import parse_quad, scope_id
 from ..errors import Fatal, UsageError, errtext
@@ -29,12 +44,45 @@ from ..scan import PORT_MAX, decimal, is_digits, shown
 WILDCARDS = ("0", "::", "0.0.0.0", "")
 
 
-class Listener:
-    """The bound, listening sockets and what they imply."""
+#: the variables of socket activation, removed from the programs' environment
+ACTIVATION_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+#: the first inherited descriptor (sd_listen_fds(3))
+FIRST_INHERITED = 3
 
-    def __init__(self, sockets: List[socket.socket], port: int) -> None:
-        self.sockets = sockets    # each one's family says IPv4 or IPv6
+
+class Listener:
+    """The bound, listening sockets and what they imply.
+
+    Attributes:
+        sockets: each one's family says IPv4, IPv6 or UNIX.
+        port: the port of the first TCP socket (``-1``), None if none.
+        path: the socket file this server made (UNIX mode, not
+            inherited), with its ``(st_dev, st_ino)``, for SIGTERM.
+        inherited: the sockets came from the supervisor.
+    """
+
+    def __init__(self, sockets: List[socket.socket], port: Optional[int],
+                 path: Optional[Tuple[str, int, int]] = None,
+                 inherited: bool = False) -> None:
+        self.sockets = sockets
         self.port = port
+        self.path = path
+        self.inherited = inherited
+
+
+def unix_path(sock: socket.socket) -> str:
+    """The path a UNIX socket is bound to, as the environment shows it
+    (``UNIXLOCALPATH``): an abstract name as ``@name``, an unnamed
+    socket as the empty string."""
+    name: object = sock.getsockname()
+    if isinstance(name, bytes):
+        if name[:1] == b"\0":
+            return "@" + os.fsdecode(name[1:])
+        return os.fsdecode(name)
+    text = str(name)
+    if text.startswith("\0"):
+        return "@" + text[1:]
+    return text
 
 
 def parse_port(text: str) -> int:
@@ -191,3 +239,110 @@ def _open6(sock: socket.socket, address: str, scope: int, port: int, backlog: in
         _bind(extra, ("0.0.0.0", bound), backlog)
         listener.sockets.append(extra)
     return listener
+
+
+# -- UNIX-domain mode ---------------------------------------------------------
+def open_unix(path: str, backlog: int) -> Listener:
+    """Create, bind and listen on a UNIX stream socket at ``path``.
+
+    Raises:
+        Fatal: IndiMail's texts (``unable to bind to <path>: address
+            already used``; ``unable to listen on socket  <path>`` has
+            two spaces).
+    """
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise Fatal(f"unable to create socket {path}: {errtext(exc)}") from None
+    try:
+        sock.bind(path)
+    except (OSError, ValueError) as exc:
+        sock.close()
+        raise Fatal(f"unable to bind to {path}: {errtext(exc)}") from None
+    try:
+        made = os.stat(path)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise Fatal(f"unable to listen on socket  {path}: {errtext(exc)}") from None
+    sock.setblocking(False)
+    return Listener([sock], None, (path, made.st_dev, made.st_ino))
+
+
+def remove_stale(path: str) -> None:
+    """``-e`` in UNIX mode: remove what is left at ``path`` by a server
+    that is gone.  Only a socket is removed: any other file there is
+    left alone (and the bind then fails with ``address already used``).
+
+    Raises:
+        Fatal: ``couldn't remove <path>: <err>``.
+    """
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise Fatal(f"couldn't remove {path}: {errtext(exc)}") from None
+
+
+def remove_own(made: Optional[Tuple[str, int, int]]) -> None:
+    """Remove the socket file this server made, if it is still that
+    file (another server may have replaced it).  Safe in a signal
+    handler: two system calls, errors ignored."""
+    if made is None:
+        return
+    path, dev, ino = made
+    try:
+        found = os.lstat(path)
+        if found.st_dev == dev and found.st_ino == ino:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+# -- socket activation ---------------------------------------------------------
+def activated(environ: Mapping[str, str], pid: int) -> int:
+    """How many sockets the supervisor passed: ``LISTEN_FDS`` when
+    ``LISTEN_PID`` is ``pid``, else 0 (not for us: ignored)."""
+    if environ.get("LISTEN_PID", "") != str(pid):
+        return 0
+    count = decimal(environ.get("LISTEN_FDS", ""), 65536)
+    return count or 0
+
+
+def inherited(count: int) -> Listener:
+    """The listening sockets on descriptors 3 .. 3 + ``count`` - 1.
+
+    Raises:
+        Fatal: ``inherited descriptor N is not a listening stream socket``.
+    """
+    sockets: List[socket.socket] = []
+    port: Optional[int] = None
+    for fd in range(FIRST_INHERITED, FIRST_INHERITED + count):
+        sock = _inherited(fd)
+        sockets.append(sock)
+        if port is None and sock.family != socket.AF_UNIX:
+            port = sock.getsockname()[1]
+    return Listener(sockets, port, inherited=True)
+
+
+def _inherited(fd: int) -> socket.socket:
+    bad = Fatal(f"inherited descriptor {fd} is not a listening stream socket")
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        raise bad from None
+    try:
+        ok = (sock.type == socket.SOCK_STREAM
+              and sock.family in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
+              and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1)
+    except OSError:
+        ok = False
+    if not ok:
+        sock.detach()
+        raise bad
+    sock.set_inheritable(False)    # not for the programs
+    sock.setblocking(False)
+    return sock

@@ -21,7 +21,7 @@ import functools
 import os
 import signal
 import socket
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from .. import environ
 from ..log import Log
@@ -31,15 +31,21 @@ from .access import Access
 from .conn import Connection, Context
 from .launch import Launch
 from .limits import Descriptors, Limit, Table, descriptors_needed
-from .listen import Listener
+from .listen import ACTIVATION_VARIABLES, Listener, unix_path
 from .lookups import Lookups
+from .notify import VARIABLE as NOTIFY_VARIABLE, Notifier
 from .offload import Offload
+from .proxied import Trusted
 from .reload import Reloads
+from . import signals
+from .unixconn import UnixConnection
 
 ACCEPT_BACKOFF = 0.1
 ACCEPT_BATCH = 64   # accepts per wake-up, so signals and lookups get a turn
 
 HelperDone = Callable[[int], None]
+#: what the loop does with an accepted ``(fd, family, peer, v6sock, local)``
+Accepted = Callable[[int, int, Any, bool, Any], None]
 
 
 class Children:
@@ -90,10 +96,16 @@ def own_address(sock: socket.socket) -> Any:
 
 
 class Server:
-    """The running server: listening sockets, limits, children."""
+    """The running server: listening sockets, limits, children.
+
+    Args:
+        trusted: the PROXY protocol's trusted sources (None: off).
+        notify: the supervisor's notification socket (None: none).
+    """
 
     def __init__(self, opts: Options, log: Log, listener: Listener, limit: Limit,
-                 wakeup: int, launch: Launch) -> None:
+                 wakeup: int, launch: Launch, trusted: Optional[Trusted] = None,
+                 notify: Optional[Notifier] = None) -> None:
         self.opts = opts
         self.log = log
         self.listener = listener
@@ -115,26 +127,46 @@ class Server:
             from .mysql_access import build
             access = build(opts.mysql, os.environ, self.reactor, self.lookups, log, access,
                            opts.max_per_host, self.offload)
+        drop: Tuple[str, ...] = ACTIVATION_VARIABLES if listener.inherited else ()
+        if notify is not None:
+            drop += (NOTIFY_VARIABLE,)
         self.context = Context(opts, self.reactor, log, self.lookups, access,
-                               environ.Builder(environ.inherited()),
-                               self.over_limit, self._launch, self._ended)
+                               environ.Builder(environ.inherited(drop)),
+                               self.over_limit, self._launch, self._ended, self._moved)
         self.reloads = Reloads(log)
         self.reloads.add("-c file", functools.partial(limit.reread, log))
         self.reloads.add("DNS settings", self.lookups.reload)
         launch.attach(self.reloads, lambda: (self.table.count, self.limit.value))
-        self.lookups.preload(opts.remote_host or opts.localname is None, opts.remote_info)
+        if not opts.unix:
+            self.lookups.preload(opts.remote_host or opts.localname is None, opts.remote_info)
         self.accepting = False
         self.descriptors = Descriptors(descriptors_needed(opts))
-        # listener fd -> its address, for a listener bound to one address
-        self._locals = {sock.fileno(): own_address(sock) for sock in listener.sockets}
+        # listener fd -> (what to do with a connection, the listener's
+        # own address if it is bound to one, or its path)
+        self._handlers: Dict[int, Tuple[Accepted, Any]] = {}
+        for sock in listener.sockets:
+            if sock.family == socket.AF_UNIX:
+                self._handlers[sock.fileno()] = (self._unix_connection, unix_path(sock))
+            elif trusted is not None:
+                self._handlers[sock.fileno()] = (self._maybe_proxied, own_address(sock))
+            else:
+                self._handlers[sock.fileno()] = (self._connection, own_address(sock))
+        self.trusted = trusted
+        self.notify = notify
+        if notify is not None:
+            notify.reactor = self.reactor
+            signals.at_term(notify.stopping)
+            self.status = self._status_notify    # type: ignore[method-assign]
         self._wakeup = wakeup
         self.reactor.add_reader(wakeup, self._on_signal)
 
     # -- the loop ---------------------------------------------------------
     def run(self) -> None:
         """Serve until SIGTERM."""
-        self.status()
         self._watch(True)
+        if self.notify is not None:
+            self.notify.ready()
+        self.status()
         run_once = self.reactor.run_once
         while True:
             try:
@@ -155,7 +187,7 @@ class Server:
     def _accept(self, lsock: Any) -> None:
         family = lsock.family
         v6sock = family == socket.AF_INET6
-        local = self._locals.get(lsock.fileno())
+        connection, local = self._handlers[lsock.fileno()]
         accept = lsock._accept  # (fd, address): no socket object until needed
         for _ in range(ACCEPT_BATCH):
             if not self._room():
@@ -169,7 +201,7 @@ class Server:
                     continue
                 self._backoff()  # EMFILE, ENFILE, ENOBUFS, ENOMEM... (D16)
                 return
-            self._connection(fd, family, peer, v6sock, local)
+            connection(fd, family, peer, v6sock, local)
         else:
             return
         self._watch(False)
@@ -202,6 +234,39 @@ class Server:
         self.status()
         conn.start()
 
+    def _maybe_proxied(self, fd: int, family: int, peer: Any, v6sock: bool,
+                       local: Any) -> None:
+        """With ``PROXY_FROM``: a trusted source's connection reads its
+        header first, and its per-host limit is checked after it."""
+        if peer[0] not in self.trusted:   # type: ignore[operator]
+            self._connection(fd, family, peer, v6sock, local)
+            return
+        conn = Connection(self.context, fd, family, peer, v6sock, local)
+        conn.proxied = True
+        self.table.open(conn.ep.remote_ip)
+        self.descriptors.take()
+        self.status()
+        conn.start()
+
+    def _unix_connection(self, fd: int, family: int, peer: Any, v6sock: bool,
+                         path: Any) -> None:
+        """A UNIX client: every one counts as the address ``""``."""
+        count = self.over_limit("", self.opts.max_per_host, 0)
+        if count:
+            self.log.per_host("", count)
+            os.close(fd)
+            return
+        conn = UnixConnection(self.context, fd, path)
+        self.table.open("")
+        self.descriptors.take()
+        self.status()
+        conn.start()
+
+    def _moved(self, old: str, new: str) -> None:
+        """A PROXY header gave a connection its real client address."""
+        self.table.close(old)
+        self.table.open(new)
+
     # -- what the connection steps ask of the server ------------------------
     def over_limit(self, ip: str, limit: int, own: int = 1) -> int:
         """The number of other live connections from ``ip`` if that is
@@ -229,7 +294,7 @@ class Server:
         self._closed()
         log = self.log
         if log.verbosity >= 2:
-            log.pid(pid, conn.ep.remote_ip)
+            log.pid(pid, conn.origin())
             log.verdict(True, pid, conn.fields())
 
     def _ended(self, conn: Connection) -> None:
@@ -259,6 +324,12 @@ class Server:
         if self.opts.table_after_status:
             self.log.table(self.table.entries())
 
+    def _status_notify(self) -> None:
+        """:meth:`status`, and the count to the supervisor."""
+        Server.status(self)
+        assert self.notify is not None
+        self.notify.status(self.table.count, self.limit.value)
+
     # -- signals --------------------------------------------------------
     def _on_signal(self) -> None:
         try:
@@ -275,7 +346,11 @@ class Server:
                     self.log.table(self.table.entries())
 
     def _sighup(self) -> None:
+        if self.notify is not None:
+            self.notify.reloading()
         self.reloads.run()
         self.log.sighup(self.table.count, self.limit.value)
+        if self.notify is not None:
+            self.notify.ready()
         if not self.accepting and self._room():
             self._watch(True)

@@ -3,7 +3,11 @@
 SIGCHLD, SIGHUP and SIGUSR1 only write their number to a wake-up pipe
 (``signal.set_wakeup_fd``) that the loop reads and dispatches by name;
 SIGTERM leaves at once with exit code 0, the programs running on (djb),
-so that even a slow start-up lookup can be interrupted.  Everything the
+so that even a slow start-up lookup can be interrupted.  Before it
+leaves it runs the actions registered with :func:`at_term`, in order:
+removing the UNIX socket file (IndiMail), telling the supervisor
+``STOPPING=1``.  They are made to be safe there: a few system calls on
+objects built in advance, every error ignored.  Everything the
 server handles goes back to its default disposition in a program
 (``posix_spawn``'s ``setsigdef``) and in a forked child
 (:func:`defaults`), together with SIGPIPE and SIGXFSZ, which Python
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Any
+from typing import Any, Callable, List
 
 HANDLED = (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
 #: dispositions a program or a child must get back
@@ -25,9 +29,31 @@ def _record(signum: int, frame: Any) -> None:
     """Signal handler: nothing to do, the wake-up fd carries the number."""
 
 
+_AT_TERM: List[Callable[[], None]] = []
+
+
+def at_term(action: Callable[[], None]) -> None:
+    """Run ``action`` on SIGTERM, and on a fatal exit after start-up
+    (:func:`run_at_term`).  It must not raise."""
+    _AT_TERM.append(action)
+
+
+def run_at_term() -> None:
+    """Run the registered actions once each (errors ignored)."""
+    while _AT_TERM:
+        action = _AT_TERM.pop(0)
+        try:
+            action()
+        except Exception:
+            pass
+
+
 def _terminate(signum: int, frame: Any) -> None:
     """SIGTERM: leave at once with 0; the programs keep running (djb)."""
-    os._exit(0)
+    try:
+        run_at_term()
+    finally:
+        os._exit(0)
 
 
 def install() -> int:

@@ -524,7 +524,7 @@ class TlsLaunch:
             os.close(to_r)
             os.close(from_w)
         if log.verbosity >= 2:
-            ip = env.get(b"TCPREMOTEIP", b"")
+            ip = env.get(b"TCPREMOTEIP") or env.get(b"UNIXLOCALPATH", b"")
             log.line(b"status: %d/%d encrypted session, sslpid=%d, childpid=%d, IP %s, "
                      b"TLS Server=%s, Client=%s, Ciphers=%s, bits=%d"
                      % (count, limit, os.getpid(), pid, safe(ip, keep_colon=True),
