@@ -42,7 +42,9 @@ parent's extra CPU can be accounted for: ``rules.evaluate()`` and
 ``rules.names_to_resolve()`` per client, and the wire-protocol parse of
 the 1,000-row result per query (``Framer`` + ``ResultParser``, and the
 whole ``Session.receive`` path the driver uses); for a tree with the
-compiled-rows prototype (``rules.Plan``), its compile and evaluation too.
+rows read once per answer (``rules.Plan``), its compile and evaluation
+too.  (A repeated answer is not even parsed: ``Session`` recognises the
+bytes of the last answer to the same query.)
 
 Loopback only; every process started here is stopped by its own pid.
 Nothing here is a test: the numbers go in notes, not assertions.
@@ -234,11 +236,11 @@ def session():
     result = s.take_result()
     assert result is not None and len(result.rows) == {ROWS}
 out["session_parse"] = timeit(session)
-if hasattr(rules, "Plan"):         # the prototype of the scratch worktree
+if hasattr(rules, "Plan"):         # the rows read once per answer
     out["plan_compile"] = timeit(lambda: rules.Plan(rows))
     plan = rules.Plan(rows)
-    out["plan_evaluate"] = timeit(lambda: rules.plan_evaluate(plan, "127.0.0.1", {{}}, 5000))
-    out["plan_names"] = timeit(lambda: rules.plan_names_to_resolve(plan, "127.0.0.1"))
+    out["plan_evaluate"] = timeit(lambda: plan.evaluate("127.0.0.1", {{}}))
+    out["plan_names"] = timeit(lambda: plan.names_to_resolve("127.0.0.1"))
 print(json.dumps(out))
 """
     import json
@@ -401,8 +403,8 @@ def main() -> None:
               f"{t['parse_result']:8.1f}, through a Session {t['session_parse']:8.1f}", flush=True)
         if "plan_compile" in t:
             print(f"  {'':12} Plan(rows) per result {t['plan_compile']:8.1f}   "
-                  f"plan_evaluate() per client {t['plan_evaluate']:8.1f}   "
-                  f"plan_names_to_resolve() per client {t['plan_names']:8.1f}", flush=True)
+                  f"Plan.evaluate() per client {t['plan_evaluate']:8.1f}   "
+                  f"Plan.names_to_resolve() per client {t['plan_names']:8.1f}", flush=True)
     print(f"load average at end: {loadavg()}; "
           f"took {time.monotonic() - t_begin:.0f} s")
 

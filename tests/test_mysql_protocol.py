@@ -502,6 +502,34 @@ def test_fake_native_and_queries() -> None:
         assert not [e for e in fake.events if e.startswith("bad seq")]
 
 
+@pytest.mark.parametrize("chunk", [65536, 7, 1])
+def test_the_same_answer_again_is_not_parsed_again(chunk: int) -> None:
+    """A query answered with the bytes of its last answer gets that very
+    result (the rules table did not change); any difference, even in the
+    last row, is parsed, and another query never takes it."""
+    table = [[b"10.0.0.%d" % i] for i in range(300)]
+    results: Dict[str, Union[Canned, int]] = {"select ip from t": Canned(["ip"], table),
+                                               "select 1, NULL, 'x'": RESULTS["select 1, NULL, 'x'"]}
+    with FakeMysql(results=results) as fake:
+        s = Session("alice", "secret", "", False)
+        sock = drive(fake.connect(), s, lambda: s.ready, chunk=chunk)
+        first = run_query(sock, s, "select ip from t", chunk=chunk)
+        again = run_query(sock, s, "select ip from t", chunk=chunk)
+        assert again is first and len(again.rows) == 300
+        other = run_query(sock, s, "select 1, NULL, 'x'", chunk=chunk)
+        assert other.rows == [[b"1", None, b"x"]]
+        table[-1] = [b"10.0.0.999"]                 # the last byte differs
+        changed = run_query(sock, s, "select ip from t", chunk=chunk)
+        assert changed is not first and changed.rows[-1] == [b"10.0.0.999"]
+        assert changed.rows[:-1] == first.rows[:-1]
+        table.append([b"10.0.1.0"])                 # longer than last time
+        longer = run_query(sock, s, "select ip from t", chunk=chunk)
+        assert len(longer.rows) == 301 and longer.rows[-1] == [b"10.0.1.0"]
+        assert run_query(sock, s, "select ip from t", chunk=chunk) is longer
+        assert s.ready
+        sock.close()
+
+
 def test_fake_byte_by_byte() -> None:
     with FakeMysql(results=dict(RESULTS)) as fake:
         s = Session("alice", "secret", "", False)
