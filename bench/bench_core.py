@@ -45,6 +45,7 @@ from typing import Any, Dict, List, Optional, Tuple
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+from procs import stop, rss_kib, cpu_seconds  # noqa: E402
 
 import loadgen  # noqa: E402
 
@@ -66,30 +67,6 @@ def start(argv: List[str], env: Optional[Dict[str, str]] = None) -> Tuple[subpro
         proc.kill()
         raise RuntimeError(f"server did not start: {argv}")
     return proc, int(line), elapsed
-
-
-def stop(proc: "subprocess.Popen[bytes]") -> None:
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(5)
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def cpu_seconds(pid: int) -> Tuple[float, float]:
-    """(own utime+stime, reaped children's cutime+cstime) of ``pid``, in
-    seconds, from ``/proc/PID/stat``."""
-    with open(f"/proc/{pid}/stat", "rb") as handle:
-        data = handle.read()
-    fields = data[data.rindex(b")") + 2:].split()
-    # fields[0] is field 3 (state): utime is 14, stime 15, cutime 16, cstime 17
-    utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
-    return (utime + stime) / TICK, (cutime + cstime) / TICK
 
 
 def ceiling(rounds: int, count: int) -> Dict[str, Any]:

@@ -67,6 +67,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+from procs import stop  # noqa: E402
 
 import loadgen  # noqa: E402
 
@@ -116,16 +117,6 @@ def start(argv: List[str], env: Dict[str, str]) -> Tuple[Any, int]:
         raise RuntimeError(f"server did not start: {' '.join(argv)}\n{err}")
     proc.stderr.close()          # -q: nothing is expected there; do not let a pipe fill up
     return proc, int(line)
-
-
-def stop(proc: Any) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def cpu_seconds(pid: int) -> Tuple[float, float]:

@@ -79,6 +79,7 @@ if TYPE_CHECKING:   # the probe must not import threading or random (fork hooks)
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+from procs import stop, rss_kib, cpu_seconds  # noqa: E402
 
 C_TCPSERVER = "/usr/bin/tcpserver"
 TICK = float(os.sysconf("SC_CLK_TCK"))
@@ -178,34 +179,6 @@ def start(argv: List[str]) -> Tuple["subprocess.Popen[bytes]", int]:
         proc.wait()
         raise RuntimeError(f"server did not start: {argv}")
     return proc, int(line)
-
-
-def stop(proc: "subprocess.Popen[bytes]") -> None:
-    import subprocess
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def cpu_seconds(pid: int) -> Tuple[float, float]:
-    """(own utime+stime, reaped children's cutime+cstime) of ``pid``."""
-    with open(f"/proc/{pid}/stat", "rb") as handle:
-        data = handle.read()
-    fields = data[data.rindex(b")") + 2:].split()
-    utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
-    return (utime + stime) / TICK, (cutime + cstime) / TICK
 
 
 def loadavg() -> str:

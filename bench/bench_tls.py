@@ -63,6 +63,8 @@ import tempfile
 import time
 import zlib
 from typing import Any, Dict, List, Optional, Tuple
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from procs import stop  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -140,17 +142,6 @@ def start_stunnel(cert: str, prog: List[str], workdir: str) -> Tuple[Proc, int]:
         stop(proc)
         raise
     return proc, port
-
-
-def stop(proc: Proc) -> None:
-    """SIGTERM to the one process we started (by pid), SIGKILL if it lingers."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def cpu_seconds(pid: int) -> Tuple[float, float]:

@@ -48,6 +48,7 @@ from typing import Dict, List, Tuple
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+from procs import stop  # noqa: E402
 
 import loadgen  # noqa: E402
 
@@ -100,16 +101,6 @@ def start(argv: List[str], env: Dict[str, str]) -> Tuple["subprocess.Popen[bytes
         proc.wait()
         raise RuntimeError(f"server did not start: {argv}")
     return proc, int(line)
-
-
-def stop(proc: "subprocess.Popen[bytes]") -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def drive(port: int, count: int, conc: int) -> Dict[str, float]:

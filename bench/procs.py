@@ -1,0 +1,44 @@
+"""What the benchmarks do with the servers they start: stop one by its
+pid, read its memory and its CPU time from ``/proc``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from typing import Any, Tuple
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def stop(proc: Any, wait: float = 5.0) -> None:
+    """SIGTERM to the one process we started (by its pid), SIGKILL if it
+    is still there after ``wait`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(wait)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def rss_kib(pid: int) -> int:
+    """``VmRSS`` of ``pid`` in KiB (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def cpu_seconds(pid: int) -> Tuple[float, float]:
+    """(own utime+stime, reaped children's cutime+cstime) of ``pid``, in s."""
+    with open(f"/proc/{pid}/stat", "rb") as handle:
+        data = handle.read()
+    fields = data[data.rindex(b")") + 2:].split()
+    utime, stime, cutime, cstime = (int(fields[i]) for i in (11, 12, 13, 14))
+    return (utime + stime) / TICK, (cutime + cstime) / TICK
