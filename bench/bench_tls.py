@@ -481,8 +481,13 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=200, help="idle sessions for memory")
     parser.add_argument("--quick", action="store_true",
                         help="1 round, 400 connections, 20 MiB, 50 sessions")
+    parser.add_argument("--python-flag", action="append", default=[],
+                        help="a flag for the interpreter of our server, e.g. -S: no site "
+                             "packages (a site .pth that imports threading or random adds "
+                             "their fork hooks to every relay child)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    OURS[1:1] = args.python_flag
     if args.worker:
         port, count, conc, start_at, seconds = json.loads(args.worker)
         sys.stdout.write(json.dumps(handshake_worker(port, count, conc, start_at, seconds)))
