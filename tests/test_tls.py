@@ -539,3 +539,18 @@ def test_python_session_resumed_by_next_relay(servers: Servers, certs: Certs, ve
         assert second.session_reused
         assert parse_env(read_tls(second))["SSL_PROTOCOL"] == f"TLSv{version}"
     assert len(server.wait_pids(2)) == 2          # two relay children
+
+
+def test_dns_and_ident_before_the_handshake(servers: Servers, certs: Certs, dns_server: Any,
+                                            identd: Any) -> None:
+    """-h and -r run in the loop on the clear socket, as on the plain
+    path; the program behind the relay sees their answers."""
+    env = tls_env(DNSCACHEIP=dns_server.ip, DNSREWRITEFILE="/nonexistent/ucspi-test-dnsrewrite")
+    server = start_tls(servers, certs, ["-h", "-r", "-t", "5"], env=env)
+    seen = tls_env_of(server)
+    assert seen["TCPREMOTEHOST"] == "localhost.example"
+    assert seen["TCPREMOTEINFO"] == identd.user
+    assert seen["TLS_PROVIDER"] == "tcpserver, "
+    server.wait_log(r"^tcpserver: ok \d+ Local:127\.0\.0\.1:\d+ localhost\.example:127\.0\.0\.1:"
+                    + re.escape(identd.user) + r":\d+$")
+    no_traceback(server)
