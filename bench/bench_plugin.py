@@ -36,7 +36,7 @@ running the program once:
 * ``fork+_exit``: ``os.fork`` and an immediate ``os._exit`` in the child;
 * ``fork+call``: fork, then the child calls ``hello`` through ctypes
   (arrays for argv and envp, ``fflush(NULL)``) and ``_exit``;
-* ``SharedObject``: ``ucspi.plugin.loader.SharedObject.start``, the
+* ``SharedObject``: ``ucspi.plugin.loader.SharedObject.start_on``, the
   server's own path (signal mask, defaults, ``gc.freeze``, closing the
   inherited descriptors, the call);
 * ``C fork+_exit``: a C loop of fork + ``_exit`` + waitpid with a heap
@@ -258,8 +258,8 @@ def _probe(root: str, shared: str, exe: str, target_kib: int, count: int) -> Dic
     from ucspi.server import signals
 
     signals.install()   # the server's handlers, so defaults() has work to do
-    program = SharedObject(shared)
-    program.load()
+    program = SharedObject([shared])
+    program.ready()
     libc = ctypes.CDLL(None)
     devnull = os.open(os.devnull, os.O_RDWR)
     env = {k.encode(): v.encode() for k, v in list(os.environ.items())[:20]}
@@ -296,7 +296,7 @@ def _probe(root: str, shared: str, exe: str, target_kib: int, count: int) -> Dic
                               setsigdef=signals.SIGDEF, setsigmask=())
 
     def shared_object() -> int:
-        return int(program.start(devnull, devnull, [shared], env))
+        return int(program.start_on(devnull, devnull, env))
 
     ways: Dict[str, Callable[[], int]] = {
         "spawn": spawn, "fork+_exit": fork_exit, "fork+call": fork_call,

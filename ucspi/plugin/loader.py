@@ -66,7 +66,7 @@ def strings(items: List[bytes]) -> CharArray:
 
 
 class Stdio:
-    """C's stdio, found once in the parent (:meth:`SharedObject.load`) so
+    """C's stdio, found once in the parent (:meth:`SharedObject.ready`) so
     that a child only calls: ``__fpurge(stdout)`` before the function
     (what an init left in the parent's buffer is not the connection's)
     and ``fflush(NULL)`` after it (what the function left reaches its
@@ -106,36 +106,45 @@ def stdio() -> Stdio:
 
 
 class SharedObject:
-    """A ``prog.so`` program: loaded in the parent by :meth:`load`,
-    called in a forked child by :meth:`start`."""
+    """The launcher of a ``prog.so`` program: loaded in the parent by
+    :meth:`ready` (after the privilege drop), its function called in a
+    forked child by :meth:`start_on`."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.name = function_name(path)
+    def __init__(self, argv: List[str]) -> None:
+        self.argv = argv
+        self.name = argv[0]
+        self.function_name = function_name(argv[0])
         self.function: Any = None
         self.stdio: Optional[Stdio] = None
 
-    def load(self) -> None:
+    def attach(self, reloads: Reloads, counts: Counts) -> None:
+        """Nothing to reload (the ``PLUGINn`` inits have their own action)."""
+
+    def ready(self) -> None:
         """Load the object and find its function.  Raises Fatal."""
-        function = symbol(load(self.path), self.name)
+        function = symbol(load(self.name), self.function_name)
         function.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p),
                              ctypes.POINTER(ctypes.c_char_p)]
         function.restype = ctypes.c_int
         self.function = function
         self.stdio = stdio()
 
-    def call(self, argv: List[str], env: Dict[bytes, bytes]) -> int:
-        """Call the function with ``argv`` and ``env`` (the process's own
-        environment is left alone); return its value as an exit status."""
+    def call(self, env: Dict[bytes, bytes]) -> int:
+        """Call the function with the program's argv and ``env`` (the
+        process's own environment is left alone); return its value as an
+        exit status."""
         if self.function is None:
-            self.load()
-        args = [os.fsencode(a) for a in argv]
+            self.ready()
+        args = [os.fsencode(a) for a in self.argv]
         envp = [k + b"=" + v for k, v in env.items()]
         value = int(self.function(len(args), strings(args), strings(envp)))
         (self.stdio or stdio()).flush()
         return value & 0xFF
 
-    def start(self, fd0: int, fd1: int, argv: List[str], env: Dict[bytes, bytes]) -> int:
+    def start(self, fd: int, env: Dict[bytes, bytes]) -> int:
+        return self.start_on(fd, fd, env)
+
+    def start_on(self, fd0: int, fd1: int, env: Dict[bytes, bytes]) -> int:
         """Fork a child with fd 0 on ``fd0`` and fd 1 on ``fd1`` that calls
         the function and exits with its value; return the child's pid.
 
@@ -148,23 +157,5 @@ class SharedObject:
             os.dup2(fd1, 1)
             for fd in {fd0, fd1} - {0, 1, 2}:
                 os.close(fd)
-            return self.call(argv, env)
+            return self.call(env)
         return child.fork(work, keep=(fd0, fd1))
-
-
-class SoLaunch:
-    """The launcher of a ``prog.so`` program (the Fork path)."""
-
-    def __init__(self, argv: List[str]) -> None:
-        self.argv = argv
-        self.name = argv[0]
-        self.program = SharedObject(argv[0])
-
-    def attach(self, reloads: Reloads, counts: Counts) -> None:
-        """Nothing to reload (the ``PLUGINn`` inits have their own action)."""
-
-    def ready(self) -> None:
-        self.program.load()
-
-    def start(self, fd: int, env: Dict[bytes, bytes]) -> int:
-        return self.program.start(fd, fd, self.argv, env)

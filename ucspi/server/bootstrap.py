@@ -18,11 +18,11 @@ from typing import Any, Callable, List, Optional
 from ..errors import EXIT_TEMP, EXIT_USAGE, Fatal, UsageError
 from ..log import Log, say
 from ..options import USAGE, MissingArgument, OptionError, Options, Request, parse
-from . import listen, pidfile, privs, signals
-from .checks import startup_warnings
 from ..plugin import entries as plugin_entries
 from ..plugin import has_dirs, is_shared_object
-from .launch import Launch, Spawn
+from . import listen, pidfile, privs, signals
+from .checks import startup_warnings
+from .launch import Launch, Program, Spawn
 from .limits import Limit
 from .loop import Server
 from .notify import Notifier
@@ -85,6 +85,14 @@ def _absolute(opts: Options) -> None:
         opts.argv[0] = os.path.abspath(opts.argv[0])
 
 
+def _program(opts: Options) -> Program:
+    """Spawn the program, or call a ``prog.so`` in a child."""
+    if is_shared_object(opts.argv[0]):
+        from ..plugin.loader import SharedObject
+        return SharedObject(opts.argv)
+    return Spawn(opts.argv)
+
+
 def _tls(opts: Options) -> Launch:
     """The TLS launcher, its contexts built now: before the listener
     exists, with the privileges of start-up (spec subsystems §1.1)."""
@@ -107,23 +115,14 @@ def _tls(opts: Options) -> Launch:
             say(note.encode())
     for problem in setup.skipped:
         log.warning(problem)
-    program = None
-    if is_shared_object(opts.argv[0]):
-        from ..plugin.loader import SharedObject
-        program = SharedObject(opts.argv[0])
-    return relay.TlsLaunch(opts.argv, setup, contexts, log, opts.tls_details,
-                           opts.handshake_timeout, opts.idle_timeout, program)
+    return relay.TlsLaunch(_program(opts), setup, contexts, log, opts.tls_details,
+                           opts.handshake_timeout, opts.idle_timeout)
 
 
 def _spawn(opts: Options) -> Launch:
     """The default launcher: spawn the program, call a ``prog.so``, or
-    relay TLS."""
-    if opts.tls:
-        return _tls(opts)
-    if is_shared_object(opts.argv[0]):
-        from ..plugin.loader import SoLaunch
-        return SoLaunch(opts.argv)
-    return Spawn(opts.argv)
+    relay TLS (to either)."""
+    return _tls(opts) if opts.tls else _program(opts)
 
 
 def _setup(opts: Options, log: Log, make_launch: LaunchFactory) -> Server:

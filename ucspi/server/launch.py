@@ -1,6 +1,8 @@
 """The launch seam: how a connection's program is started.
 
-One interface, :class:`Launch`, with two implementations:
+One interface, :class:`Launch`; those that start a program also
+implement :class:`Program` (``start_on``: fd 0 and fd 1 on two given
+descriptors), which the TLS relay uses behind its pipes.
 
 * :class:`Spawn`, the plain path (DECISIONS D1): ``os.posix_spawn`` with
   fd 0 and 1 on the connection, the built environment, the server's
@@ -9,10 +11,10 @@ One interface, :class:`Launch`, with two implementations:
 * :class:`Fork`, the fork path (D2): a *child body* runs in a forked
   copy of the server (see :mod:`.child` for its hygiene) with the
   connection's descriptor, the program's argv and its environment, and
-  the child exits with the body's return value.  A ``prog.so`` call and
-  the ``$MYSQL_LIB`` lookup plug in here as bodies; the TLS relay has a
-  launcher of its own (:class:`ucspi.tls.relay.TlsLaunch`) on the same
-  fork hygiene.
+  the child exits with the body's return value (the tests' child
+  bodies).  A ``prog.so`` (:class:`ucspi.plugin.loader.SharedObject`)
+  and the TLS relay (:class:`ucspi.tls.relay.TlsLaunch`) are launchers of
+  their own on the same fork hygiene.
 
 Either way the server sees one child per program: its pid goes into the
 connection table, its exit status into the ``end`` line.
@@ -56,6 +58,14 @@ class Launch(Protocol):
         load what the program needs (a ``prog.so``).  Raises Fatal."""
 
 
+class Program(Launch, Protocol):
+    """A launcher that can put fd 0 and fd 1 on different descriptors."""
+
+    def start_on(self, fd0: int, fd1: int, env: Environment) -> int:
+        """Start the program with fd 0 on ``fd0`` and fd 1 on ``fd1``;
+        return its pid.  Raises OSError, ValueError."""
+
+
 class Spawn:
     """``os.posix_spawn`` (``posix_spawnp`` for a name without ``/``)."""
 
@@ -71,9 +81,12 @@ class Spawn:
         """Nothing to load."""
 
     def start(self, fd: int, env: Environment) -> int:
+        return self.start_on(fd, fd, env)
+
+    def start_on(self, fd0: int, fd1: int, env: Environment) -> int:
         return self._spawn(
             self.name, self.argv, env,
-            file_actions=[(os.POSIX_SPAWN_DUP2, fd, 0), (os.POSIX_SPAWN_DUP2, fd, 1)],
+            file_actions=[(os.POSIX_SPAWN_DUP2, fd0, 0), (os.POSIX_SPAWN_DUP2, fd1, 1)],
             setsigdef=SIGDEF, setsigmask=(),
         )
 

@@ -7,8 +7,8 @@ connection (:func:`ucspi.server.child.fork`), which:
 1. does the server handshake within ``-S`` seconds (:func:`handshake`),
    over memory BIOs, so the child alone decides what is read from the
    socket and when;
-2. starts the program with ``os.posix_spawn``, fd 0 on one pipe and fd 1
-   on another, and the environment of the plain path plus
+2. starts the program (spawned, or a ``prog.so`` called in a child of
+   its own), fd 0 on one pipe and fd 1 on another, and the environment of the plain path plus
    ``TLS_PROVIDER``, ``SSL_PROTOCOL``, ``SSL_CIPHER`` and
    ``SSL_TLS_SNI_SERVERNAME``;
 3. relays (:class:`Relay`) with the ``-T`` idle timeout, half-closes
@@ -29,26 +29,15 @@ import signal
 import socket
 import ssl
 import time
-from typing import Callable, Dict, List, Optional, Protocol, Tuple
+from typing import Dict, List, Optional
 
 from ..errors import EXIT_TEMP, Fatal, errtext
 from ..log import Log, safe, say
 from ..server import child
+from ..server.launch import Counts, Environment, Program
 from ..server.reload import Reloads
-from ..server.signals import SIGDEF
 from .context import Contexts, Setup, library_error
 from .settings import TlsError
-
-Environment = Dict[bytes, bytes]
-Counts = Callable[[], Tuple[int, int]]
-
-
-class Program(Protocol):
-    """A program run by a call rather than an exec (``prog.so``)."""
-
-    def load(self) -> None: ...
-
-    def start(self, fd0: int, fd1: int, argv: List[str], env: Environment) -> int: ...
 
 #: bytes read at once from the socket or the program
 CHUNK = 65536
@@ -444,12 +433,10 @@ def _reap(pid: int) -> int:
 class TlsLaunch:
     """The launcher of a TLS server: a relay child per connection."""
 
-    def __init__(self, argv: List[str], setup: Setup, contexts: Contexts, log: Log,
-                 details: bool, handshake_timeout: int, idle_timeout: int,
-                 program: Optional[Program] = None) -> None:
-        self.argv = argv
+    def __init__(self, program: Program, setup: Setup, contexts: Contexts, log: Log,
+                 details: bool, handshake_timeout: int, idle_timeout: int) -> None:
         self.program = program
-        self.name = argv[0]
+        self.name = program.name
         self.setup = setup
         self.contexts = contexts
         self.log = log
@@ -457,15 +444,13 @@ class TlsLaunch:
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
         self.counts: Counts = lambda: (0, 0)
-        self._spawn = os.posix_spawn if "/" in self.name else os.posix_spawnp
 
     def attach(self, reloads: Reloads, counts: Counts) -> None:
         self.counts = counts
         reloads.add("TLS certificates", self.reload)
 
     def ready(self) -> None:
-        if self.program is not None:
-            self.program.load()
+        self.program.ready()
 
     def reload(self) -> None:
         """SIGHUP: new contexts for new connections; on failure the old
@@ -510,13 +495,7 @@ class TlsLaunch:
         to_r, to_w = os.pipe()
         from_r, from_w = os.pipe()
         try:
-            if self.program is not None:      # a prog.so, called behind the relay
-                pid = self.program.start(to_r, from_w, self.argv, env)
-            else:
-                pid = self._spawn(self.name, self.argv, env,
-                                  file_actions=[(os.POSIX_SPAWN_DUP2, to_r, 0),
-                                                (os.POSIX_SPAWN_DUP2, from_w, 1)],
-                                  setsigdef=SIGDEF, setsigmask=())
+            pid = self.program.start_on(to_r, from_w, env)
         except (OSError, ValueError) as exc:
             log.drop(f"unable to run {self.name}: {errtext(exc)}")
             return EXIT_TEMP
