@@ -23,7 +23,6 @@ import os
 import socket
 from typing import Any, Callable, List, Optional, Tuple
 
-from ..errors import errtext
 from ..reactor import Reactor, Timer
 from .protocol import MysqlError, Result, Session
 
@@ -76,6 +75,7 @@ class Driver:
         self.tls: Any = None                 # ssl.SSLObject once TLS is on
         self._in: Any = None
         self._out: Any = None
+        self._want_read: Any = None          # ssl.SSLWantReadError, once ssl is imported
         self.tls_handshake = False
         self.connected = False               # socket connect() finished
         self.outgoing = bytearray()
@@ -105,12 +105,6 @@ class Driver:
             self._connect()
         else:
             self._next()
-
-    @property
-    def up(self) -> bool:
-        """Connected and authenticated."""
-        return self.session is not None and self.sock is not None and (
-            self.session.ready or self.running is not None)
 
     # -- connecting -------------------------------------------------------------
     def _address(self) -> Tuple[int, Any, str]:
@@ -242,12 +236,11 @@ class Driver:
             self._fail(MysqlError(2026, f"SSL connection error: {exc}"))
 
     def _tls_read(self) -> bytes:
-        import ssl
         parts = []
         while True:
             try:
                 chunk = self.tls.read(CHUNK)
-            except ssl.SSLWantReadError:
+            except self._want_read:
                 break
             if not chunk:
                 break
@@ -261,14 +254,14 @@ class Driver:
         ctx.verify_mode = ssl.CERT_NONE      # the C library's "preferred" mode
         self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.tls = ctx.wrap_bio(self._in, self._out, server_side=False)
+        self._want_read = ssl.SSLWantReadError
         self.tls_handshake = True
         self._tls_step()
 
     def _tls_step(self) -> None:
-        import ssl
         try:
             self.tls.do_handshake()
-        except ssl.SSLWantReadError:
+        except self._want_read:
             self._send_raw(self._out.read())
             return
         self._send_raw(self._out.read())
@@ -382,13 +375,6 @@ class Driver:
             except OSError:
                 pass
         self._close()
-
-
-def describe(exc: BaseException) -> str:
-    """An error's text for the log."""
-    if isinstance(exc, MysqlError):
-        return exc.message
-    return errtext(exc)
 
 
 def connect_now(driver: Driver) -> None:

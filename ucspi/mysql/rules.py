@@ -78,6 +78,8 @@ CREATE = ("create table {table} (port int(5) NOT NULL, timestamp timestamp not n
 
 #: MySQL's "no such table": the query is retried once after a create
 ER_NO_SUCH_TABLE = 1146
+#: "table exists": another server made it between our query and create
+ER_TABLE_EXISTS = 1050
 
 #: where ``localhost`` connects without ``$MYSQL_UNIX_PORT``
 DEFAULT_SOCKET = "/run/mysqld/mysqld.sock"

@@ -28,19 +28,34 @@ import ipaddress
 import marshal
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+from ..dns.lookup import lookup_addresses
 from ..environ import Change, Endpoints
-from ..errors import Fatal, UcspiError
+from ..errors import Fatal
 from ..log import Log, safe
 from ..mysql import rules
 from ..mysql.protocol import MysqlError, Result
-from .access import Access, Answer, Verdict
 from ..reactor import Reactor
+from .access import Access, Answer, Verdict
 from .lookups import Lookups
 from .offload import Offload
 
 Rows = List[List[Optional[bytes]]]
 RowsDone = Callable[[Optional[Rows], Optional[BaseException]], None]
-NO_SUCH_TABLE = 1146
+
+
+def failure(table: str, port: int, error: BaseException, creating: bool = False
+            ) -> MysqlError:
+    """The error a client is dropped with: IndiMail's line for the
+    statement that failed (:func:`ucspi.mysql.rules.query_error` and
+    its siblings), with the error's number kept."""
+    message = getattr(error, "message", None) or str(error)
+    if creating:
+        text = rules.create_error(table, message)
+    elif getattr(error, "stage", "") == "result":
+        text = rules.result_error(table, port, message)
+    else:
+        text = rules.query_error(table, port, message)
+    return MysqlError(getattr(error, "code", 0), text)
 
 
 class BuiltinRows:
@@ -49,24 +64,27 @@ class BuiltinRows:
     def __init__(self, driver: Any) -> None:
         self.driver = driver
 
-    def fetch(self, select: str, create: str, done: RowsDone) -> None:
+    def fetch(self, table: str, port: int, done: RowsDone) -> None:
+        select = rules.select_sql(table, port)
+
         def selected(result: Optional[Result], error: Optional[BaseException],
                      again: bool = True) -> None:
             if error is not None:
                 done(None, error)
             elif result is not None and result.error is not None:
-                if result.error.code == NO_SUCH_TABLE and again:
-                    self.driver.request(create, created)
+                if result.error.code == rules.ER_NO_SUCH_TABLE and again:
+                    self.driver.request(rules.create_sql(table), created)
                 else:
-                    done(None, _query_error(select, result.error))
+                    done(None, failure(table, port, result.error))
             else:
                 done(result.rows if result is not None else [], None)
 
         def created(result: Optional[Result], error: Optional[BaseException]) -> None:
             if error is not None:
                 done(None, error)
-            elif result is not None and result.error is not None and result.error.code != 1050:
-                done(None, _query_error(create, result.error))     # 1050: made meanwhile
+            elif (result is not None and result.error is not None
+                  and result.error.code != rules.ER_TABLE_EXISTS):
+                done(None, failure(table, port, result.error, creating=True))
             else:
                 self.driver.request(select, lambda r, e: selected(r, e, again=False))
 
@@ -81,7 +99,8 @@ class LibraryRows:
         self.offload = offload
         self.waiting: Dict[str, List[RowsDone]] = {}
 
-    def fetch(self, select: str, create: str, done: RowsDone) -> None:
+    def fetch(self, table: str, port: int, done: RowsDone) -> None:
+        select = rules.select_sql(table, port)
         if select in self.waiting:              # a helper is on it: share its answer
             self.waiting[select].append(done)
             return
@@ -92,44 +111,41 @@ class LibraryRows:
             try:
                 try:
                     rows = client.query(select)
-                except UcspiError as exc:
-                    if getattr(exc, "code", 0) != NO_SUCH_TABLE:
-                        raise
+                except MysqlError as exc:
+                    if exc.code != rules.ER_NO_SUCH_TABLE:
+                        raise failure(table, port, exc) from None
                     try:
-                        client.query(create)
-                    except UcspiError as made:
-                        if getattr(made, "code", 0) != 1050:
-                            raise _query_error(create, made) from None
-                    rows = client.query(select)
+                        client.query(rules.create_sql(table))
+                    except MysqlError as made:
+                        if made.code != rules.ER_TABLE_EXISTS:
+                            raise failure(table, port, made, creating=True) from None
+                    try:
+                        rows = client.query(select)
+                    except MysqlError as again:
+                        raise failure(table, port, again) from None
                 return marshal.dumps(("ok", rows))
-            except UcspiError as exc:
-                return marshal.dumps(("error", getattr(exc, "code", 0),
-                                      getattr(exc, "message", str(exc))))
+            except MysqlError as exc:
+                return marshal.dumps(("error", exc.code, exc.message))
             finally:
                 client.close()
 
         def got(data: bytes, error: Optional[OSError]) -> None:
             waiters = self.waiting.pop(select, [])
             rows: Optional[Rows] = None
-            failure: Optional[BaseException] = error
-            if failure is None:
+            failed: Optional[BaseException] = error
+            if failed is None:
                 try:
                     answer = marshal.loads(data)
                     if answer[0] == "ok":
                         rows = list(answer[1])
                     else:
-                        failure = MysqlError(int(answer[1]), str(answer[2]))
+                        failed = MysqlError(int(answer[1]), str(answer[2]))
                 except (EOFError, ValueError, TypeError, IndexError):
-                    failure = MysqlError(2013, "Lost connection to MySQL server during query")
+                    failed = MysqlError(2013, "Lost connection to MySQL server during query")
             for waiter in waiters:
-                waiter(rows, failure)
+                waiter(rows, failed)
 
         self.offload.run(work, got)
-
-
-def _query_error(sql: str, error: BaseException) -> MysqlError:
-    message = getattr(error, "message", str(error))
-    return MysqlError(getattr(error, "code", 0), f"{sql}: {message}")
 
 
 def _text(address: Any) -> str:
@@ -165,9 +181,7 @@ class MysqlAccess:
 
     def check(self, ep: Endpoints, answer: Answer) -> None:
         port = int(ep.local_port)
-        select = rules.select_sql(self.conf.table, port)
-        create = rules.create_sql(self.conf.table)
-        self.source.fetch(select, create,
+        self.source.fetch(self.conf.table, port,
                           lambda rows, error: self._rows(ep, answer, port, rows, error))
 
     # -- steps ------------------------------------------------------------------
@@ -192,7 +206,6 @@ class MysqlAccess:
 
     def _resolve(self, ep: Endpoints, answer: Answer, port: int, plan: "rules.Plan",
                  names: List[str]) -> None:
-        from ..dns.lookup import lookup_addresses
         resolved: Dict[str, List[str]] = {}
         left = [len(names)]
         conf = self.lookups.dns_config()
@@ -217,8 +230,8 @@ class MysqlAccess:
         outcome = plan.evaluate(ep.remote_ip, resolved)
         if outcome.denied:
             if self.log.verbosity >= 1:
-                self.log.line(b"MySQL: Port %d: IPrule %s"
-                              % (port, safe(outcome.deny_rule)))
+                rule = safe(outcome.deny_rule).decode("latin-1")   # the log's filter
+                self.log.line(rules.deny_line(port, rule).encode("latin-1"))
             answer(Verdict(False, [], 0))
             return
         limit = self.max_per_host if outcome.max_per_host is None else outcome.max_per_host
@@ -237,10 +250,6 @@ class MysqlAccess:
                            else limit))
 
         self.then.check(ep, merged)
-
-
-def describe_endpoint(endpoint: Tuple[Any, ...]) -> str:
-    return endpoint[1] if endpoint[0] == "unix" else f"{endpoint[1]}:{endpoint[2]}"
 
 
 def build(path: str, environ: Mapping[str, str], reactor: Reactor, lookups: Lookups,
