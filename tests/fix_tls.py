@@ -60,7 +60,7 @@ SERIAL_CA = "0C0A"
 END_DROPPED = 111 << 8
 
 #: variables a test run may inherit that would change the TLS set-up
-_TLS_VARS = re.compile(r"^(TLS_.*|CERTDIR|CLIENTCA|CLIENTCRL|SSL_.*)$")
+TLS_VARIABLES = re.compile(r"^(TLS_.*|CERTDIR|CLIENTCA|CLIENTCRL|SSL_.*)$")
 
 
 @dataclass
@@ -191,7 +191,7 @@ def session_certs(base: str) -> Certs:
 def tls_env(**extra: str) -> Dict[str, str]:
     """:func:`tests.fix_server.clean_env` without inherited TLS settings,
     plus ``extra``."""
-    env = {k: v for k, v in clean_env().items() if not _TLS_VARS.match(k)}
+    env = {k: v for k, v in clean_env().items() if not TLS_VARIABLES.match(k)}
     env.update(extra)
     return env
 

@@ -37,6 +37,7 @@ from tests.fix_plugins import (NOLOOKUP, SIGSEGV_STATUSES, Plugins, build, end_s
 from tests.fix_rules import ours_rules
 from tests.fix_server import (OURS, Server, Servers, children_of, read_all, read_some, run_once,
                                wait_until)
+from tests.fix_tls import TLS_VARIABLES, read_tls
 from tests.util import need_root
 
 
@@ -467,25 +468,9 @@ def test_signals_default_in_plugin_child(servers, plugins: Plugins) -> None:
 
 
 # -- behind TLS --------------------------------------------------------------------------------------
-_TLS_VARS = re.compile(r"^(TLS_.*|CERTDIR|CLIENTCA|CLIENTCRL|SSL_.*)$")
-
-
-def _read_tls(sock: ssl.SSLSocket) -> bytes:
-    """Everything until close_notify or EOF."""
-    data = b""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-            return data
-        if not chunk:
-            return data
-        data += chunk
-
-
 def test_plugin_behind_tls(servers, plugins: Plugins, tmp_path) -> None:
     cert = openssl_cert(str(tmp_path))
-    env = {k: v for k, v in plugin_env().items() if not _TLS_VARS.match(k)}
+    env = {k: v for k, v in plugin_env().items() if not TLS_VARIABLES.match(k)}
     server = start(servers, [plugins.cmd, "tls"], env, options=["-n", cert])
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
@@ -493,7 +478,7 @@ def test_plugin_behind_tls(servers, plugins: Plugins, tmp_path) -> None:
     with ctx.wrap_socket(server.connect(timeout=10)) as sock:
         version = sock.version()
         sock.sendall(b"env\nfds\nsay through the relay\nret 3\n")
-        answer = _read_tls(sock).decode("latin-1").splitlines()
+        answer = read_tls(sock).decode("latin-1").splitlines()
     envp = env_of(answer)
     assert envp.get("SSL_PROTOCOL") == version, (answer, server.log())
     assert envp.get("TCPREMOTEIP") == "127.0.0.1"
@@ -514,7 +499,7 @@ def test_tls_files_made_absolute_for_plugin_dir(servers, plugins: Plugins, tmp_p
     plugdir.mkdir()
     openssl_cert(str(home))
     env = {k: v for k, v in plugin_env(PLUGIN1=plugins.five, PLUGIN1_dir=str(plugdir)).items()
-           if not _TLS_VARS.match(k)}
+           if not TLS_VARIABLES.match(k)}
     server = start(servers, [plugins.cmd], env, options=["-n", "server.pem"],
                    prefix=in_dir(str(home)))
     server.marker()
@@ -524,7 +509,7 @@ def test_tls_files_made_absolute_for_plugin_dir(servers, plugins: Plugins, tmp_p
     ctx.verify_mode = ssl.CERT_NONE
     with ctx.wrap_socket(server.connect(timeout=10)) as sock:
         sock.sendall(b"say tls after reload\nret 0\n")
-        assert _read_tls(sock) == b"said tls after reload\n"
+        assert read_tls(sock) == b"said tls after reload\n"
 
 
 # -- USE_DLMOPEN -------------------------------------------------------------------------------------------

@@ -92,6 +92,17 @@ def test_echo_s_client(servers: Servers, certs: Certs, flag: str) -> None:
     assert end_status(server, server.wait_pids(1)[0]) == 0
 
 
+
+def _dropped_and_serving(server: Server, children: bool = True) -> None:
+    """The failed handshake was logged, its program never ran, the server
+    serves the next client, and nothing is left behind."""
+    server.wait_log(DROPPED)
+    assert "PROGRAM-RAN" not in server.log()
+    assert tls_env_of(server)["PROTO"] == "TCP"
+    if children:
+        _no_children(server)
+    no_traceback(server)
+
 def test_data_right_behind_client_finished(servers: Servers, certs: Certs) -> None:
     """TLS 1.3 lets the client send data with its Finished, in one TCP
     segment: the data must reach the program at once (it must not wait
@@ -297,11 +308,7 @@ def test_garbage_instead_of_client_hello(servers: Servers, certs: Certs) -> None
     lines = _dropped(server)
     assert "SSL_accept: decoded err: non-recoverable, fatal protocol error" in lines, lines
     assert any(line.startswith("SSL_accept: TLS/SSL err: error:") for line in lines), lines
-    server.wait_log(DROPPED)
-    assert "PROGRAM-RAN" not in server.log()
-    assert tls_env_of(server)["PROTO"] == "TCP"
-    _no_children(server)
-    no_traceback(server)
+    _dropped_and_serving(server)
 
 
 def test_client_gone_during_handshake(servers: Servers, certs: Certs) -> None:
@@ -312,11 +319,7 @@ def test_client_gone_during_handshake(servers: Servers, certs: Certs) -> None:
     lines = _dropped(server)
     assert any(line.startswith("SSL_accept: decoded err: non-recoverable, fatal ")
                for line in lines), lines
-    server.wait_log(DROPPED)
-    assert "PROGRAM-RAN" not in server.log()
-    assert tls_env_of(server)["PROTO"] == "TCP"
-    _no_children(server)
-    no_traceback(server)
+    _dropped_and_serving(server)
 
 
 def test_client_reset_during_handshake(servers: Servers, certs: Certs) -> None:
@@ -326,10 +329,7 @@ def test_client_reset_during_handshake(servers: Servers, certs: Certs) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()                                             # RST
     _dropped(server)
-    server.wait_log(DROPPED)
-    assert "PROGRAM-RAN" not in server.log()
-    assert tls_env_of(server)["PROTO"] == "TCP"
-    no_traceback(server)
+    _dropped_and_serving(server, children=False)
 
 
 def test_client_vanishes_mid_transfer(servers: Servers, certs: Certs) -> None:

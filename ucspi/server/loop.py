@@ -156,7 +156,6 @@ class Server:
         if notify is not None:
             notify.reactor = self.reactor
             signals.at_term(notify.stopping)
-            self.status = self._status_notify    # type: ignore[method-assign]
         self._wakeup = wakeup
         self.reactor.add_reader(wakeup, self._on_signal)
 
@@ -222,13 +221,21 @@ class Server:
     def _connection(self, fd: int, family: int, peer: Any, v6sock: bool,
                     local: Any) -> None:
         conn = Connection(self.context, fd, family, peer, v6sock, local)
-        ip = conn.ep.remote_ip
-        if self.context.access is None:   # else the limit may come from a rule
-            count = self.over_limit(ip, self.opts.max_per_host, 0)
-            if count:
-                self.log.per_host(ip, count)
-                os.close(fd)
-                return
+        # with an access source the limit may come from a rule: checked later
+        if self.context.access is None and self._refused(fd, conn.ep.remote_ip):
+            return
+        self._admit(conn, conn.ep.remote_ip)
+
+    def _refused(self, fd: int, ip: str) -> bool:
+        """Over the ``-C`` limit at accept: closed, logged."""
+        count = self.over_limit(ip, self.opts.max_per_host, 0)
+        if count:
+            self.log.per_host(ip, count)
+            os.close(fd)
+        return bool(count)
+
+    def _admit(self, conn: Connection, ip: str) -> None:
+        """Count the connection and run its steps."""
         self.table.open(ip)
         self.descriptors.take()
         self.status()
@@ -243,24 +250,13 @@ class Server:
             return
         conn = Connection(self.context, fd, family, peer, v6sock, local)
         conn.proxied = True
-        self.table.open(conn.ep.remote_ip)
-        self.descriptors.take()
-        self.status()
-        conn.start()
+        self._admit(conn, conn.ep.remote_ip)
 
     def _unix_connection(self, fd: int, family: int, peer: Any, v6sock: bool,
                          path: Any) -> None:
         """A UNIX client: every one counts as the address ``""``."""
-        count = self.over_limit("", self.opts.max_per_host, 0)
-        if count:
-            self.log.per_host("", count)
-            os.close(fd)
-            return
-        conn = UnixConnection(self.context, fd, path)
-        self.table.open("")
-        self.descriptors.take()
-        self.status()
-        conn.start()
+        if not self._refused(fd, ""):
+            self._admit(UnixConnection(self.context, fd, path), "")
 
     def _moved(self, old: str, new: str) -> None:
         """A PROXY header gave a connection its real client address."""
@@ -323,12 +319,8 @@ class Server:
         self.log.status(self.table.count, self.limit.value)
         if self.opts.table_after_status:
             self.log.table(self.table.entries())
-
-    def _status_notify(self) -> None:
-        """:meth:`status`, and the count to the supervisor."""
-        Server.status(self)
-        assert self.notify is not None
-        self.notify.status(self.table.count, self.limit.value)
+        if self.notify is not None:
+            self.notify.status(self.table.count, self.limit.value)
 
     # -- signals --------------------------------------------------------
     def _on_signal(self) -> None:

@@ -14,8 +14,8 @@ import os
 from typing import Optional
 
 from ..errors import Fatal, errtext
-from .listen import remove_stale
 from ..scan import INT_MAX, decimal
+from .listen import remove_stale
 
 
 def running(path: str) -> bool:
