@@ -79,7 +79,7 @@ if TYPE_CHECKING:   # the probe must not import threading or random (fork hooks)
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from procs import stop, rss_kib, cpu_seconds  # noqa: E402
+from procs import start, stop, rss_kib, cpu_seconds  # noqa: E402
 
 C_TCPSERVER = "/usr/bin/tcpserver"
 TICK = float(os.sysconf("SC_CLK_TCK"))
@@ -167,19 +167,6 @@ def build(folder: str) -> Tuple[str, str, str]:
 
 
 # --- servers ----------------------------------------------------------------
-
-def start(argv: List[str]) -> Tuple["subprocess.Popen[bytes]", int]:
-    """Start a server with ``-1`` and port 0; return it and its port."""
-    import subprocess
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.strip().isdigit():
-        proc.kill()
-        proc.wait()
-        raise RuntimeError(f"server did not start: {argv}")
-    return proc, int(line)
-
 
 def loadavg() -> str:
     with open("/proc/loadavg") as handle:

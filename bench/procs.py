@@ -1,14 +1,27 @@
-"""What the benchmarks do with the servers they start: stop one by its
-pid, read its memory and its CPU time from ``/proc``."""
+"""What the benchmarks do with the servers they start: start one with
+``-1``, stop one by its pid, read its memory and CPU time from ``/proc``."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
-from typing import Any, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 TICK = os.sysconf("SC_CLK_TCK")
+
+
+def start(argv: List[str], env: Optional[Dict[str, str]] = None
+          ) -> Tuple["subprocess.Popen[bytes]", int]:
+    """Start a server with ``-1`` and port 0; return it and its port."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.strip().isdigit():
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"server did not start: {argv}")
+    return proc, int(line)
 
 
 def stop(proc: Any, wait: float = 5.0) -> None:

@@ -48,7 +48,7 @@ from typing import Dict, List, Tuple
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from procs import stop  # noqa: E402
+from procs import start, stop  # noqa: E402
 
 import loadgen  # noqa: E402
 
@@ -90,17 +90,6 @@ def cpu(pid: int) -> Tuple[float, float, float]:
         except OSError:
             pass
     return (utime + stime) / TICK, (cutime + cstime) / TICK, ns / 1e9
-
-
-def start(argv: List[str], env: Dict[str, str]) -> Tuple["subprocess.Popen[bytes]", int]:
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.strip().isdigit():
-        proc.kill()
-        proc.wait()
-        raise RuntimeError(f"server did not start: {argv}")
-    return proc, int(line)
 
 
 def drive(port: int, count: int, conc: int) -> Dict[str, float]:
