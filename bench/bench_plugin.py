@@ -242,7 +242,7 @@ def _probe(root: str, shared: str, exe: str, target_kib: int, count: int) -> Dic
 
     sys.path.insert(0, root)
     from ucspi.plugin.loader import SharedObject, strings   # the server's code
-    from ucspi.server import signals
+    from ucspi.proc import signals
 
     signals.install()   # the server's handlers, so defaults() has work to do
     program = SharedObject([shared])

@@ -27,7 +27,7 @@ from typing import Any, Dict, List
 
 
 class FakeLaunch:
-    """Stands in for :class:`ucspi.server.launch.Spawn`."""
+    """Stands in for :class:`ucspi.proc.launch.Spawn`."""
 
     name = "fake"
 
@@ -73,7 +73,8 @@ def main() -> None:
     sys.path.insert(0, os.path.abspath(ns.root))
     from ucspi.log import Log
     from ucspi.options import parse
-    from ucspi.server import limits, listen, loop, signals
+    from ucspi.proc import signals
+    from ucspi.server import limits, listen, loop
 
     end = next((i for i, a in enumerate(ns.args) if not a.startswith("-")), len(ns.args))
     opts = parse([*ns.args[:end], "-C", "0", "127.0.0.1", "0", *ns.args[end:]])

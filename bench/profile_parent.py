@@ -59,7 +59,8 @@ ROUND_TIMEOUT = 120.0
 WRAPPER = r"""
 import cProfile, sys
 sys.path.insert(0, {root!r})
-from ucspi.server import bootstrap, signals
+from ucspi.proc import signals
+from ucspi.server import bootstrap
 
 def _term(signum, frame):
     raise SystemExit(0)

@@ -2,8 +2,8 @@
 
 ``python3 tests/forkserver.py BODY [tcpserver options and arguments]``
 runs :func:`ucspi.server.bootstrap.main` with a :class:`Fork` launcher
-whose child body is one of :data:`BODIES`.  No option of tcpserver uses
-the fork path yet; this is how the tests drive it.
+whose child body is one of :data:`BODIES`: the fork hygiene of
+:mod:`ucspi.proc.child`, seen from inside a child.
 """
 
 from __future__ import annotations
@@ -18,9 +18,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ucspi.options import Options  # noqa: E402
 from ucspi.server.bootstrap import main  # noqa: E402
-from ucspi.server.launch import Fork, Launch  # noqa: E402
+from ucspi.proc import child  # noqa: E402
+from ucspi.proc.launch import Counts, Launch  # noqa: E402
+from ucspi.proc.reload import Reloads  # noqa: E402
 
 Env = Dict[bytes, bytes]
+#: ``body(fd, argv, env)`` -> exit status, run in a forked child
+ChildBody = Callable[[int, List[str], Env], int]
 CHECKED = ("SIGTERM", "SIGCHLD", "SIGHUP", "SIGUSR1", "SIGPIPE", "SIGXFSZ")
 
 
@@ -70,12 +74,32 @@ def boom(fd: int, argv: List[str], env: Env) -> int:
     raise RuntimeError("test body failed")
 
 
-BODIES: Dict[str, Callable[[int, List[str], Env], int]] = {
+BODIES: Dict[str, ChildBody] = {
     "inspect": inspect, "status": status, "boom": boom,
 }
 
 
-def _fork(body: Callable[[int, List[str], Env], int]) -> Callable[[Options], Launch]:
+class Fork:
+    """A launcher that runs ``body(fd, argv, env)`` in a forked child
+    (:func:`ucspi.proc.child.fork`)."""
+
+    def __init__(self, argv: List[str], body: ChildBody) -> None:
+        self.argv = argv
+        self.name = argv[0]
+        self.body = body
+
+    def attach(self, reloads: Reloads, counts: Counts) -> None:
+        """Nothing to reload."""
+
+    def ready(self) -> None:
+        """Nothing to load."""
+
+    def start(self, fd: int, env: Env) -> int:
+        argv, body = self.argv, self.body
+        return child.fork(lambda: body(fd, argv, env), keep=(fd,))
+
+
+def _fork(body: ChildBody) -> Callable[[Options], Launch]:
     return lambda opts: Fork(opts.argv, body)
 
 

@@ -33,9 +33,24 @@ def _is_package(name: str, mods: Dict[str, str]) -> bool:
     return mods[name].endswith("__init__.py")
 
 
+def _with_packages(target: str, importer: str, mods: Dict[str, str]) -> Set[str]:
+    """``target`` and the packages Python initialises to import it: each
+    enclosing package that is not also one of ``importer``'s (those are
+    initialised already).  ``from ..server import child`` runs
+    ``server/__init__.py`` first, which is how a cycle can hide."""
+    found = {target}
+    parts = target.split(".")
+    for i in range(2, len(parts)):
+        package = ".".join(parts[:i])
+        if package in mods and not (importer + ".").startswith(package + "."):
+            found.add(package)
+    return found
+
+
 def imports_of(name: str, mods: Dict[str, str]) -> Set[str]:
     """The package's modules that ``name`` imports (lazy and
-    TYPE_CHECKING imports included)."""
+    TYPE_CHECKING imports included), with the packages whose
+    ``__init__`` runs on the way."""
     with open(mods[name], encoding="utf-8") as f:
         tree = ast.parse(f.read())
     here = name if _is_package(name, mods) else name.rpartition(".")[0]
@@ -51,13 +66,21 @@ def imports_of(name: str, mods: Dict[str, str]) -> Set[str]:
             for alias in node.names:
                 sub = f"{target}.{alias.name}"
                 if sub in mods:
-                    found.add(sub)
+                    found |= _with_packages(sub, name, mods)
                 elif target in mods:
-                    found.add(target)
+                    found |= _with_packages(target, name, mods)
         elif isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name in mods)
+            for alias in node.names:
+                if alias.name in mods:
+                    found |= _with_packages(alias.name, name, mods)
     found.discard(name)
     return found
+
+
+def subpackage(name: str) -> str:
+    """``ucspi.server.loop`` -> ``ucspi.server``; a top-level module of
+    the package stands for itself."""
+    return ".".join(name.split(".")[:2])
 
 
 def find_cycle(graph: Dict[str, Set[str]]) -> List[str]:
@@ -97,6 +120,40 @@ def test_no_import_cycles() -> None:
     graph = {name: imports_of(name, mods) for name in mods}
     assert graph["ucspi.server.loop"] >= {"ucspi.server.conn", "ucspi.reactor"}
     assert find_cycle(graph) == []
+
+
+def test_package_inits_count_as_imports() -> None:
+    """Importing a module of another sub-package runs that package's
+    ``__init__``: the walk sees it."""
+    mods = modules()
+    assert "ucspi.tls" in imports_of("ucspi.server.bootstrap", mods)
+    assert "ucspi.server" not in imports_of("ucspi.server.loop", mods)
+
+
+def test_no_cycles_between_subpackages() -> None:
+    """``proc/`` is the bottom layer: ``server/``, ``tls/``, ``plugin/``
+    build on it, and no sub-package imports one that imports it back."""
+    mods = modules()
+    graph: Dict[str, Set[str]] = {}
+    for name in mods:
+        owner = subpackage(name)
+        graph.setdefault(owner, set())
+        graph[owner] |= {subpackage(m) for m in imports_of(name, mods)} - {owner}
+    assert find_cycle(graph) == []
+    # the commands' dispatcher (python -m ucspi, the zipapp) aside
+    assert [src for src, dsts in graph.items()
+            if "ucspi.server" in dsts and src not in ("ucspi.server", "ucspi.__main__")] == []
+    assert graph["ucspi.proc"] <= {"ucspi.errors", "ucspi.log", "ucspi.reactor", "ucspi.scan"}
+
+
+def test_server_package_is_light() -> None:
+    """``import ucspi.server`` (every ``ucspi.server.X`` import runs it)
+    loads nothing else of the package."""
+    code = ("import sys; import ucspi.server; "
+            "print(sorted(m for m in sys.modules if m.startswith('ucspi')))")
+    out = subprocess.run([PYTHON, "-c", code], cwd=ROOT, capture_output=True, timeout=30,
+                         check=True)
+    assert out.stdout.decode().strip() == "['ucspi', 'ucspi.server']"
 
 
 def test_imports_inside_the_package_are_relative() -> None:

@@ -22,7 +22,7 @@ from typing import Iterator
 import pytest
 
 from tests.fix_server import PRINT_ENV, clean_env, parse_env
-from ucspi.proxy import build_v1
+from tests.proxy_build import build_v1
 from tests.util import PYTHON, ROOT, need_root
 
 NO_REWRITE = "/nonexistent/ucspi-test-dnsrewrite"

@@ -1,7 +1,7 @@
 """The launch seam's fork path, the fork child's hygiene, and reaping.
 
 No option uses the fork path yet: ``tests/forkserver.py`` runs the real
-server with a :class:`~ucspi.server.launch.Fork` launcher and a test
+server with a :class:`~Fork` launcher and a test
 child body, which reports what the child inherited.
 """
 
@@ -26,7 +26,7 @@ import pytest
 from tests.fix_server import read_all
 from tests.util import PYTHON, ROOT, need_root, stop
 from ucspi.dns import msg as dnsmsg
-from ucspi.server import child
+from ucspi.proc import child
 from ucspi.server.limits import Table
 from ucspi.server.loop import Children
 
@@ -303,7 +303,7 @@ def test_children_reap_programs_and_helpers() -> None:
 def test_fork_without_threads_warning() -> None:
     """The fork path forks a single-threaded parent: no warning."""
     code = ("import warnings, os; warnings.simplefilter('error');"
-            "from ucspi.server import child;"
+            "from ucspi.proc import child;"
             "pid = child.fork(lambda: 0); print(os.waitpid(pid, 0)[1])")
     out = subprocess.run([PYTHON, "-c", code], cwd=ROOT, capture_output=True, timeout=TIMEOUT)
     assert out.returncode == 0, out.stderr
@@ -316,7 +316,7 @@ def test_sigterm_in_child_is_default(tmp_path) -> None:  # type: ignore[no-untyp
     r, w = os.pipe()
     pidfile = tmp_path / "pid"
     try:
-        code = ("import os, signal; from ucspi.server import signals, child;"
+        code = ("import os, signal; from ucspi.proc import signals, child;"
                 "signals.install();"
                 "pid = child.fork(lambda: (os.write(%d, b'x'), signal.pause())[1] or 0, keep=(%d,));"
                 "open(%r, 'w').write(str(pid))" % (w, w, str(pidfile)))

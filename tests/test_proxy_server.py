@@ -16,7 +16,7 @@ from tests.fix_haproxy import HAProxy, haproxy
 from tests.fix_ident import FakeIdentd
 from tests.fix_rules import ours_rules
 from tests.fix_server import HOLD, OURS, clean_env, parse_env, read_all, read_some, run_once
-from ucspi.proxy import build_v1, build_v2
+from tests.proxy_build import build_v1, build_v2
 
 #: prints the environment, then what the client sent
 ENV_AND_DATA = ["sh", "-c", "env; echo END; exec cat"]

@@ -16,7 +16,7 @@ from ucspi.options import Options, parse
 from ucspi.reactor import Reactor
 from ucspi.server.access import Verdict
 from ucspi.server.conn import Connection, Context
-from ucspi.server.reload import Reloads
+from ucspi.proc.reload import Reloads
 
 
 class Handle:

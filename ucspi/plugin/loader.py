@@ -13,9 +13,9 @@ import os
 from typing import Any, Dict, List, Optional
 
 from ..errors import Fatal
-from ..server import child
-from ..server.launch import Counts
-from ..server.reload import Reloads
+from ..proc import child
+from ..proc.launch import Counts
+from ..proc.reload import Reloads
 
 #: now, local, deep-bind (where the platform has it), no-delete
 FLAGS = (os.RTLD_NOW | os.RTLD_LOCAL | getattr(os, "RTLD_DEEPBIND", 0)

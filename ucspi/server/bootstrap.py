@@ -20,9 +20,10 @@ from ..log import Log, say
 from ..options import USAGE, MissingArgument, OptionError, Options, Request, parse
 from ..plugin import entries as plugin_entries
 from ..plugin import has_dirs, is_shared_object
-from . import listen, pidfile, privs, signals
+from ..proc import signals
+from ..proc.launch import Launch, Program, Spawn
+from . import listen, pidfile, privs
 from .checks import startup_warnings
-from .launch import Launch, Program, Spawn
 from .limits import Limit
 from .loop import Server
 from .notify import Notifier

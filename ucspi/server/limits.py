@@ -26,7 +26,7 @@ from ..errors import Fatal, errtext
 from ..log import Log
 from ..options import DEFAULT_LIMIT, MAX_NUMBER, Options
 from ..scan import decimal
-from .child import open_descriptors
+from ..proc.child import open_descriptors
 
 DEFAULT_CONTROLDIR = "/etc/indimail/control"
 

@@ -29,15 +29,15 @@ from ..options import Options
 from ..reactor import Reactor
 from .access import Access
 from .conn import Connection, Context
-from .launch import Launch
+from ..proc.launch import Launch
 from .limits import Descriptors, Limit, Table, descriptors_needed
 from .listen import ACTIVATION_VARIABLES, Listener, unix_path
 from .lookups import Lookups
 from .notify import VARIABLE as NOTIFY_VARIABLE, Notifier
-from .offload import Offload
+from ..proc.offload import Offload
 from .proxied import Trusted
-from .reload import Reloads
-from . import signals
+from ..proc.reload import Reloads
+from ..proc import signals
 from .unixconn import UnixConnection
 
 ACCEPT_BACKOFF = 0.1

@@ -37,7 +37,7 @@ from ..mysql.protocol import MysqlError, Result
 from ..reactor import Reactor
 from .access import Access, Answer, Verdict
 from .lookups import Lookups
-from .offload import Offload
+from ..proc.offload import Offload
 
 Rows = List[List[Optional[bytes]]]
 RowsDone = Callable[[Optional[Rows], Optional[BaseException]], None]

@@ -22,7 +22,7 @@ from ..errors import UcspiError
 from ..rules.cache import RulesCache, decide, pack_found, unpack_found
 from ..rules.lookup import Decision, find
 from .access import Answer, Verdict
-from .offload import Offload
+from ..proc.offload import Offload
 
 #: hash slots one lookup may visit inside the loop (a lookup in a file
 #: built by tcprules visits a few per key; 4096 cost about a millisecond)

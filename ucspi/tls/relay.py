@@ -2,7 +2,7 @@
 
 The parent has done the banner, the lookups, the rules and the limits
 on the clear socket; :class:`TlsLaunch` then forks one child per
-connection (:func:`ucspi.server.child.fork`), which:
+connection (:func:`ucspi.proc.child.fork`), which:
 
 1. does the server handshake within ``-S`` seconds (:func:`handshake`),
    over memory BIOs, so the child alone decides what is read from the
@@ -33,9 +33,9 @@ from typing import Dict, List, Optional
 
 from ..errors import EXIT_TEMP, Fatal, errtext
 from ..log import Log, safe, say
-from ..server import child
-from ..server.launch import Counts, Environment, Program
-from ..server.reload import Reloads
+from ..proc import child
+from ..proc.launch import Counts, Environment, Program
+from ..proc.reload import Reloads
 from .context import Contexts, Setup, library_error
 from .settings import TlsError
 

@@ -8,13 +8,10 @@ descriptors), which the TLS relay uses behind its pipes.
   fd 0 and 1 on the connection, the built environment, the server's
   signals back to their defaults and an empty signal mask.  The
   interpreter is never forked.
-* :class:`Fork`, the fork path (D2): a *child body* runs in a forked
-  copy of the server (see :mod:`.child` for its hygiene) with the
-  connection's descriptor, the program's argv and its environment, and
-  the child exits with the body's return value (the tests' child
-  bodies).  A ``prog.so`` (:class:`ucspi.plugin.loader.SharedObject`)
-  and the TLS relay (:class:`ucspi.tls.relay.TlsLaunch`) are launchers of
-  their own on the same fork hygiene.
+* the fork path (D2): a ``prog.so``
+  (:class:`ucspi.plugin.loader.SharedObject`) and the TLS relay
+  (:class:`ucspi.tls.relay.TlsLaunch`) are launchers of their own that
+  run in a forked copy of the server (see :mod:`.child` for its hygiene).
 
 Either way the server sees one child per program: its pid goes into the
 connection table, its exit status into the ``end`` line.
@@ -25,13 +22,10 @@ from __future__ import annotations
 import os
 from typing import Callable, Dict, List, Protocol, Tuple
 
-from . import child
 from .reload import Reloads
 from .signals import SIGDEF
 
 Environment = Dict[bytes, bytes]
-#: ``body(fd, argv, env)`` -> exit status, run in a forked child
-ChildBody = Callable[[int, List[str], Environment], int]
 #: the server's ``(connections, limit)``, for a child's status line
 Counts = Callable[[], Tuple[int, int]]
 
@@ -89,22 +83,3 @@ class Spawn:
             file_actions=[(os.POSIX_SPAWN_DUP2, fd0, 0), (os.POSIX_SPAWN_DUP2, fd1, 1)],
             setsigdef=SIGDEF, setsigmask=(),
         )
-
-
-class Fork:
-    """Run ``body(fd, argv, env)`` in a forked child (:func:`.child.fork`)."""
-
-    def __init__(self, argv: List[str], body: ChildBody) -> None:
-        self.argv = argv
-        self.name = argv[0]
-        self.body = body
-
-    def attach(self, reloads: Reloads, counts: Counts) -> None:
-        """Nothing to reload."""
-
-    def ready(self) -> None:
-        """Nothing to load."""
-
-    def start(self, fd: int, env: Environment) -> int:
-        argv, body = self.argv, self.body
-        return child.fork(lambda: body(fd, argv, env), keep=(fd,))
