@@ -73,8 +73,13 @@ def main() -> None:
     sys.path.insert(0, os.path.abspath(ns.root))
     from ucspi.log import Log
     from ucspi.options import parse
-    from ucspi.proc import signals
     from ucspi.server import limits, listen, loop
+    try:
+        from ucspi.proc import signals
+        from ucspi.server import service
+    except ImportError:                # a tree from before the process layer
+        from ucspi.server import signals  # type: ignore[no-redef]
+        service = None
 
     end = next((i for i, a in enumerate(ns.args) if not a.startswith("-")), len(ns.args))
     opts = parse([*ns.args[:end], "-C", "0", "127.0.0.1", "0", *ns.args[end:]])
@@ -83,7 +88,20 @@ def main() -> None:
     port = lsock.getsockname()[1]
     wakeup = signals.install()
     launch = FakeLaunch(ns.envp)
-    server: Any = loop.Server(opts, Log(0), listener, limits.Limit(10**6), wakeup, launch)
+    if service is not None:
+        served = service.build(opts, Log(0), limits.Limit(10**6), launch, None, False)
+        server: Any = loop.Server(served, listener, wakeup)
+
+        def ended(pid: int) -> None:
+            ip = server.programs.ended(pid)
+            if ip is not None:
+                server._program_ended(pid, ip, 0)
+    else:
+        server = loop.Server(opts, Log(0), listener, limits.Limit(10**6), wakeup, launch)
+
+        def ended(pid: int) -> None:
+            if server.table.ended(pid):
+                server._program_ended(pid, 0)
     server.accepting = True
     accept_us: List[float] = []
     end_us: List[float] = []
@@ -96,8 +114,7 @@ def main() -> None:
         pids, launch.started = launch.started, []
         t2 = time.thread_time()
         for pid in pids:
-            if server.table.ended(pid):
-                server._program_ended(pid, 0)
+            ended(pid)
         t3 = time.thread_time()
         if len(pids) != ns.batch:
             sys.exit(f"accepted {len(pids)} of {ns.batch}: is the path without lookups?")

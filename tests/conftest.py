@@ -10,6 +10,8 @@ fixture.  Tests never import a fixture: pytest finds these by name.
   (:func:`tests.fix_ident.oidentd`).
 * ``mariadb`` (session): a throw-away MariaDB server
   (:func:`tests.fix_mariadb.mariadb_server`).
+* ``certs`` (session): certificates for TLS tests
+  (:func:`tests.fix_tls.session_certs`).
 
 The helper modules are imported inside the fixtures, so that a module
 of ``ucspi`` that does not import (mid-change) only breaks the tests
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from tests.fix_ident import Identd
     from tests.fix_mariadb import MariaDB
     from tests.fix_server import Servers
+    from tests.fix_tls import Certs
 
 
 @pytest.fixture
@@ -77,3 +80,14 @@ def mariadb() -> Iterator["MariaDB"]:
 
     with mariadb_server() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> "Certs":
+    """A CA, server certificates (default and SNI names) and keys, made
+    once per run with openssl (see tests/fix_tls.py)."""
+    from tests.fix_tls import session_certs
+    from tests.util import need
+
+    need("openssl")
+    return session_certs(str(tmp_path_factory.getbasetemp()))

@@ -19,7 +19,8 @@ from tests.fix_ident import FakeIdentd
 from tests.fix_server import OURS, PRINT_ENV, clean_env, parse_env, read_all
 from tests.util import need, need_root
 from ucspi.dns import msg as dnsmsg
-from ucspi.server.limits import Descriptors, descriptors_needed
+from ucspi.server.conn import descriptors_needed
+from ucspi.server.limits import Descriptors
 from ucspi.options import parse
 
 SLOW = 0.3

@@ -27,7 +27,7 @@ from tests.fix_server import read_all
 from tests.util import PYTHON, ROOT, need_root, stop
 from ucspi.dns import msg as dnsmsg
 from ucspi.proc import child
-from ucspi.server.limits import Table
+from ucspi.server.limits import Programs
 from ucspi.server.loop import Children
 
 FORKSERVER = os.path.join(ROOT, "tests", "forkserver.py")
@@ -281,23 +281,20 @@ def _exited(pid: int) -> None:
     os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
 
 
-def test_children_reap_programs_and_helpers() -> None:
-    table = Table()
-    ended: List[Tuple[int, int]] = []
-    helpers: List[int] = []
-    children = Children(table, lambda pid, status: ended.append((pid, status)))
+def test_children_reap_programs_and_others() -> None:
+    table = Programs()
+    ended: List[Tuple[int, str, int]] = []
+    children = Children(table, lambda pid, ip, status: ended.append((pid, ip, status)))
     program = os.posix_spawn("/bin/sh", ["sh", "-c", "exit 3"], dict(os.environ))
-    table.open("10.0.0.1")
     table.started(program, "10.0.0.1")
     helper = os.posix_spawn("/bin/sh", ["sh", "-c", "exit 4"], dict(os.environ))
-    children.helper(helper, helpers.append)
     _exited(program)
     _exited(helper)
     children.reap()
-    assert ended == [(program, 3 << 8)]
-    assert helpers == [4 << 8]
-    assert table.count == 0 and table.per_host("10.0.0.1") == 0
-    assert children.helpers == {}
+    assert ended == [(program, "10.0.0.1", 3 << 8)]
+    assert table.entries() == []
+    with pytest.raises(ChildProcessError):
+        os.waitpid(helper, os.WNOHANG)             # reaped too
 
 
 def test_fork_without_threads_warning() -> None:

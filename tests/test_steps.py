@@ -102,18 +102,24 @@ class World:
         self.ended: List[Connection] = []
         self.limits: List[Tuple[str, int]] = []
         self.over = over
-        self.ctx = Context(self.opts, self.reactor, self.log, self.lookups,  # type: ignore[arg-type]
-                           access, Builder({b"PATH": b"/bin"}), self._over_limit,
+        self.ctx = Context(self.opts, self.reactor, self.log, self.lookups,
+                           access, Builder({b"PATH": b"/bin"}), self._admit,
                            self._launch, self.ended.append)
         listener = socket.create_server(("127.0.0.1", 0))
         self.client = socket.create_connection(listener.getsockname())
         sock, peer = listener.accept()
         listener.close()
-        self.conn = Connection(self.ctx, sock.detach(), socket.AF_INET, peer, False)
+        self.conn = Connection(self.ctx, sock, peer, False)
+        self.conn.later = access is not None
 
-    def _over_limit(self, ip: str, limit: int) -> int:
-        self.limits.append((ip, limit))
-        return self.over
+    def _admit(self, conn: Connection) -> bool:
+        """The driver's second look: refuse (and end) when ``over``."""
+        self.limits.append((conn.ep.remote_ip, conn.max_per_host))
+        if self.over:
+            self.log.per_host(conn.ep.remote_ip, self.over)
+            conn.end()
+            return False
+        return True
 
     def _launch(self, conn: Connection, env: Dict[bytes, bytes]) -> None:
         self.launched.append(env)
@@ -335,7 +341,7 @@ def test_a_failing_server_call_ends_its_connection(world, where) -> None:  # typ
 
     w = world(["-HRl0"], access=Broken() if where == "access" else FakeAccess(Verdict(True, [], 1)))
     if where == "limit":
-        w.ctx.over_limit = lambda ip, limit: int("x")
+        w.ctx.admit = lambda conn: bool(int("x"))
     if where == "launch":
         def launch(conn: Connection, env: Dict[bytes, bytes]) -> None:
             raise KeyError("PATH")
@@ -370,13 +376,13 @@ def test_source_routes_accepted(tmp_path) -> None:  # type: ignore[no-untyped-de
     assert source_routes_accepted(str(tmp_path / "missing")) is True
 
 
-def test_no_socket_object_when_nothing_needs_one(world) -> None:  # type: ignore[no-untyped-def]
+def test_local_address_from_the_listener(world) -> None:  # type: ignore[no-untyped-def]
     """-HRl with no banner, on a listener bound to one address: the
-    connection stays a bare descriptor up to the launch."""
+    local address comes from the listener, not from the kernel."""
     w = world(["-HRl0", "-o"])
     w.conn.local = w.client.getpeername()
     w.run()
-    assert w.conn._sock is None and w.conn.closed
+    assert w.conn.closed
     env = w.launched[0]
     assert env[b"TCPLOCALIP"] == b"127.0.0.1"
     assert env[b"TCPLOCALPORT"] == str(w.client.getpeername()[1]).encode()

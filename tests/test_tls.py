@@ -38,11 +38,6 @@ TLS_NAMES = ("TLS_PROVIDER", "SSL_PROTOCOL", "SSL_CIPHER", "SSL_TLS_SNI_SERVERNA
 STALE = {name: "stale" for name in TLS_NAMES}
 
 
-@pytest.fixture(scope="session")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    need("openssl")
-    return session_certs(str(tmp_path_factory.getbasetemp()))
-
 
 def _fatal(args: Sequence[str], first: str, env: Optional[Dict[str, str]] = None
            ) -> List[str]:

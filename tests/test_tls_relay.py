@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import ssl
 import struct
@@ -31,11 +32,6 @@ MIB = 1024 * 1024
 #: answers after the client's end of data
 DRAIN_DONE = ["sh", "-c", "cat >/dev/null; echo done"]
 
-
-@pytest.fixture(scope="session")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    need("openssl")
-    return session_certs(str(tmp_path_factory.getbasetemp()))
 
 
 def _client(server: Server, version: Optional[str] = None,
@@ -233,21 +229,50 @@ def _echo_ok_env(server: Server) -> None:
 
 
 # -- timeouts -----------------------------------------------------------------------------------
-def test_handshake_timeout(servers: Servers, certs: Certs) -> None:
-    server = start_tls(servers, certs, ["-S", "1"], prog=MARK_ENV)
-    silent = server.connect()
-    try:
-        pid = server.wait_pids(1)[0]
-        assert end_status(server, pid) == END_DROPPED
-        assert read_all(silent, 5) == b""
-    finally:
-        silent.close()
+def _timeout_lines(server: Server) -> None:
     lines = [line for line in server.lines() if not line.startswith("tcpserver: status:")]
     at = lines.index("SSL_accept: decoded err: unprocessed data availabe for read")
     assert "SSL_accept: system err" not in "\n".join(lines)
     assert lines[at + 1:at + 2] == [
         "tcpserver: warning: dropping connection, unable to accept SSL connection"], lines
     assert "PROGRAM-RAN" not in server.log()
+
+
+def test_handshake_timeout_without_hello(servers: Servers, certs: Certs) -> None:
+    """A client that never sends its ClientHello costs no process and no
+    slot: the loop drops it at -S with the relay's lines."""
+    server = start_tls(servers, certs, ["-S", "1"], prog=MARK_ENV)
+    silent = server.connect()
+    try:
+        silent.sendall(client_hello()[:20])          # half a record, then nothing
+        try:
+            assert read_all(silent, 5) == b""
+        except ConnectionResetError:
+            pass                                     # closed with its bytes unread
+    finally:
+        silent.close()
+    _timeout_lines(server)
+    assert not re.search(r"^tcpserver: (pid|end) ", server.log(), re.M)
+    server.wait_log(r"^tcpserver: status: 0/40$")
+    assert "status: 1/40" not in server.log()
+    assert tls_env_of(server)["PROTO"] == "TCP"
+    _no_children(server)
+    no_traceback(server)
+
+
+def test_handshake_timeout_after_hello(servers: Servers, certs: Certs) -> None:
+    """A client that stops after its ClientHello: its relay child gives
+    up at -S and ends as a dropped connection."""
+    server = start_tls(servers, certs, ["-S", "1"], prog=MARK_ENV)
+    stalled = server.connect()
+    try:
+        stalled.sendall(client_hello())
+        pid = server.wait_pids(1)[0]
+        assert end_status(server, pid) == END_DROPPED
+        read_all(stalled, 5)
+    finally:
+        stalled.close()
+    _timeout_lines(server)
     assert tls_env_of(server)["PROTO"] == "TCP"
     _no_children(server)
     no_traceback(server)

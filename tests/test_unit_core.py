@@ -19,6 +19,7 @@ import pytest
 
 from ucspi import environ
 from ucspi import address as ipfmt
+from ucspi.server.admission import Admission
 from ucspi.server import limits
 from ucspi.server import listen
 from ucspi import log
@@ -675,25 +676,80 @@ class _ListLog:
         self.out.append(message)
 
 
-def test_table() -> None:
-    table = limits.Table()
-    table.open("127.0.0.1")
-    table.open("127.0.0.1")
-    table.open("::1")
-    assert (table.count, table.per_host("127.0.0.1"), table.per_host("::1")) == (3, 2, 1)
+def test_programs_table() -> None:
+    table = limits.Programs()
     table.started(100, "127.0.0.1")
     table.started(101, "::1")
     assert table.entries() == [(0, "127.0.0.1", 100), (1, "::1", 101)]
-    assert table.ended(999) is False and table.count == 3
-    assert table.ended(100) is True
-    assert (table.count, table.per_host("127.0.0.1")) == (2, 1)
-    table.open("127.0.0.2")
+    assert table.ended(999) is None
+    assert table.ended(100) == "127.0.0.1"
     table.started(102, "127.0.0.2")                # the lowest free slot, as IndiMail
     assert table.entries() == [(0, "127.0.0.2", 102), (1, "::1", 101)]
-    assert table.ended(102)
-    table.close("127.0.0.1")                       # a connection without a program
-    assert table.per_host("127.0.0.1") == 0 and "127.0.0.1" not in table.hosts
-    assert table.ended(101) and table.count == 0 and table.entries() == []
+    assert table.ended(102) == "127.0.0.2"
+    assert table.ended(101) == "::1" and table.entries() == []
+
+
+def _admission(limit: int = 3, available: int = 100) -> Admission:
+    return Admission(limits.Limit(limit), limits.Descriptors(1, available=available))
+
+
+def test_admission_counts_by_address() -> None:
+    adm = _admission()
+    assert adm.accept("127.0.0.1", 0, final=True) is None
+    assert adm.accept("127.0.0.1", 0, final=True) is None
+    assert adm.accept("::1", 0, final=True) is None
+    assert (adm.count, adm.hosts) == (3, {"127.0.0.1": 2, "::1": 1})
+    assert not adm.room()                          # -c 3 reached
+    adm.set_up()                                   # a program started
+    adm.program_ended("127.0.0.1")
+    adm.ended("::1", slot=True)                    # ended without a program
+    assert (adm.count, adm.hosts) == (1, {"127.0.0.1": 1})
+    assert adm.room()
+
+
+def test_admission_two_moments() -> None:
+    adm = _admission(limit=10)
+    assert adm.accept("10.0.0.1", 1, final=True) is None
+    refusal = adm.accept("10.0.0.1", 1, final=True)          # known at accept
+    assert refusal is not None and (refusal.limit, refusal.count) == (1, 1)
+    assert adm.count == 1                                     # a refusal is not counted
+    assert adm.accept("10.0.0.1", 1, final=False) is None     # rules may say other
+    refusal = adm.identified("10.0.0.1", 1)
+    assert refusal is not None and refusal.count == 1
+    assert adm.identified("10.0.0.1", 0) is None              # 0: no limit
+    assert adm.identified("10.0.0.1", 2) is None
+    adm.moved("10.0.0.1", "192.0.2.9")                        # a PROXY header
+    assert adm.hosts == {"10.0.0.1": 1, "192.0.2.9": 1}
+
+
+def test_admission_slots_queue_and_refill() -> None:
+    adm = _admission(limit=1)
+    granted: List[str] = []
+    assert adm.accept("a", 0, final=True, slot=False) is None   # TLS: no slot yet
+    assert adm.count == 0 and adm.wait_slot(lambda: granted.append("a"))
+    assert adm.accept("b", 0, final=True, slot=False) is None
+    assert not adm.wait_slot(lambda: granted.append("b"))      # queued
+    assert adm.accept("c", 0, final=True, slot=False) is None
+    late = lambda: granted.append("c")                         # noqa: E731
+    assert not adm.wait_slot(late)
+    adm.leave_queue(late)                                      # c ended while queued
+    adm.ended("c", slot=False)
+    adm.set_up()
+    adm.program_ended("a")                                     # a's slot goes to b
+    assert granted == ["b"] and adm.count == 1
+    assert not adm.wait_slot(lambda: granted.append("d"))     # -c 1 still full
+    adm.limit.value = 3                                        # SIGHUP raised it
+    adm.refill()
+    assert granted == ["b", "d"] and adm.count == 2 and not adm.queue
+
+
+def test_admission_descriptor_budget() -> None:
+    adm = _admission(limit=100, available=2)
+    adm.accept("a", 0, final=True)
+    adm.accept("b", 0, final=True)
+    assert not adm.room()                          # the descriptors, not -c
+    adm.set_up()
+    assert adm.room()
 
 
 # -- pidfile ---------------------------------------------------------------------------

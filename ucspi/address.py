@@ -9,8 +9,12 @@ prints, so that they are parsed one way:
 * IPv6 text (:func:`ip6_text`, :func:`normalise6`), RFC 5952;
 * IPv6 scope ids, ``%iface`` or ``%index`` (:func:`scope_id`);
 * the IPv4-mapped prefix ``::ffff:``, as text (:data:`MAPPED_PREFIX`,
-  :func:`mapped_text`, :func:`unmap`, :func:`strip_mapped`) and as bytes
-  (:data:`MAPPED_PACKED`, :func:`mapped_packed`, :func:`mapped_ipv6`).
+  :func:`mapped_text`, :func:`unmap`, :func:`strip_mapped`,
+  :func:`is_mapped`) and as bytes (:data:`MAPPED_PACKED`,
+  :func:`mapped_packed`, :func:`mapped_ipv6`);
+* the wildcard addresses (:func:`is_wildcard`) and the network an
+  address belongs to for per-network counting (:func:`network_key`:
+  the IPv4 /24, the IPv6 /64).
 
 DECISIONS D18: IPv4 clients that arrive IPv4-mapped (``::ffff:a.b.c.d``
 on a dual-stack socket) are reported as plain dotted IPv4 unless ``-6``
@@ -145,6 +149,11 @@ def unmap(text: str) -> Tuple[str, bool]:
     return text, False
 
 
+def is_mapped(text: str) -> bool:
+    """Does IPv6 text start with the mapped prefix (any case)?"""
+    return text[:len(MAPPED_PREFIX)].lower() == MAPPED_PREFIX
+
+
 def mapped_text(ipv4_text: str) -> str:
     """``1.2.3.4`` -> ``::ffff:1.2.3.4``."""
     return MAPPED_PREFIX + ipv4_text
@@ -167,3 +176,43 @@ def mapped_ipv6(ip: ipaddress.IPv4Address) -> ipaddress.IPv6Address:
     :mod:`ucspi.dns.conf`'s)."""
     return ipaddress.IPv6Address(MAPPED_PACKED + ip.packed)
 
+
+
+# -- wildcards and networks ----------------------------------------------------
+#: the addresses that mean "every local address", as text
+WILDCARD_TEXTS = frozenset(("0.0.0.0", "::"))
+
+
+def is_wildcard(text: str) -> bool:
+    """``0.0.0.0`` or ``::``: a socket bound there, or an ident query
+    sent from there, takes whatever local address the kernel picks."""
+    return text in WILDCARD_TEXTS
+
+
+def wildcard(v4: bool) -> str:
+    """The wildcard address of a family."""
+    return "0.0.0.0" if v4 else "::"
+
+
+#: prefix lengths of the networks that per-network limits count
+NETWORK_BITS_V4 = 24
+NETWORK_BITS_V6 = 64
+
+
+def network_key(ip: str) -> str:
+    """The network of a client address as the per-network limits count
+    it: the IPv4 /24 (``192.0.2.0/24``) or the IPv6 /64
+    (``2001:db8:1:2::/64``).  ``ip`` is in the environment's form
+    (dotted for IPv4 and mapped clients, RFC 5952 for IPv6); text that
+    is neither is its own key."""
+    if ":" not in ip:
+        head, dot, _ = ip.rpartition(".")
+        return f"{head}.0/{NETWORK_BITS_V4}" if dot else ip
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, strip_scope(ip))
+    except OSError:
+        return ip
+    if packed.startswith(MAPPED_PACKED):
+        return network_key(socket.inet_ntop(socket.AF_INET, packed[12:]))
+    net = packed[:NETWORK_BITS_V6 // 8] + bytes(16 - NETWORK_BITS_V6 // 8)
+    return f"{socket.inet_ntop(socket.AF_INET6, net)}/{NETWORK_BITS_V6}"

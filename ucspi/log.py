@@ -119,8 +119,14 @@ class Log:
             self.line(b"warning: " + os.fsencode(message))
 
     def drop(self, message: str) -> None:
-        """``warning: dropping connection, <message>``."""
+        """``warning: dropping connection, <message>``: the originals'
+        shape, for their own messages."""
         self.warning("dropping connection, " + message)
+
+    def drop_from(self, ip: str, message: str) -> None:
+        """``warning: dropping connection from <ip>, <message>``: our
+        shape, for the reasons the originals do not have."""
+        self.warning(f"dropping connection from {ip}, {message}")
 
     # -- verbosity 2 lines ---------------------------------------------
     def status(self, children: int, limit: int) -> None:

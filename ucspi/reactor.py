@@ -30,6 +30,8 @@ import selectors
 import time
 from typing import Callable, Dict, List, Optional, Protocol, Tuple, TypeVar
 
+from . import timeouts
+
 Callback = Callable[[], None]
 T = TypeVar("T")
 
@@ -211,8 +213,7 @@ class Backoff:
     success starts the pauses again from the shortest.
     """
 
-    FIRST = 0.01
-    LONGEST = 0.25
+    FIRST, LONGEST = timeouts.DESCRIPTOR_BACKOFF
 
     __slots__ = ("pause",)
 

@@ -30,6 +30,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import List, Mapping, Optional, Tuple
 
 from .msg import DnsError
+from .. import timeouts
 from ..address import IfIndex, mapped_ipv6, parse_quad, scope_id
 
 Server = Tuple[str, int]            # (IP text, IPv6 scope id or 0)
@@ -288,9 +289,9 @@ class DnsConfig:
     servers: List[Server] = field(default_factory=lambda: default_servers())
     rules: List[str] = field(default_factory=lambda: ["*.:"])
     port: int = 53
-    udp_timeouts: Tuple[float, ...] = (3.0, 11.0, 45.0)
+    udp_timeouts: Tuple[float, ...] = timeouts.DNS_UDP
     patient_round: Optional[int] = 1
-    tcp_timeout: float = 10.0
+    tcp_timeout: float = timeouts.DNS_TCP
     servers_error: Optional[DnsError] = None
     rules_error: Optional[DnsError] = None
 

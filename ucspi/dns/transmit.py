@@ -36,6 +36,7 @@ from typing import Callable, Optional, Tuple
 from .conf import DnsConfig, Server
 from .msg import (ANSWER, IGNORE, SERVFAIL, TRUNCATED, UDP_MAX, DnsError, Question,
                   build_query, classify)
+from ..address import wildcard
 from ..errors import out_of_resources
 from ..reactor import Backoff, Reactor, Timer
 
@@ -57,7 +58,7 @@ def _open(ip: str, kind: int) -> socket.socket:
     sock = socket.socket(family, kind)
     try:
         sock.setblocking(False)
-        host = "::" if family == socket.AF_INET6 else "0.0.0.0"
+        host = wildcard(family == socket.AF_INET)
         for _ in range(10):
             try:
                 sock.bind((host, 1025 + secrets.randbelow(64510)))

@@ -23,6 +23,7 @@ import os
 import socket
 from typing import Any, Callable, List, Optional, Tuple
 
+from .. import timeouts
 from ..reactor import Reactor, Timer
 from .protocol import MysqlError, Result, Session
 
@@ -31,8 +32,7 @@ Done = Callable[[Optional[Result], Optional[BaseException]], None]
 Endpoint = Tuple[Any, ...]
 
 #: the first and the longest pause before a reconnection
-BACKOFF_FIRST = 0.1
-BACKOFF_MAX = 5.0
+BACKOFF_FIRST, BACKOFF_MAX = timeouts.MYSQL_BACKOFF
 CHUNK = 65536
 
 CR_CONNECTION_ERROR = 2002

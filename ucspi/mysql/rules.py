@@ -64,8 +64,8 @@ from dataclasses import dataclass, field
 from typing import (Dict, Iterator, List, Literal, Mapping, NamedTuple, Optional, Sequence,
                     Tuple, Union)
 
+from ..address import is_mapped
 from ..errors import Fatal, errtext
-from ..options import leading_number
 from ..scan import INT_MAX, PORT_MAX, ULONG_MAX, decimal, leading
 
 #: the statement run for every connection (``{table}``, ``{port}``)
@@ -460,7 +460,7 @@ def _canonical(text: str) -> str:
 
 def _client(ip: str) -> str:
     """The client's text, an IPv4-mapped one as its dotted quad."""
-    return _canonical(ip) if ip[:7].lower() == "::ffff:" else ip
+    return _canonical(ip) if is_mapped(ip) else ip
 
 
 def _hostname_like(token: str) -> bool:
@@ -601,7 +601,7 @@ def _entry(decision_raw: Optional[bytes], rule_raw: Optional[bytes],
         for name, value in parse_env(text):
             changes.append((name.encode("latin-1"), value.encode("latin-1")))
             if name == "MAXPERIP":
-                limit = leading_number(value)
+                limit = leading(value, INT_MAX)
     # steps 1 and 2: a valid inet_addr token applies to its own text or never
     exact = rule != "*" and inet_addr_valid(rule)
     literal = None if exact else _literal(rule)

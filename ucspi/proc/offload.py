@@ -25,12 +25,13 @@ import os
 import signal
 from typing import Callable, Optional
 
+from .. import timeouts
 from ..log import write_all
 from ..reactor import Reactor, Timer
 from . import child
 
 #: the longest a helper child may work before it is killed
-DEADLINE = 30.0
+DEADLINE = timeouts.OFFLOAD
 
 Work = Callable[[], bytes]
 Done = Callable[[bytes, Optional[OSError]], None]

@@ -19,14 +19,13 @@ from ..errors import EXIT_TEMP, EXIT_USAGE, Fatal, UsageError
 from ..log import Log, say
 from ..options import USAGE, MissingArgument, OptionError, Options, Request, parse
 from ..plugin import entries as plugin_entries
-from ..plugin import has_dirs, is_shared_object
+from ..plugin import has_dirs
 from ..proc import signals
-from ..proc.launch import Launch, Program, Spawn
-from . import listen, pidfile, privs
+from ..proc.launch import Launch
+from . import listen, pidfile, privs, service
 from .checks import startup_warnings
 from .limits import Limit
 from .loop import Server
-from .notify import Notifier
 from .proxied import proxy_sources
 
 #: makes the launcher from the options; the default spawns the program
@@ -86,47 +85,9 @@ def _absolute(opts: Options) -> None:
         opts.argv[0] = os.path.abspath(opts.argv[0])
 
 
-def _program(opts: Options) -> Program:
-    """Spawn the program, or call a ``prog.so`` in a child."""
-    if is_shared_object(opts.argv[0]):
-        from ..plugin.loader import SharedObject
-        return SharedObject(opts.argv)
-    return Spawn(opts.argv)
-
-
-def _tls(opts: Options) -> Launch:
-    """The TLS launcher, its contexts built now: before the listener
-    exists, with the privileges of start-up (spec subsystems §1.1)."""
-    from ..tls import context, relay
-    from ..tls.settings import TlsError
-    if opts.renegotiation and not context.renegotiation_supported():
-        raise UsageError("-N needs OpenSSL 3 or newer")
-    setup = context.Setup(opts.certfile, opts.certdir, opts.cafile, opts.crlfile,
-                          opts.ciphers, opts.tls_method, opts.renegotiation, os.environ)
-    log = Log(opts.verbosity)
-    try:
-        contexts = setup.build()
-    except TlsError as exc:
-        if opts.verbosity >= 1:
-            for line in exc.lines:
-                say(line.encode())
-        raise Fatal("unable to initialize TLS") from None
-    for note in setup.notes:
-        if opts.verbosity >= 1:
-            say(note.encode())
-    for problem in setup.skipped:
-        log.warning(problem)
-    return relay.TlsLaunch(_program(opts), setup, contexts, log, opts.tls_details,
-                           opts.handshake_timeout, opts.idle_timeout)
-
-
-def _spawn(opts: Options) -> Launch:
-    """The default launcher: spawn the program, call a ``prog.so``, or
-    relay TLS (to either)."""
-    return _tls(opts) if opts.tls else _program(opts)
-
-
 def _setup(opts: Options, log: Log, make_launch: LaunchFactory) -> Server:
+    """Start-up in its order (see the module docstring): the service is
+    wired in :mod:`.service`, this says when."""
     if opts.refused:
         raise UsageError("not implemented yet: " + ", ".join(opts.refused))
     plugins = None
@@ -150,14 +111,14 @@ def _setup(opts: Options, log: Log, make_launch: LaunchFactory) -> Server:
     wakeup = signals.install()
     _more_descriptors()
     listener = _listen(opts, port, activated)
-    # the server is built before the drop: it imports what the options
+    # the service is built before the drop: it imports what the options
     # need while the package and the interpreter's library are readable
-    server = Server(opts, log, listener, limit, wakeup, launch, trusted,
-                    Notifier.from_environ(os.environ, log))
+    served = service.build(opts, log, limit, launch, trusted, listener.inherited)
+    server = Server(served, listener, wakeup)
     privs.drop(ident)
     if plugins is not None:
         plugins.run(reload=False)
-        server.reloads.add("plugins", plugins.reload)
+        served.reloads.add("plugins", plugins.reload)
     launch.ready()
     for problem in startup_warnings(opts, limit.path):
         log.warning(problem)
@@ -185,7 +146,7 @@ def _listen(opts: Options, port: int, activated: int) -> listen.Listener:
     return listen.open_listener(ipv4, address, scope, port, opts.backlog)
 
 
-def main(argv: Optional[List[str]] = None, launch: LaunchFactory = _spawn) -> int:
+def main(argv: Optional[List[str]] = None, launch: LaunchFactory = service.launcher) -> int:
     """The tcpserver command.
 
     Args:

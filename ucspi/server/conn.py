@@ -1,39 +1,40 @@
 """One accepted connection, from ``accept`` to the start of its program.
 
-The parent runs many of these at once (DECISIONS D1).  A connection is a
-sequence of steps; each calls :meth:`Connection.next` when it is done,
-at once or from a reactor callback:
+The parent runs many of these at once (design note "one event loop").
+A connection is a sequence of steps; each calls :meth:`Connection.next`
+when it is done, at once or from a reactor callback:
 
 1. **header**: for a connection from a source trusted by ``PROXY_FROM``,
    the PROXY protocol header (:mod:`.proxied`), whose addresses then
    replace the socket's in every later step; nothing for the others;
 2. **socket**: socket options (``-o``/``-O``, ``-d``/``-D``), then the
-   banner (``-B``), waiting for the socket if it is slow, then the
-   local address;
-3. **lookups**: at the same time, the PTR of the local address (unless
+   banner (``-B``), written without blocking within
+   :data:`ucspi.timeouts.BANNER`, then the local address;
+3. (TLS only) **hello** and **slot**: the client's first record, its
+   ClientHello, is waited for (:mod:`.hello`), then a ``-c`` slot, which
+   a TLS client takes only now (:class:`TlsConnection`);
+4. **lookups**: at the same time, the PTR of the local address (unless
    ``-l``; a fresh answer is reused), the PTR of the client (unless
    ``-H``) with the forward check of ``-p``, the ident query (unless
    ``-R``);
-4. **access**: the access source (the ``-x`` cdb) answers through a
-   callback: allowed with environment changes and a per-host limit,
-   denied, or failed;
-5. **per-host limit**: with an access source, the limit it gave; for a
-   proxied connection, ``-C`` for the client in the header (for the
-   others, the server checked ``-C`` at accept, before the banner);
-6. **launch**: the environment is built and the program started.
+5. **access**: the access source (the ``-x`` cdb, ``-m`` MySQL rules)
+   answers through a callback: allowed with environment changes and a
+   per-host limit, denied, or failed;
+6. **admit**: the second moment of admission (:mod:`.admission`), for
+   a connection whose limits were not all known at accept (rules, a
+   PROXY header);
+7. **launch**: the environment is built and the program started.
 
 The steps see a narrow :class:`Context` (options, reactor, log, lookup
-service, access source, environment builder, and the three things only
-the server can do: count per-host connections, launch, end), never the
-server itself, so they can be tested with a fake context.  Nothing here
-blocks; every lookup has its own deadline inside its driver.
+service, access source, environment builder, and the few things only
+the driver of the connections can do: admit, launch, end), never the
+server itself, so they can be tested with a fake context, and driven by
+something else than the accept loop.  Nothing here blocks; every lookup
+has its own deadline inside its driver.
 
-A connection is a descriptor first: the socket object (whose creation
-costs a ``getsockname`` in CPython) is made only when a step needs one,
-for a banner, a socket option or the local address; a listener bound to
-one address gives the local address without asking the kernel.  With
-``-HRl`` and no banner, a connection thus costs no syscall of its own
-between ``accept`` and the spawn.
+A listener bound to one address gives the local address without asking
+the kernel, so with ``-HRl`` and no banner a connection costs no system
+call of its own between ``accept`` and the spawn.
 """
 
 from __future__ import annotations
@@ -43,14 +44,15 @@ import os
 import socket
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
-from .. import address
+from .. import address, timeouts
 from ..environ import Builder, Change, Endpoints, connection_changes
 from ..errors import errtext
 from ..log import Log, connection_fields, safe
 from ..options import Options
-from ..reactor import Reactor
+from ..reactor import Reactor, Timer
 from .access import Access, Verdict
-from .lookups import Lookups
+from .hello import HelloWait
+from .lookups import DESCRIPTORS, LookupService
 from .proxied import HeaderReader
 
 if TYPE_CHECKING:
@@ -88,6 +90,31 @@ def render_address(text: str, v6sock: bool, force6: bool) -> Tuple[str, str, boo
     return (six if force6 else text), six, True
 
 
+def lookup_plan(opts: Options) -> Tuple[str, ...]:
+    """The lookups the lookups step may make for one connection, by the
+    names of :data:`.lookups.DESCRIPTORS`: the local PTR (without
+    ``-l``), the client's PTR (``-h``; with ``-p`` its forward check),
+    ident (``-r``)."""
+    if opts.unix:
+        return ()
+    plan: Tuple[str, ...] = ()
+    if opts.localname is None:
+        plan += ("name",)
+    if opts.remote_host:
+        plan += ("paranoid" if opts.paranoid else "host",)
+    if opts.remote_info:
+        plan += ("info",)
+    return plan
+
+
+def descriptors_needed(opts: Options, extra: int = 0) -> int:
+    """The most descriptors one connection holds in the parent at once:
+    its socket and those of the lookups it may make at the same time
+    (:func:`lookup_plan`); ``extra`` for what an access source asks
+    (the host names of MySQL rules)."""
+    return 1 + sum(DESCRIPTORS[kind] for kind in lookup_plan(opts)) + extra
+
+
 class Context:
     """What a connection's steps may use.
 
@@ -95,39 +122,48 @@ class Context:
         opts: the options.
         reactor: the loop.
         log: the log.
-        lookups: DNS and ident (:class:`.lookups.Lookups`).
-        access: the access source, or None (no ``-x``).
+        lookups: DNS and ident (:class:`.lookups.LookupService`).
+        access: the access source, or None (no ``-x``, no ``-m``).
         env: builds the program's environment.
-        over_limit: ``(ip, limit)`` -> the number of *other* live
-            connections from ``ip`` if that is at or over ``limit``, else 0.
+        admit: ``(connection)``: the second moment of admission, with
+            the client's address and the limit its rules gave; False
+            when it was refused (the driver has logged and ended it).
+        slot: ``(connection, grant)``: a TLS connection asks for its
+            ``-c`` slot: True if it has it now, else ``grant()`` is
+            called when it does.
         launch: ``(connection, environment)``: start the program.
         end: ``(connection)``: it ended without a program.
         moved: ``(old ip, new ip)``: a PROXY header changed the
-            client's address (the per-host count follows it).
+            client's address (the per-address counts follow it).
+        plan: the lookups step's :func:`lookup_plan`.
     """
 
-    __slots__ = ("opts", "reactor", "log", "lookups", "access", "env",
-                 "over_limit", "launch", "end", "moved", "localname", "kill_ip_options")
+    __slots__ = ("opts", "reactor", "log", "lookups", "access", "env", "admit", "slot",
+                 "launch", "end", "moved", "localname", "kill_ip_options", "plan")
 
-    def __init__(self, opts: Options, reactor: Reactor, log: Log, lookups: Lookups,
+    def __init__(self, opts: Options, reactor: Reactor, log: Log, lookups: LookupService,
                  access: Optional[Access], env: Builder,
-                 over_limit: Callable[[str, int], int],
+                 admit: Callable[["Connection"], bool],
                  launch: Callable[["Connection", Dict[bytes, bytes]], None],
                  end: Callable[["Connection"], None],
-                 moved: Optional[Callable[[str, str], None]] = None) -> None:
+                 moved: Optional[Callable[[str, str], None]] = None,
+                 slot: Optional[Callable[["Connection", Callable[[], None]], bool]] = None
+                 ) -> None:
         self.opts = opts
         self.reactor = reactor
         self.log = log
         self.lookups = lookups
         self.access = access
         self.env = env
-        self.over_limit = over_limit
+        self.admit = admit
+        self.slot = slot
         self.launch = launch
         self.end = end
         self.moved = moved
         self.localname = None if opts.localname is None else os.fsencode(opts.localname)
         # -O: only where a source-routed SYN can arrive at all
         self.kill_ip_options = opts.kill_ip_options and source_routes_accepted()
+        self.plan = lookup_plan(opts)
 
 
 def source_routes_accepted(path: str = "/proc/sys/net/ipv4/conf/all/accept_source_route"
@@ -152,20 +188,23 @@ def source_routes_accepted(path: str = "/proc/sys/net/ipv4/conf/all/accept_sourc
 class Connection:
     """The state of one connection until its program starts.
 
-    ``proxied`` is set (by the server, before :meth:`start`) for a
-    connection from a source that ``PROXY_FROM`` trusts.
+    Set by the driver before :meth:`start`: ``proxied`` for a connection
+    from a source that ``PROXY_FROM`` trusts; ``later`` when admission
+    has a second look once the client is known (rules, a PROXY header).
+    ``slot`` says whether the connection holds a ``-c`` slot.
     """
 
     proxied = False
+    later = False
+    slot = True
     STEPS: Tuple[Callable[["Connection"], None], ...] = ()
 
-    def __init__(self, ctx: Context, fd: int, family: int, peer: Any, v6sock: bool,
+    def __init__(self, ctx: Context, sock: socket.socket, peer: Any, v6sock: bool,
                  local: Optional[Tuple[Any, ...]] = None) -> None:
         self.ctx = ctx
-        self.fd = fd
-        self.family = family
+        self.sock = sock
+        self.fd = sock.fileno()
         self.local = local    # the listener's own address, when it has one
-        self._sock: Optional[socket.socket] = None
         force6 = ctx.opts.force_ipv6
         self.v4client: bool
         remote, remote6, self.v4client = render_address(peer[0], v6sock, force6)
@@ -176,19 +215,13 @@ class Connection:
         )
         self.scope = peer[3] if v6sock and not self.v4client else 0
         self.banner = b""
+        self.banner_timer: Optional[Timer] = None
         self.pending = 0
         self.handles: List[Any] = []
         self.changes: List[Change] = []
         self.max_per_host = ctx.opts.max_per_host
         self.closed = False
         self._step = 0
-
-    @property
-    def sock(self) -> socket.socket:
-        """The socket object, made when first asked for."""
-        if self._sock is None:
-            self._sock = socket.socket(self.family, socket.SOCK_STREAM, 0, self.fd)
-        return self._sock
 
     # -- the steps ----------------------------------------------------------
     def start(self) -> None:
@@ -278,11 +311,24 @@ class Connection:
         self.banner = self.banner[sent:]
         reactor = self.ctx.reactor
         if self.banner:
+            if self.banner_timer is None:
+                self.banner_timer = reactor.call_later(timeouts.BANNER, self._banner_late)
+                self.handles.append(self.banner_timer)
             reactor.add_writer(self.fd, self._write_banner)
             return
+        if self.banner_timer is not None:
+            self.banner_timer.cancel()
+            self.handles.remove(self.banner_timer)
+            self.banner_timer = None
         reactor.remove_writer(self.fd)
         self.sock.setblocking(True)
         self._local()
+
+    @guarded
+    def _banner_late(self) -> None:
+        """A client that does not read cannot hold its slot for ever."""
+        self.banner_timer = None
+        self.drop("unable to print banner", TimeoutError())
 
     def _local(self) -> None:
         try:
@@ -302,30 +348,32 @@ class Connection:
 
     def _lookups(self) -> None:
         ctx, ep = self.ctx, self.ep
-        opts, lookups = ctx.opts, ctx.lookups
+        lookups = ctx.lookups
         self.pending = 1  # held until every lookup below has been started
         if ctx.localname is not None:
             ep.local_host = ctx.localname
-        else:
-            known = lookups.known_local_name(ep.local_ip6)
-            if known is not None:
-                ep.local_host = known[0]
+        for kind in ctx.plan:
+            if kind == "name":
+                known = lookups.known_local_name(ep.local_ip6)
+                if known is not None:
+                    ep.local_host = known[0]
+                    continue
+                handle = lookups.name(ep.local_ip6, self.v4client, self._got_local,
+                                      self._starved)
+            elif kind == "info":
+                v4 = self.v4client
+                if self.proxied:    # the header's local address is the proxy's
+                    local = address.wildcard(v4)
+                else:
+                    local = address.strip_mapped(ep.local_ip6) if v4 else ep.local_ip6
+                remote = address.strip_mapped(ep.remote_ip6) if v4 else ep.remote_ip6
+                handle = lookups.info(local, remote, ep.remote_port, ep.local_port,
+                                      self.scope, self._got_info, self._starved)
             else:
-                self.pending += 1
-                self.handles.append(lookups.name(ep.local_ip6, self.v4client, self._got_local,
-                                                 self._starved))
-        if opts.remote_host:
+                handle = lookups.host(ep.remote_ip6, self.v4client, kind == "paranoid",
+                                      self._got_remote, self._starved)
             self.pending += 1
-            self.handles.append(lookups.host(ep.remote_ip6, self.v4client, opts.paranoid,
-                                             self._got_remote, self._starved))
-        if opts.remote_info:
-            local = address.strip_mapped(ep.local_ip6) if self.v4client else ep.local_ip6
-            if self.proxied:    # the header's local address is the proxy's
-                local = "0.0.0.0" if self.v4client else "::"
-            remote = address.strip_mapped(ep.remote_ip6) if self.v4client else ep.remote_ip6
-            self.pending += 1
-            self.handles.append(lookups.info(local, remote, ep.remote_port, ep.local_port,
-                                             self.scope, self._got_info, self._starved))
+            self.handles.append(handle)
         self._looked_up()
 
     @guarded
@@ -356,8 +404,8 @@ class Connection:
         """A lookup could not get a descriptor before its deadline: the
         connection is dropped, never decided as if there were no answer."""
         if not self.closed:
-            self.ctx.log.warning(f"dropping connection from {self.ep.remote_ip}, "
-                                 f"unable to start a lookup: {errtext(exc)}")
+            self.ctx.log.drop_from(self.ep.remote_ip,
+                                   f"unable to start a lookup: {errtext(exc)}")
             self.end()
 
     def _looked_up(self) -> None:
@@ -389,14 +437,9 @@ class Connection:
             self.max_per_host = verdict.max_per_host
             self.next()
 
-    def _per_host(self) -> None:
-        if self.ctx.access is not None or self.proxied:   # else checked at accept
-            count = self.ctx.over_limit(self.ep.remote_ip, self.max_per_host)
-            if count:
-                self.ctx.log.per_host(self.ep.remote_ip, count)
-                self.end()
-                return
-        self.next()
+    def _admit(self) -> None:
+        if not self.later or self.ctx.admit(self):
+            self.next()
 
     def _launch(self) -> None:
         ep = self.ep
@@ -422,10 +465,17 @@ class Connection:
     def fail(self, exc: BaseException) -> None:
         """An unexpected error: one warning naming the client, then end."""
         if not self.closed:
-            self.ctx.log.warning(
-                f"dropping connection from {self.ep.remote_ip}, internal error: "
-                f"{type(exc).__name__}: {safe(str(exc), True).decode()}")
+            self.ctx.log.drop_from(self.ep.remote_ip, f"internal error: {type(exc).__name__}: "
+                                   f"{safe(str(exc), True).decode()}")
             self.end()
+
+    def give_way(self) -> None:
+        """Dropped to make room: a TLS client still waiting for its
+        ClientHello or a slot, when the server has no descriptor left
+        for a new client (:class:`TlsConnection`)."""
+        self.ctx.log.drop_from(self.ep.remote_ip, "no TLS handshake yet while the server "
+                               "needs room")
+        self.end()
 
     def end(self) -> None:
         """End the connection without a program."""
@@ -444,10 +494,7 @@ class Connection:
         reactor = self.ctx.reactor
         if reactor.watching(self.fd):
             reactor.forget(self.fd)
-        if self._sock is not None:
-            self._sock.close()
-        else:
-            os.close(self.fd)
+        self.sock.close()
 
 
 def _six(ip: str, family: Optional[str]) -> str:
@@ -455,7 +502,55 @@ def _six(ip: str, family: Optional[str]) -> str:
     return address.mapped_text(ip) if family == "4" else ip
 
 
+class TlsConnection(Connection):
+    """A client of a TLS server (immediate TLS): it takes its ``-c``
+    slot only once its ClientHello has arrived, so that clients that
+    never finish one hold no slot (design note "TLS handshakes and
+    slots").  Until then it is one of the server's waiting clients, and
+    the driver may drop the one that has waited longest when it needs
+    room (:meth:`give_way`)."""
+
+    slot = False
+    hello: Optional[HelloWait] = None
+
+    def _hello(self) -> None:
+        timeout = self.ctx.opts.handshake_timeout
+        deadline = self.ctx.reactor.time() + timeout if timeout else None
+        self.hello = HelloWait(self.ctx.reactor, self.sock, deadline, self._hello_done,
+                               self._hello_late)
+        self.handles.append(self.hello)
+        self.hello.start()
+
+    @guarded
+    def _hello_done(self) -> None:
+        self.handles.remove(self.hello)
+        self.next()
+
+    @guarded
+    def _hello_late(self) -> None:
+        from ..tls.failure import timed_out
+        timed_out(self.ctx.log)
+        self.end()
+
+    def _slot(self) -> None:
+        assert self.ctx.slot is not None
+        if self.ctx.slot(self, self._granted):
+            self.slot = True
+            self.next()
+
+    @guarded
+    def _granted(self) -> None:
+        self.slot = True
+        self.next()
+
+
+
 Connection.STEPS = (
     Connection._header, Connection._socket, Connection._lookups,
-    Connection._access, Connection._per_host, Connection._launch,
+    Connection._access, Connection._admit, Connection._launch,
+)
+TlsConnection.STEPS = (
+    Connection._header, Connection._socket, TlsConnection._hello,  # type: ignore[assignment]
+    TlsConnection._slot, Connection._lookups, Connection._access,
+    Connection._admit, Connection._launch,
 )

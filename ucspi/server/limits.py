@@ -1,17 +1,19 @@
-"""Concurrency limits and the connection table.
+"""The quantities admission works with, and the table of programs.
 
 * :class:`Limit` is the ``-c`` value: a number, or a file read at
   start-up and again on SIGHUP (a relative name is looked up in
   ``$CONTROLDIR``, default ``/etc/indimail/control``).
-* :class:`Table` counts live connections, from ``accept`` to the exit of
-  their program, in total and per client address, and maps the pids of
-  running programs to their client, for the SIGUSR1/``-V`` dump and for
-  the per-host limit.  Unlike IndiMail's fixed slot array it does not
-  depend on the limit, so lowering the limit on SIGHUP loses nothing.
 * :class:`Descriptors` is the parent's descriptor budget: a connection
   is accepted only when the descriptors its lookups will need can be
   had, so that no lookup goes without a socket under load (the C
   server spreads them over its children; here one process holds all).
+  What one connection needs is derived from its steps
+  (:func:`ucspi.server.conn.descriptors_needed`).
+* :class:`Programs` maps the pids of running programs to their client
+  and a slot number, for the SIGUSR1/``-V`` dump.  Unlike IndiMail's
+  fixed slot array it does not depend on the limit, so lowering the
+  limit on SIGHUP loses nothing.  The counts themselves are
+  :class:`~.admission.Admission`'s.
 """
 
 from __future__ import annotations
@@ -33,23 +35,6 @@ DEFAULT_CONTROLDIR = "/etc/indimail/control"
 #: descriptors kept back from connections: the rules cdb, the -c file,
 #: the resolver's files, /proc reads, a pid file, the spawn itself
 DESCRIPTOR_RESERVE = 12
-
-
-def descriptors_needed(opts: Options) -> int:
-    """The most descriptors one connection holds in the parent at once:
-    its socket, the PTR query of the local address (without ``-l``),
-    the client's PTR (``-h``) or, with ``-p``, its AAAA and A queries
-    after it, and the ident socket (``-r``)."""
-    need = 1
-    if opts.unix:
-        return need
-    if opts.localname is None:
-        need += 1
-    if opts.remote_host:
-        need += 2 if opts.paranoid else 1
-    if opts.remote_info:
-        need += 1
-    return need
 
 
 def descriptors_open() -> int:
@@ -193,30 +178,12 @@ class Limit:
             self.value = found
 
 
-class Table:
-    """Live connections and running programs."""
+class Programs:
+    """Running programs: pid -> (slot number, client address)."""
 
     def __init__(self) -> None:
-        self.count = 0
-        self.hosts: Dict[str, int] = {}
-        self.children: Dict[int, Tuple[int, str]] = {}   # pid -> (slot, ip)
+        self.children: Dict[int, Tuple[int, str]] = {}
         self.free: List[int] = []                          # a heap of free slots
-
-    def per_host(self, ip: str) -> int:
-        """Live connections from ``ip``."""
-        return self.hosts.get(ip, 0)
-
-    def open(self, ip: str) -> None:
-        self.count += 1
-        self.hosts[ip] = self.hosts.get(ip, 0) + 1
-
-    def close(self, ip: str) -> None:
-        self.count -= 1
-        left = self.hosts.get(ip, 1) - 1
-        if left > 0:
-            self.hosts[ip] = left
-        else:
-            self.hosts.pop(ip, None)
 
     def started(self, pid: int, ip: str) -> None:
         """A program runs: it takes the lowest free slot (IndiMail's
@@ -224,15 +191,15 @@ class Table:
         slot = heapq.heappop(self.free) if self.free else len(self.children)
         self.children[pid] = (slot, ip)
 
-    def ended(self, pid: int) -> bool:
-        """A child was reaped; False if it was not one of ours."""
+    def ended(self, pid: int) -> Optional[str]:
+        """A child was reaped: its client's address, or None if it was
+        not a program."""
         entry = self.children.pop(pid, None)
         if entry is None:
-            return False
+            return None
         slot, ip = entry
         heapq.heappush(self.free, slot)
-        self.close(ip)
-        return True
+        return ip
 
     def entries(self) -> List[Tuple[int, str, int]]:
         """``(slot, ip, pid)`` of every running program, by slot."""

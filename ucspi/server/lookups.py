@@ -1,9 +1,10 @@
 """The lookup service of the connections: DNS and ident, with what they
 share across connections.
 
-A connection's lookup step asks this service, never the DNS and ident
-drivers directly, so the step can be tested with a fake service and the
-state shared by every connection lives in one place:
+A connection's lookup step asks this service (through the
+:class:`LookupService` protocol), never the DNS and ident drivers
+directly, so the step can be tested with a fake service and the state
+shared by every connection lives in one place:
 
 * the resolver configuration (:class:`~ucspi.dns.conf.DnsConfig`),
   loaded on first use and re-read every ten minutes or after SIGHUP;
@@ -27,22 +28,43 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Protocol, Tuple, Union
 
-from .. import address
-from ..reactor import Reactor
+from .. import address, timeouts
+from ..reactor import Cancellable, Reactor
 
 if TYPE_CHECKING:
     from ..dns.conf import DnsConfig
 
-DNS_CONFIG_AGE = 600.0
-LOCAL_NAME_AGE = 60.0   # how long the PTR answer for a local address is reused
+DNS_CONFIG_AGE = timeouts.DNS_CONFIG_AGE
+LOCAL_NAME_AGE = timeouts.LOCAL_NAME_AGE
 
 NameDone = Callable[[Optional[str], Optional[BaseException]], None]
 HostDone = Callable[[Optional[str], Optional[str]], None]
 InfoDone = Callable[[Optional[bytes]], None]
 Abort = Callable[[OSError], None]
 IP = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+#: the descriptors each kind of lookup holds at once: a PTR query; the
+#: client's PTR, or with -p its AAAA and A queries after it; an ident
+#: connection
+DESCRIPTORS = {"name": 1, "host": 1, "paranoid": 2, "info": 1}
+
+
+class LookupService(Protocol):
+    """What a connection's lookups step asks (see :class:`Lookups`)."""
+
+    def known_local_name(self, ip6: str) -> Optional[Tuple[Optional[bytes]]]: ...
+
+    def remember_local_name(self, ip6: str, name: Optional[bytes]) -> None: ...
+
+    def name(self, ip6: str, v4: bool, done: NameDone, abort: Abort) -> Cancellable: ...
+
+    def host(self, ip6: str, v4: bool, paranoid: bool, done: HostDone,
+             abort: Abort) -> Cancellable: ...
+
+    def info(self, local: str, remote: str, remote_port: int, local_port: int,
+             scope: int, done: InfoDone, abort: Abort) -> Cancellable: ...
 
 
 def _target(text6: str, v4: bool) -> IP:
@@ -103,13 +125,14 @@ class Lookups:
         self._local_names[ip6] = (self.reactor.time() + LOCAL_NAME_AGE, name)
 
     # -- lookups --------------------------------------------------------
-    def name(self, ip6: str, v4: bool, done: NameDone, abort: Abort) -> Any:
+    def name(self, ip6: str, v4: bool, done: NameDone, abort: Abort) -> Cancellable:
         """PTR of an address (``TCPLOCALHOST``); see
         :func:`ucspi.dns.lookup.lookup_ptr`.  Returns a cancellable handle."""
         from ..dns.lookup import lookup_ptr
         return lookup_ptr(self.reactor, self.dns_config(), _target(ip6, v4), done, abort)
 
-    def host(self, ip6: str, v4: bool, paranoid: bool, done: HostDone, abort: Abort) -> Any:
+    def host(self, ip6: str, v4: bool, paranoid: bool, done: HostDone,
+             abort: Abort) -> Cancellable:
         """PTR of the client and the ``-p`` check; see
         :func:`ucspi.dns.lookup.lookup_host`."""
         from ..dns.lookup import lookup_host
@@ -117,7 +140,7 @@ class Lookups:
                            done, abort)
 
     def info(self, local: str, remote: str, remote_port: int, local_port: int,
-             scope: int, done: InfoDone, abort: Abort) -> Any:
+             scope: int, done: InfoDone, abort: Abort) -> Cancellable:
         """The ident answer for a connection (``TCPREMOTEINFO``); see
         :func:`ucspi.ident.lookup.lookup`."""
         from ..ident.lookup import lookup

@@ -1,17 +1,19 @@
-"""tcpserver's parent process: the event loop.
+"""tcpserver's parent process: the accept loop.
 
-One single-threaded loop (DECISIONS D1) waits on the listening sockets,
-the connections being set up and the wake-up pipe that signals write
-into.  It reads like a paragraph: wait; handle signals (SIGCHLD reaps,
-SIGHUP runs the reload registry, SIGUSR1 dumps the table); accept while
-below the ``-c`` limit; let each :class:`~.conn.Connection` run its
-steps; launch the program through the launch seam (:mod:`.launch`).
+One single-threaded loop (design note "one event loop") waits on the
+listening sockets, the connections being set up and the wake-up pipe
+that signals write into.  It reads like a paragraph: wait; handle
+signals (SIGCHLD reaps, SIGHUP runs the reload registry, SIGUSR1 dumps
+the table); accept while admission has room; let each
+:class:`~.conn.Connection` run its steps; start its program through the
+service's launcher.
 
-Children are of two kinds.  *Programs* (one per connection, whether
-spawned or forked) are in the connection table: their exit writes the
-``end`` line and frees a ``-c`` slot.  *Helpers* (children that are not
-programs, such as a lookup run in a forked child) are reaped the same
-way and reported to their own completion callback.
+What serves the connections is the :class:`~.service.Service` built at
+start-up; this module is one driver of it: it accepts, answers the
+steps' questions (admit, launch, end) and keeps the table of running
+programs.  Children are reaped here: programs through the table (their
+exit writes the ``end`` line and frees a ``-c`` slot); any other child
+(a helper whose answer came through a pipe) is simply reaped.
 """
 
 from __future__ import annotations
@@ -23,48 +25,34 @@ import signal
 import socket
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from .. import environ
-from ..log import Log
-from ..options import Options
-from ..reactor import Reactor
-from .access import Access
-from .conn import Connection, Context
-from ..proc.launch import Launch
-from .limits import Descriptors, Limit, Table, descriptors_needed
-from .listen import ACTIVATION_VARIABLES, Listener, unix_path
-from .lookups import Lookups
-from .notify import VARIABLE as NOTIFY_VARIABLE, Notifier
-from ..proc.offload import Offload
-from .proxied import Trusted
-from ..proc.reload import Reloads
-from ..proc import signals
+from .. import address, timeouts
+from ..proc.launch import Environment
+from .admission import Refusal
+from .conn import Connection
+from .limits import Programs
+from .listen import Listener, unix_path
+from .service import Service
 from .unixconn import UnixConnection
 
-ACCEPT_BACKOFF = 0.1
 ACCEPT_BATCH = 64   # accepts per wake-up, so signals and lookups get a turn
 
-HelperDone = Callable[[int], None]
-#: what the loop does with an accepted ``(fd, family, peer, v6sock, local)``
-Accepted = Callable[[int, int, Any, bool, Any], None]
+#: what the loop does with an accepted ``(socket, peer, v6sock, local)``
+Accepted = Callable[[socket.socket, Any, bool, Any], None]
 
 
 class Children:
-    """Reaps every child: programs through the table, helpers through
-    their callbacks.
+    """Reaps every child: programs through the table, others simply.
 
     Args:
-        table: the connection table (programs).
-        program_ended: ``(pid, wait status)`` of a program that ended.
+        programs: the running programs.
+        program_ended: ``(pid, client address, wait status)`` of a
+            program that ended.
     """
 
-    def __init__(self, table: Table, program_ended: Callable[[int, int], None]) -> None:
-        self.table = table
+    def __init__(self, programs: Programs,
+                 program_ended: Callable[[int, str, int], None]) -> None:
+        self.programs = programs
         self.program_ended = program_ended
-        self.helpers: Dict[int, HelperDone] = {}
-
-    def helper(self, pid: int, done: HelperDone) -> None:
-        """Report the exit of helper ``pid`` to ``done(wait status)``."""
-        self.helpers[pid] = done
 
     def reap(self) -> None:
         """Reap until ``waitpid`` has nothing more, unknown children too."""
@@ -77,85 +65,58 @@ class Children:
                 continue
             if pid == 0:
                 return
-            if self.table.ended(pid):
-                self.program_ended(pid, status)
-            else:
-                done = self.helpers.pop(pid, None)
-                if done is not None:
-                    done(status)
+            ip = self.programs.ended(pid)
+            if ip is not None:
+                self.program_ended(pid, ip, status)
 
 
 def own_address(sock: socket.socket) -> Any:
     """The address of a listening socket bound to one address (every
     connection it accepts has it as its local address), or None for a
-    wildcard (``0.0.0.0``, ``::``: ask each connection)."""
-    address = sock.getsockname()
-    if address[0] in ("0.0.0.0", "::"):
-        return None
-    return address
+    wildcard (ask each connection)."""
+    found = sock.getsockname()
+    return None if address.is_wildcard(found[0]) else found
 
 
 class Server:
-    """The running server: listening sockets, limits, children.
+    """The running server: the listening sockets, the service, the
+    programs.
 
     Args:
-        trusted: the PROXY protocol's trusted sources (None: off).
-        notify: the supervisor's notification socket (None: none).
+        service: what serves the connections (:func:`.service.build`).
+        listener: the listening sockets.
+        wakeup: the read end of the signals' wake-up pipe.
     """
 
-    def __init__(self, opts: Options, log: Log, listener: Listener, limit: Limit,
-                 wakeup: int, launch: Launch, trusted: Optional[Trusted] = None,
-                 notify: Optional[Notifier] = None) -> None:
-        self.opts = opts
-        self.log = log
+    def __init__(self, service: Service, listener: Listener, wakeup: int) -> None:
+        self.service = service
+        self.opts = service.opts
+        self.log = service.log
+        self.reactor = service.reactor
+        self.admission = service.admission
+        self.launcher = service.launch
+        self.notify = service.notifier
+        self.reloads = service.reloads
         self.listener = listener
-        self.limit = limit
-        self.launcher = launch
-        self.reactor = Reactor()
-        self.table = Table()
-        self.children = Children(self.table, self._program_ended)
-        self.lookups = Lookups(self.reactor, opts.ipv4_only, float(opts.ident_timeout))
-        self.offload = Offload(self.reactor)
-        access: Optional[Access] = None
-        if opts.rules is not None:
-            # imported now, before privileges are dropped (and only for -x)
-            from .rules_access import RulesAccess
-            access = RulesAccess(opts.rules, opts.rules_missing_ok, opts.max_per_host,
-                                 self.offload)
-        if opts.mysql is not None:
-            # -m: db.conf read and the database asked once, before the drop
-            from .mysql_access import build
-            access = build(opts.mysql, os.environ, self.reactor, self.lookups, log, access,
-                           opts.max_per_host, self.offload)
-        drop: Tuple[str, ...] = ACTIVATION_VARIABLES if listener.inherited else ()
-        if notify is not None:
-            drop += (NOTIFY_VARIABLE,)
-        self.context = Context(opts, self.reactor, log, self.lookups, access,
-                               environ.Builder(environ.inherited(drop)),
-                               self.over_limit, self._launch, self._ended, self._moved)
-        self.reloads = Reloads(log)
-        self.reloads.add("-c file", functools.partial(limit.reread, log))
-        self.reloads.add("DNS settings", self.lookups.reload)
-        launch.attach(self.reloads, lambda: (self.table.count, self.limit.value))
-        if not opts.unix:
-            self.lookups.preload(opts.remote_host or opts.localname is None, opts.remote_info)
+        self.programs = Programs()
+        self.children = Children(self.programs, self._program_ended)
+        self.context = service.context(self._admit_identified, self._launch, self._ended,
+                                       self.admission.moved, self._slot)
+        #: TLS clients without a slot yet, oldest first (dict: ordered)
+        self.waiting: Dict[Connection, None] = {}
+        #: TLS clients queued for a slot -> what admission calls
+        self.queued: Dict[Connection, Callable[[], None]] = {}
         self.accepting = False
-        self.descriptors = Descriptors(descriptors_needed(opts))
         # listener fd -> (what to do with a connection, the listener's
         # own address if it is bound to one, or its path)
         self._handlers: Dict[int, Tuple[Accepted, Any]] = {}
         for sock in listener.sockets:
             if sock.family == socket.AF_UNIX:
                 self._handlers[sock.fileno()] = (self._unix_connection, unix_path(sock))
-            elif trusted is not None:
+            elif service.trusted is not None:
                 self._handlers[sock.fileno()] = (self._maybe_proxied, own_address(sock))
             else:
                 self._handlers[sock.fileno()] = (self._connection, own_address(sock))
-        self.trusted = trusted
-        self.notify = notify
-        if notify is not None:
-            notify.reactor = self.reactor
-            signals.at_term(notify.stopping)
         self._wakeup = wakeup
         self.reactor.add_reader(wakeup, self._on_signal)
 
@@ -183,16 +144,15 @@ class Server:
             else:
                 self.reactor.remove_reader(sock.fileno())
 
-    def _accept(self, lsock: Any) -> None:
-        family = lsock.family
-        v6sock = family == socket.AF_INET6
+    def _accept(self, lsock: socket.socket) -> None:
+        v6sock = lsock.family == socket.AF_INET6
         connection, local = self._handlers[lsock.fileno()]
-        accept = lsock._accept  # (fd, address): no socket object until needed
+        accept = lsock.accept
         for _ in range(ACCEPT_BATCH):
             if not self._room():
                 break
             try:
-                fd, peer = accept()
+                sock, peer = accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -200,94 +160,117 @@ class Server:
                     continue
                 self._backoff()  # EMFILE, ENFILE, ENOBUFS, ENOMEM... (D16)
                 return
-            connection(fd, family, peer, v6sock, local)
+            connection(sock, peer, v6sock, local)
         else:
             return
         self._watch(False)
 
     def _backoff(self) -> None:
         self._watch(False)
-        self.reactor.call_later(ACCEPT_BACKOFF, self._resume)
+        self.reactor.call_later(timeouts.ACCEPT_BACKOFF, self._resume)
 
     def _resume(self) -> None:
         if self._room():
             self._watch(True)
 
     def _room(self) -> bool:
-        """Below the ``-c`` limit, with descriptors for one more
-        connection's lookups: else the server stops accepting."""
-        return self.table.count < self.limit.value and self.descriptors.room()
+        """Admission has room for one more connection.  When only the
+        descriptors are short, the TLS client that has waited longest
+        for its handshake to start gives way."""
+        if self.admission.room():
+            return True
+        if self.waiting and self.admission.count < self.admission.limit.value:
+            next(iter(self.waiting)).give_way()
+            return self.admission.room()
+        return False
 
-    def _connection(self, fd: int, family: int, peer: Any, v6sock: bool,
-                    local: Any) -> None:
-        conn = Connection(self.context, fd, family, peer, v6sock, local)
-        # with an access source the limit may come from a rule: checked later
-        if self.context.access is None and self._refused(fd, conn.ep.remote_ip):
-            return
-        self._admit(conn, conn.ep.remote_ip)
+    # -- the first moment: what the listener does with a connection ------------
+    def _connection(self, sock: socket.socket, peer: Any, v6sock: bool, local: Any) -> None:
+        conn = self.service.connection(self.context, sock, peer, v6sock, local)
+        conn.later = self.service.access is not None   # a rule may give the limit
+        self._admit(conn)
 
-    def _refused(self, fd: int, ip: str) -> bool:
-        """Over the ``-C`` limit at accept: closed, logged."""
-        count = self.over_limit(ip, self.opts.max_per_host, 0)
-        if count:
-            self.log.per_host(ip, count)
-            os.close(fd)
-        return bool(count)
-
-    def _admit(self, conn: Connection, ip: str) -> None:
-        """Count the connection and run its steps."""
-        self.table.open(ip)
-        self.descriptors.take()
-        self.status()
-        conn.start()
-
-    def _maybe_proxied(self, fd: int, family: int, peer: Any, v6sock: bool,
+    def _maybe_proxied(self, sock: socket.socket, peer: Any, v6sock: bool,
                        local: Any) -> None:
         """With ``PROXY_FROM``: a trusted source's connection reads its
-        header first, and its per-host limit is checked after it."""
-        if peer[0] not in self.trusted:   # type: ignore[operator]
-            self._connection(fd, family, peer, v6sock, local)
+        header first, and its limits are checked after it."""
+        assert self.service.trusted is not None
+        if peer[0] not in self.service.trusted:
+            self._connection(sock, peer, v6sock, local)
             return
-        conn = Connection(self.context, fd, family, peer, v6sock, local)
-        conn.proxied = True
-        self._admit(conn, conn.ep.remote_ip)
+        conn = self.service.connection(self.context, sock, peer, v6sock, local)
+        conn.proxied = conn.later = True
+        self._admit(conn)
 
-    def _unix_connection(self, fd: int, family: int, peer: Any, v6sock: bool,
+    def _unix_connection(self, sock: socket.socket, peer: Any, v6sock: bool,
                          path: Any) -> None:
         """A UNIX client: every one counts as the address ``""``."""
-        if not self._refused(fd, ""):
-            self._admit(UnixConnection(self.context, fd, path), "")
+        self._admit(UnixConnection(self.context, sock, path))
 
-    def _moved(self, old: str, new: str) -> None:
-        """A PROXY header gave a connection its real client address."""
-        self.table.close(old)
-        self.table.open(new)
+    def _admit(self, conn: Connection) -> None:
+        """Count the connection and run its steps, or refuse it."""
+        ip = conn.ep.remote_ip
+        limit, admission = self.opts.max_per_host, self.admission
+        try:
+            refusal = self._decided(lambda: admission.accept(ip, limit, not conn.later,
+                                                             conn.slot))
+        except BaseException:
+            conn.close()
+            raise
+        if refusal is not None:
+            self.log.per_host(ip, refusal.count)
+            conn.close()
+            return
+        if conn.slot:
+            self.status()
+        else:
+            self.waiting[conn] = None
+        conn.start()
 
-    # -- what the connection steps ask of the server ------------------------
-    def over_limit(self, ip: str, limit: int, own: int = 1) -> int:
-        """The number of other live connections from ``ip`` if that is
-        at or over ``limit`` (0 = no limit), else 0.  ``own``: 1 if the
-        table already counts the connection being checked.
-
-        Programs that have exited but are not reaped yet (their SIGCHLD
-        is still in the pipe) must not count: reap before refusing."""
-        if not limit:
-            return 0
-        count = self.table.per_host(ip) - own
-        if count >= limit:
+    def _decided(self, decide: Callable[[], Optional[Refusal]]) -> Optional[Refusal]:
+        """Admission's answer; before a refusal stands, the programs
+        that have exited (their SIGCHLD still in the pipe) are reaped,
+        so that they do not count, and admission is asked again."""
+        refusal = decide()
+        if refusal is not None:
             self.children.reap()
-            count = self.table.per_host(ip) - own
-        return count if count >= limit else 0
+            refusal = decide()
+        return refusal
 
-    def _launch(self, conn: Connection, env: Dict[bytes, bytes]) -> None:
+    # -- what the connection steps ask -------------------------------------------
+    def _admit_identified(self, conn: Connection) -> bool:
+        ip = conn.ep.remote_ip
+        refusal = self._decided(lambda: self.admission.identified(ip, conn.max_per_host))
+        if refusal is None:
+            return True
+        self.log.per_host(ip, refusal.count)
+        conn.end()
+        return False
+
+    def _slot(self, conn: Connection, grant: Callable[[], None]) -> bool:
+        def granted() -> None:
+            self.queued.pop(conn, None)
+            self.waiting.pop(conn, None)
+            self.status()
+            grant()
+
+        if self.admission.wait_slot(granted):
+            self.waiting.pop(conn, None)
+            self.status()
+            return True
+        self.queued[conn] = granted
+        return False
+
+    def _launch(self, conn: Connection, env: Environment) -> None:
         try:
             pid = self.launcher.start(conn.fd, env)
         except (OSError, ValueError) as exc:
             conn.drop(f"unable to run {self.launcher.name}", exc)
             return
-        self.table.started(pid, conn.ep.remote_ip)
+        self.programs.started(pid, conn.ep.remote_ip)
         conn.close()   # the slot is the program's now
-        self._closed()
+        self.admission.set_up()
+        self._after_close(False)
         log = self.log
         if log.verbosity >= 2:
             log.pid(pid, conn.origin())
@@ -295,32 +278,31 @@ class Server:
 
     def _ended(self, conn: Connection) -> None:
         """A connection ended without a program."""
-        self.table.close(conn.ep.remote_ip)
-        self._closed()
-        self._after_close()
+        self.waiting.pop(conn, None)
+        granted = self.queued.pop(conn, None)
+        if granted is not None:
+            self.admission.leave_queue(granted)
+        self.admission.ended(conn.ep.remote_ip, conn.slot)
+        self._after_close(conn.slot)
 
-    def _closed(self) -> None:
-        """A connection gave back its descriptors (program started, or
-        ended without one)."""
-        self.descriptors.give()
-        if not self.accepting and self._room():
-            self._watch(True)
-
-    def _program_ended(self, pid: int, status: int) -> None:
+    def _program_ended(self, pid: int, ip: str, status: int) -> None:
         self.log.end(pid, status)
-        self._after_close()
+        self.admission.program_ended(ip)
+        self._after_close(True)
 
-    def _after_close(self) -> None:
-        self.status()
+    def _after_close(self, freed_slot: bool) -> None:
+        if freed_slot:
+            self.status()
         if not self.accepting and self._room():
             self._watch(True)
 
     def status(self) -> None:
-        self.log.status(self.table.count, self.limit.value)
+        count, limit = self.service.counts()
+        self.log.status(count, limit)
         if self.opts.table_after_status:
-            self.log.table(self.table.entries())
+            self.log.table(self.programs.entries())
         if self.notify is not None:
-            self.notify.status(self.table.count, self.limit.value)
+            self.notify.status(count, limit)
 
     # -- signals --------------------------------------------------------
     def _on_signal(self) -> None:
@@ -335,13 +317,14 @@ class Server:
                 self._sighup()
             elif number == signal.SIGUSR1:
                 if self.log.verbosity >= 1:
-                    self.log.table(self.table.entries())
+                    self.log.table(self.programs.entries())
 
     def _sighup(self) -> None:
         if self.notify is not None:
             self.notify.reloading()
         self.reloads.run()
-        self.log.sighup(self.table.count, self.limit.value)
+        self.admission.refill()
+        self.log.sighup(*self.service.counts())
         if self.notify is not None:
             self.notify.ready()
         if not self.accepting and self._room():

@@ -38,10 +38,10 @@ VARIABLE = "NOTIFY_SOCKET"
 class Notifier:
     """One supervisor's notification socket."""
 
-    def __init__(self, sock: socket.socket, address: str) -> None:
+    def __init__(self, sock: socket.socket, address: str, reactor: Reactor) -> None:
         self.sock = sock
         self.address = address
-        self.reactor: Optional[Reactor] = None
+        self.reactor = reactor
         self.interval = 1.0 / STATUS_PER_SECOND
         self._wanted: Tuple[int, int] = (0, 0)
         self._sent: Optional[Tuple[int, int]] = None
@@ -49,7 +49,8 @@ class Notifier:
         self._timer: Optional[Timer] = None
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str], log: Log) -> Optional["Notifier"]:
+    def from_environ(cls, environ: Mapping[str, str], log: Log,
+                     reactor: Reactor) -> Optional["Notifier"]:
         """The notifier ``NOTIFY_SOCKET`` asks for, or None.  A value
         that is neither a path nor ``@name`` is ignored with a warning."""
         name = environ.get(VARIABLE, "")
@@ -68,7 +69,7 @@ class Notifier:
         except OSError as exc:
             log.warning(f"unable to create the {VARIABLE} socket: {errtext(exc)}")
             return None
-        return cls(sock, address)
+        return cls(sock, address, reactor)
 
     def send(self, text: str) -> None:
         """One datagram, errors ignored."""
@@ -89,7 +90,7 @@ class Notifier:
     def status(self, count: int, limit: int) -> None:
         """The count changed: send it now, or when the interval is up."""
         self._wanted = (count, limit)
-        if self._timer is not None or self.reactor is None:
+        if self._timer is not None:
             return
         wait = self._last + self.interval - self.reactor.time()
         if wait <= 0:
@@ -104,7 +105,6 @@ class Notifier:
     def _flush(self) -> None:
         if self._wanted == self._sent:
             return
-        assert self.reactor is not None
         self._last = self.reactor.time()
         self._sent = self._wanted
         self.send("STATUS=%d/%d connections" % self._wanted)

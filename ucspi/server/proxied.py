@@ -27,6 +27,7 @@ import ipaddress
 import socket
 from typing import TYPE_CHECKING, Callable, List, Mapping, Optional, Tuple
 
+from .. import timeouts
 from ..address import MAPPED_PACKED, strip_scope
 from ..errors import UsageError, errtext
 from ..reactor import Reactor, Timer
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from ..proxy import Header
 
 #: seconds for the whole header
-HEADER_TIMEOUT = 5.0
+HEADER_TIMEOUT = timeouts.PROXY_HEADER
 #: bytes peeked at a time: a whole v1 line, or v2's fixed part and more
 PEEK = 256
 VARIABLE = "PROXY_FROM"

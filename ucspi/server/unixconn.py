@@ -30,8 +30,8 @@ _PEERCRED = getattr(socket, "SO_PEERCRED", None)
 class UnixConnection(Connection):
     """One client of a UNIX listener bound to ``path``."""
 
-    def __init__(self, ctx: Context, fd: int, path: str) -> None:
-        super().__init__(ctx, fd, socket.AF_UNIX, ("", 0), False)
+    def __init__(self, ctx: Context, sock: socket.socket, path: str) -> None:
+        super().__init__(ctx, sock, ("", 0), False)
         self.ep = Endpoints(False, False, "", "", 0, "", "", 0)
         self.v4client = False
         self.path = path

@@ -31,12 +31,14 @@ import ssl
 import time
 from typing import Dict, List, Optional
 
+from .. import timeouts
 from ..errors import EXIT_TEMP, Fatal, errtext
 from ..log import Log, safe, say
 from ..proc import child
 from ..proc.launch import Counts, Environment, Program
 from ..proc.reload import Reloads
 from .context import Contexts, Setup, library_error
+from .failure import CLEAN_CLOSE, PROTOCOL, SYSCALL, WANT_READ, report
 from .settings import TlsError
 
 #: bytes read at once from the socket or the program
@@ -51,11 +53,6 @@ SERVER_VERSION = "TLSv1.3" if ssl.HAS_TLSv1_3 else "TLSv1.2"
 _IN, _OUT = select.POLLIN, select.POLLOUT
 _GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL
 
-#: spec §1.11: the failure classes' texts (typo kept)
-WANT_READ = "unprocessed data availabe for read"
-CLEAN_CLOSE = "connection closed by TLS/SSL peer"
-SYSCALL = "non-recoverable, fatal I/O error"
-PROTOCOL = "non-recoverable, fatal protocol error"
 
 
 class HandshakeFailed(Exception):
@@ -385,7 +382,7 @@ class Relay:
         self._close_to_prog()
         self._close_from_prog()
         if not self.dead:
-            deadline = time.monotonic() + 1.0
+            deadline = time.monotonic() + timeouts.RELAY_FLUSH
             try:
                 while self.chan.wire and _wait(self.chan.sock.fileno(), _OUT, deadline):
                     self.chan.send()
@@ -479,10 +476,7 @@ class TlsLaunch:
         try:
             handshake(chan, self.handshake_timeout)
         except HandshakeFailed as failed:
-            if log.verbosity >= 1:
-                for line in failed.lines:
-                    say(line.encode())
-            log.drop("unable to accept SSL connection")
+            report(log, failed.lines)
             return EXIT_TEMP
         version = chan.tls.version() or ""
         cipher, _, bits = chan.tls.cipher() or ("", "", 0)
