@@ -467,7 +467,8 @@ MARK_ENV = ["sh", "-c", "echo PROGRAM-RAN >&2; env; echo END"]
 
 def start_tls(servers: Servers, certs: Certs, options: Sequence[str] = (),
               prog: Optional[Sequence[str]] = None, tls: Optional[Sequence[str]] = None,
-              env: Optional[Dict[str, str]] = None, certdir: Optional[str] = None) -> Server:
+              env: Optional[Dict[str, str]] = None, certdir: Optional[str] = None,
+              prefix: Sequence[str] = ()) -> Server:
     """Our server at ``-v``, without lookups, with TLS (``tls``, default
     ``-s``: the certificate directory's ``servercert.pem``) and
     ``-i certdir`` (default the session's); ``prog`` defaults to
@@ -475,7 +476,7 @@ def start_tls(servers: Servers, certs: Certs, options: Sequence[str] = (),
     args = ["-v", *NOLOOKUP, "-i", certdir or certs.certdir,
             *(tls if tls is not None else ["-s"]), *options]
     return servers(args, prog=list(prog) if prog is not None else PRINT_ENV,
-                   env=env if env is not None else tls_env())
+                   env=env if env is not None else tls_env(), prefix=prefix)
 
 
 def end_status(server: Server, pid: int, timeout: float = 10.0) -> int:

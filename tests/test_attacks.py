@@ -63,3 +63,19 @@ def test_stalled_handshakes_hold_no_slots(servers: Servers, certs: Certs) -> Non
         assert grown < 16 * 1024, grown          # about 10 kB each, measured: 4-6 MB
         assert [pid for pid, state in children_of(server.pid) if state != "Z"] == []
     assert "Traceback" not in server.log()
+
+
+def test_stalled_handshakes_give_way_when_descriptors_run_out(servers: Servers,
+                                                              certs: Certs) -> None:
+    """With few descriptors (a hard limit of 64), the stalled clients
+    fill the descriptor budget; the next client makes the one that has
+    waited longest give way, and is served."""
+    server = start_tls(servers, certs, [], prefix=["prlimit", "--nofile=64:64"])
+    with stalled_handshakes(server.port, 80):
+        server.wait_log(r"^tcpserver: warning: dropping connection from 127\.0\.66\.\d+, "
+                        r"no TLS handshake yet while the server needs room$")
+        good = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        with client_context().wrap_socket(good) as sock:
+            env = parse_env(read_tls(sock, timeout=30))
+        assert "SSL_PROTOCOL" in env
+    assert "Traceback" not in server.log()

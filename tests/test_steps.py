@@ -388,3 +388,16 @@ def test_local_address_from_the_listener(world) -> None:  # type: ignore[no-unty
     assert env[b"TCPLOCALPORT"] == str(w.client.getpeername()[1]).encode()
     with pytest.raises(OSError):
         os.fstat(w.conn.fd)        # closed with the connection
+
+
+def test_banner_to_a_client_that_never_reads(world, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A banner bigger than the socket buffers, to a client that reads
+    nothing: the connection is dropped at the banner deadline instead
+    of holding its slot for ever."""
+    from ucspi import timeouts
+    monkeypatch.setattr(timeouts, "BANNER", 0.2)
+    w = world(["-HRl0", "-B", "x" * (16 << 20)])
+    w.run()
+    assert w.launched == [] and w.ended == [w.conn] and w.conn.closed
+    assert w.logged() == ["tcpserver: warning: dropping connection, "
+                          "unable to print banner: timed out"]
