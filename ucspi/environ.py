@@ -9,6 +9,10 @@ any standard variable (spec core §3.5).
 
 Names and values are bytes: ident answers and rule values may hold any
 byte but NUL.
+
+A TLS session adds its own variables (:func:`tls_changes`, from the
+:class:`TlsFacts` of the handshake), for the program's environment
+(immediate TLS) or the reply to a UCSPI-TLS ``Y`` command.
 """
 
 from __future__ import annotations
@@ -156,6 +160,48 @@ class Builder:
         """The server's environment with ``changes`` applied, and no
         standard ``TCP*`` variable touched (UNIX clients)."""
         return apply(self.base, changes)
+
+
+class TlsFacts:
+    """What a finished TLS handshake agreed on.
+
+    Attributes:
+        protocol: ``TLSv1.3``...
+        cipher: the cipher's OpenSSL name.
+        bits: the cipher's secret bits.
+        sni: the server name the client asked for (checked), or None.
+        peer_cert: the peer's certificate (DER), or None.
+    """
+
+    __slots__ = ("protocol", "cipher", "bits", "sni", "peer_cert")
+
+    def __init__(self, protocol: str, cipher: str, bits: int, sni: Optional[str] = None,
+                 peer_cert: Optional[bytes] = None) -> None:
+        self.protocol = protocol
+        self.cipher = cipher
+        self.bits = bits
+        self.sni = sni
+        self.peer_cert = peer_cert
+
+
+#: the variables a TLS session sets; inherited values are removed
+TLS_VARIABLES = (b"TLS_PROVIDER", b"SSL_PROTOCOL", b"SSL_CIPHER", b"SSL_TLS_SNI_SERVERNAME")
+
+
+def tls_changes(facts: TlsFacts, provider: str) -> List[Change]:
+    """The variables of a TLS session: ``TLS_PROVIDER`` (``provider``),
+    ``SSL_PROTOCOL``, ``SSL_CIPHER`` (ucspi-ssl's names) and, when the
+    client named a server, ``SSL_TLS_SNI_SERVERNAME`` (s6's name).
+    Inherited values of these names are removed first."""
+    changes: List[Change] = [(name, None) for name in TLS_VARIABLES]
+    changes += [
+        (b"TLS_PROVIDER", provider.encode()),
+        (b"SSL_PROTOCOL", facts.protocol.encode()),
+        (b"SSL_CIPHER", facts.cipher.encode()),
+    ]
+    if facts.sni:
+        changes.append((b"SSL_TLS_SNI_SERVERNAME", facts.sni.encode()))
+    return changes
 
 
 def inherited(drop: Tuple[str, ...] = ()) -> Environment:

@@ -71,7 +71,8 @@ def tls_launcher(opts: Options, environ_: Mapping[str, str]) -> Launch:
         UsageError: ``-N`` without OpenSSL 3.
         Fatal: ``unable to initialize TLS`` (after IndiMail's lines).
     """
-    from ..tls import context, relay
+    from ..tls import context
+    from ..tls.launch import TlsLaunch
     from ..tls.settings import TlsError
     if opts.renegotiation and not context.renegotiation_supported():
         raise UsageError("-N needs OpenSSL 3 or newer")
@@ -90,7 +91,7 @@ def tls_launcher(opts: Options, environ_: Mapping[str, str]) -> Launch:
             say(note.encode())
     for problem in setup.skipped:
         log.warning(problem)
-    return relay.TlsLaunch(program(opts), setup, contexts, log, opts.tls_details,
+    return TlsLaunch(program(opts), setup, contexts, log, opts.tls_details,
                            opts.handshake_timeout, opts.idle_timeout)
 
 

@@ -61,17 +61,29 @@ class Contexts:
         self.by_name = by_name
 
 
+#: the attribute of an ``ssl.SSLObject`` that holds its client's checked
+#: SNI name: the result of one handshake stays with its own connection
+SNI_ATTRIBUTE = "ucspi_sni_name"
+
+
+def sni_of(obj: Any) -> Optional[str]:
+    """The checked SNI name of a server-side ``SSLObject``'s client
+    (None: none, or not a name we serve)."""
+    name: Optional[str] = getattr(obj, SNI_ATTRIBUTE, None)
+    return name
+
+
 class Sni:
-    """Selects a context by the client's SNI name, in the relay child,
-    and remembers the (checked) name for ``SSL_TLS_SNI_SERVERNAME``."""
+    """Selects a context by the client's SNI name, during the handshake,
+    and leaves the (checked) name on the connection's ``SSLObject``
+    (:func:`sni_of`) for ``SSL_TLS_SNI_SERVERNAME``."""
 
     def __init__(self) -> None:
         self.by_name: Dict[str, ssl.SSLContext] = {}
-        self.name: Optional[str] = None
 
     def __call__(self, conn: Any, name: Optional[str], ctx: ssl.SSLContext) -> None:
         checked = settings.sni_name(name)
-        self.name = checked
+        setattr(conn, SNI_ATTRIBUTE, checked)
         chosen = self.by_name.get(checked) if checked else None
         if chosen is not None:
             conn.context = chosen

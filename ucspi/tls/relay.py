@@ -1,122 +1,43 @@
-"""The TLS relay child (DECISIONS D20), and the launcher that forks it.
+"""Relaying between a network socket and a program's two pipes, in
+plaintext or through a TLS :class:`~.channel.Channel`, for a server or
+a client.
 
-The parent has done the banner, the lookups, the rules and the limits
-on the clear socket; :class:`TlsLaunch` then forks one child per
-connection (:func:`ucspi.proc.child.fork`), which:
+* :func:`handshake` drives a channel's handshake on a socket within a
+  deadline (``poll``), for either side.
+* :class:`Relay` carries data both ways between the socket's end
+  (:class:`ClearEnd`, the bytes as they are; :class:`TlsEnd`, through a
+  channel) and two pipes, with half-closes both ways: the peer's
+  close_notify or end of file closes the program's input, the
+  program's end of output sends close_notify (or shuts the socket's
+  sending side down).  A relay that starts in plaintext can switch to
+  TLS between two reads (:meth:`Relay.upgrade`).
 
-1. does the server handshake within ``-S`` seconds (:func:`handshake`),
-   over memory BIOs, so the child alone decides what is read from the
-   socket and when;
-2. starts the program (spawned, or a ``prog.so`` called in a child of
-   its own), fd 0 on one pipe and fd 1 on another, and the environment of the plain path plus
-   ``TLS_PROVIDER``, ``SSL_PROTOCOL``, ``SSL_CIPHER`` and
-   ``SSL_TLS_SNI_SERVERNAME``;
-3. relays (:class:`Relay`) with the ``-T`` idle timeout, half-closes
-   going both ways: the client's close_notify or EOF closes the
-   program's fd 0, the program's EOF on fd 1 sends close_notify;
-4. waits for the program and exits with its status, or dies of the
-   signal that killed it, so the parent's ``end`` line and its ``-c``
-   count are the program's.
+It runs in a process of its own (the server's relay child,
+:mod:`.launch`), blocking in ``poll`` with the ``-T`` idle timeout.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import resource
 import select
-import signal
 import socket
 import ssl
 import time
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from .. import timeouts
-from ..errors import EXIT_TEMP, Fatal, errtext
-from ..log import Log, safe, say
-from ..proc import child
-from ..proc.launch import Counts, Environment, Program
-from ..proc.reload import Reloads
-from .context import Contexts, Setup, library_error
-from .failure import CLEAN_CLOSE, PROTOCOL, SYSCALL, WANT_READ, report
-from .settings import TlsError
+from ..log import Log, say
+from .channel import Channel, HandshakeFailed
+from .context import library_error
 
 #: bytes read at once from the socket or the program
 CHUNK = 65536
-#: stop reading the program while this much is waiting for the client
+#: stop reading the program while this much is waiting for the peer
 HIGH_WATER = 262144
-#: variables the relay sets; inherited values are removed
-TLS_VARIABLES = (b"TLS_PROVIDER", b"SSL_PROTOCOL", b"SSL_CIPHER", b"SSL_TLS_SNI_SERVERNAME")
-#: ``-z``'s "server version": the protocol the library offers first
-SERVER_VERSION = "TLSv1.3" if ssl.HAS_TLSv1_3 else "TLSv1.2"
 
 _IN, _OUT = select.POLLIN, select.POLLOUT
 _GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL
-
-
-
-class HandshakeFailed(Exception):
-    """The handshake failed; ``lines`` are the ``SSL_accept:`` lines."""
-
-    def __init__(self, lines: List[str]) -> None:
-        super().__init__("; ".join(lines))
-        self.lines = lines
-
-
-def _failure(exc: BaseException) -> HandshakeFailed:
-    """Spec §1.11's lines for an exception from the handshake."""
-    if isinstance(exc, ssl.SSLZeroReturnError):
-        return HandshakeFailed([f"SSL_accept: decoded err: {CLEAN_CLOSE}"])
-    if isinstance(exc, (ssl.SSLEOFError, ssl.SSLSyscallError)):
-        return HandshakeFailed([f"SSL_accept: decoded err: {SYSCALL}"])
-    if isinstance(exc, ssl.SSLError):
-        return HandshakeFailed([f"SSL_accept: decoded err: {PROTOCOL}",
-                                f"SSL_accept: TLS/SSL err: {library_error(exc)}"])
-    if isinstance(exc, OSError) and exc.errno:
-        return HandshakeFailed([f"SSL_accept: system err: {errtext(exc)}",
-                                f"SSL_accept: decoded err: {SYSCALL}"])
-    return HandshakeFailed([f"SSL_accept: decoded err: {SYSCALL}"])
-
-
-class Channel:
-    """The socket and the TLS object over memory BIOs."""
-
-    def __init__(self, sock: socket.socket, ctx: ssl.SSLContext) -> None:
-        self.sock = sock
-        self.incoming = ssl.MemoryBIO()
-        self.outgoing = ssl.MemoryBIO()
-        self.tls = ctx.wrap_bio(self.incoming, self.outgoing, server_side=True)
-        #: encrypted bytes waiting for the socket
-        self.wire = bytearray()
-
-    def collect(self) -> None:
-        """Move what the TLS layer produced to :attr:`wire`."""
-        if self.outgoing.pending:
-            self.wire += self.outgoing.read()
-
-    def send(self) -> None:
-        """Send what the socket takes now.  Raises OSError."""
-        try:
-            sent = self.sock.send(self.wire)
-        except (BlockingIOError, InterruptedError):
-            return
-        del self.wire[:sent]
-
-    def receive(self) -> bool:
-        """Feed what the socket has to the TLS layer; False at its EOF.
-        Raises OSError.
-
-        The EOF is not passed on to the TLS layer: OpenSSL 3 treats an
-        EOF without close_notify as a fatal error and would refuse to
-        send the program's answer after it (a client may half-close)."""
-        try:
-            data = self.sock.recv(CHUNK)
-        except (BlockingIOError, InterruptedError):
-            return True
-        if not data:
-            return False
-        self.incoming.write(data)
-        return True
 
 
 def _wait(fd: int, events: int, deadline: Optional[float]) -> bool:
@@ -136,63 +57,213 @@ def _wait(fd: int, events: int, deadline: Optional[float]) -> bool:
             return True
 
 
-def handshake(chan: Channel, timeout: int) -> None:
-    """The server handshake within ``timeout`` seconds (0: none).
+def _send(sock: socket.socket, wire: bytearray) -> None:
+    """Send what the socket takes now.  Raises OSError."""
+    try:
+        sent = sock.send(wire)
+    except (BlockingIOError, InterruptedError):
+        return
+    del wire[:sent]
+
+
+def _receive(sock: socket.socket) -> Optional[bytes]:
+    """What the socket has now (``b""`` for nothing yet), or None at its
+    end of file.  Raises OSError."""
+    try:
+        data = sock.recv(CHUNK)
+    except (BlockingIOError, InterruptedError):
+        return b""
+    return data or None
+
+
+def handshake(chan: Channel, sock: socket.socket, timeout: int) -> None:
+    """The handshake on ``sock`` (non-blocking) within ``timeout``
+    seconds (0: none).
 
     Raises:
-        HandshakeFailed: with the spec's ``SSL_accept:`` lines.
+        HandshakeFailed: with the lines for the failure; the alert for
+            the peer, if there is one, has been sent.
     """
     deadline = time.monotonic() + timeout if timeout else None
-    fd = chan.sock.fileno()
+    fd = sock.fileno()
     try:
         while True:
-            try:
-                chan.tls.do_handshake()
-                done = True
-            except ssl.SSLWantReadError:
-                done = False
-            chan.collect()
+            done = chan.handshake()
             while chan.wire:
                 if not _wait(fd, _OUT, deadline):
-                    raise HandshakeFailed([f"SSL_accept: decoded err: {WANT_READ}"])
-                chan.send()
+                    raise chan.timed_out()
+                _send(sock, chan.wire)
             if done:
                 return
             if not _wait(fd, _IN, deadline):
-                raise HandshakeFailed([f"SSL_accept: decoded err: {WANT_READ}"])
-            if not chan.receive():
-                raise HandshakeFailed([f"SSL_accept: decoded err: {PROTOCOL}",
-                                       "SSL_accept: TLS/SSL err: error:SSL routines::"
-                                       "unexpected eof while reading"])
+                raise chan.timed_out()
+            data = _receive(sock)
+            if data is None:
+                raise chan.ended()
+            chan.feed(data)
     except HandshakeFailed:
-        raise
-    except (OSError, ssl.SSLError) as exc:
-        chan.collect()                        # the alert, if there is one
         try:
-            chan.send()
+            _send(sock, chan.wire)            # the alert, if there is one
         except OSError:
             pass
-        raise _failure(exc) from None
+        raise
+    except OSError as exc:
+        raise chan.failure(exc) from None
+
+
+class ClearEnd:
+    """The socket's end of a relay, carrying plaintext."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.wire = bytearray()
+        self.held = b""          # what came from the socket, not passed on yet
+        self.closing = False     # shut the sending side once the wire is empty
+
+    def pending(self) -> bool:
+        """Bytes received and not handed over yet."""
+        return bool(self.held)
+
+    def receive(self) -> bool:
+        """Read the socket; False at its end of file.  Raises OSError."""
+        data = _receive(self.sock)
+        if data is None:
+            return False
+        self.held += data
+        return True
+
+    def plaintext(self) -> Tuple[bytes, bool]:
+        """What there is for the program, and whether the peer has ended
+        its stream (for plaintext, only its end of file says so)."""
+        data, self.held = self.held, b""
+        return data, False
+
+    def put(self, data: bytes) -> bool:
+        """Plaintext for the peer; True when taken."""
+        self.wire += data
+        return True
+
+    def finish(self, pending_input: bool) -> bool:
+        """The program has no more to say: the socket's sending side is
+        shut once what is queued has gone; True (it is queued)."""
+        self.closing = True
+        self._shut()
+        return True
+
+    def send(self) -> None:
+        """Send what the socket takes.  Raises OSError."""
+        _send(self.sock, self.wire)
+        self._shut()
+
+    def _shut(self) -> None:
+        if self.closing and not self.wire:
+            self.closing = False
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+
+class TlsEnd:
+    """The socket's end of a relay, through a TLS channel."""
+
+    def __init__(self, sock: socket.socket, chan: Channel) -> None:
+        self.sock = sock
+        self.chan = chan
+        self.wire = chan.wire
+
+    def pending(self) -> bool:
+        return bool(self.chan.incoming.pending)
+
+    def receive(self) -> bool:
+        data = _receive(self.sock)
+        if data is None:
+            return False
+        self.chan.feed(data)
+        return True
+
+    def plaintext(self) -> Tuple[bytes, bool]:
+        """What the TLS layer has for the program, and whether the peer
+        has closed its stream (close_notify).  Raises ssl.SSLError for a
+        broken stream."""
+        tls = self.chan.tls
+        parts: List[bytes] = []
+        closed = False
+        while True:
+            try:
+                data = tls.read(CHUNK)
+            except ssl.SSLWantReadError:
+                break
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                closed = True
+                break
+            if not data:
+                closed = True
+                break
+            parts.append(data)
+        self.chan.collect()
+        return b"".join(parts), closed
+
+    def put(self, data: bytes) -> bool:
+        """Raises ssl.SSLError."""
+        try:
+            self.chan.tls.write(data)
+        except ssl.SSLWantReadError:
+            return False                       # a renegotiation is under way
+        self.chan.collect()
+        return True
+
+    def finish(self, pending_input: bool) -> bool:
+        """close_notify, without waiting for the reply; not while the
+        peer's bytes wait to be decrypted."""
+        if pending_input:
+            return False
+        try:
+            self.chan.tls.unwrap()
+        except (ssl.SSLError, OSError):
+            pass
+        self.chan.collect()
+        return True
+
+    def send(self) -> None:
+        _send(self.sock, self.wire)
+
+
+End = Union[ClearEnd, TlsEnd]
 
 
 class Relay:
-    """Data both ways between the client (TLS) and the program (pipes)."""
+    """Data both ways between the socket's end and the program's pipes.
 
-    def __init__(self, chan: Channel, to_prog: int, from_prog: int, idle: int,
-                 log: Log) -> None:
-        self.chan = chan
+    Args:
+        end: the socket's end (plaintext or TLS).
+        to_prog: the pipe to the program's fd 0.
+        from_prog: the pipe from the program's fd 1.
+        idle: ``-T``: seconds without any data before giving up (0: never).
+        log: the log, for the ``translate:`` and timeout lines.
+    """
+
+    def __init__(self, end: End, to_prog: int, from_prog: int, idle: int, log: Log) -> None:
+        self.end = end
         self.to_prog: Optional[int] = to_prog
         self.from_prog: Optional[int] = from_prog
         self.idle_ms = idle * 1000 if idle else None
         self.log = log
-        self.client_open = True      # the client may still send
-        self.notified = False        # close_notify queued for the client
-        self.dead = False            # the client is gone or broke the protocol
+        self.peer_open = True        # the peer may still send
+        self.notified = False        # the end of our stream is queued for the peer
+        self.dead = False            # the peer is gone or broke the protocol
         self.down = b""              # plaintext for the program
-        self.up = b""                # plaintext the TLS layer could not take yet
+        self.up = b""                # plaintext the peer's end could not take yet
         for fd in (to_prog, from_prog):
             os.set_blocking(fd, False)
-        chan.sock.setblocking(False)
+        end.sock.setblocking(False)
+
+    def upgrade(self, chan: Channel) -> None:
+        """Carry on through TLS (its handshake done on the same socket).
+        Whatever plaintext was received and not passed on is dropped:
+        after STARTTLS, bytes sent in clear must not reach the program
+        as if they were protected."""
+        self.end = TlsEnd(self.end.sock, chan)
 
     # -- the two pipes ------------------------------------------------
     def _close_to_prog(self) -> None:
@@ -211,40 +282,28 @@ class Relay:
             say(f"translate: {what}: {library_error(exc)}".encode())
 
     # -- events ---------------------------------------------------------
-    def _from_client(self) -> None:
+    def _from_peer(self) -> None:
         try:
-            more = self.chan.receive()
+            more = self.end.receive()
         except OSError as exc:
             self._complain("read network", exc)
             self.dead = True
             return
         if not more:
-            self.client_open = False
+            self.peer_open = False
         self._decrypt()
 
     def _decrypt(self) -> None:
-        """Pass on what the TLS layer has for the program."""
-        chan = self.chan
-        parts = []
-        while True:
-            try:
-                data = chan.tls.read(CHUNK)
-            except ssl.SSLWantReadError:
-                break
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                self.client_open = False
-                break
-            except ssl.SSLError as exc:
-                self._complain("read network", exc)
-                self.dead = True
-                return
-            if not data:
-                self.client_open = False
-                break
-            parts.append(data)
-        if parts:
-            self.down = b"".join(parts)
-        chan.collect()
+        """Pass on what the peer's end has for the program."""
+        try:
+            data, closed = self.end.plaintext()
+        except ssl.SSLError as exc:
+            self._complain("read network", exc)
+            self.dead = True
+            return
+        if closed:
+            self.peer_open = False
+        self.down += data
         self._encrypt()
 
     def _to_program(self) -> None:
@@ -276,72 +335,69 @@ class Relay:
         self._encrypt()
 
     def _encrypt(self) -> None:
-        chan = self.chan
+        end = self.end
         if self.up:
             try:
-                chan.tls.write(self.up)
-                self.up = b""
-            except ssl.SSLWantReadError:
-                pass                           # a renegotiation is under way
+                if end.put(self.up):
+                    self.up = b""
             except ssl.SSLError as exc:
                 self._complain("write network", exc)
                 self.dead = True
                 return
-        if (self.from_prog is None and not self.up and not self.notified
-                and not chan.incoming.pending):
-            try:
-                chan.tls.unwrap()              # close_notify; no wait for the reply
-            except (ssl.SSLError, OSError):
-                pass
-            self.notified = True
-        chan.collect()
+        if self.from_prog is None and not self.up and not self.notified:
+            self.notified = end.finish(end.pending())
 
-    def _to_client(self) -> None:
+    def _to_peer(self) -> None:
         try:
-            self.chan.send()
+            self.end.send()
         except OSError as exc:
-            # a client that has closed its end may reset the connection
+            # a peer that has closed its end may reset the connection
             # before it has everything: that is its choice, not an error
-            if self.client_open or exc.errno not in (errno.EPIPE, errno.ECONNRESET):
+            if self.peer_open or exc.errno not in (errno.EPIPE, errno.ECONNRESET):
                 self._complain("write network", exc)
             self.dead = True
 
     # -- the loop ---------------------------------------------------------
     def _interest(self) -> Dict[int, int]:
-        chan = self.chan
+        end = self.end
         wanted: Dict[int, int] = {}
         sock = 0
-        if self.client_open and not self.down and self.to_prog is not None:
+        if self.peer_open and not self.down and self.to_prog is not None:
             sock |= _IN
-        if chan.wire:
+        if end.wire:
             sock |= _OUT
         if sock:
-            wanted[chan.sock.fileno()] = sock
+            wanted[end.sock.fileno()] = sock
         if self.to_prog is not None:
             # always watched: POLLERR says the program closed its fd 0
             wanted[self.to_prog] = _OUT if self.down else 0
-        if self.from_prog is not None and len(chan.wire) < HIGH_WATER and not self.up:
+        if self.from_prog is not None and len(end.wire) < HIGH_WATER and not self.up:
             wanted[self.from_prog] = _IN
         return wanted
 
     def _finished(self) -> bool:
         if self.dead:
             return True
-        if self.to_prog is not None and not self.client_open and not self.down:
-            self._close_to_prog()              # the client's EOF reaches fd 0
+        if self.to_prog is not None and not self.peer_open and not self.down:
+            self._close_to_prog()              # the peer's EOF reaches fd 0
         if self.from_prog is None and not self.notified:
             self._encrypt()
-        return self.to_prog is None and self.notified and not self.chan.wire
+        return self.to_prog is None and self.notified and not self.end.wire
 
-    def run(self) -> None:
-        """Relay until both directions have ended, the client is gone, or
-        nothing moved for ``-T`` seconds."""
+    def run(self, pause: Optional[Callable[["Relay"], bool]] = None) -> bool:
+        """Relay until both directions have ended, the peer is gone, or
+        nothing moved for ``-T`` seconds (False); or, when ``pause`` is
+        given, until ``pause(relay)`` says so (True), asked before each
+        round and before each read from the peer, whose bytes then stay
+        in the socket: the caller may make a handshake there,
+        :meth:`upgrade` and run again."""
         poller = select.poll()
         registered: Dict[int, int] = {}
-        sock_fd = self.chan.sock.fileno()
-        self._decrypt()            # data that came with the client's Finished
-        self._encrypt()
+        self._decrypt()            # data that came with the handshake's last flight
         while not self._finished():
+            if pause is not None and pause(self):
+                return True
+            sock_fd = self.end.sock.fileno()
             wanted = self._interest()
             for fd in list(registered):
                 if fd not in wanted:
@@ -359,13 +415,15 @@ class Relay:
                 if self.log.verbosity >= 1:
                     say(b"timeout reached without input from network")
                     say(b"timeout reached without output from child")
-                return
+                return False
             for fd, events in ready:
                 if fd == sock_fd:
                     if events & _OUT:
-                        self._to_client()
+                        self._to_peer()
                     if events & (_IN | _GONE) and not self.dead:
-                        self._from_client()
+                        if pause is not None and pause(self):
+                            return True        # the peer's bytes stay in the socket
+                        self._from_peer()
                 elif fd == self.to_prog:
                     if self.down and events & (_OUT | _GONE):
                         self._to_program()
@@ -375,141 +433,18 @@ class Relay:
                     self._from_program()
             if self.down and self.to_prog is not None:
                 self._to_program()
+        return False
 
     def close(self) -> None:
-        """Close both pipes; send what is left for the client, at most
+        """Close both pipes; send what is left for the peer, at most
         briefly."""
         self._close_to_prog()
         self._close_from_prog()
         if not self.dead:
             deadline = time.monotonic() + timeouts.RELAY_FLUSH
+            end = self.end
             try:
-                while self.chan.wire and _wait(self.chan.sock.fileno(), _OUT, deadline):
-                    self.chan.send()
+                while end.wire and _wait(end.sock.fileno(), _OUT, deadline):
+                    end.send()
             except OSError:
                 pass
-
-
-def provider(details: bool, version: str, cipher: str, bits: int) -> str:
-    """``TLS_PROVIDER`` (spec §1.10)."""
-    if not details:
-        return "tcpserver, "
-    return (f"tcpserver, TLS Server={SERVER_VERSION}, Client={version}, "
-            f"Ciphers={cipher}, bits={bits}")
-
-
-def _exit_like(status: int) -> int:
-    """The relay's exit status for the program's wait status: its exit
-    code, or death by the same signal (no core file of our own)."""
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        try:
-            soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
-            resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
-            signal.signal(sig, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
-            os.kill(os.getpid(), sig)
-        except (OSError, ValueError):
-            pass
-        return 128 + sig
-    if os.WIFEXITED(status):
-        return os.WEXITSTATUS(status)
-    return EXIT_TEMP
-
-
-def _reap(pid: int) -> int:
-    while True:
-        try:
-            return os.waitpid(pid, 0)[1]
-        except InterruptedError:
-            continue
-        except ChildProcessError:
-            return EXIT_TEMP << 8
-
-
-class TlsLaunch:
-    """The launcher of a TLS server: a relay child per connection."""
-
-    def __init__(self, program: Program, setup: Setup, contexts: Contexts, log: Log,
-                 details: bool, handshake_timeout: int, idle_timeout: int) -> None:
-        self.program = program
-        self.name = program.name
-        self.setup = setup
-        self.contexts = contexts
-        self.log = log
-        self.details = details
-        self.handshake_timeout = handshake_timeout
-        self.idle_timeout = idle_timeout
-        self.counts: Counts = lambda: (0, 0)
-
-    def attach(self, reloads: Reloads, counts: Counts) -> None:
-        self.counts = counts
-        reloads.add("TLS certificates", self.reload)
-
-    def ready(self) -> None:
-        self.program.ready()
-
-    def reload(self) -> None:
-        """SIGHUP: new contexts for new connections; on failure the old
-        ones stay (the registry logs the warning)."""
-        try:
-            self.contexts = self.setup.build()
-        except TlsError as exc:
-            raise Fatal(exc.lines[-1]) from None
-        for problem in self.setup.skipped:
-            self.log.warning(problem)
-
-    def start(self, fd: int, env: Environment) -> int:
-        count, limit = self.counts()
-        ctx = self.contexts.default
-        return child.fork(lambda: self.serve(fd, env, ctx, count, limit), keep=(fd,))
-
-    # -- in the child ------------------------------------------------------
-    def serve(self, fd: int, env: Environment, ctx: ssl.SSLContext, count: int,
-              limit: int) -> int:
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        log = self.log
-        sock = socket.socket(fileno=fd)
-        sock.setblocking(False)
-        self.setup.sni.name = None
-        chan = Channel(sock, ctx)
-        try:
-            handshake(chan, self.handshake_timeout)
-        except HandshakeFailed as failed:
-            report(log, failed.lines)
-            return EXIT_TEMP
-        version = chan.tls.version() or ""
-        cipher, _, bits = chan.tls.cipher() or ("", "", 0)
-        env = {k: v for k, v in env.items() if k not in TLS_VARIABLES}
-        env[b"TLS_PROVIDER"] = provider(self.details, version, cipher, bits).encode()
-        env[b"SSL_PROTOCOL"] = version.encode()
-        env[b"SSL_CIPHER"] = cipher.encode()
-        if self.setup.sni.name:
-            env[b"SSL_TLS_SNI_SERVERNAME"] = self.setup.sni.name.encode()
-        to_r, to_w = os.pipe()
-        from_r, from_w = os.pipe()
-        try:
-            pid = self.program.start_on(to_r, from_w, env)
-        except (OSError, ValueError) as exc:
-            log.drop(f"unable to run {self.name}: {errtext(exc)}")
-            return EXIT_TEMP
-        finally:
-            os.close(to_r)
-            os.close(from_w)
-        if log.verbosity >= 2:
-            ip = env.get(b"TCPREMOTEIP") or env.get(b"UNIXLOCALPATH", b"")
-            log.line(b"status: %d/%d encrypted session, sslpid=%d, childpid=%d, IP %s, "
-                     b"TLS Server=%s, Client=%s, Ciphers=%s, bits=%d"
-                     % (count, limit, os.getpid(), pid, safe(ip, keep_colon=True),
-                        SERVER_VERSION.encode(), safe(version), safe(cipher), bits))
-        relay = Relay(chan, to_w, from_r, self.idle_timeout, log)
-        try:
-            relay.run()
-        finally:
-            relay.close()
-        try:
-            sock.close()
-        except OSError:
-            pass
-        return _exit_like(_reap(pid))
-

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from typing import Callable, List, Mapping, Optional, Tuple
 
+from ..errors import UcspiError
 from ..scan import cut
 
 #: where certificates live when neither ``-i`` nor ``$CERTDIR`` says
@@ -30,7 +31,7 @@ TLS13 = 7
 Access = Callable[[str], bool]
 
 
-class TlsError(Exception):
+class TlsError(UcspiError):
     """TLS cannot be set up.  ``lines`` are printed as they are (the
     original's helper lines), then ``tcpserver: fatal: unable to
     initialize TLS``."""
