@@ -40,6 +40,9 @@ from .lookups import Lookups
 from .offload import Offload
 
 Rows = List[List[Optional[bytes]]]
+#: a helper's deadline in ``$MYSQL_TIMEOUT``s: connect, select, create,
+#: select, each of which libmysqlclient may try three times
+HELPER_ROUNDS = 12
 RowsDone = Callable[[Optional[Rows], Optional[BaseException]], None]
 
 
@@ -92,11 +95,23 @@ class BuiltinRows:
 
 
 class LibraryRows:
-    """Rows through ``$MYSQL_LIB``, in a helper child per query."""
+    """Rows through ``$MYSQL_LIB``, in a helper child per query.
 
-    def __init__(self, client_factory: Callable[[], Any], offload: Offload) -> None:
+    Args:
+        client_factory: a connected client (raises the library's error).
+        offload: runs the helpers.
+        timeout: ``$MYSQL_TIMEOUT`` (0: none).  The library keeps to it
+            on each call; the helper is killed only if it works
+            :data:`HELPER_ROUNDS` times longer (the calls of one lookup,
+            each of which a libmysqlclient may try three times), and
+            never when there is no timeout.
+    """
+
+    def __init__(self, client_factory: Callable[[], Any], offload: Offload,
+                 timeout: float = 0.0) -> None:
         self.client_factory = client_factory
         self.offload = offload
+        self.deadline = helper_deadline(timeout)
         self.waiting: Dict[str, List[RowsDone]] = {}
 
     def fetch(self, table: str, port: int, done: RowsDone) -> None:
@@ -145,7 +160,13 @@ class LibraryRows:
             for waiter in waiters:
                 waiter(rows, failed)
 
-        self.offload.run(work, got)
+        self.offload.run(work, got, deadline=self.deadline)
+
+
+def helper_deadline(timeout: float) -> Optional[float]:
+    """How long a ``$MYSQL_LIB`` helper may work: None (no limit) when
+    ``$MYSQL_TIMEOUT`` is 0, else :data:`HELPER_ROUNDS` times it."""
+    return None if timeout <= 0 else HELPER_ROUNDS * timeout
 
 
 def _text(address: Any) -> str:
@@ -284,7 +305,7 @@ def build(path: str, environ: Mapping[str, str], reactor: Reactor, lookups: Look
             client().close()
         except MysqlError as exc:
             raise Fatal(rules.connect_error(exc.message)) from None
-        source: Any = LibraryRows(client, offload)
+        source: Any = LibraryRows(client, offload, timeout)
     else:
         from ..mysql.driver import Driver, connect_now
         driver = Driver(reactor, where, conf.user, conf.password, conf.database, timeout)

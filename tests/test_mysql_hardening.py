@@ -1,0 +1,93 @@
+"""``-m`` hardening (issue 18): the helper children of ``$MYSQL_LIB``
+(their deadline, their errors), the table name and db.conf's
+permissions, host-name rules whose lookup fails, and the password on
+the way to the database (TLS verified against ``$MYSQL_SSL_CA``, no
+``mysql_clear_password`` without it), through both clients."""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from typing import Any, Callable, List, Optional, Tuple
+
+import pytest
+
+from ucspi.reactor import Reactor
+from ucspi.server.mysql_access import HELPER_ROUNDS, LibraryRows, helper_deadline
+from ucspi.server.offload import Offload
+
+
+# -- the helpers of $MYSQL_LIB ---------------------------------------------------
+def _collect(reactor: Reactor, offload: Offload, work: Callable[[], bytes],
+             **kw: Any) -> Tuple[bytes, Optional[OSError], float]:
+    """Run ``work`` in a helper child; its answer and how long it took."""
+    got: List[Tuple[bytes, Optional[OSError]]] = []
+    start = time.monotonic()
+    offload.run(work, lambda data, error: got.append((data, error)), **kw)
+    while not got and time.monotonic() - start < 10:
+        reactor.run_once(0.1)
+    for _ in range(50):                        # reap what the loop would reap
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                time.sleep(0.02)
+        except ChildProcessError:
+            break
+    assert got, "no answer from the helper"
+    return got[0][0], got[0][1], time.monotonic() - start
+
+
+def _slow(seconds: float) -> Callable[[], bytes]:
+    def work() -> bytes:
+        time.sleep(seconds)
+        return b"done"
+    return work
+
+
+def test_offload_deadline_is_per_call() -> None:
+    """The offload's own deadline kills a slow helper, a longer one
+    given to run() lets it finish, and None means no deadline."""
+    reactor = Reactor()
+    offload = Offload(reactor, deadline=0.3)
+    data, error, took = _collect(reactor, offload, _slow(5))
+    assert error is not None and error.errno == errno.ETIMEDOUT and took < 3
+    assert _collect(reactor, offload, _slow(0.8), deadline=None)[:2] == (b"done", None)
+    assert _collect(reactor, offload, _slow(0.8), deadline=5.0)[:2] == (b"done", None)
+    data, error, took = _collect(reactor, offload, _slow(5), deadline=0.2)
+    assert error is not None and error.errno == errno.ETIMEDOUT and took < 3
+
+
+class _Recorder:
+    """An offload that runs the work here and records the deadline."""
+
+    def __init__(self) -> None:
+        self.deadlines: List[Optional[float]] = []
+
+    def run(self, work: Callable[[], bytes], done: Callable[[bytes, Optional[OSError]], None],
+            deadline: Optional[float] = -1.0) -> None:
+        self.deadlines.append(deadline)
+        done(work(), None)
+
+
+@pytest.mark.parametrize("timeout, deadline", [(0.0, None), (5.0, 5.0 * HELPER_ROUNDS),
+                                               (30.0, 30.0 * HELPER_ROUNDS),
+                                               (100.0, 100.0 * HELPER_ROUNDS)])
+def test_library_helper_deadline_follows_mysql_timeout(timeout: float,
+                                                       deadline: Optional[float]) -> None:
+    """$MYSQL_TIMEOUT=0 is no limit, and a long one is not cut at the
+    offload's 30 s."""
+    assert helper_deadline(timeout) == deadline
+    offload = _Recorder()
+
+    class Client:
+        def query(self, sql: str) -> List[List[Optional[bytes]]]:
+            return [[b"A", b"*", None]]
+
+        def close(self) -> None:
+            pass
+
+    rows = LibraryRows(Client, offload, timeout)  # type: ignore[arg-type]
+    answers: List[Any] = []
+    rows.fetch("t", 25, lambda r, e: answers.append((r, e)))
+    assert answers == [([[b"A", b"*", None]], None)]
+    assert offload.deadlines == [deadline]
