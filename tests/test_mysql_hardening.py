@@ -13,6 +13,7 @@ from typing import Any, Callable, List, Optional, Tuple
 
 import pytest
 
+from ucspi.mysql.library import LibraryError
 from ucspi.reactor import Reactor
 from ucspi.server.mysql_access import HELPER_ROUNDS, LibraryRows, helper_deadline
 from ucspi.server.offload import Offload
@@ -91,3 +92,46 @@ def test_library_helper_deadline_follows_mysql_timeout(timeout: float,
     rows.fetch("t", 25, lambda r, e: answers.append((r, e)))
     assert answers == [([[b"A", b"*", None]], None)]
     assert offload.deadlines == [deadline]
+
+
+def test_library_helper_reports_connect_errors() -> None:
+    """A database that cannot be reached is an answer of the helper
+    (IndiMail's "Unable to connect" text), not an exception that the
+    child would log as its fatal internal error."""
+    def refused() -> Any:
+        raise LibraryError(2002, "Can't connect to local server through socket '/x' (111)",
+                           "connect")
+
+    offload = _Recorder()
+    rows = LibraryRows(refused, offload, 5.0)  # type: ignore[arg-type]
+    answers: List[Any] = []
+    rows.fetch("t", 25, lambda r, e: answers.append((r, e)))
+    [(got, error)] = answers
+    assert got is None and error.code == 2002
+    assert error.message == ("Unable to connect to MySQL Server: Can't connect to local "
+                             "server through socket '/x' (111)")
+
+
+def test_library_helper_connect_error_through_the_pipe() -> None:
+    """The same in a real helper child: the parent reads the error the
+    child met, not a lost connection."""
+    reactor = Reactor()
+    offload = Offload(reactor)
+
+    def refused() -> Any:
+        raise LibraryError(2003, "Can't connect to MySQL server on '127.0.0.1' (111)",
+                           "connect")
+
+    rows = LibraryRows(refused, offload, 5.0)
+    answers: List[Any] = []
+    rows.fetch("t", 25, lambda r, e: answers.append((r, e)))
+    start = time.monotonic()
+    while not answers and time.monotonic() - start < 10:
+        reactor.run_once(0.1)
+    try:
+        os.waitpid(-1, 0)
+    except ChildProcessError:
+        pass
+    [(got, error)] = answers
+    assert got is None and error.code == 2003
+    assert error.message.startswith("Unable to connect to MySQL Server: Can't connect")

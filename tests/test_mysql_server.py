@@ -141,6 +141,10 @@ def test_database_down_and_back(servers, mariadb, table, tmp_path, client: str) 
             assert server.talk() == b""          # fails closed
         warnings = [line for line in _since(server, mark) if "warning" in line]
         assert len(warnings) == 1 and "dropping connection, MySQL: " in warnings[0], warnings
+        # the server is not dying: no "fatal" line from a helper child
+        assert not [line for line in server.lines() if "fatal" in line], server.log()
+        if client == "library":
+            assert "MySQL: Unable to connect to MySQL Server: Can't connect" in warnings[0]
     finally:
         mariadb.start()
     # served again without a restart (after the back-off)

@@ -122,27 +122,13 @@ class LibraryRows:
         self.waiting[select] = [done]
 
         def work() -> bytes:
-            client = self.client_factory()
+            # in the helper: every error of the library becomes the
+            # answer, never an exception (which would be the child's
+            # "internal error")
             try:
-                try:
-                    rows = client.query(select)
-                except MysqlError as exc:
-                    if exc.code != rules.ER_NO_SUCH_TABLE:
-                        raise failure(table, port, exc) from None
-                    try:
-                        client.query(rules.create_sql(table))
-                    except MysqlError as made:
-                        if made.code != rules.ER_TABLE_EXISTS:
-                            raise failure(table, port, made, creating=True) from None
-                    try:
-                        rows = client.query(select)
-                    except MysqlError as again:
-                        raise failure(table, port, again) from None
-                return marshal.dumps(("ok", rows))
+                return marshal.dumps(("ok", self._rows(table, port, select)))
             except MysqlError as exc:
                 return marshal.dumps(("error", exc.code, exc.message))
-            finally:
-                client.close()
 
         def got(data: bytes, error: Optional[OSError]) -> None:
             waiters = self.waiting.pop(select, [])
@@ -161,6 +147,36 @@ class LibraryRows:
                 waiter(rows, failed)
 
         self.offload.run(work, got, deadline=self.deadline)
+
+    def _rows(self, table: str, port: int, select: str) -> Rows:
+        """The helper's work: connect, ask (create the table if it is
+        missing, ask again), close.
+
+        Raises:
+            MysqlError: IndiMail's texts (``Unable to connect to MySQL
+                Server: ...``, the statement and the error).
+        """
+        try:
+            client = self.client_factory()
+        except MysqlError as exc:
+            raise MysqlError(exc.code, rules.connect_error(exc.message)) from None
+        try:
+            try:
+                return list(client.query(select))
+            except MysqlError as exc:
+                if exc.code != rules.ER_NO_SUCH_TABLE:
+                    raise failure(table, port, exc) from None
+            try:
+                client.query(rules.create_sql(table))
+            except MysqlError as made:
+                if made.code != rules.ER_TABLE_EXISTS:
+                    raise failure(table, port, made, creating=True) from None
+            try:
+                return list(client.query(select))
+            except MysqlError as again:
+                raise failure(table, port, again) from None
+        finally:
+            client.close()
 
 
 def helper_deadline(timeout: float) -> Optional[float]:
