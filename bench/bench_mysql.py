@@ -362,6 +362,7 @@ def main() -> None:
         conf = os.path.join(tmp, "db.conf")
         with open(conf, "w") as handle:
             handle.write(f"127.0.0.1:{db.user}:{db.password}:{db.database}:{TABLE}\n")
+        os.chmod(conf, 0o600)
         check(db, variants, conf)
         print(f"{args.rounds} round(s), {args.count} connections (at most {args.seconds:g} s) "
               f"per run, c={args.concurrency}; medians; CPU µs per connection", flush=True)

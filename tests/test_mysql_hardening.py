@@ -13,6 +13,8 @@ from typing import Any, Callable, List, Optional, Tuple
 
 import pytest
 
+from tests.fix_server import clean_env
+from tests.test_mysql_server import CLIENTS, PRINT, _env
 from ucspi.mysql.library import LibraryError
 from ucspi.reactor import Reactor
 from ucspi.server.mysql_access import HELPER_ROUNDS, LibraryRows, helper_deadline
@@ -135,3 +137,64 @@ def test_library_helper_connect_error_through_the_pipe() -> None:
     [(got, error)] = answers
     assert got is None and error.code == 2003
     assert error.message.startswith("Unable to connect to MySQL Server: Can't connect")
+
+
+# -- the table name and db.conf --------------------------------------------------
+def _write_dbconf(folder: Any, db: Any, table: str, mode: int = 0o600,
+                  server: str = "127.0.0.1", tail: str = "\n") -> str:
+    path = os.path.join(os.fspath(folder), "db.conf")
+    with open(path, "w") as handle:
+        handle.write(f"{server}:{db.user}:{db.password}:{db.database}:{table}{tail}")
+    os.chmod(path, mode)
+    return path
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_odd_table_name_is_quoted(servers: Any, mariadb: Any, tmp_path: Any,
+                                  client: str) -> None:
+    """A table name with a backtick and a space is one identifier: the
+    missing table is created under that very name and then read."""
+    name = f"odd`rules {client}"
+    quoted = "`" + name.replace("`", "``") + "`"
+    mariadb.sql(f"drop table if exists {quoted}")
+    conf = _write_dbconf(tmp_path, mariadb, name)
+    server = servers(["-HRl0", "-m", conf], prog=PRINT, env=_env(mariadb, client))
+    try:
+        assert server.talk() == b"WHO= X=\n", server.log()
+        mariadb.sql(f"insert into {quoted} (port, timestamp, iprule, decision, env) "
+                    f"values ({server.port}, now(), '*', 'A', 'WHO=odd')")
+        assert server.talk() == b"WHO=odd X=\n", server.log()
+        assert "warning" not in server.log()
+    finally:
+        mariadb.sql(f"drop table if exists {quoted}")
+
+
+def test_crlf_dbconf_is_refused_at_startup(tmp_path: Any) -> None:
+    """A CRLF db.conf leaves a CR in the table name: one clear line,
+    exit 111, before any database is asked."""
+    from tests.fix_server import OURS, run_once
+    path = os.path.join(os.fspath(tmp_path), "db.conf")
+    with open(path, "wb") as handle:
+        handle.write(b"127.0.0.1:u:p:db:tcprules\r\n")
+    result = run_once(OURS, ["-HRl0", "-m", path, "127.0.0.1", "0", "true"],
+                      env=clean_env(MYSQL_TIMEOUT="2"))
+    assert (result.returncode, result.stderr.decode()) == (
+        111, 'tcpserver: fatal: Invalid db.conf: the table name "tcprules\\r" has a control '
+             'character\n')
+
+
+@pytest.mark.parametrize("mode, warned", [(0o600, False), (0o400, False), (0o640, True),
+                                          (0o604, True), (0o644, True)])
+def test_dbconf_readable_by_others_is_warned(servers: Any, mariadb: Any, tmp_path: Any,
+                                             mode: int, warned: bool) -> None:
+    conf = _write_dbconf(tmp_path, mariadb, "perm_rules", mode)
+    server = servers(["-HRl0", "-m", conf], prog=PRINT, env=_env(mariadb, "builtin"))
+    assert server.talk() == b"WHO= X=\n", server.log()
+    warnings = [line for line in server.lines() if "warning" in line]
+    if warned:
+        assert warnings == [f"tcpserver: warning: {conf} holds a password and is readable by "
+                            f"group or others (mode {mode:04o}): make it readable by its "
+                            "owner only"], warnings
+    else:
+        assert warnings == []
+    mariadb.sql("drop table if exists perm_rules")

@@ -53,6 +53,7 @@ def _dbconf(tmp_path: "os.PathLike[str]", db: object, table: str, server: str = 
     with open(path, "w") as handle:
         handle.write(f"{server}:{getattr(db, 'user')}:{password or getattr(db, 'password')}:"
                      f"{getattr(db, 'database')}:{table}\n")
+    os.chmod(path, 0o600)                   # it holds a password (else a warning)
     return path
 
 
@@ -195,6 +196,7 @@ def test_unreachable_database_is_fatal_at_startup(tmp_path) -> None:
     path = os.path.join(os.fspath(tmp_path), "db.conf")
     with open(path, "w") as handle:
         handle.write("127.0.0.1:u:p:db:t\n")
+    os.chmod(path, 0o600)
     result = run_once(OURS, ["-HRl0", "-m", path, "127.0.0.1", "0", "true"],
                       env=clean_env(MYSQL_TCP_PORT=str(free_port()), MYSQL_TIMEOUT="2"))
     err = result.stderr.decode()

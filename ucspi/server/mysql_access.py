@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import ipaddress
 import marshal
+import os
+import stat
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from ..dns.lookup import lookup_addresses
@@ -289,11 +291,24 @@ class MysqlAccess:
         self.then.check(ep, merged)
 
 
+def readable_by_others(path: str) -> Optional[int]:
+    """The permission bits of ``path`` if its group or others may read
+    it (db.conf holds a password: warn, as ssh does for a key), else
+    None (also when it cannot be examined: reading it has worked)."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return None
+    return mode if mode & (stat.S_IRGRP | stat.S_IROTH) else None
+
+
 def build(path: str, environ: Mapping[str, str], reactor: Reactor, lookups: Lookups,
           log: Log, then: Optional[Access], max_per_host: int,
           offload: Offload) -> MysqlAccess:
     """``-m db.conf`` at start-up: read db.conf, choose the client, and
     connect once (a failure is fatal, as in IndiMail).
+
+    Warns when db.conf is readable by group or others.
 
     Raises:
         Fatal: ``Invalid db.conf``, ``unable to read ...``, ``couldn't
@@ -302,6 +317,10 @@ def build(path: str, environ: Mapping[str, str], reactor: Reactor, lookups: Look
     """
     from ..mysql import library
     conf = rules.read_dbconf(path)
+    exposed = readable_by_others(path)
+    if exposed is not None:
+        log.warning(f"{path} holds a password and is readable by group or others "
+                    f"(mode {exposed:04o}): make it readable by its owner only")
     where = rules.endpoint(conf, environ)
     timeout = rules.mysql_timeout(environ)
     choice = library.configured(environ)
