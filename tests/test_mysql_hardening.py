@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import time
 from typing import Any, Callable, List, Optional, Tuple
 
@@ -198,3 +199,147 @@ def test_dbconf_readable_by_others_is_warned(servers: Any, mariadb: Any, tmp_pat
     else:
         assert warnings == []
     mariadb.sql("drop table if exists perm_rules")
+
+
+# -- host-name rules whose lookup fails -------------------------------------------
+def _name_server(query: Any) -> Any:
+    """AAAA and A answers by name: ``me`` is the client, ``other`` is not,
+    ``gone`` does not exist, ``broken`` fails fast (TC over UDP, then a
+    closed TCP connection: a protocol error), ``half``/``halfme`` fail
+    for AAAA only."""
+    from tests.fix_dns import response, rr
+    from ucspi.dns import msg as dnsmsg
+    name = dnsmsg.render_name(query.name).rstrip(".")
+    label = name.split(".")[0]
+    aaaa = query.qtype == dnsmsg.TYPE_AAAA
+    if label == "broken" or (label.startswith("half") and aaaa):
+        return None if query.tcp else [(0, response(query, tc=True))]
+    if label == "gone":
+        return [(0, response(query, rcode=3))]
+    if aaaa:
+        return [(0, response(query))]                       # no AAAA record
+    ip = {"me": "127.0.0.1", "halfme": "127.0.0.1", "other": "127.0.0.9",
+          "half": "127.0.0.9"}.get(label)
+    if ip is None:
+        return [(0, response(query, rcode=3))]
+    return [(0, response(query, [rr(b"\xc0\x0c", dnsmsg.TYPE_A, socket.inet_aton(ip))]))]
+
+
+@pytest.fixture(scope="module")
+def name_server() -> Any:
+    from tests.fix_dns import fake_dns_on_53
+    from tests.util import need_root
+    need_root()
+    with fake_dns_on_53(_name_server) as fake:
+        yield fake
+
+
+@pytest.fixture
+def rules_table(mariadb: Any, request: pytest.FixtureRequest) -> Any:
+    name = "h_" + request.node.name.replace("[", "_").replace("]", "").replace("-", "_")[-40:]
+    mariadb.sql(f"drop table if exists {name}; create table {name} "
+                "(id int auto_increment primary key, port int, iprule char(40), "
+                "decision char(1), env varchar(255))")
+    yield name
+    mariadb.sql(f"drop table if exists {name}")
+
+
+def _set_rows(db: Any, table: str, port: int, rows: List[Tuple[str, str, Optional[str]]]
+              ) -> None:
+    values = ", ".join(f"({port}, '{rule}', '{decision}', "
+                       f"{'NULL' if env is None else repr(env)})" for rule, decision, env in rows)
+    db.sql(f"delete from {table}; insert into {table} (port, iprule, decision, env) "
+           f"values {values}")
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_failed_host_name_lookup_drops_the_client(servers: Any, mariadb: Any, name_server: Any,
+                                                  rules_table: str, tmp_path: Any,
+                                                  client: str) -> None:
+    """A deny row (or an allow row with variables) by host name whose
+    lookup fails is not a row that does not apply: the client is
+    dropped with a warning, never served.  "No such name" is an answer,
+    and a lookup that found the client despite a failure decides."""
+    conf = _write_dbconf(tmp_path, mariadb, rules_table)
+    server = servers(["-v", "-HRl0", "-m", conf], prog=PRINT,
+                     env=_env(mariadb, client, DNSCACHEIP=name_server.ip))
+    port = server.port
+    star = ("*", "A", "WHO=in")
+    for rule, decision in [("broken.example", "D"), ("half.example", "D"),
+                           ("broken.example", "A")]:
+        _set_rows(mariadb, rules_table, port, [(rule, decision, "X=1"), star])
+        mark = len(server.lines())
+        assert server.talk() == b"", (rule, server.log())
+        lines = server.wait_log(rf"unable to look up {rule}", timeout=10)
+        assert lines[-1] == (f"tcpserver: warning: dropping connection from 127.0.0.1, "
+                             f"MySQL: unable to look up {rule}: protocol error"), lines
+        assert not [line for line in server.lines()[mark:] if " ok " in line or "deny" in line]
+    # answers: no such name, another address, the client (also despite
+    # a failed AAAA query)
+    for rule, expected in [("gone.example", b"WHO=in X=\n"), ("other.example", b"WHO=in X=\n"),
+                           ("me.example", b""), ("halfme.example", b"")]:
+        _set_rows(mariadb, rules_table, port, [(rule, "D", None), star])
+        assert server.talk() == expected, (rule, server.log())
+    assert server.log().count("unable to look up") == 3
+    assert "Traceback" not in server.log()
+
+
+def test_descriptor_budget_counts_the_host_name_lookups() -> None:
+    from ucspi.options import parse
+    from ucspi.server.limits import descriptors_needed
+
+    def need_for(*args: str) -> int:
+        return descriptors_needed(parse([*args, "0", "0", "prog"], {}))
+    assert need_for("-HRl0", "-m", "db.conf") == 3           # the socket, AAAA and A
+    assert need_for("-HRl0") == 1
+    assert need_for("-p", "-m", "db.conf") == 5              # the lookups step needs more
+    assert need_for("-HR", "-m", "db.conf") == 3
+
+
+class _StarvedLookups:
+    """A lookup service that has no descriptor to give."""
+
+    def __init__(self, reactor: Reactor) -> None:
+        self.reactor = reactor
+        self.asked: List[str] = []
+
+    def addresses(self, name: str, done: Callable[..., None],
+                  abort: Callable[[OSError], None]) -> Any:
+        self.asked.append(name)
+        self.reactor.call_later(0, lambda: abort(OSError(errno.EMFILE, "Too many open files")))
+        return None
+
+
+def test_starved_host_name_lookup_drops_the_client() -> None:
+    from ucspi.environ import Endpoints
+    from ucspi.log import Log
+    from ucspi.server.mysql_access import MysqlAccess
+
+    class Rows:
+        def fetch(self, table: str, port: int, done: Callable[..., None]) -> None:
+            done([[b"D", b"evil.example", None], [b"A", b"*", b"WHO=in"]], None)
+
+    reactor = Reactor()
+    lookups = _StarvedLookups(reactor)
+    rfd, wfd = os.pipe()
+    try:
+        access = MysqlAccess(None, Rows(), lookups, Log(1, fd=wfd), None, 0)  # type: ignore
+        access.conf = type("Conf", (), {"table": "t"})()
+        ep = Endpoints(proto6=False, v6sock=False, local_ip="127.0.0.1", local_ip6="",
+                       local_port=25, remote_ip="127.0.0.5", remote_ip6="", remote_port=4000)
+        verdicts: List[Any] = []
+        access.check(ep, verdicts.append)
+        for _ in range(10):
+            reactor.run_once(0.01)
+        os.close(wfd)
+        wfd = -1
+        log = os.read(rfd, 65536).decode()
+    finally:
+        os.close(rfd)
+        if wfd >= 0:
+            os.close(wfd)
+    assert lookups.asked == ["evil.example"]
+    [verdict] = verdicts
+    assert not verdict.allow and verdict.quiet
+    assert log == ("tcpserver: warning: dropping connection from 127.0.0.5, unable to start "
+                   "a lookup: process cannot open more files\n")

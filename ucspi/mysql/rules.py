@@ -631,6 +631,13 @@ class Outcome:
     max_per_host: Optional[int] = None
 
 
+def resolves_to(ip: str, addresses: Sequence[str]) -> bool:
+    """Is the client ``ip`` among ``addresses`` (a host name's, as text;
+    IPv4-mapped and IPv6 forms compared as addresses)?"""
+    want = _canonical(_client(ip))
+    return any(_canonical(text) == want for text in addresses)
+
+
 def _step4(entry: "_Entry", ip: str, resolved: Mapping[str, List[str]], compat: bool) -> bool:
     if entry.literal is not None:
         addresses: Optional[List[str]] = [entry.literal]
@@ -792,5 +799,5 @@ __all__ = [
     "table_problem", "quote_table", "shown",
     "select_sql", "create_sql", "connect_error", "create_error", "query_error",
     "result_error", "deny_line", "parse_env", "inet_aton", "inet_addr_valid",
-    "match_fields", "names_to_resolve", "evaluate", "Plan",
+    "match_fields", "names_to_resolve", "resolves_to", "evaluate", "Plan",
 ]

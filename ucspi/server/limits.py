@@ -39,7 +39,8 @@ def descriptors_needed(opts: Options) -> int:
     """The most descriptors one connection holds in the parent at once:
     its socket, the PTR query of the local address (without ``-l``),
     the client's PTR (``-h``) or, with ``-p``, its AAAA and A queries
-    after it, and the ident socket (``-r``)."""
+    after it, and the ident socket (``-r``); with ``-m``, later, the
+    AAAA and A queries of one host name of the rules at a time."""
     need = 1
     if opts.unix:
         return need
@@ -49,6 +50,8 @@ def descriptors_needed(opts: Options) -> int:
         need += 2 if opts.paranoid else 1
     if opts.remote_info:
         need += 1
+    if opts.mysql is not None:
+        need = max(need, 1 + 2)
     return need
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
 
 from .. import address
 from ..reactor import Reactor
@@ -39,6 +39,7 @@ DNS_CONFIG_AGE = 600.0
 LOCAL_NAME_AGE = 60.0   # how long the PTR answer for a local address is reused
 
 NameDone = Callable[[Optional[str], Optional[BaseException]], None]
+AddressesDone = Callable[[List[ipaddress.IPv6Address], Optional[BaseException]], None]
 HostDone = Callable[[Optional[str], Optional[str]], None]
 InfoDone = Callable[[Optional[bytes]], None]
 Abort = Callable[[OSError], None]
@@ -115,6 +116,17 @@ class Lookups:
         from ..dns.lookup import lookup_host
         return lookup_host(self.reactor, self.dns_config(), _target(ip6, v4), paranoid,
                            done, abort)
+
+    def addresses(self, name: str, done: AddressesDone, abort: Abort) -> Any:
+        """The addresses of a host name of the ``-m`` rules (AAAA and A,
+        :func:`ucspi.dns.lookup.lookup_addresses`), strictly: ``done``
+        gets ``(addresses, None)`` (``[]`` for a name that does not
+        exist or has none), or ``(what was found, error)`` when either
+        query failed, so that a temporary failure is never taken for
+        "no such address".  Returns a cancellable handle."""
+        from ..dns.lookup import lookup_addresses
+        return lookup_addresses(self.reactor, self.dns_config(), name, done, abort,
+                                strict=True)
 
     def info(self, local: str, remote: str, remote_port: int, local_port: int,
              scope: int, done: InfoDone, abort: Abort) -> Any:

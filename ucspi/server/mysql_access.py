@@ -3,10 +3,11 @@ DECISIONS D40).
 
 :class:`MysqlAccess` is an access source (:mod:`.access`).  For each
 client it asks the table for the rows of the listener's port
-(``select decision, iprule, env from T where port = P``; on error 1146
+(``select decision, iprule, env from `T` where port = P``; on error 1146
 the table is created and asked again), resolves the host-name patterns
-that need it with the server's own non-blocking resolver, and evaluates
-the rows (:func:`ucspi.mysql.rules.evaluate`).  With ``-x`` too, an
+that need it, one at a time, through the lookup service
+(:meth:`.lookups.Lookups.addresses`: the server's own non-blocking
+resolver), and evaluates the rows (:func:`ucspi.mysql.rules.evaluate`).  With ``-x`` too, an
 allowed client is then looked up in the cdb, whose environment comes
 after the table's.
 
@@ -19,7 +20,10 @@ The rows come from one of two sources:
   (:class:`.offload.Offload`) and its rows come back through a pipe.
 
 It fails closed: a client whose rows cannot be had is dropped, with one
-warning line per failure burst (the next success ends the burst).
+warning line per failure burst (the next success ends the burst); so is
+a client for whom a host-name lookup failed (a time-out, a server
+failure, no descriptor: never taken for "no such name"), with a warning
+naming it.
 """
 
 from __future__ import annotations
@@ -30,9 +34,9 @@ import os
 import stat
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from ..dns.lookup import lookup_addresses
+from ..dns.msg import BadName
 from ..environ import Change, Endpoints
-from ..errors import Fatal
+from ..errors import Fatal, errtext
 from ..log import Log, safe
 from ..mysql import rules
 from ..mysql.protocol import MysqlError, Result
@@ -245,24 +249,41 @@ class MysqlAccess:
 
     def _resolve(self, ep: Endpoints, answer: Answer, port: int, plan: "rules.Plan",
                  names: List[str]) -> None:
+        """Look the host names up one after the other (so that a
+        connection holds the sockets of one lookup at a time, as the
+        descriptor budget counts), through the lookup service; then
+        evaluate.  A lookup that failed for a reason other than "no such
+        name" (a time-out, a server failure, no descriptor) and did not
+        find the client drops the connection: it is never taken for "no
+        match" (D40)."""
         resolved: Dict[str, List[str]] = {}
-        left = [len(names)]
-        conf = self.lookups.dns_config()
+        waiting = list(reversed(names))
 
-        def one(name: str) -> None:
+        def step() -> None:
+            if not waiting:
+                self._evaluate(ep, answer, port, plan, resolved)
+                return
+            name = waiting.pop()
+
             def done(addresses: List[Any], error: Optional[BaseException]) -> None:
-                resolved[name] = [] if error is not None else [_text(a) for a in addresses]
-                left[0] -= 1
-                if left[0] == 0:
-                    self._evaluate(ep, answer, port, plan, resolved)
+                found = [_text(a) for a in addresses]
+                if (error is not None and not isinstance(error, BadName)
+                        and not rules.resolves_to(ep.remote_ip, found)):
+                    self.log.warning(f"dropping connection from {ep.remote_ip}, MySQL: "
+                                     f"unable to look up {name}: {errtext(error)}")
+                    answer(Verdict(False, [], 0, quiet=True))
+                    return
+                resolved[name] = found
+                step()
 
             def abort(error: OSError) -> None:
-                done([], error)
+                self.log.warning(f"dropping connection from {ep.remote_ip}, "
+                                 f"unable to start a lookup: {errtext(error)}")
+                answer(Verdict(False, [], 0, quiet=True))
 
-            lookup_addresses(self.lookups.reactor, conf, name, done, abort)
+            self.lookups.addresses(name, done, abort)
 
-        for name in names:
-            one(name)
+        step()
 
     def _evaluate(self, ep: Endpoints, answer: Answer, port: int, plan: "rules.Plan",
                   resolved: Dict[str, List[str]]) -> None:
@@ -317,6 +338,7 @@ def build(path: str, environ: Mapping[str, str], reactor: Reactor, lookups: Look
     """
     from ..mysql import library
     conf = rules.read_dbconf(path)
+    lookups.preload(dns=True, ident=False)     # the host names of the rules, after the drop
     exposed = readable_by_others(path)
     if exposed is not None:
         log.warning(f"{path} holds a password and is readable by group or others "
