@@ -343,3 +343,225 @@ def test_starved_host_name_lookup_drops_the_client() -> None:
     assert not verdict.allow and verdict.quiet
     assert log == ("tcpserver: warning: dropping connection from 127.0.0.5, unable to start "
                    "a lookup: process cannot open more files\n")
+
+
+# -- the password on the way to the database ---------------------------------------
+SECURE_ONLY = "a secure connection (a UNIX socket, or TLS verified with $MYSQL_SSL_CA) is required"
+
+
+@pytest.fixture(scope="module")
+def db_certs(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from tests.fix_mariadb import make_db_certs
+    return make_db_certs(str(tmp_path_factory.mktemp("db-tls")))
+
+
+def _server_context(cert: str, key: str) -> Any:
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def _fake(db_certs: Any, tls: str = "", **kw: Any) -> Any:
+    """A fake database for alice/secret that answers every query with
+    one row, ``*`` allowed with WHO=fake; ``tls``: "" (not offered),
+    "good" (a certificate for 127.0.0.1 from db_certs.ca) or
+    "misnamed" (one from the same CA for another name)."""
+    from tests.fix_mysql_fake import Canned, FakeMysql
+    context = None
+    if tls == "good":
+        context = _server_context(db_certs.cert, db_certs.key)
+    elif tls == "misnamed":
+        context = _server_context(db_certs.misnamed, db_certs.misnamed_key)
+    return FakeMysql(user="alice", password="secret", offer_tls=bool(tls), tls_context=context,
+                     fallback=Canned(["decision", "iprule", "env"], [[b"A", b"*", b"WHO=fake"]]),
+                     **kw)
+
+
+def _fake_env(fake: Any, client: str, **extra: str) -> Any:
+    env = clean_env(MYSQL_TCP_PORT=str(fake.port), MYSQL_TIMEOUT="5", **extra)
+    for name in ("MYSQL_LIB", "MYSQL_SSL", "MYSQL_SSL_CA"):
+        if name not in extra:
+            env.pop(name, None)
+    if client == "library":
+        from tests.fix_mariadb import need_libmariadb
+        env["MYSQL_LIB"] = need_libmariadb()
+    return env
+
+
+def _fake_conf(tmp_path: Any) -> str:
+    path = os.path.join(os.fspath(tmp_path), "db.conf")
+    with open(path, "w") as handle:
+        handle.write("127.0.0.1:alice:secret:db:rules\n")
+    os.chmod(path, 0o600)
+    return path
+
+
+def _start_fails(tmp_path: Any, env: Any) -> str:
+    """Start a server that must not start: its one line (exit 111)."""
+    from tests.fix_server import OURS, run_once
+    result = run_once(OURS, ["-HRl0", "-m", _fake_conf(tmp_path), "127.0.0.1", "0", "true"],
+                      env=env, timeout=20)
+    err = result.stderr.decode()
+    assert result.returncode == 111 and err.count("\n") == 1, (result.returncode, err)
+    assert err.startswith("tcpserver: fatal: Unable to connect to MySQL Server: "), err
+    return err
+
+
+def _never_sent(fake: Any) -> None:
+    assert all(b"secret" not in data for data in fake.auth_data), fake.auth_data
+
+
+CLEAR_CASES = [("mysql_clear_password", "mysql_clear_password"),      # in the greeting
+               ("mysql_native_password", "mysql_clear_password")]     # by a switch
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("greeting, account", CLEAR_CASES)
+@pytest.mark.parametrize("tls", ["", "good"])
+def test_clear_password_refused_without_verified_tls(tmp_path: Any, db_certs: Any, client: str,
+                                                     greeting: str, account: str,
+                                                     tls: str) -> None:
+    """A server (an impostor, maybe) that asks for mysql_clear_password
+    over plain TCP or over TLS that nobody verified does not get the
+    password: start-up fails with a clear line."""
+    with _fake(db_certs, tls, greeting_plugin=greeting, account_plugin=account) as fake:
+        err = _start_fails(tmp_path, _fake_env(fake, client))
+        assert SECURE_ONLY in err, err
+        _never_sent(fake)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("greeting, account, sha2", [
+    ("mysql_clear_password", "mysql_clear_password", "fast"),
+    ("mysql_native_password", "mysql_clear_password", "fast"),
+    ("caching_sha2_password", "caching_sha2_password", "full"),
+    ("mysql_native_password", "mysql_native_password", "fast"),
+])
+def test_verified_tls_carries_the_password(servers: Any, tmp_path: Any, db_certs: Any,
+                                           client: str, greeting: str, account: str,
+                                           sha2: str) -> None:
+    """With $MYSQL_SSL_CA the server's certificate is checked, and then
+    the password may go in clear (mysql_clear_password, caching_sha2's
+    full authentication)."""
+    with _fake(db_certs, "good", greeting_plugin=greeting, account_plugin=account,
+               sha2=sha2) as fake:
+        server = servers(["-HRl0", "-m", _fake_conf(tmp_path)], prog=PRINT,
+                         env=_fake_env(fake, client, MYSQL_SSL_CA=db_certs.ca))
+        assert server.talk() == b"WHO=fake X=\n", server.log()
+        assert "tls" in fake.events and "auth ok" in fake.events, fake.events
+        assert "warning" not in server.log()
+
+
+def test_sha2_full_authentication_needs_verified_tls(tmp_path: Any, db_certs: Any) -> None:
+    """The built-in client counts TLS as secure only once verified."""
+    with _fake(db_certs, "good", greeting_plugin="caching_sha2_password",
+               sha2="full") as fake:
+        err = _start_fails(tmp_path, _fake_env(fake, "builtin"))
+        assert "full authentication sends the password, and " + SECURE_ONLY in err, err
+        _never_sent(fake)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("which", ["misnamed", "other_ca"])
+def test_unverified_server_is_refused(tmp_path: Any, db_certs: Any, client: str,
+                                      which: str) -> None:
+    """A certificate for another name, or from another CA: no start."""
+    tls = "misnamed" if which == "misnamed" else "good"
+    ca = db_certs.other_ca if which == "other_ca" else db_certs.ca
+    with _fake(db_certs, tls, greeting_plugin="mysql_clear_password") as fake:
+        err = _start_fails(tmp_path, _fake_env(fake, client, MYSQL_SSL_CA=ca))
+        assert "SSL" in err, err
+        assert fake.logins == []
+        _never_sent(fake)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("variable", ["MYSQL_SSL", "MYSQL_SSL_CA"])
+def test_tls_required_but_not_offered(tmp_path: Any, db_certs: Any, client: str,
+                                      variable: str) -> None:
+    value = "REQUIRED" if variable == "MYSQL_SSL" else db_certs.ca
+    with _fake(db_certs, "") as fake:
+        err = _start_fails(tmp_path, _fake_env(fake, client, **{variable: value}))
+        assert "SSL is required" in err, err
+        _never_sent(fake)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_tls_required_without_a_ca(servers: Any, tmp_path: Any, db_certs: Any,
+                                   client: str) -> None:
+    """$MYSQL_SSL=required: TLS, not verified, for a server that offers
+    it (the password itself still stays home)."""
+    with _fake(db_certs, "misnamed") as fake:
+        server = servers(["-HRl0", "-m", _fake_conf(tmp_path)], prog=PRINT,
+                         env=_fake_env(fake, client, MYSQL_SSL="required"))
+        assert server.talk() == b"WHO=fake X=\n", server.log()
+        assert "tls" in fake.events, fake.events
+
+
+@pytest.mark.parametrize("env, message, code", [
+    ({"MYSQL_SSL": "verify"}, 'tcpserver: fatal: MYSQL_SSL must be preferred or required, '
+                              'not "verify"\n', 100),
+    ({"MYSQL_SSL": "yes\n"}, 'tcpserver: fatal: MYSQL_SSL must be preferred or required, '
+                             'not "yes\\n"\n', 100),
+    ({"MYSQL_SSL_CA": "/nonexistent/ca.pem"},
+     "tcpserver: fatal: unable to read $MYSQL_SSL_CA /nonexistent/ca.pem: file does not "
+     "exist\n", 111),
+])
+def test_tls_settings_errors(tmp_path: Any, env: Any, message: str, code: int) -> None:
+    from tests.fix_server import OURS, run_once
+    result = run_once(OURS, ["-HRl0", "-m", _fake_conf(tmp_path), "127.0.0.1", "0", "true"],
+                      env=clean_env(MYSQL_TIMEOUT="2", **env))
+    assert (result.returncode, result.stderr.decode()) == (code, message)
+
+
+def test_ca_file_without_a_certificate(tmp_path: Any) -> None:
+    from tests.fix_server import OURS, run_once
+    bad = os.path.join(os.fspath(tmp_path), "ca.pem")
+    with open(bad, "w") as handle:
+        handle.write("not a certificate\n")
+    result = run_once(OURS, ["-HRl0", "-m", _fake_conf(tmp_path), "127.0.0.1", "0", "true"],
+                      env=clean_env(MYSQL_TIMEOUT="2", MYSQL_SSL_CA=bad))
+    err = result.stderr.decode()
+    assert result.returncode == 111 and err.count("\n") == 1, err
+    assert err.startswith(f"tcpserver: fatal: unable to load $MYSQL_SSL_CA {bad}: "), err
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_verified_tls_to_mariadb(servers: Any, mariadb: Any, tmp_path: Any,
+                                 client: str) -> None:
+    """The real server, its certificate checked: served; with another
+    CA it is not trusted."""
+    conf = _write_dbconf(tmp_path, mariadb, "tls_rules")
+    server = servers(["-HRl0", "-m", conf], prog=PRINT,
+                     env=_env(mariadb, client, MYSQL_SSL_CA=mariadb.certs.ca))
+    assert server.talk() == b"WHO= X=\n", server.log()
+    mariadb.sql("drop table if exists tls_rules")
+    from tests.fix_server import OURS, run_once
+    result = run_once(OURS, ["-HRl0", "-m", conf, "127.0.0.1", "0", "true"],
+                      env=_env(mariadb, client, MYSQL_SSL_CA=mariadb.certs.other_ca))
+    err = result.stderr.decode()
+    assert result.returncode == 111 and "SSL" in err and err.count("\n") == 1, err
+
+
+def test_db_tls_settings() -> None:
+    from ucspi.errors import Fatal
+    from ucspi.mysql.rules import DbTls, db_tls
+    assert db_tls({}) == DbTls(False, None)
+    assert db_tls({"MYSQL_SSL": "", "MYSQL_SSL_CA": ""}) == DbTls(False, None)
+    assert db_tls({"MYSQL_SSL": "Preferred"}) == DbTls(False, None)
+    assert db_tls({"MYSQL_SSL": "REQUIRED"}) == DbTls(True, None)
+    assert db_tls({"MYSQL_SSL_CA": "/etc/ssl/db-ca.pem"}) == DbTls(True, "/etc/ssl/db-ca.pem")
+    assert db_tls({"MYSQL_SSL_CA": "ca.pem"}) == DbTls(True, os.path.abspath("ca.pem"))
+    with pytest.raises(Fatal) as info:
+        db_tls({"MYSQL_SSL": "off"})
+    assert (str(info.value), info.value.code) == (
+        'MYSQL_SSL must be preferred or required, not "off"', 100)
+
+
+def test_libmariadb_is_told_apart() -> None:
+    from tests.fix_mariadb import need_libmariadb
+    from ucspi.mysql import library
+    lib = library.load(need_libmariadb())
+    assert lib.flavour is library.MARIADB
+    assert lib.mysql_get_ssl_cipher is not None

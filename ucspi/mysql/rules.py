@@ -71,7 +71,7 @@ from dataclasses import dataclass, field
 from typing import (Dict, Iterator, List, Literal, Mapping, NamedTuple, Optional, Sequence,
                     Tuple, Union)
 
-from ..errors import Fatal, errtext
+from ..errors import EXIT_USAGE, Fatal, errtext
 from ..options import leading_number
 from ..scan import INT_MAX, PORT_MAX, ULONG_MAX, decimal, leading
 
@@ -300,6 +300,42 @@ def mysql_timeout(environ: Mapping[str, str]) -> float:
     if text is None:
         return float(DEFAULT_TIMEOUT)
     return float(leading(text, INT_MAX))
+
+
+class DbTls(NamedTuple):
+    """TLS to a database reached over TCP (a UNIX socket needs none).
+
+    Attributes:
+        required: a server that does not offer TLS is refused
+            (``$MYSQL_SSL=required``, or a CA).
+        ca: ``$MYSQL_SSL_CA``, made absolute: a PEM file of CA
+            certificates; the server's certificate must chain to one of
+            them and name db.conf's server.  Only this TLS, or a UNIX
+            socket, carries the password in clear.  None: TLS (when the
+            server offers it) is not verified.
+    """
+
+    required: bool
+    ca: Optional[str]
+
+
+def db_tls(environ: Mapping[str, str]) -> DbTls:
+    """``$MYSQL_SSL`` (unset, empty or ``preferred``: TLS when the
+    server offers it; ``required``: refuse a server without TLS; any
+    case) and ``$MYSQL_SSL_CA`` (a CA file: verified TLS, required).
+
+    Raises:
+        Fatal: exit 100, ``MYSQL_SSL must be preferred or required,
+            not "VALUE"``.
+    """
+    mode = environ.get("MYSQL_SSL", "")
+    if mode.lower() not in ("", "preferred", "required"):
+        raise Fatal(f'MYSQL_SSL must be preferred or required, not "{shown(mode[:100])}"',
+                    EXIT_USAGE)
+    ca = environ.get("MYSQL_SSL_CA") or None
+    if ca is not None:
+        ca = os.path.abspath(ca)
+    return DbTls(mode.lower() == "required" or ca is not None, ca)
 
 
 # -- statements and log lines ------------------------------------------------
@@ -795,7 +831,7 @@ class Plan:
 __all__ = [
     "QUERY", "CREATE", "ER_NO_SUCH_TABLE", "DEFAULT_SOCKET", "DEFAULT_PORT", "DEFAULT_TIMEOUT",
     "DbConf", "Endpoint", "UnixEndpoint", "TcpEndpoint", "Outcome", "Row",
-    "parse_dbconf", "read_dbconf", "to_bytes", "endpoint", "mysql_timeout",
+    "parse_dbconf", "read_dbconf", "to_bytes", "endpoint", "mysql_timeout", "DbTls", "db_tls",
     "table_problem", "quote_table", "shown",
     "select_sql", "create_sql", "connect_error", "create_error", "query_error",
     "result_error", "deny_line", "parse_env", "inet_aton", "inet_addr_valid",

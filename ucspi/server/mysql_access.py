@@ -312,6 +312,19 @@ class MysqlAccess:
         self.then.check(ep, merged)
 
 
+def _readable_ca(path: str) -> None:
+    """The CA file can be read (the library reads it on each connection).
+
+    Raises:
+        Fatal: ``unable to read $MYSQL_SSL_CA PATH: ERROR``.
+    """
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise Fatal(f"unable to read $MYSQL_SSL_CA {path}: {errtext(exc)}") from None
+
+
 def readable_by_others(path: str) -> Optional[int]:
     """The permission bits of ``path`` if its group or others may read
     it (db.conf holds a password: warn, as ssh does for a key), else
@@ -329,12 +342,15 @@ def build(path: str, environ: Mapping[str, str], reactor: Reactor, lookups: Look
     """``-m db.conf`` at start-up: read db.conf, choose the client, and
     connect once (a failure is fatal, as in IndiMail).
 
-    Warns when db.conf is readable by group or others.
+    Warns when db.conf is readable by group or others.  TLS to a
+    database over TCP as ``$MYSQL_SSL`` and ``$MYSQL_SSL_CA`` say
+    (:func:`ucspi.mysql.rules.db_tls`); the CA file is read now.
 
     Raises:
         Fatal: ``Invalid db.conf``, ``unable to read ...``, ``couldn't
             load MySQL shared lib: ...``, ``Unable to connect to MySQL
-            Server: ...``.
+            Server: ...``, ``MYSQL_SSL must be ...`` (exit 100),
+            ``unable to load $MYSQL_SSL_CA ...``.
     """
     from ..mysql import library
     conf = rules.read_dbconf(path)
@@ -345,6 +361,9 @@ def build(path: str, environ: Mapping[str, str], reactor: Reactor, lookups: Look
                     f"(mode {exposed:04o}): make it readable by its owner only")
     where = rules.endpoint(conf, environ)
     timeout = rules.mysql_timeout(environ)
+    tls = rules.db_tls(environ)
+    if tls.ca is not None and where[0] == "tcp":
+        _readable_ca(tls.ca)
     choice = library.configured(environ)
     if not choice.active:
         # IndiMail would ignore -m without a word; -m never does nothing here (D40)
@@ -355,7 +374,7 @@ def build(path: str, environ: Mapping[str, str], reactor: Reactor, lookups: Look
 
         def client() -> Any:
             made = library.LibraryClient(lib)
-            made.connect(conf, where, timeout)
+            made.connect(conf, where, timeout, tls)
             return made
 
         try:
@@ -364,8 +383,16 @@ def build(path: str, environ: Mapping[str, str], reactor: Reactor, lookups: Look
             raise Fatal(rules.connect_error(exc.message)) from None
         source: Any = LibraryRows(client, offload, timeout)
     else:
-        from ..mysql.driver import Driver, connect_now
-        driver = Driver(reactor, where, conf.user, conf.password, conf.database, timeout)
+        from ..mysql.driver import Driver, connect_now, verified_context
+        context = None
+        if tls.ca is not None and where[0] == "tcp":
+            try:
+                context = verified_context(tls.ca)
+            except OSError as exc:     # ssl.SSLError too: no certificate in it
+                raise Fatal(f"unable to load $MYSQL_SSL_CA {tls.ca}: "
+                            f"{getattr(exc, 'reason', None) or errtext(exc)}") from None
+        driver = Driver(reactor, where, conf.user, conf.password, conf.database, timeout,
+                        context, tls.required)
         try:
             connect_now(driver)
         except MysqlError as exc:
