@@ -347,6 +347,7 @@ def test_starved_host_name_lookup_drops_the_client() -> None:
 
 # -- the password on the way to the database ---------------------------------------
 SECURE_ONLY = "a secure connection (a UNIX socket, or TLS verified with $MYSQL_SSL_CA) is required"
+HASHED = b"mysql_native_password,caching_sha2_password,client_ed25519"
 
 
 @pytest.fixture(scope="module")
@@ -565,3 +566,62 @@ def test_libmariadb_is_told_apart() -> None:
     lib = library.load(need_libmariadb())
     assert lib.flavour is library.MARIADB
     assert lib.mysql_get_ssl_cipher is not None
+
+
+class _Options:
+    """A library whose mysql_options records what it is told."""
+
+    def __init__(self, flavour: Any, cipher: bool = True) -> None:
+        self.flavour = flavour
+        self.path = "/usr/lib/libfake.so"
+        self.told: List[Tuple[int, Any]] = []
+        self.mysql_get_ssl_cipher = (lambda handle: b"TLS_AES_128_GCM_SHA256") if cipher else None
+
+    def mysql_options(self, handle: int, option: int, value: Any) -> int:
+        raw = getattr(value, "_obj", value)           # byref(...) keeps its object
+        self.told.append((option, raw.value))
+        return 0
+
+
+@pytest.mark.parametrize("required, ca, told", [
+    (False, None, [(30, b"\0")]),
+    (True, None, [(35, 3), (30, b"\0")]),
+    (True, "/etc/db-ca.pem", [(21, b"/etc/db-ca.pem"), (35, 5)]),
+])
+def test_libmysqlclient8_options(required: bool, ca: Optional[str], told: Any) -> None:
+    """libmysqlclient 8's numbers (not MariaDB's): the clear-text plugin
+    off, SSL_MODE REQUIRED or VERIFY_IDENTITY with the CA."""
+    from ucspi.mysql import library
+    from ucspi.mysql.rules import DbTls
+    lib = _Options(library.MYSQL8)
+    library.LibraryClient(lib)._protect(1, DbTls(required, ca))  # type: ignore[arg-type]
+    assert lib.told == told
+
+
+def test_libmysqlclient_cleartext_variable_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ucspi.mysql import library
+    from ucspi.mysql.rules import DbTls
+    monkeypatch.setenv("LIBMYSQL_ENABLE_CLEARTEXT_PLUGIN", "Y")
+    for flavour in (library.MYSQL8, library.OTHER):
+        with pytest.raises(LibraryError) as info:
+            library.LibraryClient(_Options(flavour))._protect(  # type: ignore[arg-type]
+                1, DbTls(False, None))
+        assert info.value.code == 2059 and SECURE_ONLY in info.value.message
+    # with a checked certificate the variable does no harm
+    lib = _Options(library.MYSQL8)
+    library.LibraryClient(lib)._protect(1, DbTls(True, "/ca.pem"))  # type: ignore[arg-type]
+    # MariaDB Connector/C gets its list of plugins instead
+    lib = _Options(library.MARIADB)
+    library.LibraryClient(lib)._protect(1, DbTls(False, None))  # type: ignore[arg-type]
+    assert lib.told == [(7026, HASHED), (36, b"\0")]
+
+
+@pytest.mark.parametrize("tls", [(True, None), (True, "/ca.pem")])
+def test_older_library_cannot_do_tls_settings(tls: Any) -> None:
+    from ucspi.mysql import library
+    from ucspi.mysql.rules import DbTls
+    with pytest.raises(LibraryError) as info:
+        library.LibraryClient(_Options(library.OTHER))._protect(  # type: ignore[arg-type]
+            1, DbTls(*tls))
+    assert info.value.code == 2026
+    assert info.value.message.startswith("an older libmysqlclient (/usr/lib/libfake.so) cannot ")

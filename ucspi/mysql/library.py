@@ -33,7 +33,7 @@ import os
 from typing import Any, List, Mapping, NamedTuple, Optional
 
 from ..errors import Fatal, errtext
-from .packets import CR_SSL_CONNECTION_ERROR, SECURE_ONLY, MysqlError
+from .packets import CR_AUTH_PLUGIN_CANNOT_LOAD, CR_SSL_CONNECTION_ERROR, SECURE_ONLY, MysqlError
 from .rules import DbConf, DbTls, Endpoint, to_bytes
 
 #: IndiMail's fixed control directory (not ``$CONTROLDIR``)
@@ -90,6 +90,8 @@ SSL_MODE_REQUIRED = 3
 SSL_MODE_VERIFY_IDENTITY = 5
 #: MariaDB Connector/C's error when a server wants a plugin not in the list
 CR_PLUGIN_NOT_ALLOWED = 5010
+#: libmysqlclient's switch for the clear-text plugin, stronger than its option
+CLEARTEXT_VARIABLE = "LIBMYSQL_ENABLE_CLEARTEXT_PLUGIN"
 
 #: client error numbers used when the library cannot tell
 CR_OUT_OF_MEMORY = 2008
@@ -320,6 +322,11 @@ class LibraryClient:
         if kind.restricted_auth is not None:
             self._set(handle, kind.restricted_auth, ctypes.c_char_p(HASHED_PLUGINS),
                       "refuse mysql_clear_password")
+        elif os.environ.get(CLEARTEXT_VARIABLE, "")[:1] in ("1", "Y", "y"):
+            # libmysqlclient then sends the password in clear whatever it is told
+            raise LibraryError(CR_AUTH_PLUGIN_CANNOT_LOAD,
+                               f"${CLEARTEXT_VARIABLE} lets {self.lib.flavour.name} send the "
+                               "password in clear, and " + SECURE_ONLY, "connect")
         if kind.enable_cleartext is not None:
             off = ctypes.c_char(b"\0")
             self.lib.mysql_options(handle, kind.enable_cleartext, ctypes.byref(off))
