@@ -92,7 +92,7 @@ class MariaDB:
         user, password, database: the account the tests connect as.
     """
 
-    def __init__(self, folder: str) -> None:
+    def __init__(self, folder: str, tls: bool = True) -> None:
         self.folder = folder
         self.datadir = os.path.join(folder, "data")
         self.socket = os.path.join(folder, "sock")
@@ -103,7 +103,8 @@ class MariaDB:
         self.user = "ucspi"
         self.password = "s3cret pw'x"   # no colon: db.conf cannot hold one
         self.database = "ucspitest"
-        self.certs = make_db_certs(os.path.join(folder, "tls"))
+        self.certs: Optional[DbCerts] = (make_db_certs(os.path.join(folder, "tls")) if tls
+                                         else None)
         self.proc: "Optional[subprocess.Popen[bytes]]" = None
 
     # -- lifetime --------------------------------------------------------
@@ -127,8 +128,10 @@ class MariaDB:
             "--skip-name-resolve", f"--pid-file={self.pidfile}", f"--log-error={self.errlog}",
             "--skip-log-bin", "--innodb-buffer-pool-size=8M", "--innodb-log-file-size=4M",
             "--skip-innodb-doublewrite", "--innodb-flush-log-at-trx-commit=0",
-            "--performance-schema=OFF", f"--ssl-ca={self.certs.ca}",
-            f"--ssl-cert={self.certs.cert}", f"--ssl-key={self.certs.key}"]
+            "--performance-schema=OFF"]
+        if self.certs is not None:
+            argv += [f"--ssl-ca={self.certs.ca}", f"--ssl-cert={self.certs.cert}",
+                     f"--ssl-key={self.certs.key}"]
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -205,13 +208,13 @@ class MariaDB:
 
 
 @contextlib.contextmanager
-def mariadb_server() -> Iterator[MariaDB]:
-    """Install, start and set up a server; stop it and remove its folder
-    at the end."""
+def mariadb_server(tls: bool = True) -> Iterator[MariaDB]:
+    """Install, start and set up a server (offering TLS unless ``tls`` is
+    false); stop it and remove its folder at the end."""
     for program in (MARIADBD, INSTALL_DB, CLIENT):
         need(program)
     folder = tempfile.mkdtemp(prefix="ucspi-mariadb-")
-    server = MariaDB(folder)
+    server = MariaDB(folder, tls)
     try:
         server.install()
         server.start()
