@@ -5,8 +5,11 @@
 (``mariadb-install-db``), starts ``mariadbd`` on a UNIX socket in it and
 on a free TCP port of 127.0.0.1, creates a database, a user with a
 ``mysql_native_password`` password (for ``localhost`` and ``%``) that may
-do anything in that database, and yields a :class:`MariaDB`.  At the end
-the server is stopped by its pid and the folder removed.
+do anything in that database, and yields a :class:`MariaDB`.  The server
+offers TLS with a certificate for 127.0.0.1 and ``localhost`` from a CA
+of its own (:func:`make_db_certs`; ``.certs.ca`` is what
+``$MYSQL_SSL_CA`` names).  At the end the server is stopped by its pid
+and the folder removed.
 
 Skipped when ``mariadbd`` or the ``mariadb`` client is missing (failed
 under ``UCSPI_REQUIRE_ALL=1``, tests/util.py ``need``).
@@ -20,7 +23,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from typing import Iterator, List, Optional
+from typing import Iterator, List, NamedTuple, Optional
 
 from tests.util import missing, need, wait_until
 
@@ -28,6 +31,47 @@ MARIADBD = "/usr/sbin/mariadbd"
 INSTALL_DB = "/usr/bin/mariadb-install-db"
 CLIENT = "/usr/bin/mariadb"
 LIBMARIADB = "/usr/lib/x86_64-linux-gnu/libmariadb.so.3"
+
+
+class DbCerts(NamedTuple):
+    """Certificates for a database server on 127.0.0.1 (PEM files)."""
+
+    ca: str            # the CA that signed cert and misnamed
+    cert: str          # for IP 127.0.0.1 and DNS localhost
+    key: str
+    other_ca: str      # a CA that signed nothing here
+    misnamed: str      # the CA's certificate for wrong.example only
+    misnamed_key: str
+
+
+def _openssl(*args: str, cwd: str) -> None:
+    subprocess.run([need("openssl"), *args], cwd=cwd, check=True, capture_output=True,
+                   timeout=60)
+
+
+def make_db_certs(folder: str) -> DbCerts:
+    """A CA, a server certificate it signed (subjectAltName IP:127.0.0.1,
+    DNS:localhost) and another CA, in ``folder``."""
+    os.makedirs(folder, exist_ok=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for name in ("ca", "other-ca"):
+        _openssl("req", "-x509", *ec, "-keyout", f"{name}.key", "-out", f"{name}.pem",
+                 "-days", "30", "-subj", f"/CN=ucspi test {name}",
+                 "-addext", "basicConstraints=critical,CA:TRUE",
+                 "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=folder)
+    for name, cn, alt, serial in (("server", "127.0.0.1", "IP:127.0.0.1, DNS:localhost", 1),
+                                  ("misnamed", "wrong.example", "DNS:wrong.example", 2)):
+        with open(os.path.join(folder, name + ".ext"), "w") as handle:
+            handle.write(f"subjectAltName = {alt}\n"
+                         "basicConstraints = CA:FALSE\nextendedKeyUsage = serverAuth\n")
+        _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                 "-subj", f"/CN={cn}", cwd=folder)
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                 "-set_serial", str(serial), "-days", "30", "-extfile", f"{name}.ext",
+                 "-out", f"{name}.pem", cwd=folder)
+    return DbCerts(*(os.path.join(folder, name) for name in
+                     ("ca.pem", "server.pem", "server.key", "other-ca.pem", "misnamed.pem",
+                      "misnamed.key")))
 
 
 def free_port() -> int:
@@ -48,7 +92,7 @@ class MariaDB:
         user, password, database: the account the tests connect as.
     """
 
-    def __init__(self, folder: str) -> None:
+    def __init__(self, folder: str, tls: bool = True) -> None:
         self.folder = folder
         self.datadir = os.path.join(folder, "data")
         self.socket = os.path.join(folder, "sock")
@@ -59,6 +103,8 @@ class MariaDB:
         self.user = "ucspi"
         self.password = "s3cret pw'x"   # no colon: db.conf cannot hold one
         self.database = "ucspitest"
+        self.certs: Optional[DbCerts] = (make_db_certs(os.path.join(folder, "tls")) if tls
+                                         else None)
         self.proc: "Optional[subprocess.Popen[bytes]]" = None
 
     # -- lifetime --------------------------------------------------------
@@ -83,6 +129,9 @@ class MariaDB:
             "--skip-log-bin", "--innodb-buffer-pool-size=8M", "--innodb-log-file-size=4M",
             "--skip-innodb-doublewrite", "--innodb-flush-log-at-trx-commit=0",
             "--performance-schema=OFF"]
+        if self.certs is not None:
+            argv += [f"--ssl-ca={self.certs.ca}", f"--ssl-cert={self.certs.cert}",
+                     f"--ssl-key={self.certs.key}"]
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -159,13 +208,13 @@ class MariaDB:
 
 
 @contextlib.contextmanager
-def mariadb_server() -> Iterator[MariaDB]:
-    """Install, start and set up a server; stop it and remove its folder
-    at the end."""
+def mariadb_server(tls: bool = True) -> Iterator[MariaDB]:
+    """Install, start and set up a server (offering TLS unless ``tls`` is
+    false); stop it and remove its folder at the end."""
     for program in (MARIADBD, INSTALL_DB, CLIENT):
         need(program)
     folder = tempfile.mkdtemp(prefix="ucspi-mariadb-")
-    server = MariaDB(folder)
+    server = MariaDB(folder, tls)
     try:
         server.install()
         server.start()
@@ -184,4 +233,5 @@ def need_libmariadb() -> str:
     return LIBMARIADB
 
 
-__all__ = ["MariaDB", "mariadb_server", "need_libmariadb", "free_port"]
+__all__ = ["MariaDB", "DbCerts", "make_db_certs", "mariadb_server", "need_libmariadb",
+           "free_port"]

@@ -19,13 +19,18 @@ of its own, and for each one:
    and a NUL;
 4. answers COM_QUERY from ``results`` (SQL text -> :class:`Canned`
    result set, or an ``int``: an OK with that many affected rows); any
-   other query gets ERR 1146; COM_QUIT ends the connection.
+   other query gets ``fallback`` if set, else ERR 1146; COM_QUIT ends
+   the connection.
 
 Misbehaviour: ``greeting_raw`` bytes are sent instead of the greeting
 (garbage, an oversized packet), ``query_raw`` instead of every query's
 answer, ``extra_after_greeting`` right after the greeting (injection
 before TLS), and ``stall`` ("greeting", "auth" or "query") stops
 answering at that point until the fake is stopped.
+
+Every authentication answer the client sent (the first response, the
+one after a switch, the full-authentication password) is kept in
+``auth_data``, so a test can show that the password never went out.
 
 What happened is in ``events`` (strings such as ``"switch
 caching_sha2_password"``, ``"auth ok"``, ``"auth denied"``, ``"tls"``,
@@ -223,11 +228,13 @@ class Conn:
             end = response.index(b"\0", pos)
             plugin = response[pos:end].decode()
         f.logins.append((user, db, plugin))
+        f.auth_data.append(auth)
         if plugin != f.account_plugin:
             scramble = scramble20()
             f.events.append(f"switch {f.account_plugin}")
             self.send(b"\xfe" + f.account_plugin.encode() + b"\0" + scramble + b"\0")
             auth = self.read()
+            f.auth_data.append(auth)
         pw = f.password.encode()
         if f.account_plugin == NATIVE:
             good = (auth == b"") if not pw else native_ok(sha1(sha1(pw)), scramble, auth)
@@ -243,7 +250,9 @@ class Conn:
             else:
                 self.send(b"\x01\x04")
                 f.events.append("full auth")
-                good = self.read() == pw + b"\0"
+                sent = self.read()
+                f.auth_data.append(sent)
+                good = sent == pw + b"\0"
         else:
             self.send(b"\x01junk")       # an unknown plugin's data
             good = False
@@ -274,7 +283,7 @@ class Conn:
             if f.query_raw is not None:
                 self.sock.sendall(f.query_raw)
                 continue
-            answer = f.results.get(sql)
+            answer = f.results.get(sql, f.fallback)
             if answer is None:
                 self.send(err_packet(1146, "42S02", "Table 'test.nosuch' doesn't exist"))
             elif isinstance(answer, int):
@@ -305,6 +314,7 @@ class FakeMysql:
                  sha2: str = "fast", offer_tls: bool = False,
                  tls_context: Optional[ssl.SSLContext] = None,
                  results: Optional[Dict[str, Union[Canned, int]]] = None,
+                 fallback: Optional[Union[Canned, int]] = None,
                  greeting_raw: Optional[bytes] = None, query_raw: Optional[bytes] = None,
                  extra_after_greeting: bytes = b"", stall: str = "",
                  unix: Optional[str] = None, version: str = "8.0.99-fake",
@@ -317,6 +327,7 @@ class FakeMysql:
         self.offer_tls = offer_tls
         self.tls_context = tls_context
         self.results: Dict[str, Union[Canned, int]] = results or {}
+        self.fallback = fallback
         self.greeting_raw = greeting_raw
         self.query_raw = query_raw
         self.extra_after_greeting = extra_after_greeting
@@ -325,6 +336,7 @@ class FakeMysql:
         self.connection_id = connection_id
         self.events: List[str] = []
         self.logins: List[Tuple[str, str, str]] = []
+        self.auth_data: List[bytes] = []
         self.client_caps: List[int] = []
         self.stopping = threading.Event()
         self._threads: List[threading.Thread] = []

@@ -158,7 +158,7 @@ def test_missing_table_then_create(mariadb: "MariaDB", client: LibraryClient) ->
     assert info.value.code == rules.ER_NO_SUCH_TABLE == 1146
     assert info.value.stage == "query"
     assert rules.query_error(table, 25, info.value.message) == \
-        f"select decision, iprule, env from {table} where port = 25: " \
+        f"select decision, iprule, env from `{table}` where port = 25: " \
         f"Table '{mariadb.database}.{table}' doesn't exist"
     # IndiMail's create statement is valid SQL, and has no result set
     assert client.query(rules.create_sql(table)) == []

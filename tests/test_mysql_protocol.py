@@ -411,7 +411,8 @@ def test_session_tls_interleave() -> None:
     with pytest.raises(ValueError):
         s.receive(b"x")
     s.tls_started()
-    assert s.secure and not s.wants_tls
+    assert s.tls_active and not s.wants_tls
+    assert not s.secure                      # TLS that nobody verified
     resp = s.outgoing()
     assert resp[3] == 2 and resp[4:36] == req[4:]
     s.receive(frame(b"\x00\x00\x00\x02\x00\x00\x00", 3))
@@ -438,7 +439,8 @@ Sock = Union[socket.socket, ssl.SSLSocket]
 
 
 def drive(sock: Sock, s: Session, done: Callable[[], bool],
-          tls: Optional[ssl.SSLContext] = None, chunk: int = 65536) -> Sock:
+          tls: Optional[ssl.SSLContext] = None, chunk: int = 65536,
+          verified: bool = False) -> Sock:
     """The smallest blocking driver: send, test, read, feed."""
     while True:
         out = s.outgoing()
@@ -449,7 +451,7 @@ def drive(sock: Sock, s: Session, done: Callable[[], bool],
         if s.wants_tls:
             assert tls is not None and isinstance(sock, socket.socket)
             sock = tls.wrap_socket(sock)
-            s.tls_started()
+            s.tls_started(verified)
             continue
         data = sock.recv(chunk)
         if not data:
@@ -591,7 +593,11 @@ def test_fake_sha2_full_over_tcp_refused() -> None:
         with pytest.raises(MysqlError) as e:
             login(fake, s)
         assert e.value.code == 2061
-        assert "secure connection" in str(e.value) and "TLS or a UNIX socket" in str(e.value)
+        assert str(e.value) == (
+            "Authentication plugin 'caching_sha2_password' reported error: full "
+            "authentication sends the password, and a secure connection (a UNIX socket, or "
+            "TLS verified with $MYSQL_SSL_CA) is required")
+        assert all(b"secret" not in data for data in fake.auth_data)
 
 
 def test_fake_clear_password() -> None:
@@ -623,7 +629,7 @@ def test_fake_tls_pretend_sequence() -> None:
         s = Session("alice", "secret", "", False)
         sock = fake.connect()
         sock = drive(sock, s, lambda: s.wants_tls)
-        s.tls_started()                      # no TLS: the fake goes on in clear
+        s.tls_started(verified=True)         # no TLS: the fake goes on in clear
         drive(sock, s, lambda: s.ready)
         assert fake.events[:3] == ["sslrequest", "pretend tls", "full auth"]
         assert not [e for e in fake.events if e.startswith("bad seq")]
@@ -652,15 +658,59 @@ def tls_pair() -> Iterator[Tuple[ssl.SSLContext, ssl.SSLContext]]:
 
 
 def test_fake_real_tls_sha2_full(tls_pair: Tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    """Full authentication over TLS that the driver verified; over TLS
+    that nobody verified (an impostor's, maybe) the password stays."""
     server, client = tls_pair
     with FakeMysql(offer_tls=True, tls_context=server, greeting_plugin=SHA2, sha2="full",
                    results=dict(RESULTS)) as fake:
         s = Session("alice", "secret", "", False)
-        sock = login(fake, s, tls=client)
+        sock = login(fake, s, tls=client, verified=True)
         assert isinstance(sock, ssl.SSLSocket) and s.tls_active and s.secure
         assert fake.events[:3] == ["sslrequest", "tls", "full auth"]
         assert run_query(sock, s, "select 1, NULL, 'x'").rows == [[b"1", None, b"x"]]
         sock.close()
+    with FakeMysql(offer_tls=True, tls_context=server, greeting_plugin=SHA2,
+                   sha2="full") as fake:
+        s = Session("alice", "secret", "", False)
+        with pytest.raises(MysqlError) as e:
+            login(fake, s, tls=client)
+        assert e.value.code == 2061 and s.tls_active and not s.secure
+        assert fake.events[:3] == ["sslrequest", "tls", "full auth"]
+        assert all(b"secret" not in data for data in fake.auth_data)
+
+
+def test_fake_clear_password_needs_verified_tls(
+        tls_pair: Tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    """mysql_clear_password, in the greeting or by a switch, gets the
+    password over verified TLS only."""
+    server, client = tls_pair
+    for greeting in (CLEAR, NATIVE):
+        with FakeMysql(offer_tls=True, tls_context=server, greeting_plugin=greeting,
+                       account_plugin=CLEAR) as fake:
+            s = Session("alice", "secret", "", False)
+            with pytest.raises(MysqlError) as e:
+                login(fake, s, tls=client)
+            assert e.value.code == 2059 and str(e.value) == (
+                "Authentication plugin 'mysql_clear_password' cannot be loaded: a secure "
+                "connection (a UNIX socket, or TLS verified with $MYSQL_SSL_CA) is required")
+            assert all(b"secret" not in data for data in fake.auth_data), fake.auth_data
+        with FakeMysql(offer_tls=True, tls_context=server, greeting_plugin=greeting,
+                       account_plugin=CLEAR) as fake:
+            s = Session("alice", "secret", "", False)
+            login(fake, s, tls=client, verified=True).close()
+            assert "auth ok" in fake.events and fake.auth_data[-1] == b"secret\0"
+
+
+def test_session_require_tls() -> None:
+    """require_tls: a server that does not offer TLS is refused before
+    anything is sent."""
+    with FakeMysql() as fake:
+        s = Session("alice", "secret", "", False, require_tls=True)
+        with pytest.raises(MysqlError) as e:
+            login(fake, s)
+        assert (e.value.code, str(e.value)) == (
+            2026, "SSL connection error: SSL is required but the server doesn't support it")
+        assert fake.logins == []
 
 
 def test_fake_tls_declined() -> None:

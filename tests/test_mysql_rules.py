@@ -131,7 +131,8 @@ def test_mysql_timeout(text: Optional[str], seconds: float) -> None:
 
 # -- statements and lines -----------------------------------------------------
 def test_select_sql() -> None:
-    assert select_sql("tcprules", 25) == "select decision, iprule, env from tcprules where port = 25"
+    assert select_sql("tcprules", 25) == \
+        "select decision, iprule, env from `tcprules` where port = 25"
     assert rules.QUERY.format(table="x", port=1) == "select decision, iprule, env from x where port = 1"
     with pytest.raises(TypeError):
         select_sql("t", "25; drop table t")  # type: ignore[arg-type]
@@ -141,7 +142,7 @@ def test_select_sql() -> None:
 
 def test_create_sql_exact() -> None:
     assert create_sql("tcprules") == (
-        "create table tcprules (port int(5) NOT NULL, timestamp timestamp not null, "
+        "create table `tcprules` (port int(5) NOT NULL, timestamp timestamp not null, "
         "\t\t\t\tiprule char(16) not null, \t\t\t\tdecision char(1) not null, "
         "env varchar(255), primary key (port))")
 
@@ -149,11 +150,67 @@ def test_create_sql_exact() -> None:
 def test_error_lines() -> None:
     assert rules.connect_error("Access denied") == "Unable to connect to MySQL Server: Access denied"
     assert rules.query_error("t", 25, "gone") == \
-        "select decision, iprule, env from t where port = 25: gone"
+        "select decision, iprule, env from `t` where port = 25: gone"
     assert rules.result_error("t", 25, "gone") == \
-        "select decision, iprule, env from t where port = 25mysql_store_result: gone"
+        "select decision, iprule, env from `t` where port = 25mysql_store_result: gone"
     assert rules.create_error("t", "denied") == create_sql("t") + ": denied"
     assert rules.deny_line(25, "10.*.*.*") == "MySQL: Port 25: IPrule 10.*.*.*"
+
+
+@pytest.mark.parametrize("table, quoted", [
+    ("tcprules", "`tcprules`"),
+    ("odd`name", "`odd``name`"),
+    ("``", "``````"),
+    ("with space", "`with space`"),
+    (" lead", "` lead`"),
+    ("t; drop table x", "`t; drop table x`"),
+    ("r\u00e8gles", "`r\u00e8gles`"),
+    ("indimail.tcprules", "`indimail`.`tcprules`"),     # a dot qualified it in IndiMail
+    ("x" * 64, "`" + "x" * 64 + "`"),
+])
+def test_quote_table(table: str, quoted: str) -> None:
+    assert rules.table_problem(table) is None
+    assert rules.quote_table(table) == quoted
+    assert select_sql(table, 7) == f"select decision, iprule, env from {quoted} where port = 7"
+    assert create_sql(table).startswith(f"create table {quoted} (port int(5) NOT NULL, ")
+
+
+@pytest.mark.parametrize("table, problem", [
+    ("t\r", "has a control character"),
+    ("t\nmore", "has a control character"),
+    ("t\x7f", "has a control character"),
+    ("t\x85", "has a control character"),
+    ("t ", "ends with a space"),
+    ("db.t ", "ends with a space"),
+    ("a.b.c", "has more than one dot"),
+    (".t", "has an empty part"),
+    ("db.", "has an empty part"),
+    ("x" * 65, "has a part longer than 64 characters"),
+    ("t\udcff", "is not UTF-8"),
+    ("t\U0001f600", "has a character outside Unicode's Basic Multilingual Plane"),
+])
+def test_table_that_cannot_be_quoted(table: str, problem: str) -> None:
+    assert rules.table_problem(table) == problem
+    with pytest.raises(ValueError):
+        rules.quote_table(table)
+    with pytest.raises(ValueError):
+        select_sql(table, 25)
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"h:u:p:d:t\r\n", 'Invalid db.conf: the table name "t\\r" has a control character'),
+    (b"h:u:p:d:t\nmore\n",
+     'Invalid db.conf: the table name "t\\nmore" has a control character'),
+    (b"h:u:p:d:t \n", 'Invalid db.conf: the table name "t " ends with a space'),
+    (b"h:u:p:d:t\xff\n", 'Invalid db.conf: the table name "t\\xff" is not UTF-8'),
+])
+def test_read_dbconf_refuses_a_table_that_cannot_be_quoted(tmp_path: Path, data: bytes,
+                                                            message: str) -> None:
+    path = tmp_path / "db.conf"
+    path.write_bytes(data)
+    with pytest.raises(Fatal) as info:
+        read_dbconf(str(path))
+    assert (str(info.value), info.value.code) == (message, 111)
 
 
 # -- env ----------------------------------------------------------------------

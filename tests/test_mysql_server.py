@@ -53,6 +53,7 @@ def _dbconf(tmp_path: "os.PathLike[str]", db: object, table: str, server: str = 
     with open(path, "w") as handle:
         handle.write(f"{server}:{getattr(db, 'user')}:{password or getattr(db, 'password')}:"
                      f"{getattr(db, 'database')}:{table}\n")
+    os.chmod(path, 0o600)                   # it holds a password (else a warning)
     return path
 
 
@@ -141,6 +142,10 @@ def test_database_down_and_back(servers, mariadb, table, tmp_path, client: str) 
             assert server.talk() == b""          # fails closed
         warnings = [line for line in _since(server, mark) if "warning" in line]
         assert len(warnings) == 1 and "dropping connection, MySQL: " in warnings[0], warnings
+        # the server is not dying: no "fatal" line from a helper child
+        assert not [line for line in server.lines() if "fatal" in line], server.log()
+        if client == "library":
+            assert "MySQL: Unable to connect to MySQL Server: Can't connect" in warnings[0]
     finally:
         mariadb.start()
     # served again without a restart (after the back-off)
@@ -191,6 +196,7 @@ def test_unreachable_database_is_fatal_at_startup(tmp_path) -> None:
     path = os.path.join(os.fspath(tmp_path), "db.conf")
     with open(path, "w") as handle:
         handle.write("127.0.0.1:u:p:db:t\n")
+    os.chmod(path, 0o600)
     result = run_once(OURS, ["-HRl0", "-m", path, "127.0.0.1", "0", "true"],
                       env=clean_env(MYSQL_TCP_PORT=str(free_port()), MYSQL_TIMEOUT="2"))
     err = result.stderr.decode()

@@ -90,8 +90,9 @@ class _Forward:
     """AAAA and A for one name, asked concurrently."""
 
     def __init__(self, reactor: Reactor, conf: DnsConfig, qname: bytes,
-                 done: AddressesDone, abort: Optional[Abort]) -> None:
+                 done: AddressesDone, abort: Optional[Abort], strict: bool = False) -> None:
         self.done = done
+        self.strict = strict
         self.found: List[List[bytes]] = [[], []]
         self.errors: List[Optional[DnsError]] = [None, None]
         self.pending = 2
@@ -120,7 +121,9 @@ class _Forward:
         found = [IPv6Address(b) for b in self.found[0] + self.found[1]]
         _RANDOM.shuffle(found)
         failed = self.errors[0] is not None and self.errors[1] is not None
-        self.done(found, self.errors[0] if failed else None)
+        if self.strict:
+            failed = self.errors[0] is not None or self.errors[1] is not None
+        self.done(found, (self.errors[0] or self.errors[1]) if failed else None)
 
     def cancel(self) -> None:
         for transmit in self.transmits:
@@ -128,7 +131,8 @@ class _Forward:
 
 
 def lookup_addresses(reactor: Reactor, conf: DnsConfig, name: str,
-                     done: AddressesDone, abort: Optional[Abort] = None) -> Cancellable:
+                     done: AddressesDone, abort: Optional[Abort] = None,
+                     strict: bool = False) -> Cancellable:
     """Look up the addresses of a name: AAAA and A (spec 4.5).
 
     Every AAAA (16 bytes) and A (4 bytes) record of class IN in the
@@ -142,6 +146,9 @@ def lookup_addresses(reactor: Reactor, conf: DnsConfig, name: str,
             none) or, when both queries failed or the name cannot be
             encoded, ``(addresses so far, error)``.
         abort: as for :func:`lookup_ptr` (either query's).
+        strict: the failure of either query is an error (with the
+            addresses the other one found), for a caller that must not
+            take half an answer for the whole one.
 
     Returns:
         A handle whose ``cancel()`` stops the lookup without calling done.
@@ -151,7 +158,7 @@ def lookup_addresses(reactor: Reactor, conf: DnsConfig, name: str,
     except BadName as exc:
         error = exc
         return _fail_soon(reactor, lambda: done([], error))
-    return _Forward(reactor, conf, qname, done, abort)
+    return _Forward(reactor, conf, qname, done, abort, strict)
 
 
 class _Chain:

@@ -41,6 +41,6 @@ def caching_sha2(password: bytes, scramble: bytes) -> bytes:
 
 
 def clear_password(password: bytes) -> bytes:
-    """The password in clear with its NUL: only ever over TLS or a UNIX
-    socket."""
+    """The password in clear with its NUL: only ever over a UNIX socket
+    or verified TLS."""
     return password + b"\0"

@@ -9,6 +9,14 @@ batched: a request joins the batch of the same text that has not been
 sent yet, and every member gets its answer; a database that answers in
 10 ms serves any number of clients in those 10 ms with one query.
 
+Over TCP it asks for TLS when the server offers it.  With a CA
+(``$MYSQL_SSL_CA``, :func:`verified_context`) the server's certificate
+must chain to it and name the server of db.conf, TLS is required, and
+only then does the session count the connection as secure enough for
+the password in clear; without one, TLS is not verified (it keeps
+passive listeners out, not an impostor) and is required only when
+asked (``$MYSQL_SSL=required``).
+
 Every step has the ``$MYSQL_TIMEOUT`` deadline.  After a failure the
 connection is closed, the waiting requests fail with the error, and
 requests fail at once (fail closed, DECISIONS D40) until a back-off
@@ -60,16 +68,23 @@ class Driver:
         user, password, database: from db.conf.
         timeout: ``$MYSQL_TIMEOUT`` in seconds (0: none) for connecting
             and for each query.
+        tls_context: an ``ssl.SSLContext`` that verifies the server
+            (:func:`verified_context`), or None: TLS unverified.
+        tls_required: fail when a TCP server does not offer TLS (always
+            so with a ``tls_context``).
     """
 
     def __init__(self, reactor: Reactor, endpoint: Endpoint, user: str, password: str,
-                 database: str, timeout: float) -> None:
+                 database: str, timeout: float, tls_context: Any = None,
+                 tls_required: bool = False) -> None:
         self.reactor = reactor
         self.endpoint = endpoint
         self.user = user
         self.password = password
         self.database = database
         self.timeout = timeout
+        self.tls_context = tls_context
+        self.tls_required = tls_required or tls_context is not None
         self.sock: Optional[socket.socket] = None
         self.session: Optional[Session] = None
         self.tls: Any = None                 # ssl.SSLObject once TLS is on
@@ -136,7 +151,8 @@ class Driver:
         self.sock = sock
         local = family == socket.AF_UNIX      # secure already; no TLS over it
         self.session = Session(self.user, self.password, self.database,
-                               secure=local, use_tls=not local)
+                               secure=local, use_tls=not local,
+                               require_tls=self.tls_required and not local)
         self.connected = False
         self._deadline()
         err = sock.connect_ex(addr)
@@ -249,11 +265,16 @@ class Driver:
 
     def _start_tls(self) -> None:
         import ssl
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE      # the C library's "preferred" mode
+        ctx = self.tls_context
+        name: Optional[str] = None
+        if ctx is not None:
+            name = self.endpoint[1]          # the certificate must name db.conf's server
+        else:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE  # the C library's "preferred" mode
         self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.tls = ctx.wrap_bio(self._in, self._out, server_side=False)
+        self.tls = ctx.wrap_bio(self._in, self._out, server_side=False, server_hostname=name)
         self._want_read = ssl.SSLWantReadError
         self.tls_handshake = True
         self._tls_step()
@@ -267,7 +288,7 @@ class Driver:
         self._send_raw(self._out.read())
         self.tls_handshake = False
         assert self.session is not None
-        self.session.tls_started()
+        self.session.tls_started(verified=self.tls_context is not None)
         self._feed(self._tls_read())
 
     def _send_raw(self, data: bytes) -> None:
@@ -375,6 +396,22 @@ class Driver:
             except OSError:
                 pass
         self._close()
+
+
+def verified_context(ca: str) -> Any:
+    """An ``ssl.SSLContext`` that accepts only a server whose certificate
+    chains to the CA certificates of the PEM file ``ca`` and names the
+    server (host name or address) it was asked for.  Made at start-up,
+    before privileges are dropped, and kept for every reconnection.
+
+    Raises:
+        OSError: the file cannot be read (``ssl.SSLError``: it holds no
+            usable certificate).
+    """
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)     # CERT_REQUIRED, host names checked
+    ctx.load_verify_locations(cafile=ca)
+    return ctx
 
 
 def connect_now(driver: Driver) -> None:

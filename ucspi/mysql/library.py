@@ -12,6 +12,16 @@ The only module of the package that imports :mod:`ctypes` for MySQL.
   forked helper child): :meth:`~LibraryClient.connect`,
   :meth:`~LibraryClient.query`, :meth:`~LibraryClient.close`.  Errors
   are :class:`LibraryError` with the library's ``code`` and ``message``.
+
+The password in clear (``mysql_clear_password``, which a server may ask
+for in its greeting or later) goes only over a UNIX socket or TLS
+verified against ``$MYSQL_SSL_CA``, as with the built-in client.  Over
+other TCP connections the library is told so: MariaDB Connector/C
+(which ignores ``MYSQL_ENABLE_CLEARTEXT_PLUGIN``) gets the list of the
+plugins it may use (``MARIADB_OPT_RESTRICTED_AUTH``), libmysqlclient
+8.0 or later ``MYSQL_ENABLE_CLEARTEXT_PLUGIN`` false (older ones refuse
+the plugin unless it is enabled).  The options' numbers differ between
+the two (:class:`Flavour`), so the library is told apart by its symbols.
 """
 
 from __future__ import annotations
@@ -23,8 +33,8 @@ import os
 from typing import Any, List, Mapping, NamedTuple, Optional
 
 from ..errors import Fatal, errtext
-from .packets import MysqlError
-from .rules import DbConf, Endpoint, to_bytes
+from .packets import CR_AUTH_PLUGIN_CANNOT_LOAD, CR_SSL_CONNECTION_ERROR, SECURE_ONLY, MysqlError
+from .rules import DbConf, DbTls, Endpoint, to_bytes
 
 #: IndiMail's fixed control directory (not ``$CONTROLDIR``)
 CONTROL_DIR = "/etc/indimail/control"
@@ -45,6 +55,43 @@ SYMBOLS = ("mysql_init", "mysql_real_connect", "mysql_error", "mysql_errno",
 MYSQL_OPT_CONNECT_TIMEOUT = 0
 MYSQL_OPT_READ_TIMEOUT = 11
 MYSQL_OPT_WRITE_TIMEOUT = 12
+
+#: the plugins MariaDB Connector/C may use where the password must not
+#: travel in clear (none of them sends it)
+HASHED_PLUGINS = b"mysql_native_password,caching_sha2_password,client_ed25519"
+
+
+class Flavour(NamedTuple):
+    """Which client library, and the numbers of its TLS and plugin
+    options (``enum mysql_option`` differs past the first dozen; None:
+    the library has no such option)."""
+
+    name: str
+    ssl_ca: Optional[int]
+    verify_server_cert: Optional[int]      # my_bool (MariaDB)
+    ssl_enforce: Optional[int]             # my_bool (MariaDB)
+    ssl_mode: Optional[int]                # unsigned int (MySQL 8)
+    enable_cleartext: Optional[int]        # my_bool / bool
+    restricted_auth: Optional[int]         # const char * (MariaDB Connector/C 3.3)
+
+
+#: MariaDB Connector/C (libmariadb): include/mysql.h of 3.3
+MARIADB = Flavour("MariaDB Connector/C", ssl_ca=27, verify_server_cert=21, ssl_enforce=38,
+                  ssl_mode=None, enable_cleartext=36, restricted_auth=7026)
+#: libmysqlclient 8.0 and later (include/mysql.h of MySQL 8.0)
+MYSQL8 = Flavour("libmysqlclient 8", ssl_ca=21, verify_server_cert=None, ssl_enforce=None,
+                 ssl_mode=35, enable_cleartext=30, restricted_auth=None)
+#: anything else (libmysqlclient 5.x: the clear-text plugin is off
+#: unless enabled; its TLS options are not used)
+OTHER = Flavour("an older libmysqlclient", ssl_ca=None, verify_server_cert=None,
+                ssl_enforce=None, ssl_mode=None, enable_cleartext=None, restricted_auth=None)
+#: enum mysql_ssl_mode of MySQL 8
+SSL_MODE_REQUIRED = 3
+SSL_MODE_VERIFY_IDENTITY = 5
+#: MariaDB Connector/C's error when a server wants a plugin not in the list
+CR_PLUGIN_NOT_ALLOWED = 5010
+#: libmysqlclient's switch for the clear-text plugin, stronger than its option
+CLEARTEXT_VARIABLE = "LIBMYSQL_ENABLE_CLEARTEXT_PLUGIN"
 
 #: client error numbers used when the library cannot tell
 CR_OUT_OF_MEMORY = 2008
@@ -126,9 +173,11 @@ def configured(environ: Mapping[str, str], control_dir: str = CONTROL_DIR) -> Ch
 class Library:
     """A loaded client library and its twelve functions, typed."""
 
-    def __init__(self, path: str, cdll: ctypes.CDLL, functions: Mapping[str, Any]) -> None:
+    def __init__(self, path: str, cdll: ctypes.CDLL, functions: Mapping[str, Any],
+                 flavour: Flavour = OTHER) -> None:
         self.path = path
         self.cdll = cdll
+        self.flavour = flavour
         f = functions
         vp, cp, ui = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint
         self.mysql_init: Any = f["mysql_init"]
@@ -167,6 +216,11 @@ class Library:
         self.mysql_free_result: Any = f["mysql_free_result"]
         self.mysql_free_result.argtypes = [vp]
         self.mysql_free_result.restype = None
+        # not one of the twelve: says whether a connection uses TLS
+        self.mysql_get_ssl_cipher: Any = getattr(cdll, "mysql_get_ssl_cipher", None)
+        if self.mysql_get_ssl_cipher is not None:
+            self.mysql_get_ssl_cipher.argtypes = [vp]
+            self.mysql_get_ssl_cipher.restype = cp
 
 
 def load(path: str) -> Library:
@@ -189,7 +243,21 @@ def load(path: str) -> Library:
             functions[name] = getattr(cdll, name)
         except AttributeError as exc:
             raise Fatal(f"{_PREFIX}getlibObject: {name}{exc}: ") from None
-    return Library(path, cdll, functions)
+    return Library(path, cdll, functions, flavour(cdll))
+
+
+def flavour(cdll: ctypes.CDLL) -> Flavour:
+    """MariaDB Connector/C has ``mariadb_get_infov``; libmysqlclient 8
+    says 80000 or more from ``mysql_get_client_version``."""
+    if hasattr(cdll, "mariadb_get_infov"):
+        return MARIADB
+    try:
+        version = cdll.mysql_get_client_version
+    except AttributeError:
+        return OTHER
+    version.argtypes = []
+    version.restype = ctypes.c_ulong
+    return MYSQL8 if 80000 <= int(version()) < 1000000 else OTHER
 
 
 Rows = List[List[Optional[bytes]]]
@@ -216,7 +284,55 @@ class LibraryClient:
         value = ctypes.c_uint(seconds)
         self.lib.mysql_options(handle, option, ctypes.byref(value))
 
-    def connect(self, conf: DbConf, endpoint: Endpoint, timeout: float) -> None:
+    def _cannot(self, what: str) -> LibraryError:
+        return LibraryError(CR_SSL_CONNECTION_ERROR,
+                            f"{self.lib.flavour.name} ({self.lib.path}) cannot {what}", "connect")
+
+    def _set(self, handle: int, option: Optional[int], value: Any, what: str) -> None:
+        """``mysql_options`` that must work: a library that refuses it
+        cannot be made safe, so the connection is not made."""
+        if option is None or self.lib.mysql_options(handle, option, value) != 0:
+            raise self._cannot(what)
+
+    def _protect(self, handle: int, tls: DbTls) -> None:
+        """Over TCP: TLS as ``tls`` asks, and the password in clear only
+        over TLS verified against its CA."""
+        kind = self.lib.flavour
+        on = ctypes.byref(ctypes.c_char(b"\1"))
+        if tls.ca is not None:
+            ca = ctypes.c_char_p(os.fsencode(tls.ca))
+            self._set(handle, kind.ssl_ca, ca, "use $MYSQL_SSL_CA")
+            if kind.ssl_mode is not None:
+                mode = ctypes.c_uint(SSL_MODE_VERIFY_IDENTITY)
+                self._set(handle, kind.ssl_mode, ctypes.byref(mode), "verify TLS")
+            else:
+                self._set(handle, kind.verify_server_cert, on, "verify TLS")
+                self._set(handle, kind.ssl_enforce, on, "require TLS")
+            return
+        if tls.required:
+            if self.lib.mysql_get_ssl_cipher is None:
+                raise self._cannot("tell whether TLS is used")
+            if kind.ssl_mode is not None:
+                mode = ctypes.c_uint(SSL_MODE_REQUIRED)
+                self._set(handle, kind.ssl_mode, ctypes.byref(mode), "require TLS")
+            else:
+                # asks for TLS; Connector/C does not refuse a server
+                # without it unless it verifies, so connect() checks
+                self._set(handle, kind.ssl_enforce, on, "require TLS")
+        if kind.restricted_auth is not None:
+            self._set(handle, kind.restricted_auth, ctypes.c_char_p(HASHED_PLUGINS),
+                      "refuse mysql_clear_password")
+        elif os.environ.get(CLEARTEXT_VARIABLE, "")[:1] in ("1", "Y", "y"):
+            # libmysqlclient then sends the password in clear whatever it is told
+            raise LibraryError(CR_AUTH_PLUGIN_CANNOT_LOAD,
+                               f"${CLEARTEXT_VARIABLE} lets {self.lib.flavour.name} send the "
+                               "password in clear, and " + SECURE_ONLY, "connect")
+        if kind.enable_cleartext is not None:
+            off = ctypes.c_char(b"\0")
+            self.lib.mysql_options(handle, kind.enable_cleartext, ctypes.byref(off))
+
+    def connect(self, conf: DbConf, endpoint: Endpoint, timeout: float,
+                tls: Optional[DbTls] = None) -> None:
         """Connect (``mysql_init``, ``mysql_options``,
         ``mysql_real_connect``) as ``conf``'s user to its database.
 
@@ -229,10 +345,13 @@ class LibraryClient:
                 timeout (IndiMail's only one) and also the read and
                 write timeouts, so that a server that stops answering
                 cannot hold the lookup for ever.
+            tls: over TCP, TLS required or verified against a CA
+                (:func:`.rules.db_tls`); without a CA the library may not
+                send the password in clear (see the module's docstring).
 
         Raises:
             LibraryError: stage ``"connect"``, the library's error (1045
-                access denied, 2002/2003 cannot connect, ...).
+                access denied, 2002/2003 cannot connect, 2026 TLS, ...).
         """
         self.close()
         handle = self.lib.mysql_init(None)
@@ -248,13 +367,28 @@ class LibraryClient:
             target: Optional[bytes] = socket_path
         else:
             host, port, target = to_bytes(endpoint[1]), endpoint[2], None
+            try:
+                self._protect(handle, tls or DbTls(False, None))
+            except LibraryError:
+                self.lib.mysql_close(handle)
+                raise
         done = self.lib.mysql_real_connect(
             handle, host, to_bytes(conf.user), to_bytes(conf.password),
             to_bytes(conf.database), port, target, 0)
         if not done:
             error = self._error(handle, "connect", 2003)
             self.lib.mysql_close(handle)
+            if error.code == CR_PLUGIN_NOT_ALLOWED and endpoint[0] == "tcp":
+                # its text names the plugin from uninitialised memory
+                error = LibraryError(error.code, "the server asked for an authentication "
+                                     "plugin that may send the password in clear, and "
+                                     + SECURE_ONLY, "connect")
             raise error
+        if (endpoint[0] == "tcp" and tls is not None and tls.required
+                and not self.lib.mysql_get_ssl_cipher(handle)):
+            self.lib.mysql_close(handle)
+            raise LibraryError(CR_SSL_CONNECTION_ERROR, "SSL connection error: SSL is required "
+                               "but the server doesn't support it", "connect")
         self.handle = handle
 
     def query(self, sql: str, columns: int = 3) -> Rows:

@@ -30,8 +30,13 @@ CR_SERVER_HANDSHAKE_ERR = 2012
 CR_MALFORMED_PACKET = 2027
 CR_AUTH_PLUGIN_CANNOT_LOAD = 2059
 CR_AUTH_PLUGIN_ERR = 2061
+CR_SSL_CONNECTION_ERROR = 2026
 
 MALFORMED = "Malformed packet"
+#: why the password is not sent in clear (the end of the error texts of
+#: both clients)
+SECURE_ONLY = ("a secure connection (a UNIX socket, or TLS verified with $MYSQL_SSL_CA) "
+               "is required")
 
 
 class MysqlError(UcspiError):

@@ -10,13 +10,19 @@ belong to the driver.
 The conversation::
 
     greeting  <-  server (seq 0)
-    [SSLRequest -> (seq 1); the driver starts TLS; tls_started()]
+    [SSLRequest -> (seq 1); the driver starts TLS; tls_started(verified)]
     HandshakeResponse41 -> (seq 1, or 2 after an SSLRequest)
     then, until OK or ERR:
       AuthSwitchRequest <- (0xFE plugin NUL data)   -> the new response
       AuthMoreData      <- (0x01 0x03)               fast auth: OK follows
       AuthMoreData      <- (0x01 0x04)               -> password NUL (secure only)
     COM_QUERY -> (seq 0) ... OK | ERR | result set <-
+
+"Secure" is a UNIX socket, or TLS whose certificate the driver verified
+against a CA the administrator named (``$MYSQL_SSL_CA``): only then does
+the password itself leave, for ``caching_sha2_password``'s full
+authentication or ``mysql_clear_password``.  TLS that was not verified
+keeps passive listeners out, not an impostor, so it is not enough.
 
 Connection-level failures raise :class:`MysqlError` from ``receive``
 and leave the session dead (every later ``receive`` raises the same
@@ -35,6 +41,7 @@ from .packets import (
     CLIENT_SSL,
     CR_AUTH_PLUGIN_CANNOT_LOAD,
     CR_AUTH_PLUGIN_ERR,
+    CR_SSL_CONNECTION_ERROR,
     DEFAULT_LIMIT,
     NATIVE,
     Framer,
@@ -43,6 +50,7 @@ from .packets import (
     Reader,
     Result,
     ResultParser,
+    SECURE_ONLY,
     com_query,
     com_quit,
     frame,
@@ -55,7 +63,7 @@ from .packets import (
     ssl_request,
 )
 
-__all__ = ["MysqlError", "Result", "Session", "CACHING_SHA2", "CLEAR", "NATIVE"]
+__all__ = ["MysqlError", "Result", "Session", "CACHING_SHA2", "CLEAR", "NATIVE", "SECURE_ONLY"]
 
 CACHING_SHA2 = "caching_sha2_password"
 CLEAR = "mysql_clear_password"
@@ -73,6 +81,13 @@ REPLAY_MAX = 4 << 20
 _GREETING, _TLS_WAIT, _AUTH, _READY, _QUERY, _CLOSED, _FAILED = range(7)
 
 
+def tls_unavailable() -> MysqlError:
+    """2026: TLS is required (``$MYSQL_SSL``, ``$MYSQL_SSL_CA``) and the
+    server does not offer it."""
+    return MysqlError(CR_SSL_CONNECTION_ERROR,
+                      "SSL connection error: SSL is required but the server doesn't support it")
+
+
 def plugin_unavailable(name: str, why: str = "") -> MysqlError:
     """2059, as libmysql words it."""
     text = f"Authentication plugin '{name}' cannot be loaded"
@@ -83,30 +98,35 @@ def plugin_unavailable(name: str, why: str = "") -> MysqlError:
 
 def insecure_full_auth() -> MysqlError:
     """2061: caching_sha2_password wants the password and the transport
-    is neither TLS nor a UNIX socket (we do not do the RSA exchange)."""
+    is neither verified TLS nor a UNIX socket (we do not do the RSA
+    exchange, whose key an impostor could send as well)."""
     return MysqlError(
         CR_AUTH_PLUGIN_ERR,
-        f"Authentication plugin '{CACHING_SHA2}' reported error: Authentication requires "
-        "a secure connection (TLS or a UNIX socket)")
+        f"Authentication plugin '{CACHING_SHA2}' reported error: full authentication sends "
+        "the password, and " + SECURE_ONLY)
 
 
 class Session:
     """One client connection, without I/O.
 
-    ``secure``: the transport is a UNIX socket, or TLS is already on, so
-    the password may travel in clear (caching_sha2 full authentication,
-    mysql_clear_password).  ``use_tls``: ask for TLS when the server
-    offers it (CLIENT_SSL); False never asks.  ``limit``: the largest
+    ``secure``: the transport is a UNIX socket, so the password may
+    travel in clear (caching_sha2 full authentication,
+    mysql_clear_password); TLS makes it so only if it was verified
+    (:meth:`tls_started`).  ``use_tls``: ask for TLS when the server
+    offers it (CLIENT_SSL); False never asks.  ``require_tls``: a server
+    that does not offer TLS is an error (2026).  ``limit``: the largest
     payload accepted from the server (2027 above it)."""
 
     def __init__(self, user: str, password: str, database: str, secure: bool, *,
-                 use_tls: bool = True, limit: int = DEFAULT_LIMIT) -> None:
+                 use_tls: bool = True, require_tls: bool = False,
+                 limit: int = DEFAULT_LIMIT) -> None:
         if "\0" in user or "\0" in database:
             raise ValueError("NUL byte in the user or database name")
         self.user = user
         self.database = database
         self.secure = secure
         self.use_tls = use_tls
+        self.require_tls = require_tls
         self._password = password.encode("utf-8")
         self._framer = Framer(limit)
         self._out = bytearray()
@@ -228,11 +248,13 @@ class Session:
         raw.clear()
         return data
 
-    def tls_started(self) -> None:
-        """TLS is on: the HandshakeResponse41 goes out next (over it)."""
+    def tls_started(self, verified: bool = False) -> None:
+        """TLS is on: the HandshakeResponse41 goes out next (over it).
+        ``verified``: the driver checked the server's certificate against
+        the administrator's CA and name, so the transport is secure."""
         if self._state != _TLS_WAIT:
             raise ValueError("tls_started() without an SSLRequest")
-        self.secure = True
+        self.secure = self.secure or verified
         self.tls_active = True
         self._state = _AUTH
         self._send_response()
@@ -305,6 +327,8 @@ class Session:
         self._scramble = hello.scramble
         self.plugin = hello.auth_plugin
         self.tls_offered = bool(hello.capabilities & CLIENT_SSL)
+        if self.require_tls and not (self.tls_offered and self.use_tls):
+            raise tls_unavailable()
         if self.tls_offered and self.use_tls:
             self._send(ssl_request(self._capabilities, self._charset, self.database))
             self._state = _TLS_WAIT
@@ -337,7 +361,7 @@ class Session:
             return auth.caching_sha2(self._password, scramble)
         if plugin == CLEAR:
             if not self.secure:
-                raise plugin_unavailable(CLEAR, "a secure connection (TLS or a UNIX socket) is required")
+                raise plugin_unavailable(CLEAR, SECURE_ONLY)
             return auth.clear_password(self._password)
         raise plugin_unavailable(plugin)
 

@@ -51,7 +51,14 @@ Differences from IndiMail (DECISIONS D40; the man page says the same):
   never applies; a NULL ``decision`` is not a deny (IndiMail crashes);
 * an empty table name (``a:b:c:d::``) and a NUL byte in ``db.conf`` are
   ``Invalid db.conf`` (IndiMail: a query that fails for every
-  connection, or names cut at the NUL).
+  connection, or names cut at the NUL);
+* the table name is quoted as an identifier in the statements
+  (:func:`quote_table`: ```name``` with inner backticks doubled, or
+  ```database`.`name``` for a name with one dot, as IndiMail's
+  unquoted name was read); a name that MySQL cannot take even quoted
+  (a control character such as the ``\r`` of a CRLF file, a trailing
+  space, more than 64 characters, bytes that are not UTF-8) is
+  refused at start-up by :func:`read_dbconf` (:func:`table_problem`).
 """
 
 from __future__ import annotations
@@ -65,10 +72,10 @@ from typing import (Dict, Iterator, List, Literal, Mapping, NamedTuple, Optional
                     Tuple, Union)
 
 from ..address import is_mapped
-from ..errors import Fatal, errtext
+from ..errors import EXIT_USAGE, Fatal, errtext
 from ..scan import INT_MAX, PORT_MAX, ULONG_MAX, decimal, leading
 
-#: the statement run for every connection (``{table}``, ``{port}``)
+#: the statement run for every connection (``{table}`` quoted, ``{port}``)
 QUERY = "select decision, iprule, env from {table} where port = {port}"
 #: the statement that creates a missing table, exactly as IndiMail's
 #: (the runs of four TABs come from a C string continued over lines)
@@ -87,6 +94,8 @@ DEFAULT_PORT = 3306
 DEFAULT_TIMEOUT = 30
 #: IndiMail maps files up to this size; larger ones are "File too large"
 MAX_DBCONF = 0xFFFFFFFF
+#: the longest database or table name MySQL and MariaDB accept (characters)
+MAX_IDENTIFIER = 64
 
 UnixEndpoint = Tuple[Literal["unix"], str]
 TcpEndpoint = Tuple[Literal["tcp"], str, int]
@@ -146,12 +155,14 @@ def parse_dbconf(data: bytes) -> DbConf:
 
 
 def read_dbconf(path: str) -> DbConf:
-    """Read and parse ``path`` (:func:`parse_dbconf`).
+    """Read and parse ``path`` (:func:`parse_dbconf`), and check that
+    its table name can be quoted (:func:`table_problem`).
 
     Raises:
         Fatal: ``unable to read PATH: ERROR``, ``unable to fstat PATH:
             ERROR`` (djb's error texts), ``File too large`` (4 GiB or
-            more), or ``Invalid db.conf``.
+            more), ``Invalid db.conf``, or ``Invalid db.conf: the table
+            name "NAME" PROBLEM``.
     """
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
@@ -175,7 +186,91 @@ def read_dbconf(path: str) -> DbConf:
             raise Fatal(f"unable to read {path}: {errtext(exc)}") from None
     finally:
         os.close(fd)
-    return parse_dbconf(b"".join(chunks))
+    conf = parse_dbconf(b"".join(chunks))
+    problem = table_problem(conf.table)
+    if problem is not None:
+        raise Fatal(f'Invalid db.conf: the table name "{shown(conf.table)}" {problem}')
+    return conf
+
+
+def _identifier_problem(name: str) -> Optional[str]:
+    if not name:
+        return "has an empty part"
+    if len(name) > MAX_IDENTIFIER:
+        return f"has a part longer than {MAX_IDENTIFIER} characters"
+    for char in name:
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:
+            return "is not UTF-8"
+        if code < 0x20 or 0x7F <= code <= 0x9F:
+            return "has a control character"
+        if code > 0xFFFF:
+            return "has a character outside Unicode's Basic Multilingual Plane"
+    if name.endswith(" "):
+        return "ends with a space"
+    return None
+
+
+def table_problem(table: str) -> Optional[str]:
+    """Why ``table`` (from ``db.conf``) cannot be quoted as MySQL's table
+    name, or None if it can.
+
+    A name is a table name, or ``database.table`` (one dot: IndiMail put
+    the name into the statement unquoted, so a dot qualified it).  Each
+    part must be 1 to 64 characters of UTF-8 from Unicode's Basic
+    Multilingual Plane, without control characters (a CRLF ``db.conf``
+    leaves a ``\r`` at the end of the name) and without a trailing
+    space: what MySQL and MariaDB accept in a quoted identifier.
+
+    Returns:
+        The problem in words (``has a control character``, ...), to
+        follow the name in a message.
+    """
+    parts = table.split(".")
+    if len(parts) > 2:
+        return "has more than one dot"
+    for part in parts:
+        problem = _identifier_problem(part)
+        if problem is not None:
+            return problem
+    return None
+
+
+def quote_table(table: str) -> str:
+    """``table`` quoted for a statement: ```name``` (inner backticks
+    doubled), or ```database`.`name``` for ``database.name``.
+
+    Raises:
+        ValueError: the name cannot be quoted (:func:`table_problem`).
+    """
+    problem = table_problem(table)
+    if problem is not None:
+        raise ValueError(f'the table name "{shown(table)}" {problem}')
+    return ".".join("`" + part.replace("`", "``") + "`" for part in table.split("."))
+
+
+def shown(text: str) -> str:
+    """``text`` for a one-line message: control characters, backslashes
+    and the bytes that were not UTF-8 as backslash escapes (``\r``,
+    ``\x00``, ``\xff``)."""
+    out = []
+    for char in text:
+        code = ord(char)
+        if char == "\\":
+            out.append("\\\\")
+        elif char == "\r":
+            out.append("\\r")
+        elif char == "\n":
+            out.append("\\n")
+        elif char == "\t":
+            out.append("\\t")
+        elif 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x20 or 0x7F <= code <= 0x9F:
+            out.append(f"\\x{code:02x}")
+        else:
+            out.append(char)
+    return "".join(out)
 
 
 def endpoint(conf: DbConf, environ: Mapping[str, str]) -> Endpoint:
@@ -207,6 +302,42 @@ def mysql_timeout(environ: Mapping[str, str]) -> float:
     return float(leading(text, INT_MAX))
 
 
+class DbTls(NamedTuple):
+    """TLS to a database reached over TCP (a UNIX socket needs none).
+
+    Attributes:
+        required: a server that does not offer TLS is refused
+            (``$MYSQL_SSL=required``, or a CA).
+        ca: ``$MYSQL_SSL_CA``, made absolute: a PEM file of CA
+            certificates; the server's certificate must chain to one of
+            them and name db.conf's server.  Only this TLS, or a UNIX
+            socket, carries the password in clear.  None: TLS (when the
+            server offers it) is not verified.
+    """
+
+    required: bool
+    ca: Optional[str]
+
+
+def db_tls(environ: Mapping[str, str]) -> DbTls:
+    """``$MYSQL_SSL`` (unset, empty or ``preferred``: TLS when the
+    server offers it; ``required``: refuse a server without TLS; any
+    case) and ``$MYSQL_SSL_CA`` (a CA file: verified TLS, required).
+
+    Raises:
+        Fatal: exit 100, ``MYSQL_SSL must be preferred or required,
+            not "VALUE"``.
+    """
+    mode = environ.get("MYSQL_SSL", "")
+    if mode.lower() not in ("", "preferred", "required"):
+        raise Fatal(f'MYSQL_SSL must be preferred or required, not "{shown(mode[:100])}"',
+                    EXIT_USAGE)
+    ca = environ.get("MYSQL_SSL_CA") or None
+    if ca is not None:
+        ca = os.path.abspath(ca)
+    return DbTls(mode.lower() == "required" or ca is not None, ca)
+
+
 # -- statements and log lines ------------------------------------------------
 def _port(port: int) -> str:
     if isinstance(port, bool) or not isinstance(port, int):
@@ -215,22 +346,31 @@ def _port(port: int) -> str:
 
 
 def select_sql(table: str, port: int) -> str:
-    """``select decision, iprule, env from TABLE where port = PORT``.
+    """``select decision, iprule, env from `TABLE` where port = PORT``.
 
     Only two things go into the statement: the table name, from
-    ``db.conf``, which the administrator wrote (it is an identifier, so
-    it is not quoted, as in IndiMail), and the local port, an ``int``
-    formatted here.  Nothing a client sends (its address, names, ident
-    answer) is ever put into SQL: the client's address is compared with
-    the rows in Python.
+    ``db.conf``, which the administrator wrote, quoted as an identifier
+    (:func:`quote_table`; IndiMail did not quote it), and the local
+    port, an ``int`` formatted here.  Nothing a client sends (its
+    address, names, ident answer) is ever put into SQL: the client's
+    address is compared with the rows in Python.
+
+    Raises:
+        ValueError: a table name that cannot be quoted.
+        TypeError: a port that is not an int.
     """
-    return QUERY.format(table=table, port=_port(port))
+    return QUERY.format(table=quote_table(table), port=_port(port))
 
 
 def create_sql(table: str) -> str:
     """IndiMail's ``create table`` statement for ``table`` (spec §3.4),
-    TABs included.  The table name comes from ``db.conf`` only."""
-    return CREATE.format(table=table)
+    TABs included, the name quoted.  The table name comes from
+    ``db.conf`` only.
+
+    Raises:
+        ValueError: a table name that cannot be quoted.
+    """
+    return CREATE.format(table=quote_table(table))
 
 
 def connect_error(error: str) -> str:
@@ -527,6 +667,13 @@ class Outcome:
     max_per_host: Optional[int] = None
 
 
+def resolves_to(ip: str, addresses: Sequence[str]) -> bool:
+    """Is the client ``ip`` among ``addresses`` (a host name's, as text;
+    IPv4-mapped and IPv6 forms compared as addresses)?"""
+    want = _canonical(_client(ip))
+    return any(_canonical(text) == want for text in addresses)
+
+
 def _step4(entry: "_Entry", ip: str, resolved: Mapping[str, List[str]], compat: bool) -> bool:
     if entry.literal is not None:
         addresses: Optional[List[str]] = [entry.literal]
@@ -684,8 +831,9 @@ class Plan:
 __all__ = [
     "QUERY", "CREATE", "ER_NO_SUCH_TABLE", "DEFAULT_SOCKET", "DEFAULT_PORT", "DEFAULT_TIMEOUT",
     "DbConf", "Endpoint", "UnixEndpoint", "TcpEndpoint", "Outcome", "Row",
-    "parse_dbconf", "read_dbconf", "to_bytes", "endpoint", "mysql_timeout",
+    "parse_dbconf", "read_dbconf", "to_bytes", "endpoint", "mysql_timeout", "DbTls", "db_tls",
+    "table_problem", "quote_table", "shown",
     "select_sql", "create_sql", "connect_error", "create_error", "query_error",
     "result_error", "deny_line", "parse_env", "inet_aton", "inet_addr_valid",
-    "match_fields", "names_to_resolve", "evaluate", "Plan",
+    "match_fields", "names_to_resolve", "resolves_to", "evaluate", "Plan",
 ]

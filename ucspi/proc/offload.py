@@ -10,11 +10,14 @@ watches like any other descriptor.
 :meth:`Offload.run` forks, the child runs ``work() -> bytes``, writes the
 bytes and exits; the parent collects them until end of file and calls
 ``done(data, None)``.  A failed fork or pipe gives ``done(b"", error)``;
-a child that takes longer than the deadline is killed (by its pid) and
-gives ``done(data so far, ETIMEDOUT)``.  A child that dies gives what it
-wrote, which the caller's decoder must recognise as incomplete.  The
-child itself is reaped with every other child (an unknown pid is simply
-reaped).
+a child that takes longer than its deadline is killed (by its pid) and
+gives ``done(data so far, ETIMEDOUT)``.  The deadline is the offload's
+own (:data:`DEADLINE` unless told other) or the one given to
+:meth:`Offload.run`, where ``None`` means none: work that bounds its
+own time (a ``$MYSQL_LIB`` query under ``$MYSQL_TIMEOUT``) says so.
+A child that dies gives what it wrote, which the caller's decoder must
+recognise as incomplete.  The child itself is reaped with every other
+child (an unknown pid is simply reaped).
 """
 
 from __future__ import annotations
@@ -30,8 +33,12 @@ from ..log import write_all
 from ..reactor import Reactor, Timer
 from . import child
 
-#: the longest a helper child may work before it is killed
+#: the longest a helper child may work before it is killed, unless the
+#: caller of :meth:`Offload.run` says other
 DEADLINE = timeouts.OFFLOAD
+
+#: :meth:`Offload.run`'s default: the offload's own deadline
+OWN_DEADLINE = -1.0
 
 Work = Callable[[], bytes]
 Done = Callable[[bytes, Optional[OSError]], None]
@@ -50,8 +57,16 @@ class Offload:
         self.reactor = reactor
         self.deadline = deadline
 
-    def run(self, work: Work, done: Done) -> None:
-        """Run ``work`` in a child; ``done`` gets its bytes (see above)."""
+    def run(self, work: Work, done: Done, deadline: Optional[float] = OWN_DEADLINE) -> None:
+        """Run ``work`` in a child; ``done`` gets its bytes (see above).
+
+        Args:
+            deadline: seconds before the child is killed; ``None``: never
+                (the work has limits of its own); by default the
+                offload's deadline.
+        """
+        if deadline is not None and deadline < 0:
+            deadline = self.deadline
         try:
             rfd, wfd = os.pipe()
         except OSError as exc:
@@ -65,13 +80,13 @@ class Offload:
             done(b"", exc)
             return
         os.close(wfd)
-        _Collect(self.reactor, pid, rfd, self.deadline, done)
+        _Collect(self.reactor, pid, rfd, deadline, done)
 
 
 class _Collect:
     """The parent's end of one helper: read to end of file, or kill."""
 
-    def __init__(self, reactor: Reactor, pid: int, fd: int, deadline: float,
+    def __init__(self, reactor: Reactor, pid: int, fd: int, deadline: Optional[float],
                  done: Done) -> None:
         self.reactor = reactor
         self.pid = pid
@@ -80,7 +95,8 @@ class _Collect:
         self.data = bytearray()
         os.set_blocking(fd, False)
         reactor.add_reader(fd, self._read)
-        self.timer: Optional[Timer] = reactor.call_later(deadline, self._expire)
+        self.timer: Optional[Timer] = (None if deadline is None
+                                       else reactor.call_later(deadline, self._expire))
 
     def _read(self) -> None:
         try:

@@ -107,12 +107,14 @@ def lookup_plan(opts: Options) -> Tuple[str, ...]:
     return plan
 
 
-def descriptors_needed(opts: Options, extra: int = 0) -> int:
+def descriptors_needed(opts: Options) -> int:
     """The most descriptors one connection holds in the parent at once:
-    its socket and those of the lookups it may make at the same time
-    (:func:`lookup_plan`); ``extra`` for what an access source asks
-    (the host names of MySQL rules)."""
-    return 1 + sum(DESCRIPTORS[kind] for kind in lookup_plan(opts)) + extra
+    its socket, and those of the lookups it may make at the same time
+    (:func:`lookup_plan`) or, later and one at a time, those of the
+    host names of its ``-m`` rules."""
+    lookups = sum(DESCRIPTORS[kind] for kind in lookup_plan(opts))
+    rules = DESCRIPTORS["addresses"] if opts.mysql is not None and not opts.unix else 0
+    return 1 + max(lookups, rules)
 
 
 class Context:

@@ -49,7 +49,7 @@ class Descriptors:
 
     Args:
         per_connection: what one connection may hold at once
-            (:func:`descriptors_needed`).
+            (:func:`ucspi.server.conn.descriptors_needed`).
         available: what the file limit leaves (None: read the soft
             ``RLIMIT_NOFILE`` and subtract :func:`descriptors_open` and
             :data:`DESCRIPTOR_RESERVE`).  At least one connection's worth

@@ -28,7 +28,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Protocol, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Protocol, Tuple, Union
 
 from .. import address, timeouts
 from ..reactor import Cancellable, Reactor
@@ -40,6 +40,7 @@ DNS_CONFIG_AGE = timeouts.DNS_CONFIG_AGE
 LOCAL_NAME_AGE = timeouts.LOCAL_NAME_AGE
 
 NameDone = Callable[[Optional[str], Optional[BaseException]], None]
+AddressesDone = Callable[[List[ipaddress.IPv6Address], Optional[BaseException]], None]
 HostDone = Callable[[Optional[str], Optional[str]], None]
 InfoDone = Callable[[Optional[bytes]], None]
 Abort = Callable[[OSError], None]
@@ -47,8 +48,8 @@ IP = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 #: the descriptors each kind of lookup holds at once: a PTR query; the
 #: client's PTR, or with -p its AAAA and A queries after it; an ident
-#: connection
-DESCRIPTORS = {"name": 1, "host": 1, "paranoid": 2, "info": 1}
+#: connection; the AAAA and A queries of a host name (``-m`` rules)
+DESCRIPTORS = {"name": 1, "host": 1, "paranoid": 2, "info": 1, "addresses": 2}
 
 
 class LookupService(Protocol):
@@ -138,6 +139,17 @@ class Lookups:
         from ..dns.lookup import lookup_host
         return lookup_host(self.reactor, self.dns_config(), _target(ip6, v4), paranoid,
                            done, abort)
+
+    def addresses(self, name: str, done: AddressesDone, abort: Abort) -> Any:
+        """The addresses of a host name of the ``-m`` rules (AAAA and A,
+        :func:`ucspi.dns.lookup.lookup_addresses`), strictly: ``done``
+        gets ``(addresses, None)`` (``[]`` for a name that does not
+        exist or has none), or ``(what was found, error)`` when either
+        query failed, so that a temporary failure is never taken for
+        "no such address".  Returns a cancellable handle."""
+        from ..dns.lookup import lookup_addresses
+        return lookup_addresses(self.reactor, self.dns_config(), name, done, abort,
+                                strict=True)
 
     def info(self, local: str, remote: str, remote_port: int, local_port: int,
              scope: int, done: InfoDone, abort: Abort) -> Cancellable:

@@ -3,10 +3,11 @@ DECISIONS D40).
 
 :class:`MysqlAccess` is an access source (:mod:`.access`).  For each
 client it asks the table for the rows of the listener's port
-(``select decision, iprule, env from T where port = P``; on error 1146
+(``select decision, iprule, env from `T` where port = P``; on error 1146
 the table is created and asked again), resolves the host-name patterns
-that need it with the server's own non-blocking resolver, and evaluates
-the rows (:func:`ucspi.mysql.rules.evaluate`).  With ``-x`` too, an
+that need it, one at a time, through the lookup service
+(:meth:`.lookups.Lookups.addresses`: the server's own non-blocking
+resolver), and evaluates the rows (:func:`ucspi.mysql.rules.evaluate`).  With ``-x`` too, an
 allowed client is then looked up in the cdb, whose environment comes
 after the table's.
 
@@ -16,21 +17,26 @@ The rows come from one of two sources:
   non-blocking in the loop over one persistent connection;
 * :class:`LibraryRows`: ``$MYSQL_LIB`` (libmysqlclient or libmariadb
   through ctypes), which blocks, so each query runs in a helper child
-  (:class:`.offload.Offload`) and its rows come back through a pipe.
+  (:class:`ucspi.proc.offload.Offload`) and its rows come back through a pipe.
 
 It fails closed: a client whose rows cannot be had is dropped, with one
-warning line per failure burst (the next success ends the burst).
+warning line per failure burst (the next success ends the burst); so is
+a client for whom a host-name lookup failed (a time-out, a server
+failure, no descriptor: never taken for "no such name"), with a warning
+naming it.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import marshal
+import os
+import stat
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from ..dns.lookup import lookup_addresses
+from ..dns.msg import BadName
 from ..environ import Change, Endpoints
-from ..errors import Fatal
+from ..errors import Fatal, errtext
 from ..log import Log, safe
 from ..mysql import rules
 from ..mysql.protocol import MysqlError, Result
@@ -40,6 +46,9 @@ from .lookups import Lookups
 from ..proc.offload import Offload
 
 Rows = List[List[Optional[bytes]]]
+#: a helper's deadline in ``$MYSQL_TIMEOUT``s: connect, select, create,
+#: select, each of which libmysqlclient may try three times
+HELPER_ROUNDS = 12
 RowsDone = Callable[[Optional[Rows], Optional[BaseException]], None]
 
 
@@ -92,11 +101,23 @@ class BuiltinRows:
 
 
 class LibraryRows:
-    """Rows through ``$MYSQL_LIB``, in a helper child per query."""
+    """Rows through ``$MYSQL_LIB``, in a helper child per query.
 
-    def __init__(self, client_factory: Callable[[], Any], offload: Offload) -> None:
+    Args:
+        client_factory: a connected client (raises the library's error).
+        offload: runs the helpers.
+        timeout: ``$MYSQL_TIMEOUT`` (0: none).  The library keeps to it
+            on each call; the helper is killed only if it works
+            :data:`HELPER_ROUNDS` times longer (the calls of one lookup,
+            each of which a libmysqlclient may try three times), and
+            never when there is no timeout.
+    """
+
+    def __init__(self, client_factory: Callable[[], Any], offload: Offload,
+                 timeout: float = 0.0) -> None:
         self.client_factory = client_factory
         self.offload = offload
+        self.deadline = helper_deadline(timeout)
         self.waiting: Dict[str, List[RowsDone]] = {}
 
     def fetch(self, table: str, port: int, done: RowsDone) -> None:
@@ -107,27 +128,13 @@ class LibraryRows:
         self.waiting[select] = [done]
 
         def work() -> bytes:
-            client = self.client_factory()
+            # in the helper: every error of the library becomes the
+            # answer, never an exception (which would be the child's
+            # "internal error")
             try:
-                try:
-                    rows = client.query(select)
-                except MysqlError as exc:
-                    if exc.code != rules.ER_NO_SUCH_TABLE:
-                        raise failure(table, port, exc) from None
-                    try:
-                        client.query(rules.create_sql(table))
-                    except MysqlError as made:
-                        if made.code != rules.ER_TABLE_EXISTS:
-                            raise failure(table, port, made, creating=True) from None
-                    try:
-                        rows = client.query(select)
-                    except MysqlError as again:
-                        raise failure(table, port, again) from None
-                return marshal.dumps(("ok", rows))
+                return marshal.dumps(("ok", self._rows(table, port, select)))
             except MysqlError as exc:
                 return marshal.dumps(("error", exc.code, exc.message))
-            finally:
-                client.close()
 
         def got(data: bytes, error: Optional[OSError]) -> None:
             waiters = self.waiting.pop(select, [])
@@ -145,7 +152,43 @@ class LibraryRows:
             for waiter in waiters:
                 waiter(rows, failed)
 
-        self.offload.run(work, got)
+        self.offload.run(work, got, deadline=self.deadline)
+
+    def _rows(self, table: str, port: int, select: str) -> Rows:
+        """The helper's work: connect, ask (create the table if it is
+        missing, ask again), close.
+
+        Raises:
+            MysqlError: IndiMail's texts (``Unable to connect to MySQL
+                Server: ...``, the statement and the error).
+        """
+        try:
+            client = self.client_factory()
+        except MysqlError as exc:
+            raise MysqlError(exc.code, rules.connect_error(exc.message)) from None
+        try:
+            try:
+                return list(client.query(select))
+            except MysqlError as exc:
+                if exc.code != rules.ER_NO_SUCH_TABLE:
+                    raise failure(table, port, exc) from None
+            try:
+                client.query(rules.create_sql(table))
+            except MysqlError as made:
+                if made.code != rules.ER_TABLE_EXISTS:
+                    raise failure(table, port, made, creating=True) from None
+            try:
+                return list(client.query(select))
+            except MysqlError as again:
+                raise failure(table, port, again) from None
+        finally:
+            client.close()
+
+
+def helper_deadline(timeout: float) -> Optional[float]:
+    """How long a ``$MYSQL_LIB`` helper may work: None (no limit) when
+    ``$MYSQL_TIMEOUT`` is 0, else :data:`HELPER_ROUNDS` times it."""
+    return None if timeout <= 0 else HELPER_ROUNDS * timeout
 
 
 def _text(address: Any) -> str:
@@ -206,24 +249,41 @@ class MysqlAccess:
 
     def _resolve(self, ep: Endpoints, answer: Answer, port: int, plan: "rules.Plan",
                  names: List[str]) -> None:
+        """Look the host names up one after the other (so that a
+        connection holds the sockets of one lookup at a time, as the
+        descriptor budget counts), through the lookup service; then
+        evaluate.  A lookup that failed for a reason other than "no such
+        name" (a time-out, a server failure, no descriptor) and did not
+        find the client drops the connection: it is never taken for "no
+        match" (D40)."""
         resolved: Dict[str, List[str]] = {}
-        left = [len(names)]
-        conf = self.lookups.dns_config()
+        waiting = list(reversed(names))
 
-        def one(name: str) -> None:
+        def step() -> None:
+            if not waiting:
+                self._evaluate(ep, answer, port, plan, resolved)
+                return
+            name = waiting.pop()
+
             def done(addresses: List[Any], error: Optional[BaseException]) -> None:
-                resolved[name] = [] if error is not None else [_text(a) for a in addresses]
-                left[0] -= 1
-                if left[0] == 0:
-                    self._evaluate(ep, answer, port, plan, resolved)
+                found = [_text(a) for a in addresses]
+                if (error is not None and not isinstance(error, BadName)
+                        and not rules.resolves_to(ep.remote_ip, found)):
+                    self.log.warning(f"dropping connection from {ep.remote_ip}, MySQL: "
+                                     f"unable to look up {name}: {errtext(error)}")
+                    answer(Verdict(False, [], 0, quiet=True))
+                    return
+                resolved[name] = found
+                step()
 
             def abort(error: OSError) -> None:
-                done([], error)
+                self.log.warning(f"dropping connection from {ep.remote_ip}, "
+                                 f"unable to start a lookup: {errtext(error)}")
+                answer(Verdict(False, [], 0, quiet=True))
 
-            lookup_addresses(self.lookups.reactor, conf, name, done, abort)
+            self.lookups.addresses(name, done, abort)
 
-        for name in names:
-            one(name)
+        step()
 
     def _evaluate(self, ep: Endpoints, answer: Answer, port: int, plan: "rules.Plan",
                   resolved: Dict[str, List[str]]) -> None:
@@ -252,21 +312,58 @@ class MysqlAccess:
         self.then.check(ep, merged)
 
 
+def _readable_ca(path: str) -> None:
+    """The CA file can be read (the library reads it on each connection).
+
+    Raises:
+        Fatal: ``unable to read $MYSQL_SSL_CA PATH: ERROR``.
+    """
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise Fatal(f"unable to read $MYSQL_SSL_CA {path}: {errtext(exc)}") from None
+
+
+def readable_by_others(path: str) -> Optional[int]:
+    """The permission bits of ``path`` if its group or others may read
+    it (db.conf holds a password: warn, as ssh does for a key), else
+    None (also when it cannot be examined: reading it has worked)."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return None
+    return mode if mode & (stat.S_IRGRP | stat.S_IROTH) else None
+
+
 def build(path: str, environ: Mapping[str, str], reactor: Reactor, lookups: Lookups,
           log: Log, then: Optional[Access], max_per_host: int,
           offload: Offload) -> MysqlAccess:
     """``-m db.conf`` at start-up: read db.conf, choose the client, and
     connect once (a failure is fatal, as in IndiMail).
 
+    Warns when db.conf is readable by group or others.  TLS to a
+    database over TCP as ``$MYSQL_SSL`` and ``$MYSQL_SSL_CA`` say
+    (:func:`ucspi.mysql.rules.db_tls`); the CA file is read now.
+
     Raises:
         Fatal: ``Invalid db.conf``, ``unable to read ...``, ``couldn't
             load MySQL shared lib: ...``, ``Unable to connect to MySQL
-            Server: ...``.
+            Server: ...``, ``MYSQL_SSL must be ...`` (exit 100),
+            ``unable to load $MYSQL_SSL_CA ...``.
     """
     from ..mysql import library
     conf = rules.read_dbconf(path)
+    lookups.preload(dns=True, ident=False)     # the host names of the rules, after the drop
+    exposed = readable_by_others(path)
+    if exposed is not None:
+        log.warning(f"{path} holds a password and is readable by group or others "
+                    f"(mode {exposed:04o}): make it readable by its owner only")
     where = rules.endpoint(conf, environ)
     timeout = rules.mysql_timeout(environ)
+    tls = rules.db_tls(environ)
+    if tls.ca is not None and where[0] == "tcp":
+        _readable_ca(tls.ca)
     choice = library.configured(environ)
     if not choice.active:
         # IndiMail would ignore -m without a word; -m never does nothing here (D40)
@@ -277,17 +374,25 @@ def build(path: str, environ: Mapping[str, str], reactor: Reactor, lookups: Look
 
         def client() -> Any:
             made = library.LibraryClient(lib)
-            made.connect(conf, where, timeout)
+            made.connect(conf, where, timeout, tls)
             return made
 
         try:
             client().close()
         except MysqlError as exc:
             raise Fatal(rules.connect_error(exc.message)) from None
-        source: Any = LibraryRows(client, offload)
+        source: Any = LibraryRows(client, offload, timeout)
     else:
-        from ..mysql.driver import Driver, connect_now
-        driver = Driver(reactor, where, conf.user, conf.password, conf.database, timeout)
+        from ..mysql.driver import Driver, connect_now, verified_context
+        context = None
+        if tls.ca is not None and where[0] == "tcp":
+            try:
+                context = verified_context(tls.ca)
+            except OSError as exc:     # ssl.SSLError too: no certificate in it
+                raise Fatal(f"unable to load $MYSQL_SSL_CA {tls.ca}: "
+                            f"{getattr(exc, 'reason', None) or errtext(exc)}") from None
+        driver = Driver(reactor, where, conf.user, conf.password, conf.database, timeout,
+                        context, tls.required)
         try:
             connect_now(driver)
         except MysqlError as exc:

@@ -6,7 +6,7 @@ always the case for a file built by ``tcprules``: the file is held in
 memory while it is small and unchanged, else read with a budget of
 :data:`LOOP_SLOTS` hash slots (:class:`~ucspi.rules.cache.RulesCache`).
 A lookup that would pass the budget (a huge or hostile hash chain) is
-made again in a helper child (:class:`~.offload.Offload`), as the C
+made again in a helper child (:class:`ucspi.proc.offload.Offload`), as the C
 server makes every lookup in its child: its answer comes back through
 the loop, so no other client waits for it.
 """
