@@ -120,3 +120,21 @@ def test_readme_and_install_name_the_zipapp_commands() -> None:
             flat = " ".join(handle.read().split())
         for needle in ("tcprules.pyz", "tcprules_v2"):
             assert needle in flat, (name, needle)
+
+
+# -- 17: a symlinked script finds its package ---------------------------------------------
+@pytest.mark.parametrize("script", ["tcpserver", "tcprules", "tcprulescheck"])
+@pytest.mark.parametrize("how", [["-I"], ["-s", "-E"], ["PYTHONSAFEPATH"]])
+def test_symlinked_script_runs(tmp_path: Path, script: str, how: List[str]) -> None:
+    import ucspi
+    link = tmp_path / "bin" / script
+    link.parent.mkdir()
+    os.symlink(os.path.join(ROOT, script + ".py"), str(link))
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    flags = how
+    if how == ["PYTHONSAFEPATH"]:
+        env["PYTHONSAFEPATH"] = "1"
+        flags = []
+    result = run([PYTHON, *flags, str(link), "--version"], cwd=str(tmp_path), env=env)
+    assert (result.returncode, result.stderr) == (0, b""), result.stderr.decode()[-500:]
+    assert result.stdout == f"{script} {ucspi.__version__}\n".encode()
