@@ -138,3 +138,86 @@ def test_symlinked_script_runs(tmp_path: Path, script: str, how: List[str]) -> N
     result = run([PYTHON, *flags, str(link), "--version"], cwd=str(tmp_path), env=env)
     assert (result.returncode, result.stderr) == (0, b""), result.stderr.decode()[-500:]
     assert result.stdout == f"{script} {ucspi.__version__}\n".encode()
+
+
+# -- 3 and 11: the pid file -----------------------------------------------------------------
+NOLOOKUP = ["-HR", "-l0"]
+PROG = ["127.0.0.1", "0", "true"]
+
+
+def one_fatal_line(result: "subprocess.CompletedProcess[bytes]", code: int,
+                   prog: str = "tcpserver") -> str:
+    """The single ``<prog>: fatal: ...`` line of a failed run."""
+    err = result.stderr.decode("utf-8", "replace")
+    assert "Traceback" not in err, err
+    assert (result.returncode, err.count("\n")) == (code, 1), err
+    assert err.startswith(f"{prog}: fatal: "), err
+    return err
+
+
+def test_pid_file_symlink_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
+    from tests.fix_server import OURS, run_once
+    target = tmp_path / "precious"
+    target.write_bytes(b"keep me\n")
+    link = tmp_path / "pid"
+    os.symlink(str(target), str(link))
+    result = run_once(OURS, [*NOLOOKUP, "-e", str(link), *PROG])
+    err = one_fatal_line(result, 111)
+    assert err == f"tcpserver: fatal: pid file {link} is a symbolic link, not a regular file\n"
+    assert target.read_bytes() == b"keep me\n"
+    assert os.path.islink(str(link))
+
+
+def test_pid_file_dangling_symlink_creates_nothing(tmp_path: Path) -> None:
+    from tests.fix_server import OURS, run_once
+    target = tmp_path / "elsewhere" / "created"
+    target.parent.mkdir()
+    link = tmp_path / "pid"
+    os.symlink(str(target), str(link))
+    result = run_once(OURS, [*NOLOOKUP, "-e", str(link), *PROG])
+    one_fatal_line(result, 111)
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "socket"])
+def test_pid_file_must_be_a_regular_file(tmp_path: Path, kind: str) -> None:
+    """A FIFO used to hold start-up for ever (item 11)."""
+    import socket
+    from tests.fix_server import OURS, run_once
+    path = tmp_path / "p.fifo"
+    words = {"fifo": "a FIFO", "directory": "a directory", "socket": "a socket"}[kind]
+    holder = None
+    if kind == "fifo":
+        os.mkfifo(str(path))
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        holder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        holder.bind(str(path))
+    try:
+        result = run_once(OURS, [*NOLOOKUP, "-e", str(path), *PROG], timeout=5)
+    finally:
+        if holder is not None:
+            holder.close()
+    err = one_fatal_line(result, 111)
+    assert err == f"tcpserver: fatal: pid file {path} is {words}, not a regular file\n"
+
+
+def test_pid_file_is_replaced_not_written_through(servers, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The pid goes into a new file renamed over the old one: a hard link
+    to the old file (or a reader holding it open) keeps the old bytes."""
+    pidfile = tmp_path / "pid"
+    pidfile.write_bytes(b"stale")
+    os.link(str(pidfile), str(tmp_path / "other"))
+    server = servers(["-e", str(pidfile), *NOLOOKUP], prog=["true"])
+    assert pidfile.read_bytes() == b"%d" % server.pid
+    assert (tmp_path / "other").read_bytes() == b"stale"
+    assert not [n for n in os.listdir(str(tmp_path)) if n.startswith(".pid")]   # no temporary left
+
+
+def test_pid_file_unwritable_folder_is_one_fatal_line(tmp_path: Path) -> None:
+    from tests.fix_server import OURS, run_once
+    result = run_once(OURS, [*NOLOOKUP, "-e", str(tmp_path / "nodir" / "pid"), *PROG])
+    err = one_fatal_line(result, 111)
+    assert err == (f"tcpserver: fatal: couldn't open {tmp_path}/nodir/pid for write: "
+                   "file does not exist\n")
