@@ -11,6 +11,7 @@ Every test fails on the code before the item was fixed.
 from __future__ import annotations
 
 import configparser
+import socket
 import os
 import re
 import shutil
@@ -182,7 +183,6 @@ def test_pid_file_dangling_symlink_creates_nothing(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", ["fifo", "directory", "socket"])
 def test_pid_file_must_be_a_regular_file(tmp_path: Path, kind: str) -> None:
     """A FIFO used to hold start-up for ever (item 11)."""
-    import socket
     from tests.fix_server import OURS, run_once
     path = tmp_path / "p.fifo"
     words = {"fifo": "a FIFO", "directory": "a directory", "socket": "a socket"}[kind]
@@ -221,3 +221,88 @@ def test_pid_file_unwritable_folder_is_one_fatal_line(tmp_path: Path) -> None:
     err = one_fatal_line(result, 111)
     assert err == (f"tcpserver: fatal: couldn't open {tmp_path}/nodir/pid for write: "
                    "file does not exist\n")
+
+
+# -- 7: no traceback at start-up ----------------------------------------------------------
+def test_no_descriptor_for_the_signal_pipe(tmp_path: Path) -> None:
+    """One descriptor free (``-S``: no site packages to import) is not
+    enough for the signal pipe."""
+    import resource
+
+    def few() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (4, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+    result = subprocess.run([PYTHON, "-S", os.path.join(ROOT, "tcpserver.py"), *NOLOOKUP, *PROG],
+                            stdin=subprocess.DEVNULL, capture_output=True, timeout=TIMEOUT,
+                            preexec_fn=few, cwd=str(tmp_path))
+    err = one_fatal_line(result, 111)
+    assert err == "tcpserver: fatal: unable to start: process cannot open more files\n"
+
+
+@pytest.mark.parametrize("args", [["-x", "rules.cdb"], ["-c", "./limit"]])
+def test_deleted_working_directory(tmp_path: Path, args: List[str]) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+
+    def enter_and_remove() -> None:
+        os.chdir(str(gone))
+        os.rmdir(str(gone))
+
+    result = subprocess.run([PYTHON, os.path.join(ROOT, "tcpserver.py"), *NOLOOKUP, *args, *PROG],
+                            stdin=subprocess.DEVNULL, capture_output=True, timeout=TIMEOUT,
+                            preexec_fn=enter_and_remove)
+    err = one_fatal_line(result, 111)
+    assert err == "tcpserver: fatal: unable to find the working directory: file does not exist\n"
+
+
+def test_unexpected_os_error_names_the_file() -> None:
+    import errno
+    from ucspi.server.bootstrap import _unexpected
+    assert _unexpected(OSError(errno.EMFILE, "x", "/dev/null")) == \
+        "unable to start: /dev/null: process cannot open more files"
+    assert _unexpected(OSError(errno.EIO, "x")) == "unable to start: input/output error"
+
+
+def _listening() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    return sock
+
+
+def test_inherited_socket_that_cannot_be_set_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    from ucspi.errors import Fatal
+    from ucspi.server import listen
+    sock = _listening()
+    fd = os.dup(sock.fileno())
+    try:
+        def refuse(self: socket.socket, flag: bool) -> None:
+            raise OSError(errno.EBADF, "refused")
+        monkeypatch.setattr(socket.socket, "set_inheritable", refuse)
+        with pytest.raises(Fatal) as caught:
+            listen._inherited(fd)
+        assert str(caught.value) == (f"unable to set up inherited descriptor {fd}: "
+                                     "file descriptor not open")
+        os.fstat(fd)                     # detached, not closed behind the caller's back
+    finally:
+        os.close(fd)
+        sock.close()
+
+
+def test_inherited_socket_without_local_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    from ucspi.errors import Fatal
+    from ucspi.server import listen
+
+    class NoName:
+        family = socket.AF_INET
+
+        def getsockname(self) -> None:
+            raise OSError(errno.ENOBUFS, "no buffers")
+
+    monkeypatch.setattr(listen, "_inherited", lambda fd: NoName())
+    with pytest.raises(Fatal) as caught:
+        listen.inherited(1)
+    assert str(caught.value) == ("unable to get the local address of inherited descriptor 3: "
+                                 "out of buffer space")

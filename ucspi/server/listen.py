@@ -231,7 +231,10 @@ def _open6(sock: socket.socket, address: str, scope: int, port: int, backlog: in
         try:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         except OSError:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            except OSError as exc:
+                raise Fatal(f"unable to set IPV6_V6ONLY: {errtext(exc)}") from None
             extra = _socket(socket.AF_INET)
     bound = _bind(sock, (address, port, 0, scope), backlog)
     listener = Listener([sock], bound)
@@ -324,7 +327,11 @@ def inherited(count: int) -> Listener:
         sock = _inherited(fd)
         sockets.append(sock)
         if port is None and sock.family != socket.AF_UNIX:
-            port = sock.getsockname()[1]
+            try:
+                port = sock.getsockname()[1]
+            except OSError as exc:
+                raise Fatal(f"unable to get the local address of inherited descriptor "
+                            f"{fd}: {errtext(exc)}") from None
     return Listener(sockets, port, inherited=True)
 
 
@@ -343,6 +350,10 @@ def _inherited(fd: int) -> socket.socket:
     if not ok:
         sock.detach()
         raise bad
-    sock.set_inheritable(False)    # not for the programs
-    sock.setblocking(False)
+    try:
+        sock.set_inheritable(False)    # not for the programs
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.detach()
+        raise Fatal(f"unable to set up inherited descriptor {fd}: {errtext(exc)}") from None
     return sock
