@@ -306,3 +306,62 @@ def test_inherited_socket_without_local_address(monkeypatch: pytest.MonkeyPatch)
         listen.inherited(1)
     assert str(caught.value) == ("unable to get the local address of inherited descriptor 3: "
                                  "out of buffer space")
+
+
+# -- 8: no way back to group 0 either -------------------------------------------------------
+class FakeIds:
+    """``os`` as seen after a drop to uid 1000: ``works`` names the calls
+    that succeed (they must not)."""
+
+    def __init__(self, gid: int = 1000, groups: List[int] = [1000], works: str = "") -> None:
+        self.gid = gid
+        self.groups = groups
+        self.works = works
+        self.tried: List[str] = []
+
+    def call(self, name: str) -> "object":
+        def change(value: object) -> None:
+            self.tried.append(name)
+            if name not in self.works:
+                raise PermissionError(1, "Operation not permitted")
+        return change
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from ucspi.server import privs
+        for name in ("setuid", "setgid", "setgroups"):
+            monkeypatch.setattr(privs.os, name, self.call(name))
+        monkeypatch.setattr(privs.os, "getgid", lambda: self.gid)
+        monkeypatch.setattr(privs.os, "getegid", lambda: self.gid)
+        monkeypatch.setattr(privs.os, "getgroups", lambda: list(self.groups))
+
+
+@pytest.mark.parametrize("works, message", [
+    ("setuid", "unable to set uid: root could be regained"),
+    ("setgid", "unable to set gid: group 0 could be regained"),
+    ("setgroups", "unable to set gid: the supplementary group 0 could be regained"),
+])
+def test_regaining_any_root_id_is_fatal(monkeypatch: pytest.MonkeyPatch, works: str,
+                                       message: str) -> None:
+    from ucspi.errors import Fatal
+    from ucspi.server import privs
+    FakeIds(works=works).install(monkeypatch)
+    with pytest.raises(Fatal) as caught:
+        privs._check_no_way_back()
+    assert str(caught.value) == message
+
+
+def test_no_way_back_tries_all_three(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ucspi.server import privs
+    ids = FakeIds()
+    ids.install(monkeypatch)
+    privs._check_no_way_back()
+    assert ids.tried == ["setuid", "setgid", "setgroups"]
+
+
+def test_group_0_kept_on_purpose_is_not_a_way_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``-g 0`` (or 0 among the groups) is what was asked for."""
+    from ucspi.server import privs
+    ids = FakeIds(gid=0, groups=[0, 5], works="setgid setgroups")
+    ids.install(monkeypatch)
+    privs._check_no_way_back()
+    assert ids.tried == ["setuid"]
