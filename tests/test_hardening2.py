@@ -365,3 +365,13 @@ def test_group_0_kept_on_purpose_is_not_a_way_back(monkeypatch: pytest.MonkeyPat
     ids.install(monkeypatch)
     privs._check_no_way_back()
     assert ids.tried == ["setuid"]
+
+
+# -- 9: NOTIFY_SOCKET never reaches a program ---------------------------------------------
+@pytest.mark.parametrize("value", ["not-a-path", "", "@", "/nonexistent/notify"])
+def test_notify_socket_is_removed_even_without_a_notifier(servers, value: str) -> None:  # type: ignore[no-untyped-def]
+    from tests.fix_server import PRINT_ENV, clean_env, parse_env
+    server = servers(NOLOOKUP, prog=PRINT_ENV, env=clean_env(NOTIFY_SOCKET=value))
+    env = parse_env(server.talk())
+    assert env.get("PROTO") == "TCP"
+    assert "NOTIFY_SOCKET" not in env

@@ -128,7 +128,7 @@ class Server:
             access = build(opts.mysql, os.environ, self.reactor, self.lookups, log, access,
                            opts.max_per_host, self.offload)
         drop: Tuple[str, ...] = ACTIVATION_VARIABLES if listener.inherited else ()
-        if notify is not None:
+        if NOTIFY_VARIABLE in os.environ:    # for tcpserver alone, notifier or not
             drop += (NOTIFY_VARIABLE,)
         self.context = Context(opts, self.reactor, log, self.lookups, access,
                                environ.Builder(environ.inherited(drop)),
