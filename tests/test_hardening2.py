@@ -375,3 +375,13 @@ def test_notify_socket_is_removed_even_without_a_notifier(servers, value: str) -
     env = parse_env(server.talk())
     assert env.get("PROTO") == "TCP"
     assert "NOTIFY_SOCKET" not in env
+
+
+# -- 15: a UNIX socket path too long for the kernel -----------------------------------------
+def test_unix_path_too_long(tmp_path: Path) -> None:
+    from tests.fix_server import OURS, run_once
+    path = str(tmp_path / ("s" * 200))
+    result = run_once(OURS, [path, "true"])
+    err = one_fatal_line(result, 111)
+    assert err == f"tcpserver: fatal: unable to bind to {path}: file name too long\n"
+    assert not os.path.exists(path)

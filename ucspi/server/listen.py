@@ -31,6 +31,7 @@ Two other ways to listen (DECISIONS D60, D61):
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
@@ -261,7 +262,7 @@ def open_unix(path: str, backlog: int) -> Listener:
         sock.bind(path)
     except (OSError, ValueError) as exc:
         sock.close()
-        raise Fatal(f"unable to bind to {path}: {errtext(exc)}") from None
+        raise Fatal(f"unable to bind to {path}: {_bind_error(exc)}") from None
     try:
         made = os.stat(path)
         sock.listen(backlog)
@@ -270,6 +271,16 @@ def open_unix(path: str, backlog: int) -> Listener:
         raise Fatal(f"unable to listen on socket  {path}: {errtext(exc)}") from None
     sock.setblocking(False)
     return Listener([sock], None, (path, made.st_dev, made.st_ino))
+
+
+def _bind_error(exc: BaseException) -> str:
+    """djb's text for a failed ``bind`` of a UNIX socket.  Python itself
+    refuses a path longer than ``sun_path`` with an ``OSError`` that has
+    no errno ("AF_UNIX path too long", the only such error of a UNIX
+    address): that is ``ENAMETOOLONG``."""
+    if isinstance(exc, OSError) and exc.errno is None:
+        return errtext(errno.ENAMETOOLONG)
+    return errtext(exc)
 
 
 def remove_stale(path: str) -> None:
