@@ -385,3 +385,47 @@ def test_unix_path_too_long(tmp_path: Path) -> None:
     err = one_fatal_line(result, 111)
     assert err == f"tcpserver: fatal: unable to bind to {path}: file name too long\n"
     assert not os.path.exists(path)
+
+
+# -- 16: -c typos ---------------------------------------------------------------------------
+@pytest.mark.parametrize("arg", ["l00", "-5", "abc", "./nofile"])
+def test_limit_typo_is_a_usage_error(tmp_path: Path, arg: str) -> None:
+    from tests.fix_server import OURS, clean_env, run_once
+    env = clean_env(CONTROLDIR=str(tmp_path))
+    result = run_once(OURS, [*NOLOOKUP, "-c", arg, *PROG], env=env)
+    err = one_fatal_line(result, 100)
+    where = os.path.abspath(arg) if arg.startswith(".") else f"{tmp_path}/{arg}"
+    assert err == (f"tcpserver: fatal: -c wants a number from 1 to 2147483647 or the name of "
+                   f"an existing file, not {arg!r} (no such file: {where})\n")
+    assert result.stdout == b""
+
+
+def test_limit_typo_is_reported_under_quiet(tmp_path: Path) -> None:
+    """Like every usage error, also under -q."""
+    from tests.fix_server import OURS, clean_env, run_once
+    result = run_once(OURS, ["-q", *NOLOOKUP, "-c", "l00", *PROG],
+                      env=clean_env(CONTROLDIR=str(tmp_path)))
+    one_fatal_line(result, 100)
+
+
+def test_limit_file_in_controldir_still_works(servers, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.fix_server import clean_env
+    (tmp_path / "l00").write_text("7\n")
+    server = servers(["-v", *NOLOOKUP, "-c", "l00"], prog=["true"],
+                     env=clean_env(CONTROLDIR=str(tmp_path)))
+    server.wait_log(r"^tcpserver: status: 0/7$")
+    assert not [line for line in server.lines() if "warning" in line]
+
+
+def test_limit_file_gone_on_sighup_keeps_the_limit(servers, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import signal
+    limit = tmp_path / "limit"
+    limit.write_text("7\n")
+    server = servers(["-v", *NOLOOKUP, "-c", str(limit)], prog=["echo", "ok"])
+    server.wait_log(r"^tcpserver: status: 0/7$")
+    limit.unlink()
+    server.signal(signal.SIGHUP)
+    server.wait_log(rf"^tcpserver: warning: unable to read {re.escape(str(limit))}: "
+                    r"file does not exist, keeping 7$")
+    server.wait_log(r"^tcpserver: sighup: 0/7$")
+    assert server.talk() == b"ok\n"

@@ -160,7 +160,7 @@ def _setup(opts: Options, log: Log, make_launch: LaunchFactory) -> Server:
         plugins.run(reload=False)
         server.reloads.add("plugins", plugins.reload)
     launch.ready()
-    for problem in startup_warnings(opts, limit.path):
+    for problem in startup_warnings(opts):
         log.warning(problem)
     _quiet_stdio(listener.port if opts.print_port else None)
     return server

@@ -13,9 +13,11 @@ line is logged for each of:
   is not a cdb (every connection would then be dropped with ``unable to
   read``);
 * ``-U`` with neither ``$UID`` nor ``$GID`` set (the server keeps its
-  privileges);
-* ``-c`` naming a file that does not exist (the limit stays at its
-  default until the file appears and SIGHUP is sent).
+  privileges).
+
+A ``-c`` argument that is neither a number nor an existing file is not
+a warning but a usage error, found before anything is bound
+(:meth:`.limits.Limit.from_options`).
 """
 
 from __future__ import annotations
@@ -81,13 +83,8 @@ def rules_problem(path: str, missing_ok: bool) -> Optional[str]:
     return None
 
 
-def startup_warnings(opts: Options, limit_path: Optional[str]) -> List[str]:
-    """The warnings for these options (see the module docstring).
-
-    Args:
-        opts: the options.
-        limit_path: the ``-c`` file as the server reads it, or None.
-    """
+def startup_warnings(opts: Options) -> List[str]:
+    """The warnings for these options (see the module docstring)."""
     found: List[str] = []
     problem = None if is_shared_object(opts.argv[0]) else program_problem(opts.argv[0], os.environ.get("PATH"))
     if problem:
@@ -98,7 +95,4 @@ def startup_warnings(opts: Options, limit_path: Optional[str]) -> List[str]:
             found.append(problem)
     if opts.ids_from_env and "UID" not in os.environ and "GID" not in os.environ:
         found.append("-U given but neither $UID nor $GID is set: privileges are kept")
-    if limit_path is not None and not os.path.exists(limit_path):
-        found.append(f"-c file does not exist: {_shown(limit_path)} "
-                     f"(the limit stays {opts.limit} until it does and SIGHUP is sent)")
     return found
