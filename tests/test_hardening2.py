@@ -429,3 +429,54 @@ def test_limit_file_gone_on_sighup_keeps_the_limit(servers, tmp_path: Path) -> N
                     r"file does not exist, keeping 7$")
     server.wait_log(r"^tcpserver: sighup: 0/7$")
     assert server.talk() == b"ok\n"
+
+
+# -- 20: a rules text where the cdb should be ----------------------------------------------
+HINT = "protocol error (not a cdb: compile it with tcprules)"
+RULES_TEXT = b"127.0.0.1:allow,WHO=\"me\"\n:deny\n"
+
+
+@pytest.mark.parametrize("text", [RULES_TEXT, RULES_TEXT * 200, b":allow"])
+def test_tcprulescheck_says_not_a_cdb(tmp_path: Path, text: bytes) -> None:
+    from tests.fix_rules import OUR_TCPRULESCHECK
+    rules = tmp_path / "rules"
+    rules.write_bytes(text)
+    result = run([*OUR_TCPRULESCHECK, str(rules)], cwd=str(tmp_path),
+                 env={"PATH": "/usr/bin:/bin", "TCPREMOTEIP": "127.0.0.1"})
+    err = one_fatal_line(result, 111, "tcprulescheck")
+    assert err == f"tcprulescheck: fatal: unable to read {rules}: {HINT}\n"
+
+
+@pytest.mark.parametrize("data", [b"\x00" * 100, b"\x01\x02binary\xff" * 300])
+def test_a_corrupt_binary_file_gets_no_hint(tmp_path: Path, data: bytes) -> None:
+    from tests.fix_rules import OUR_TCPRULESCHECK
+    rules = tmp_path / "rules.cdb"
+    rules.write_bytes(data)
+    result = run([*OUR_TCPRULESCHECK, str(rules)], cwd=str(tmp_path),
+                 env={"PATH": "/usr/bin:/bin", "TCPREMOTEIP": "127.0.0.1"})
+    err = one_fatal_line(result, 111, "tcprulescheck")
+    assert err == f"tcprulescheck: fatal: unable to read {rules}: protocol error\n"
+
+
+def test_server_says_not_a_cdb(servers, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    rules = tmp_path / "rules"
+    rules.write_bytes(RULES_TEXT)
+    server = servers([*NOLOOKUP, "-x", str(rules)], prog=["echo", "ok"])
+    assert server.talk() == b""
+    server.wait_log("^" + re.escape(f"tcpserver: warning: dropping connection, unable to read "
+                                    f"{rules}: {HINT}") + "$")
+    assert server.lines()[0] == f"tcpserver: warning: unable to read rules file {rules}: {HINT}"
+
+
+def test_not_a_cdb_hint_is_only_for_text(tmp_path: Path) -> None:
+    from ucspi.rules.lookup import looks_like_text
+    samples = {"text": RULES_TEXT, "crlf": b"1.2.3.4:deny\r\n", "empty": b"", "blank": b"\n \n",
+               "nul": b"1.2.3.4:deny\n\0", "latin1": b"=caf\xe9:deny\n"}
+    found = {}
+    for name, data in samples.items():
+        (tmp_path / name).write_bytes(data)
+        found[name] = looks_like_text(str(tmp_path / name))
+    os.mkfifo(str(tmp_path / "fifo"))
+    found["fifo"] = looks_like_text(str(tmp_path / "fifo"))
+    assert found == {"text": True, "crlf": True, "empty": False, "blank": False, "nul": False,
+                     "latin1": False, "fifo": False}

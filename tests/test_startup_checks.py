@@ -55,7 +55,8 @@ def test_rules_problems(servers, tmp_path) -> None:
     missing = tmp_path / "missing.cdb"
     server = servers(["-v", "-HRl0", "-x", str(text)], prog=ECHO, impl=OURS)
     assert warnings(server) == [
-        f"tcpserver: warning: unable to read rules file {text}: protocol error"]
+        f"tcpserver: warning: unable to read rules file {text}: protocol error "
+        "(not a cdb: compile it with tcprules)"]
     server = servers(["-v", "-HRl0", "-x", str(missing)], prog=ECHO, impl=OURS)
     assert warnings(server) == [f"tcpserver: warning: rules file does not exist: {missing}"]
     server = servers(["-v", "-HRl0", "-X", "-x", str(missing)], prog=ECHO, impl=OURS)

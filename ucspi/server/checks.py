@@ -71,11 +71,16 @@ def rules_problem(path: str, missing_ok: bool) -> Optional[str]:
     """Why the ``-x`` file cannot be used, or None.  A file small enough
     to be held in memory is checked through; a bigger one only opened
     (its header read), so the check stays quick."""
-    from ..cdb.read import CdbReader
+    from ..cdb.read import CdbError, CdbReader
+    from ..rules.lookup import explain
     try:
-        with CdbReader(path) as db:
-            if db.size <= CHECK_MAX:
-                db.verify()
+        try:
+            with CdbReader(path) as db:
+                if db.size <= CHECK_MAX:
+                    db.verify()
+        except CdbError as exc:
+            explain(exc, path)
+            raise
     except FileNotFoundError:
         return None if missing_ok else f"rules file does not exist: {_shown(path)}"
     except (OSError, UcspiError) as exc:
