@@ -480,3 +480,82 @@ def test_not_a_cdb_hint_is_only_for_text(tmp_path: Path) -> None:
     found["fifo"] = looks_like_text(str(tmp_path / "fifo"))
     assert found == {"text": True, "crlf": True, "empty": False, "blank": False, "nul": False,
                      "latin1": False, "fifo": False}
+
+
+# -- 19: TLS start-up texts that say what is wrong with which file --------------------------
+TLS_FATAL = "tcpserver: fatal: unable to initialize TLS"
+
+
+def _tls_startup(certs_root: str, args: List[str]) -> List[str]:
+    from tests.fix_server import OURS, run_once
+    from tests.fix_tls import tls_env
+    result = run_once(OURS, ["-1", *NOLOOKUP, *args, *PROG], env=tls_env())
+    err = result.stderr.decode("latin-1")
+    assert "Traceback" not in err, err
+    assert (result.returncode, result.stdout) == (111, b""), err
+    return err.splitlines()
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    need("openssl")
+    from tests.fix_tls import session_certs
+    return session_certs(str(tmp_path_factory.getbasetemp()))
+
+
+def test_missing_server_certificate_is_named(certs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "servercert.pem"
+    lines = _tls_startup(certs.root, ["-s", "-i", str(tmp_path)])
+    assert lines == [
+        f"unable to load CA certificate: {path}: file does not exist",     # IndiMail's line
+        f"{TLS_FATAL}: server certificate {path}: file does not exist"]
+
+
+def test_certificate_without_key_says_so(certs) -> None:  # type: ignore[no-untyped-def]
+    lines = _tls_startup(certs.root, ["-n", certs.certonly])
+    problem = f"{certs.certonly}: no private key in the file"
+    assert lines == [f"SSL_CTX_use_PrivateKey_file: Unable to load private keys: {problem}",
+                     f"{TLS_FATAL}: server certificate {problem}"]
+    assert "PEM lib" not in "".join(lines)
+
+
+@pytest.mark.parametrize("which, problem", [
+    ("keyonly", "no certificate in the file"),
+    ("broken", "a PEM block in the file is damaged"),
+    ("mismatch", "the private key does not belong to the certificate"),
+])
+def test_certificate_file_problems_are_named(certs, which: str, problem: str) -> None:  # type: ignore[no-untyped-def]
+    path = getattr(certs, which)
+    lines = _tls_startup(certs.root, ["-n", path])
+    assert lines[-1] == f"{TLS_FATAL}: server certificate {path}: {problem}", lines
+    assert len(lines) == 2 and path in lines[0]
+
+
+def test_encrypted_key_is_named_and_never_prompts(certs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    key = tmp_path / "key.pem"
+    subprocess.run([need("openssl"), "pkcs8", "-topk8", "-in", certs.default, "-passout",
+                    "pass:secret", "-out", str(key)], check=True, capture_output=True, timeout=30)
+    with open(certs.certonly, "rb") as handle:
+        cert = handle.read()
+    path = tmp_path / "encrypted.pem"
+    path.write_bytes(cert + key.read_bytes())
+    lines = _tls_startup(certs.root, ["-n", str(path)])
+    assert lines[-1] == (f"{TLS_FATAL}: server certificate {path}: the private key is "
+                         "encrypted (tcpserver takes no passphrase)")
+
+
+def test_bad_ca_file_is_named(certs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    missing = tmp_path / "none.pem"
+    lines = _tls_startup(certs.root, ["-n", certs.default, "-a", str(missing)])
+    assert lines == [f"SSL_CTX_load_verify_locations: Unable to load CA certificate: {missing}: "
+                     "file does not exist",
+                     f"{TLS_FATAL}: CA file {missing}: file does not exist"]
+
+
+def test_unknown_method_lists_every_accepted_name(certs) -> None:  # type: ignore[no-untyped-def]
+    from ucspi.tls.settings import METHODS
+    lines = _tls_startup(certs.root, ["-n", certs.default, "-M", "tlsv1_2"])
+    listed = lines[1].split(": ", 2)[2].split(", ")
+    assert lines[1].startswith("tls_method: Supported methods: ")
+    assert listed == list(METHODS) == ["SSLv23", "SSLv3", "TLSv1", "TLSv1_1", "TLSv1_2", "TLSv1_3"]
+    assert lines[-1] == f"{TLS_FATAL}: -M wants a method name or MIN:MAX, not 'tlsv1_2'"

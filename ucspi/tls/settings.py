@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import Callable, List, Mapping, Optional, Tuple
 
-from ..scan import cut
+from ..scan import cut, shown
 
 #: where certificates live when neither ``-i`` nor ``$CERTDIR`` says
 DEFAULT_CERTDIR = "/etc/indimail/certs"
@@ -33,11 +33,15 @@ Access = Callable[[str], bool]
 class TlsError(Exception):
     """TLS cannot be set up.  ``lines`` are printed as they are (the
     original's helper lines), then ``tcpserver: fatal: unable to
-    initialize TLS``."""
+    initialize TLS``, followed by ``: <reason>`` when there is one:
+    what is wrong with which file, in our words (the original's lines
+    can mislead: a missing server certificate is "unable to load CA
+    certificate")."""
 
-    def __init__(self, lines: List[str]) -> None:
+    def __init__(self, lines: List[str], reason: Optional[str] = None) -> None:
         super().__init__("; ".join(lines))
         self.lines = lines
+        self.reason = reason
 
 
 class Files:
@@ -109,9 +113,12 @@ class Bounds:
 
 
 def _bad_method(text: str) -> TlsError:
+    """IndiMail's lines, with every name ``-M`` takes (IndiMail lists
+    only two of them)."""
     return TlsError([f"tls_method: Invalid TLS method configured [{cut(text)}]",
-                     "tls_method: Supported methods: TLSv1_2, TLSv1_3",
-                     "SSL_CTX_new: error initializing method: protocol error"])
+                     "tls_method: Supported methods: " + ", ".join(METHODS),
+                     "SSL_CTX_new: error initializing method: protocol error"],
+                    f"-M wants a method name or MIN:MAX, not {shown(text)}")
 
 
 def parse_method(text: Optional[str]) -> Bounds:
