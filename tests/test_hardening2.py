@@ -559,3 +559,157 @@ def test_unknown_method_lists_every_accepted_name(certs) -> None:  # type: ignor
     assert lines[1].startswith("tls_method: Supported methods: ")
     assert listed == list(METHODS) == ["SSLv23", "SSLv3", "TLSv1", "TLSv1_1", "TLSv1_2", "TLSv1_3"]
     assert lines[-1] == f"{TLS_FATAL}: -M wants a method name or MIN:MAX, not 'tlsv1_2'"
+
+
+# -- 13: non-ASCII and dotted SNI names -----------------------------------------------------
+def _hello(name: str, maximum: str = "1.3") -> bytes:
+    """A real ClientHello (Python's client) asking for ``name``."""
+    import ssl
+    from tests.fix_tls import client_context
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = client_context(maximum=maximum).wrap_bio(incoming, outgoing, server_side=False,
+                                                   server_hostname=name)
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+
+def _patched_hello(maximum: str = "1.3") -> bytes:
+    """A ClientHello whose SNI name is not ASCII (same length as asked)."""
+    hello = _hello("aaaa.example", maximum)
+    assert hello.count(b"aaaa.example") == 1
+    return hello.replace(b"aaaa.example", b"\xe9\x80\xff\xc3.example")
+
+
+def _records(hello: bytes, size: int) -> bytes:
+    """The handshake message of ``hello`` split into records of ``size``."""
+    body = hello[5:]
+    return b"".join(b"\x16\x03\x01" + len(body[i:i + size]).to_bytes(2, "big") + body[i:i + size]
+                    for i in range(0, len(body), size))
+
+
+def test_hello_server_name() -> None:
+    from ucspi.tls.settings import hello_server_name
+    hello = _hello("mail.example.com")
+    assert hello_server_name(hello) == (True, b"mail.example.com")
+    assert hello_server_name(_patched_hello()) == (True, b"\xe9\x80\xff\xc3.example")
+    for cut in (0, 3, 5, 9, len(hello) // 2, len(hello) - 1):
+        assert hello_server_name(hello[:cut]) == (False, None), cut
+    split = _records(hello, 7)                       # a ClientHello over many records
+    assert hello_server_name(split) == (True, b"mail.example.com")
+    assert hello_server_name(split[:-1]) == (False, None)
+    assert hello_server_name(b"GET / HTTP/1.0\r\n\r\n") == (True, None)    # not TLS
+    assert hello_server_name(b"\x16\x03\x01\x00\x04\x02\x00\x00\x00") == (True, None)  # not a hello
+    assert hello_server_name(b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00") == (True, None)  # junk
+    assert hello_server_name(b"\x16\x03\x01\x00\x04\x01\xff\xff\xff") == (True, None)  # huge
+
+
+def test_hello_without_server_name() -> None:
+    from ucspi.tls.settings import hello_server_name
+    from tests.fix_tls import client_hello
+    assert hello_server_name(client_hello()) == (True, None)
+
+
+@pytest.mark.parametrize("name, checked", [
+    ("a.example.", "a.example"), ("A.Example.", "a.example"), (".", None), ("a..", None),
+    ("a.example..", None), ("..", None),
+])
+def test_sni_name_drops_the_trailing_dot(name: str, checked: str) -> None:
+    from ucspi.tls.settings import sni_name
+    assert sni_name(name) == checked
+
+
+def _tls_server(servers, certs):  # type: ignore[no-untyped-def]
+    from tests.fix_tls import start_tls
+    return start_tls(servers, certs)
+
+
+def _clean_tls_log(server) -> None:  # type: ignore[no-untyped-def]
+    """Every line is one of ours: no traceback, no 'Exception ignored'."""
+    for line in server.lines():
+        assert line.startswith("tcpserver: "), server.log()
+    assert "warning" not in server.log(), server.log()
+
+
+def test_non_ascii_sni_gets_the_default_certificate(servers, certs) -> None:  # type: ignore[no-untyped-def]
+    from tests.fix_tls import SERIAL_DEFAULT, pem_in, s_client, serial_of_pem
+    server = _tls_server(servers, certs)
+    name = os.fsdecode(b"caf\xc3\xa9.example")
+    result = s_client(server.port, ["-ign_eof", "-servername", name], keep_open=True)
+    assert result.returncode == 0, result
+    assert serial_of_pem(pem_in(result.stdout)) == SERIAL_DEFAULT
+    assert b"PROTO=TCP" in result.stdout, result.stdout
+    assert b"SSL_TLS_SNI_SERVERNAME" not in result.stdout, result.stdout
+    server.wait_log(r"^tcpserver: end \d+ status 0$")
+    _clean_tls_log(server)
+
+
+def test_raw_hello_with_non_ascii_sni_is_answered(servers, certs) -> None:  # type: ignore[no-untyped-def]
+    """A hand-patched ClientHello (TLS 1.2, so the certificate travels in
+    the clear): the server answers with its handshake and the default
+    certificate, not with an alert."""
+    import ssl
+    server = _tls_server(servers, certs)
+    with open(certs.default) as handle:
+        pem = handle.read()
+    der = ssl.PEM_cert_to_DER_cert(pem[:pem.index("-----END CERTIFICATE-----") + 25])
+    with server.connect() as sock:
+        sock.sendall(_records(_patched_hello("1.2"), 100))      # split, for good measure
+        sock.settimeout(10)
+        got = b""
+        while der not in got:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    assert got[:1] == b"\x16", got[:16]                          # a handshake record, no alert
+    assert der in got
+    server.wait_log(r"^tcpserver: end \d+ status \d+$")
+    for line in server.lines():
+        assert line.startswith(("tcpserver: ", "SSL_accept: ")), server.log()
+    assert "Exception" not in server.log() and "Traceback" not in server.log()
+
+
+def test_trailing_dot_picks_the_name_and_says_it_without_the_dot(servers, certs) -> None:  # type: ignore[no-untyped-def]
+    from tests.fix_server import parse_env
+    from tests.fix_tls import SERIAL_A, peer_serial, read_tls, tls_connect
+    server = _tls_server(servers, certs)
+    with tls_connect(server, server_hostname="A.Example.") as sock:
+        serial = peer_serial(sock)
+        env = parse_env(read_tls(sock))
+    assert (serial, env.get("SSL_TLS_SNI_SERVERNAME")) == (SERIAL_A, "a.example")
+    _clean_tls_log(server)
+
+
+def test_unraisable_errors_become_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The relay child's last line of defence: what Python can only
+    report (as the SNI machinery's decoding error) is one warning with
+    the exception's type, never the client's bytes or a traceback."""
+    import gc
+    from ucspi.log import Log
+    from ucspi.tls.context import quiet_unraisable
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    rfd, wfd = os.pipe()
+    try:
+        quiet_unraisable(Log(1, fd=wfd))
+
+        class Bad:
+            def __del__(self) -> None:
+                b"\xe9\x80".decode("ascii")
+
+        for _ in range(3):
+            Bad()
+            gc.collect()
+        os.close(wfd)
+        wfd = -1
+        with os.fdopen(rfd, "rb") as reader:
+            rfd = -1
+            logged = reader.read()
+    finally:
+        for fd in (rfd, wfd):
+            if fd >= 0:
+                os.close(fd)
+    assert logged == (b"tcpserver: warning: ignored an error in the TLS library's callback: "
+                      b"UnicodeDecodeError\n")

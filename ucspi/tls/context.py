@@ -15,9 +15,11 @@ from __future__ import annotations
 import errno
 import os
 import ssl
+import sys
 from typing import Any, Dict, List, Mapping, Optional
 
 from ..errors import errtext
+from ..log import Log
 from ..scan import cut
 from . import settings
 from .settings import Files, TlsError
@@ -100,6 +102,22 @@ def _no_passphrase() -> bytes:
     return b""
 
 
+def quiet_unraisable(log: Log) -> None:
+    """In a relay child: an exception that Python can only report, not
+    raise (one from the machinery around the SNI callback), becomes at
+    most one warning naming its type, instead of a traceback with the
+    client's bytes in the server's log."""
+    said: List[bool] = []
+
+    def hook(unraisable: Any) -> None:
+        if not said:
+            said.append(True)
+            log.warning("ignored an error in the TLS library's callback: "
+                        f"{type(unraisable.exc_value).__name__}")
+
+    sys.unraisablehook = hook
+
+
 def renegotiation_supported() -> bool:
     """``-N`` exists only with OpenSSL 3 (spec §1.7)."""
     return ssl.OPENSSL_VERSION_INFO >= (3,)
@@ -115,11 +133,23 @@ class Contexts:
 
 class Sni:
     """Selects a context by the client's SNI name, in the relay child,
-    and remembers the (checked) name for ``SSL_TLS_SNI_SERVERNAME``."""
+    and remembers the (checked) name for ``SSL_TLS_SNI_SERVERNAME``.
+
+    Python decodes the name as ASCII before it calls the callback, and a
+    name it cannot decode fails the handshake (an ``internal error``
+    alert) and prints a traceback on stderr, the server's log.  So the
+    relay child shows the Sni the client's first bytes (:meth:`received`,
+    from :meth:`start` on): when the ClientHello names a host in bytes
+    that are not ASCII, the callback is taken off the context of this
+    child's one connection, and the client gets the default
+    certificate, as for any name that cannot select a file.
+    """
 
     def __init__(self) -> None:
         self.by_name: Dict[str, ssl.SSLContext] = {}
         self.name: Optional[str] = None
+        self._hello = bytearray()
+        self._context: Optional[ssl.SSLContext] = None
 
     def __call__(self, conn: Any, name: Optional[str], ctx: ssl.SSLContext) -> None:
         checked = settings.sni_name(name)
@@ -127,6 +157,26 @@ class Sni:
         chosen = self.by_name.get(checked) if checked else None
         if chosen is not None:
             conn.context = chosen
+
+    def start(self, ctx: ssl.SSLContext) -> None:
+        """A connection (the relay child's one) is about to handshake
+        with ``ctx``, the context this Sni is the callback of."""
+        self.name = None
+        self._hello = bytearray()
+        self._context = ctx
+
+    def received(self, data: bytes) -> None:
+        """Bytes from the client, before the TLS library sees them."""
+        if self._context is None:
+            return
+        self._hello += data
+        complete, raw = settings.hello_server_name(bytes(self._hello))
+        if not complete:
+            return
+        if raw is not None and not raw.isascii():
+            self._context.sni_callback = None    # in this child only
+        self._context = None
+        self._hello = bytearray()
 
 
 class Setup:

@@ -29,14 +29,14 @@ import signal
 import socket
 import ssl
 import time
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from ..errors import EXIT_TEMP, Fatal, errtext
 from ..log import Log, safe, say
 from ..server import child
 from ..server.launch import Counts, Environment, Program
 from ..server.reload import Reloads
-from .context import Contexts, Setup, library_error
+from .context import Contexts, Setup, library_error, quiet_unraisable
 from .settings import TlsError
 
 #: bytes read at once from the socket or the program
@@ -91,6 +91,8 @@ class Channel:
         self.tls = ctx.wrap_bio(self.incoming, self.outgoing, server_side=True)
         #: encrypted bytes waiting for the socket
         self.wire = bytearray()
+        #: sees what the client sends before the TLS layer does (the SNI check)
+        self.watch: Optional[Callable[[bytes], None]] = None
 
     def collect(self) -> None:
         """Move what the TLS layer produced to :attr:`wire`."""
@@ -118,6 +120,8 @@ class Channel:
             return True
         if not data:
             return False
+        if self.watch is not None:
+            self.watch(data)
         self.incoming.write(data)
         return True
 
@@ -474,8 +478,10 @@ class TlsLaunch:
         log = self.log
         sock = socket.socket(fileno=fd)
         sock.setblocking(False)
-        self.setup.sni.name = None
+        quiet_unraisable(log)
+        self.setup.sni.start(ctx)
         chan = Channel(sock, ctx)
+        chan.watch = self.setup.sni.received
         try:
             handshake(chan, self.handshake_timeout)
         except HandshakeFailed as failed:
