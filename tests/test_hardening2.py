@@ -713,3 +713,87 @@ def test_unraisable_errors_become_one_warning(monkeypatch: pytest.MonkeyPatch) -
                 os.close(fd)
     assert logged == (b"tcpserver: warning: ignored an error in the TLS library's callback: "
                       b"UnicodeDecodeError\n")
+
+
+# -- 18: --help is a summary, in step with the manual page --------------------------------
+def _man_options() -> "dict[str, dict[str, str]]":
+    """The rendered OPTIONS section: group -> {"-x": the text of -x's
+    entries (both of -c's)}."""
+    from tests.test_manpages import TCPSERVER_1, render, section
+    groups: "dict[str, dict[str, str]]" = {}
+    current: "dict[str, str]" = {}
+    key = ""
+    for line in section(render(TCPSERVER_1), "OPTIONS").splitlines():
+        heading = re.match(r"^   (\S.*)$", line)
+        entry = re.match(r"^       (-\S)(\s|$)", line)
+        if heading:
+            current = groups.setdefault(heading.group(1), {})
+            key = ""
+        elif entry:
+            key = entry.group(1)
+            current[key] = current.get(key, "") + " " + line[7:]
+        elif key:
+            current[key] += " " + line.strip()
+    return {group: {k: " ".join(v.split()) for k, v in entries.items()}
+            for group, entries in groups.items()}
+
+
+def test_help_groups_are_the_man_pages() -> None:
+    from ucspi.options import FLAGS, OPTION_GROUPS, WITH_ARG
+    man = _man_options()
+    assert [group for group, _ in OPTION_GROUPS] == list(man)
+    for group, options in OPTION_GROUPS:
+        in_help = {option.split()[0] for option, _ in options}
+        in_man = {option.split()[0] for option in man[group]}
+        assert in_help == in_man, group
+    letters = {option.split()[0][1] for _, options in OPTION_GROUPS for option, _ in options}
+    assert letters == set(FLAGS) | set(WITH_ARG)
+
+
+DEFAULTS = {"c": "limit", "C": "max_per_host", "b": "backlog", "t": "ident_timeout",
+            "S": "handshake_timeout", "T": "idle_timeout"}
+
+
+def test_help_defaults_are_the_codes_and_the_man_pages() -> None:
+    from ucspi.options import OPTION_GROUPS, Options
+    flat = {option: text for entries in _man_options().values()
+            for option, text in entries.items()}
+    checked = 0
+    for _, options in OPTION_GROUPS:
+        for option, text in options:
+            letter = option.split()[0]
+            number = re.search(r"\(default (\d+)\)", text)
+            if number:
+                assert int(number.group(1)) == getattr(Options(), DEFAULTS[letter[1]]), option
+                assert f"default {number.group(1)}" in flat[letter], (option, flat[letter])
+                checked += 1
+            marked = re.match(r"^-\S \(Default\.\)", flat[letter]) is not None
+            if text.endswith("(default)"):
+                assert marked, (option, flat[letter])
+                checked += 1
+            else:
+                assert not marked, option
+    assert checked == 12
+
+
+@pytest.mark.parametrize("command", ["tcpserver", "tcprules", "tcprulescheck"])
+def test_help_is_the_usage_line_and_a_summary(command: str) -> None:
+    result = run([PYTHON, os.path.join(ROOT, command + ".py"), "--help"])
+    assert (result.returncode, result.stderr) == (0, b"")
+    lines = result.stdout.decode().splitlines()
+    assert lines[0].startswith(f"{command}: usage: {command} ")
+    assert len(lines) > 8 and lines[1] == ""
+    assert all(len(line) < 80 for line in lines[1:]), lines
+    assert f"man {command}" in lines[-1]
+    # an error still prints the one usage line
+    wrong = run([PYTHON, os.path.join(ROOT, command + ".py")])
+    assert wrong.returncode == 100
+    assert wrong.stderr.decode().splitlines() == [lines[0]]
+
+
+def test_tcpserver_help_has_a_line_per_option() -> None:
+    from ucspi.options import FLAGS, WITH_ARG
+    result = run([PYTHON, os.path.join(ROOT, "tcpserver.py"), "--help"])
+    listed = re.findall(r"^  -(\S)", result.stdout.decode(), re.M)
+    assert sorted(set(listed)) == sorted(set(FLAGS) | set(WITH_ARG))
+    assert len(listed) == len(set(listed)) + 1               # -c twice: a number, a file
