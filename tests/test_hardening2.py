@@ -5,7 +5,8 @@ typos (16), symlinked scripts (17), ``--help`` (18), TLS start-up texts
 (19), a rules text given as a cdb (20) and the packaging odds and ends
 (21).
 
-Every test fails on the code before the item was fixed.
+Each item has tests that fail on the code before its fix (a few more
+tests beside them pin down what must not change).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from typing import List
+from typing import List, Tuple
 
 import pytest
 
@@ -313,9 +314,9 @@ class FakeIds:
     """``os`` as seen after a drop to uid 1000: ``works`` names the calls
     that succeed (they must not)."""
 
-    def __init__(self, gid: int = 1000, groups: List[int] = [1000], works: str = "") -> None:
+    def __init__(self, gid: int = 1000, groups: Tuple[int, ...] = (1000,), works: str = "") -> None:
         self.gid = gid
-        self.groups = groups
+        self.groups = list(groups)
         self.works = works
         self.tried: List[str] = []
 
@@ -361,7 +362,7 @@ def test_no_way_back_tries_all_three(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_group_0_kept_on_purpose_is_not_a_way_back(monkeypatch: pytest.MonkeyPatch) -> None:
     """``-g 0`` (or 0 among the groups) is what was asked for."""
     from ucspi.server import privs
-    ids = FakeIds(gid=0, groups=[0, 5], works="setgid setgroups")
+    ids = FakeIds(gid=0, groups=(0, 5), works="setgid setgroups")
     ids.install(monkeypatch)
     privs._check_no_way_back()
     assert ids.tried == ["setuid"]
