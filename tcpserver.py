@@ -9,7 +9,9 @@ host port prog [args...]``.  No installation step is needed; the
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# realpath, not abspath: a symlink to this file (in /usr/local/bin, say)
+# must still find ucspi/ beside the real file, also under python3 -I / -P
+sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
 
 # Importing ucspi checks the interpreter first (3.9 or newer, else one
 # line and exit 111), so this file must stay readable by Python 3.6.

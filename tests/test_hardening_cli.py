@@ -24,7 +24,9 @@ from tests.fix_rules import OUR_TCPRULES, OUR_TCPRULESCHECK
 from tests.fix_server import OURS, clean_env, run_once
 from tests.util import PYTHON, ROOT
 from ucspi import scan
-from ucspi.options import MAX_NUMBER, NOT_YET, USAGE, parse
+from ucspi.options import HELP, MAX_NUMBER, NOT_YET, USAGE, parse
+from ucspi.tools.tcprules import HELP as OUR_RULES_HELP
+from ucspi.tools.tcprulescheck import HELP as OUR_CHECK_HELP
 from ucspi.rules.lookup import apply
 from ucspi.rules.parse import NoColonError, RuleSyntaxError, parse_line
 
@@ -186,6 +188,12 @@ USAGES = {
     "tcprules": "tcprules: usage: tcprules rules.cdb rules.tmp\n",
     "tcprulescheck": "tcprulescheck: usage: tcprulescheck rules.cdb\n",
 }
+#: --help: the usage line, then a summary (issue 18, item 18)
+HELPS = {
+    "tcpserver": HELP,
+    "tcprules": OUR_RULES_HELP.decode() + "\n",
+    "tcprulescheck": OUR_CHECK_HELP.decode() + "\n",
+}
 
 
 @pytest.mark.parametrize("command", ["tcpserver", "tcprules", "tcprulescheck"])
@@ -195,7 +203,8 @@ def test_help_and_version(command: str) -> None:
     helped = subprocess.run([*argv, "--help"], capture_output=True, timeout=30,
                             stdin=subprocess.DEVNULL)
     assert (helped.returncode, helped.stderr) == (0, b"")
-    assert helped.stdout.decode() == USAGES[command]
+    assert helped.stdout.decode() == HELPS[command]
+    assert helped.stdout.decode().startswith(USAGES[command] + "\n")
     assert helped.stdout.startswith(command.encode() + b": usage: " + command.encode() + b" ")
     versioned = subprocess.run([*argv, "--version"], capture_output=True, timeout=30,
                                stdin=subprocess.DEVNULL)
@@ -210,7 +219,7 @@ def test_help_and_version_of_python_dash_m(tmp_path, name: str) -> None:
     runner = ("import runpy, sys; sys.argv[0] = %r; "
               "runpy.run_module('ucspi', run_name='__main__', alter_sys=False)" % name)
     env = dict(os.environ, PYTHONPATH=ROOT)
-    for flag, expected in (("--help", USAGES[name]), ("--version", f"{name} {ucspi.__version__}\n")):
+    for flag, expected in (("--help", HELPS[name]), ("--version", f"{name} {ucspi.__version__}\n")):
         result = subprocess.run([PYTHON, "-c", runner, flag], capture_output=True, timeout=30,
                                 cwd=str(tmp_path), env=env)
         assert (result.returncode, result.stdout.decode(), result.stderr) == (0, expected, b"")

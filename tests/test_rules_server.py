@@ -78,7 +78,7 @@ def test_missing_cdb(servers, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("content,words", [
-    (b"x" * 100, "protocol error"),          # shorter than the header
+    (b"\x01" * 100, "protocol error"),       # shorter than the header
     (b"", "invalid argument"),
     (None, "is a directory"),
 ])

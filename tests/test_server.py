@@ -343,9 +343,14 @@ def test_limit_file_bad_content_is_fatal(tmp_path, content: bytes) -> None:
     assert err.count("\n") == 1 and err.startswith("tcpserver: fatal: ") and str(path) in err
 
 
-def test_limit_file_missing_means_default(servers, tmp_path) -> None:
-    server = servers(["-v", "-c", str(tmp_path / "missing"), *NOLOOKUP], prog=["true"])
-    server.wait_log(r"^tcpserver: status: 0/40$")
+def test_limit_file_missing_is_a_usage_error(tmp_path) -> None:
+    """Issue 18, item 16 (IndiMail starts with 40)."""
+    result = run_once(OURS, ["-v", "-c", "missing", *NOLOOKUP, "127.0.0.1", "0", "true"],
+                      clean_env(CONTROLDIR=str(tmp_path)))
+    assert result.returncode == 100
+    assert result.stderr.decode() == (
+        "tcpserver: fatal: -c wants a number from 1 to 2147483647 or the name of an existing "
+        f"file, not 'missing' (no such file: {tmp_path}/missing)\n")
 
 
 def test_limit_file_from_controldir(servers, tmp_path) -> None:

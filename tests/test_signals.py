@@ -129,10 +129,12 @@ def test_sighup_bad_limit_file_keeps_running(servers, tmp_path) -> None:
     warning = server.wait_log(r"^tcpserver: warning: ")
     assert "keeping 3" in warning[0] and str(conc) in warning[0]
     server.wait_log(r"^tcpserver: sighup: 0/3$")
-    conc.unlink()                                         # missing: unchanged, silent
+    conc.unlink()                                         # missing: unchanged, a warning
     server.signal(signal.SIGHUP)
     server.wait_log(r"^tcpserver: sighup: 0/3$", 2)
-    assert len(server.wait_log(r"^tcpserver: warning: ")) == 1
+    server.wait_log(rf"^tcpserver: warning: unable to read {conc}: file does not exist, "
+                    r"keeping 3$")
+    assert len(server.wait_log(r"^tcpserver: warning: ")) == 2
     conc.mkdir()                                          # unreadable: warning (D15)
     server.signal(signal.SIGHUP)
     server.wait_log(rf"^tcpserver: warning: unable to read {conc}: is a directory$")

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.fix_server import OURS, clean_env
+from tests.fix_server import OURS, clean_env, run_once
 from tests.util import PYTHON, ROOT
 
 ECHO = ["sh", "-c", "echo hi"]
@@ -55,7 +55,8 @@ def test_rules_problems(servers, tmp_path) -> None:
     missing = tmp_path / "missing.cdb"
     server = servers(["-v", "-HRl0", "-x", str(text)], prog=ECHO, impl=OURS)
     assert warnings(server) == [
-        f"tcpserver: warning: unable to read rules file {text}: protocol error"]
+        f"tcpserver: warning: unable to read rules file {text}: protocol error "
+        "(not a cdb: compile it with tcprules)"]
     server = servers(["-v", "-HRl0", "-x", str(missing)], prog=ECHO, impl=OURS)
     assert warnings(server) == [f"tcpserver: warning: rules file does not exist: {missing}"]
     server = servers(["-v", "-HRl0", "-X", "-x", str(missing)], prog=ECHO, impl=OURS)
@@ -76,13 +77,13 @@ def test_env_ids_missing(servers) -> None:
     assert warnings(server) == []
 
 
-def test_limit_file_missing(servers, tmp_path) -> None:
+def test_limit_file_missing(tmp_path) -> None:
+    """Issue 18, item 16: no longer a warning but a usage error
+    (tests/test_hardening2.py has the cases)."""
     name = tmp_path / "concurrency"
-    server = servers(["-v", "-HRl0", "-c", str(name)], prog=ECHO, impl=OURS)
-    assert warnings(server) == [
-        f"tcpserver: warning: -c file does not exist: {name} "
-        "(the limit stays 40 until it does and SIGHUP is sent)"]
-    assert server.talk() == b"hi\n"
+    result = run_once(OURS, ["-HRl0", "-c", str(name), "127.0.0.1", "0", "true"])
+    assert result.returncode == 100
+    assert result.stderr.decode().startswith("tcpserver: fatal: -c wants a number from 1 to ")
 
 
 def test_quiet_means_quiet(servers) -> None:

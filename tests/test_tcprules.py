@@ -403,7 +403,7 @@ def test_rts_21_proper_order(tmp_path):
 @pytest.mark.parametrize("content,err", [
     (None, b"file does not exist"),
     (b"", b"invalid argument"),
-    (b"x" * 100, b"protocol error"),
+    (b"\x01" * 100, b"protocol error"),     # (a text gets a hint: tests/test_hardening2.py)
     (b"\xff" * 4000, b"protocol error"),
 ])
 def test_check_unreadable_same_as_c(tmp_path, content, err):

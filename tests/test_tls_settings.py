@@ -65,7 +65,8 @@ def test_unknown_method_is_the_originals_three_lines(text: str) -> None:
     with pytest.raises(TlsError) as info:
         parse_method(text)
     assert info.value.lines == [f"tls_method: Invalid TLS method configured [{text}]",
-                                "tls_method: Supported methods: TLSv1_2, TLSv1_3",
+                                "tls_method: Supported methods: SSLv23, SSLv3, TLSv1, "
+                                "TLSv1_1, TLSv1_2, TLSv1_3",
                                 "SSL_CTX_new: error initializing method: protocol error"]
 
 

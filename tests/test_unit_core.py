@@ -632,8 +632,9 @@ def test_limit_from_options(tmp_path, monkeypatch) -> None:
     (tmp_path / "conc").write_bytes(b"3\n")
     limit = limits.Limit.from_options(parse(["-c", "conc"] + PROG, {}))
     assert (limit.value, limit.path) == (3, str(tmp_path / "conc"))
-    missing = limits.Limit.from_options(parse(["-c", "nothere"] + PROG, {}))
-    assert missing.value == 40
+    with pytest.raises(UsageError) as typo:        # issue 18, item 16
+        limits.Limit.from_options(parse(["-c", "nothere"] + PROG, {}))
+    assert str(typo.value).endswith(f"not 'nothere' (no such file: {tmp_path}/nothere)")
     assert limits.Limit.from_options(parse(["-c", "9"] + PROG, {})).value == 9
     (tmp_path / "bad").write_bytes(b"abc\n")
     with pytest.raises(Fatal):
@@ -659,7 +660,7 @@ def test_limit_reread(tmp_path) -> None:
     assert limit.value == 2 and len(out) == 1 and "keeping 2" in out[0]
     path.unlink()
     reread()
-    assert limit.value == 2 and len(out) == 1
+    assert limit.value == 2 and out[1:] == ["unable to read conc: file does not exist, keeping 2"]
     path.mkdir()
     reread()
     assert limit.value == 2 and out[-1] == "unable to read conc: is a directory"

@@ -11,9 +11,11 @@ python3`` line followed by a zip archive holding the ``ucspi`` package
 and a ``__main__.py``.  Copy it to any host with Python 3.9 or newer
 and run it (``./tcpserver.pyz -v 0 7000 prog``, or ``python3
 tcpserver.pyz ...``).  The archive chooses its command by the name it
-is started under, like a busybox: symlinks called ``tcprules`` or
-``tcprulescheck`` that point to the ``.pyz`` run those tools, any
-other name runs tcpserver.
+is started under, like a busybox: a symlink that points to the
+``.pyz`` and is called ``tcprules`` or ``tcprulescheck`` (the whole
+name, optionally with ``.pyz`` or ``.py`` after it) runs that tool; any
+other name (``tcpserver``, ``tcpserver.pyz``, ``tcprules_v2``) runs
+tcpserver.  The archive also holds ``ucspi/py.typed``.
 
 The build is reproducible: entries are sorted and carry a fixed time
 stamp, so the same sources give the same bytes.  Only sources go in
@@ -40,7 +42,8 @@ MAIN = '''\
 """Entry point of tcpserver.pyz (built by tools/build_pyz.py).
 
 The command is chosen from the name the archive was started under:
-tcprules or tcprulescheck (through a symlink), else tcpserver.  The
+tcprules or tcprulescheck (a symlink with that whole name, optionally
+followed by .pyz or .py), else tcpserver.  The
 choice itself is made by ucspi/__main__.py, so ``python3 -m ucspi``
 and the archive behave the same.
 """

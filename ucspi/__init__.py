@@ -28,15 +28,23 @@ __version__ = "0.1.0"
 MINIMUM_PYTHON = (3, 9)
 
 
+#: the commands a program name can stand for (see :func:`command_name`)
+COMMANDS = ("tcpserver", "tcprules", "tcprulescheck")
+
+
 def command_name(argv0):
     # type: (str) -> str
-    """The command a program name stands for: ``tcprulescheck``,
-    ``tcprules`` or ``tcpserver`` (any other name, ``-m`` included)."""
+    """The command a program name stands for: ``tcpserver``,
+    ``tcprules`` or ``tcprulescheck``, as a whole name, optionally
+    followed by ``.pyz`` or ``.py`` (``tcprules``, ``tcprules.pyz``);
+    any other name (``tcprules_v2``, ``python3 -m ucspi``'s) is
+    ``tcpserver``."""
     name = _os.path.basename(argv0 or "")
-    for command in ("tcprulescheck", "tcprules"):
-        if name.startswith(command):
-            return command
-    return "tcpserver"
+    for suffix in (".pyz", ".py"):
+        if name.endswith(suffix):
+            name = name[:-len(suffix)]
+            break
+    return name if name in COMMANDS else "tcpserver"
 
 
 def version_line(command):

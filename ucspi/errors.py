@@ -125,20 +125,22 @@ def errtext(err: Union[int, BaseException, None]) -> str:
             ``None`` (treated as 0, "no error").
 
     Returns:
-        The text from djb's table, or ``"unknown error"``.
+        The text from djb's table, or ``"unknown error"``; an exception
+        with a ``hint`` (a non-empty ``str`` attribute: what to do
+        about it) gets it after the text, in parentheses.
     """
     if err is None:
         return ERRTEXT[0]
     if isinstance(err, BaseException):
+        hint = getattr(err, "hint", None)
         num: Optional[int] = getattr(err, "errno", None)
         if num is None:
             if isinstance(err, TimeoutError):
                 num = _errno.ETIMEDOUT
             elif isinstance(err, MemoryError):
                 num = _errno.ENOMEM
-            else:
-                return "unknown error"
-        err = num
+        text = "unknown error" if num is None else ERRTEXT.get(num, "unknown error")
+        return f"{text} ({hint})" if isinstance(hint, str) and hint else text
     return ERRTEXT.get(err, "unknown error")
 
 

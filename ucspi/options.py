@@ -27,7 +27,8 @@ from . import version_line
 from .errors import UsageError
 from .scan import ID_MAX, INT_MAX, PORT_MAX, SCOPE_MAX, decimal, is_digits, leading, shown
 
-#: The usage text, djb's one line with our letters.  The letters of
+#: The usage text, djb's one line with our letters (printed with an
+#: option error; ``--help`` adds the options, :data:`HELP`).  The letters of
 #: features that have not landed (:data:`NOT_YET`) are left out: they
 #: are recognised, but only to be refused.
 USAGE = ("tcpserver: usage: tcpserver [ -461UXpPhHrRoOdDqQvVsNz ] [ -c limit | -c file ] "
@@ -35,6 +36,76 @@ USAGE = ("tcpserver: usage: tcpserver [ -461UXpPhHrRoOdDqQvVsNz ] [ -c limit | -
          "[ -b backlog ] [ -l localname ] [ -t timeout ] [ -e pidfile ] [ -I interface ] "
          "[ -n certfile ] [ -i certdir ] [ -a cafile ] [ -L crlfile ] [ -f cipherlist ] "
          "[ -M method ] [ -S timeout ] [ -T timeout ] host port program\n")
+
+#: ``--help``: the options, grouped as the manual page groups them
+#: (General, Connections, Data gathering, TLS), one line per option, with
+#: its default; tests/test_hardening2.py keeps it in step with the page.
+OPTION_GROUPS: Tuple[Tuple[str, Tuple[Tuple[str, str], ...]], ...] = (
+    ("General", (
+        ("-q", "quiet: print nothing, not even fatal errors"),
+        ("-Q", "print errors and warnings (default)"),
+        ("-v", "verbose: also status lines and a line per connection"),
+        ("-V", "like -v, and the connection table after every status line"),
+        ("-e pidfile", "refuse to run twice; write the pid to pidfile (a regular file)"),
+    )),
+    ("Connections", (
+        ("-c n", "run at most n programs at once (default 40)"),
+        ("-c file", "read that limit from file ($CONTROLDIR/file for a bare name)"),
+        ("-C n", "at most n programs per client address, 0: none (default 20)"),
+        ("-x rules.cdb", "follow the rules in rules.cdb (made by tcprules)"),
+        ("-X", "with -x: a rules.cdb that does not exist means no rules"),
+        ("-m db.conf", "ask the MySQL table that db.conf names for the rules"),
+        ("-B banner", "write banner to each client first"),
+        ("-g gid", "after binding, become group gid (names, numbers, a,b,c list)"),
+        ("-u uid", "after binding, become user uid (a name or a number)"),
+        ("-U", "-g $GID -u $UID (envuidgid, chpst -U)"),
+        ("-1", "print the local port once listening"),
+        ("-4", "IPv4 only"),
+        ("-6", "describe every connection as IPv6 (::ffff:a.b.c.d)"),
+        ("-I interface", "the scope of a link-local IPv6 host"),
+        ("-b n", "let the kernel queue n unaccepted connections (default 20)"),
+        ("-o", "leave IP options alone"),
+        ("-O", "remove IP options (default)"),
+        ("-d", "leave the Nagle algorithm on (default)"),
+        ("-D", "set TCP_NODELAY"),
+    )),
+    ("Data gathering", (
+        ("-h", "look up the client's host name: TCPREMOTEHOST (default)"),
+        ("-H", "do not look up the client's host name"),
+        ("-p", "paranoid: keep only a host name that maps back to the client"),
+        ("-P", "not paranoid (default)"),
+        ("-l localname", "TCPLOCALHOST without a lookup (-l0 is usual)"),
+        ("-r", "ask the client's ident server: TCPREMOTEINFO (default)"),
+        ("-R", "do not ask the ident server"),
+        ("-t n", "give the ident exchange n seconds (default 26)"),
+    )),
+    ("TLS", (
+        ("-n certfile", "TLS with the certificate chain and key in certfile"),
+        ("-s", "TLS with $TLS_CERTFILE or servercert.pem in certdir"),
+        ("-i certdir", "certificate directory (default $CERTDIR, /etc/indimail/certs)"),
+        ("-a cafile", "CA certificates (default $CLIENTCA or clientca.pem)"),
+        ("-L crlfile", "revocation lists (default $CLIENTCRL or clientcrl.pem)"),
+        ("-f cipherlist", "the cipher string, or a file holding it"),
+        ("-M method", "versions: name, min:max, :max or min: (default TLSv1_2:)"),
+        ("-N", "let clients renegotiate (TLS 1.2 and older)"),
+        ("-z", "describe the session in TLS_PROVIDER"),
+        ("-S n", "give a handshake n seconds, 0: no limit (default 60)"),
+        ("-T n", "end a connection idle for n seconds, 0: never (default 300)"),
+    )),
+)
+
+
+def _help() -> str:
+    width = max(len(option) for _, options in OPTION_GROUPS for option, _ in options)
+    lines = [USAGE.rstrip("\n"), ""]
+    for group, options in OPTION_GROUPS:
+        lines.append(group + ":")
+        lines += [f"  {option:<{width}}  {text}" for option, text in options]
+    lines += ["", "host: 0 (every address), an IPv4 or IPv6 address, or a name; a host",
+              "starting with / is a UNIX socket, and no port follows it.",
+              "--help: this text; --version: the version.  More: man tcpserver."]
+    return "\n".join(lines) + "\n"
+
 
 #: letters that take an argument
 WITH_ARG = frozenset("cCxmBgulbtTeInafMiLS")
@@ -45,6 +116,9 @@ NOT_YET: Dict[str, str] = {}
 
 DEFAULT_LIMIT = 40
 DEFAULT_PER_HOST = 20
+
+#: what ``--help`` prints: the usage line, then every option
+HELP = _help()
 
 
 class Options:
@@ -150,7 +224,7 @@ def getopt(argv: List[str]) -> Tuple[List[Tuple[str, Optional[str]]], List[str]]
         if word == "--":
             return opts, argv[i + 1:]
         if word == "--help":
-            raise Request(USAGE)
+            raise Request(HELP)
         if word == "--version":
             raise Request(version_line("tcpserver") + "\n")
         if not word.startswith("-") or word == "-":

@@ -5,7 +5,7 @@ djb's hash, and :class:`CdbError`."""
 from __future__ import annotations
 
 import struct
-from typing import List
+from typing import List, Optional
 
 from ..errors import UcspiError
 
@@ -24,6 +24,9 @@ class CdbError(UcspiError):
     ``EISDIR`` for a directory, the system's errno for a read error and
     ``EFBIG`` ("file too big") when a file would pass 4 GiB.
     """
+
+    #: what to do about it, for the message (see :func:`ucspi.errors.errtext`)
+    hint: Optional[str] = None
 
     def __init__(self, err: int, message: str) -> None:
         super().__init__(message)

@@ -25,12 +25,15 @@ Example::
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import os
+import stat
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Tuple, Union
 
 from ..address import ip6_text, parse_quad
-from ..cdb.read import CdbReader, cdb_hash, prefix_hashes
+from ..cdb.read import CdbError, CdbReader, cdb_hash, prefix_hashes
 from ..scan import INT_MAX, leading
 from .parse import Record, ip4_bits, ip6_bits
 
@@ -180,8 +183,46 @@ def find(cdb_path: str, ip: str, host: Optional[Text], info: Optional[Text],
             read fails.
         TooMuchWork: ``max_slots`` would be passed.
     """
-    with CdbReader(cdb_path) as db:
-        return db.first_of(key_plan(ip, host, info).hashed(), max_slots)
+    try:
+        with CdbReader(cdb_path) as db:
+            return db.first_of(key_plan(ip, host, info).hashed(), max_slots)
+    except CdbError as exc:
+        explain(exc, cdb_path)
+        raise
+
+
+#: the hint for a rules text where a cdb should be
+NOT_CDB = "not a cdb: compile it with tcprules"
+#: how much of a file :func:`looks_like_text` reads
+TEXT_SAMPLE = 4096
+_TEXT_BYTES = frozenset(range(0x20, 0x7f)) | {0x09, 0x0a, 0x0d}
+
+
+def looks_like_text(path: str) -> bool:
+    """Does ``path`` start like a rules text (printable ASCII lines)
+    rather than a cdb (whose 2048-byte header of little-endian numbers
+    holds NUL bytes)?  Only a regular file is read, never waited for."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        sample = os.read(fd, TEXT_SAMPLE)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return bool(sample.strip()) and all(byte in _TEXT_BYTES for byte in sample)
+
+
+def explain(exc: CdbError, path: str) -> None:
+    """Give a "corrupt" rules cdb that is in fact a rules text the hint
+    :data:`NOT_CDB` (``protocol error (not a cdb: compile it with
+    tcprules)``)."""
+    if exc.errno == errno.EPROTO and looks_like_text(path):
+        exc.hint = NOT_CDB
 
 
 # ---------------------------------------------------------------- applying

@@ -5,7 +5,9 @@ identity, the pid file, the signals, the listening sockets, the
 privilege drop, the ``-1`` port line), then runs the loop
 (:class:`.loop.Server`) until SIGTERM.  Inside the package errors are
 typed exceptions (D5); here they become 100 (usage, permanent) or 111
-(temporary).
+(temporary).  An ``OSError`` that no step worded (descriptors running
+out for the signal pipe, a deleted working directory) is the last
+resort: one fatal line with djb's error text, 111, never a traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import sys
 from typing import Any, Callable, List, Optional
 
-from ..errors import EXIT_TEMP, EXIT_USAGE, Fatal, UsageError
+from ..errors import EXIT_TEMP, EXIT_USAGE, Fatal, UsageError, errtext
 from ..log import Log, say
 from ..options import USAGE, MissingArgument, OptionError, Options, Request, parse
 from ..plugin import entries as plugin_entries
@@ -120,7 +122,7 @@ def _setup(opts: Options, log: Log, make_launch: LaunchFactory) -> Server:
         plugins.run(reload=False)
         served.reloads.add("plugins", plugins.reload)
     launch.ready()
-    for problem in startup_warnings(opts, limit.path):
+    for problem in startup_warnings(opts):
         log.warning(problem)
     _quiet_stdio(listener.port if opts.print_port else None)
     return server
@@ -191,4 +193,25 @@ def main(argv: Optional[List[str]] = None, launch: LaunchFactory = service.launc
     except KeyboardInterrupt:
         signals.run_at_term()
         return EXIT_TEMP
+    except OSError as exc:      # the last resort: a system call nobody expected to fail
+        signals.run_at_term()
+        log.fatal(_unexpected(exc))
+        return EXIT_TEMP
     return 0
+
+
+def _unexpected(exc: OSError) -> str:
+    """The fatal line for an ``OSError`` no step turned into a message:
+    djb's error text, the file if there is one, and the working
+    directory when it is what went (``os.getcwd`` fails for a deleted
+    directory, and a relative file argument needs it)."""
+    name = exc.filename
+    if name is not None:
+        shown = os.fsdecode(name) if isinstance(name, (str, bytes)) else str(name)
+        return f"unable to start: {shown}: {errtext(exc)}"
+    if isinstance(exc, FileNotFoundError):
+        try:
+            os.getcwd()
+        except OSError as cwd:
+            return f"unable to find the working directory: {errtext(cwd)}"
+    return f"unable to start: {errtext(exc)}"

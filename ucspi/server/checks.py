@@ -13,9 +13,11 @@ line is logged for each of:
   is not a cdb (every connection would then be dropped with ``unable to
   read``);
 * ``-U`` with neither ``$UID`` nor ``$GID`` set (the server keeps its
-  privileges);
-* ``-c`` naming a file that does not exist (the limit stays at its
-  default until the file appears and SIGHUP is sent).
+  privileges).
+
+A ``-c`` argument that is neither a number nor an existing file is not
+a warning but a usage error, found before anything is bound
+(:meth:`.limits.Limit.from_options`).
 """
 
 from __future__ import annotations
@@ -69,11 +71,16 @@ def rules_problem(path: str, missing_ok: bool) -> Optional[str]:
     """Why the ``-x`` file cannot be used, or None.  A file small enough
     to be held in memory is checked through; a bigger one only opened
     (its header read), so the check stays quick."""
-    from ..cdb.read import CdbReader
+    from ..cdb.read import CdbError, CdbReader
+    from ..rules.lookup import explain
     try:
-        with CdbReader(path) as db:
-            if db.size <= CHECK_MAX:
-                db.verify()
+        try:
+            with CdbReader(path) as db:
+                if db.size <= CHECK_MAX:
+                    db.verify()
+        except CdbError as exc:
+            explain(exc, path)
+            raise
     except FileNotFoundError:
         return None if missing_ok else f"rules file does not exist: {_shown(path)}"
     except (OSError, UcspiError) as exc:
@@ -81,13 +88,8 @@ def rules_problem(path: str, missing_ok: bool) -> Optional[str]:
     return None
 
 
-def startup_warnings(opts: Options, limit_path: Optional[str]) -> List[str]:
-    """The warnings for these options (see the module docstring).
-
-    Args:
-        opts: the options.
-        limit_path: the ``-c`` file as the server reads it, or None.
-    """
+def startup_warnings(opts: Options) -> List[str]:
+    """The warnings for these options (see the module docstring)."""
     found: List[str] = []
     problem = None if is_shared_object(opts.argv[0]) else program_problem(opts.argv[0], os.environ.get("PATH"))
     if problem:
@@ -98,7 +100,4 @@ def startup_warnings(opts: Options, limit_path: Optional[str]) -> List[str]:
             found.append(problem)
     if opts.ids_from_env and "UID" not in os.environ and "GID" not in os.environ:
         found.append("-U given but neither $UID nor $GID is set: privileges are kept")
-    if limit_path is not None and not os.path.exists(limit_path):
-        found.append(f"-c file does not exist: {_shown(limit_path)} "
-                     f"(the limit stays {opts.limit} until it does and SIGHUP is sent)")
     return found

@@ -24,10 +24,10 @@ import os
 import stat
 from typing import Dict, List, Mapping, Optional, Tuple
 
-from ..errors import Fatal, errtext
+from ..errors import Fatal, UsageError, errtext
 from ..log import Log
 from ..options import DEFAULT_LIMIT, MAX_NUMBER, Options
-from ..scan import decimal
+from ..scan import cut, decimal, shown
 from ..proc.child import open_descriptors
 
 DEFAULT_CONTROLDIR = "/etc/indimail/control"
@@ -147,7 +147,14 @@ class Limit:
 
     @classmethod
     def from_options(cls, opts: Options) -> "Limit":
-        """Read the limit file at start-up (errors are fatal, D10)."""
+        """Read the limit file at start-up (errors are fatal, D10).
+
+        Raises:
+            UsageError: the ``-c`` argument is neither a number nor an
+                existing file (a typo such as ``-c l00`` or ``-c -5``;
+                IndiMail starts with the default limit).
+            Fatal: the file cannot be read or holds no limit.
+        """
         if opts.limit_file is None:
             return cls(opts.limit)
         limit = cls(DEFAULT_LIMIT, control_path(opts.limit_file), opts.limit_file)
@@ -157,8 +164,11 @@ class Limit:
             raise Fatal(f"unable to read {opts.limit_file}: {errtext(exc)}") from None
         except ValueError as exc:
             raise Fatal(str(exc)) from None
-        if found is not None:
-            limit.value = found
+        if found is None:
+            raise UsageError(f"-c wants a number from 1 to {MAX_NUMBER} or the name of an "
+                             f"existing file, not {shown(opts.limit_file)} "
+                             f"(no such file: {cut(limit.path or '')})")
+        limit.value = found
         return limit
 
     def reread(self, log: Log) -> None:
@@ -174,8 +184,11 @@ class Limit:
         except ValueError as exc:
             log.warning(f"{exc}, keeping {self.value}")
             return
-        if found is not None:
-            self.value = found
+        if found is None:
+            log.warning(f"unable to read {self.shown}: {errtext(errno.ENOENT)}, "
+                        f"keeping {self.value}")
+            return
+        self.value = found
 
 
 class Programs:

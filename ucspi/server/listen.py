@@ -31,6 +31,7 @@ Two other ways to listen (DECISIONS D60, D61):
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
@@ -231,7 +232,10 @@ def _open6(sock: socket.socket, address: str, scope: int, port: int, backlog: in
         try:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         except OSError:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            except OSError as exc:
+                raise Fatal(f"unable to set IPV6_V6ONLY: {errtext(exc)}") from None
             extra = _socket(socket.AF_INET)
     bound = _bind(sock, (address, port, 0, scope), backlog)
     listener = Listener([sock], bound)
@@ -258,7 +262,7 @@ def open_unix(path: str, backlog: int) -> Listener:
         sock.bind(path)
     except (OSError, ValueError) as exc:
         sock.close()
-        raise Fatal(f"unable to bind to {path}: {errtext(exc)}") from None
+        raise Fatal(f"unable to bind to {path}: {_bind_error(exc)}") from None
     try:
         made = os.stat(path)
         sock.listen(backlog)
@@ -267,6 +271,16 @@ def open_unix(path: str, backlog: int) -> Listener:
         raise Fatal(f"unable to listen on socket  {path}: {errtext(exc)}") from None
     sock.setblocking(False)
     return Listener([sock], None, (path, made.st_dev, made.st_ino))
+
+
+def _bind_error(exc: BaseException) -> str:
+    """djb's text for a failed ``bind`` of a UNIX socket.  Python itself
+    refuses a path longer than ``sun_path`` with an ``OSError`` that has
+    no errno ("AF_UNIX path too long", the only such error of a UNIX
+    address): that is ``ENAMETOOLONG``."""
+    if isinstance(exc, OSError) and exc.errno is None:
+        return errtext(errno.ENAMETOOLONG)
+    return errtext(exc)
 
 
 def remove_stale(path: str) -> None:
@@ -324,7 +338,11 @@ def inherited(count: int) -> Listener:
         sock = _inherited(fd)
         sockets.append(sock)
         if port is None and sock.family != socket.AF_UNIX:
-            port = sock.getsockname()[1]
+            try:
+                port = sock.getsockname()[1]
+            except OSError as exc:
+                raise Fatal(f"unable to get the local address of inherited descriptor "
+                            f"{fd}: {errtext(exc)}") from None
     return Listener(sockets, port, inherited=True)
 
 
@@ -343,6 +361,10 @@ def _inherited(fd: int) -> socket.socket:
     if not ok:
         sock.detach()
         raise bad
-    sock.set_inheritable(False)    # not for the programs
-    sock.setblocking(False)
+    try:
+        sock.set_inheritable(False)    # not for the programs
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.detach()
+        raise Fatal(f"unable to set up inherited descriptor {fd}: {errtext(exc)}") from None
     return sock

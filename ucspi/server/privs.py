@@ -3,8 +3,9 @@
 The identity is worked out at start-up (:func:`resolve`, so an unknown
 user or group is reported before anything is bound) and applied after
 ``bind``/``listen`` (:func:`drop`): ``setgroups`` to exactly the target
-groups, then ``setgid``, then ``setuid``, then a check that root cannot
-be regained.
+groups, then ``setgid``, then ``setuid``, then a check that neither
+root's uid nor group 0 (as the gid or a supplementary group) can be
+regained, unless the target identity has it.
 
 What the options mean:
 
@@ -28,7 +29,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-from typing import List, Optional
+from typing import Any, Callable, List, Optional
 
 from ..errors import EXIT_USAGE, Fatal, errtext
 from ..scan import ID_MAX, decimal, is_digits, shown
@@ -123,8 +124,25 @@ def drop(ident: Identity) -> None:
 
 
 def _check_no_way_back() -> None:
+    """After ``setuid``: neither root's uid, nor group 0, nor group 0
+    among the supplementary groups may be had back (only the ones the
+    target identity does not hold already are tried).
+
+    Raises:
+        Fatal: one of them could be regained.
+    """
+    if _regained(os.setuid, 0):
+        raise Fatal("unable to set uid: root could be regained")
+    if 0 not in (os.getgid(), os.getegid()) and _regained(os.setgid, 0):
+        raise Fatal("unable to set gid: group 0 could be regained")
+    if 0 not in os.getgroups() and _regained(os.setgroups, [0]):
+        raise Fatal("unable to set gid: the supplementary group 0 could be regained")
+
+
+def _regained(change: Callable[[Any], None], value: Any) -> bool:
+    """Does ``change(value)`` work?  (It must not, after the drop.)"""
     try:
-        os.setuid(0)
+        change(value)
     except OSError:
-        return
-    raise Fatal("unable to set uid: root could be regained")
+        return False
+    return True

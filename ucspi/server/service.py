@@ -85,7 +85,8 @@ def tls_launcher(opts: Options, environ_: Mapping[str, str]) -> Launch:
         if opts.verbosity >= 1:
             for line in exc.lines:
                 say(line.encode())
-        raise Fatal("unable to initialize TLS") from None
+        raise Fatal("unable to initialize TLS" + (f": {exc.reason}" if exc.reason else "")
+                    ) from None
     for note in setup.notes:
         if opts.verbosity >= 1:
             say(note.encode())

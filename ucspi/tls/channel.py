@@ -22,7 +22,7 @@ handshake learns is kept on its channel, one per connection.
 from __future__ import annotations
 
 import ssl
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from ..environ import TlsFacts
 from ..errors import UcspiError, errtext
@@ -60,6 +60,9 @@ class Channel:
                                 server_hostname=server_hostname)
         #: encrypted bytes waiting for the socket
         self.wire = bytearray()
+        #: sees what the peer sends before the TLS layer does (the
+        #: server's SNI check, :meth:`ucspi.tls.context.Sni.received`)
+        self.watch: Optional[Callable[[bytes], None]] = None
 
     # -- bytes in and out ----------------------------------------------------
     def feed(self, data: bytes) -> None:
@@ -67,6 +70,8 @@ class Channel:
         OpenSSL 3 takes an EOF without close_notify for a fatal error
         and would refuse to send anything after it (a peer may
         half-close)."""
+        if self.watch is not None:
+            self.watch(data)
         self.incoming.write(data)
 
     def collect(self) -> None:

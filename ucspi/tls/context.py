@@ -15,9 +15,11 @@ from __future__ import annotations
 import errno
 import os
 import ssl
+import sys
 from typing import Any, Dict, List, Mapping, Optional
 
 from ..errors import errtext
+from ..log import Log
 from ..scan import cut
 from . import settings
 from .settings import Files, TlsError
@@ -48,6 +50,74 @@ def library_error(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+#: how much of a certificate file is read to say what is wrong with it
+PEM_READ = 1 << 20
+
+
+def _pem(path: str) -> bytes:
+    """The start of a PEM file, empty if it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(PEM_READ)
+    except OSError:
+        return b""
+
+
+def _system(exc: BaseException) -> Optional[str]:
+    """djb's text for a system error (not an ``ssl`` one), else None."""
+    if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError) and exc.errno:
+        return errtext(exc)
+    return None
+
+
+def certificate_problem(path: str, exc: BaseException) -> str:
+    """What is wrong with a file that should hold certificates."""
+    found = _system(exc)
+    if found is not None:
+        return found
+    if b"CERTIFICATE-----" not in _pem(path):
+        return "no certificate in the file"
+    if isinstance(exc, ssl.SSLError) and not getattr(exc, "reason", None):
+        return "a PEM block in the file is damaged"     # Python: "[X509] PEM lib (_ssl.c:N)"
+    return library_error(exc)
+
+
+def key_problem(path: str, exc: BaseException) -> str:
+    """What is wrong with the private key of a certificate file."""
+    found = _system(exc)
+    if found is not None:
+        return found
+    if "KEY_VALUES_MISMATCH" in str(getattr(exc, "reason", "")):
+        return "the private key does not belong to the certificate"
+    data = _pem(path)
+    if b"PRIVATE KEY-----" not in data:
+        return "no private key in the file"
+    if b"ENCRYPTED" in data:
+        return "the private key is encrypted (tcpserver takes no passphrase)"
+    return "the private key cannot be read"
+
+
+def _no_passphrase() -> bytes:
+    """The passphrase callback: none (never a prompt on the terminal)."""
+    return b""
+
+
+def quiet_unraisable(log: Log) -> None:
+    """In a relay child: an exception that Python can only report, not
+    raise (one from the machinery around the SNI callback), becomes at
+    most one warning naming its type, instead of a traceback with the
+    client's bytes in the server's log."""
+    said: List[bool] = []
+
+    def hook(unraisable: Any) -> None:
+        if not said:
+            said.append(True)
+            log.warning("ignored an error in the TLS library's callback: "
+                        f"{type(unraisable.exc_value).__name__}")
+
+    sys.unraisablehook = hook
+
+
 def renegotiation_supported() -> bool:
     """``-N`` exists only with OpenSSL 3 (spec §1.7)."""
     return ssl.OPENSSL_VERSION_INFO >= (3,)
@@ -76,10 +146,22 @@ def sni_of(obj: Any) -> Optional[str]:
 class Sni:
     """Selects a context by the client's SNI name, during the handshake,
     and leaves the (checked) name on the connection's ``SSLObject``
-    (:func:`sni_of`) for ``SSL_TLS_SNI_SERVERNAME``."""
+    (:func:`sni_of`) for ``SSL_TLS_SNI_SERVERNAME``.
+
+    Python decodes the name as ASCII before it calls the callback, and a
+    name it cannot decode fails the handshake (an ``internal error``
+    alert) and prints a traceback on stderr, the server's log.  So the
+    relay child shows the Sni the client's first bytes (:meth:`received`,
+    from :meth:`start` on): when the ClientHello names a host in bytes
+    that are not ASCII, the callback is taken off the context of this
+    child's one connection, and the client gets the default
+    certificate, as for any name that cannot select a file.
+    """
 
     def __init__(self) -> None:
         self.by_name: Dict[str, ssl.SSLContext] = {}
+        self._hello = bytearray()
+        self._context: Optional[ssl.SSLContext] = None
 
     def __call__(self, conn: Any, name: Optional[str], ctx: ssl.SSLContext) -> None:
         checked = settings.sni_name(name)
@@ -87,6 +169,25 @@ class Sni:
         chosen = self.by_name.get(checked) if checked else None
         if chosen is not None:
             conn.context = chosen
+
+    def start(self, ctx: ssl.SSLContext) -> None:
+        """A connection (the relay child's one) is about to handshake
+        with ``ctx``, the context this Sni is the callback of."""
+        self._hello = bytearray()
+        self._context = ctx
+
+    def received(self, data: bytes) -> None:
+        """Bytes from the client, before the TLS library sees them."""
+        if self._context is None:
+            return
+        self._hello += data
+        complete, raw = settings.hello_server_name(bytes(self._hello))
+        if not complete:
+            return
+        if raw is not None and not raw.isascii():
+            self._context.sni_callback = None    # in this child only
+        self._context = None
+        self._hello = bytearray()
 
 
 class Setup:
@@ -182,13 +283,17 @@ class Setup:
             ctx.load_verify_locations(cafile=certfile, capath=capath)
         except (OSError, ssl.SSLError) as exc:
             raise TlsError([f"unable to load CA certificate: {cut(certfile)}: "
-                            f"{library_error(exc)}"]) from None
+                            f"{library_error(exc)}"],
+                           f"server certificate {cut(certfile)}: "
+                           f"{certificate_problem(certfile, exc)}") from None
         if files.cafile:
             try:
                 ctx.load_verify_locations(cafile=files.cafile)
             except (OSError, ssl.SSLError) as exc:
                 raise TlsError(["SSL_CTX_load_verify_locations: Unable to load CA certificate: "
-                                f"{cut(files.cafile)}: {library_error(exc)}"]) from None
+                                f"{cut(files.cafile)}: {library_error(exc)}"],
+                               f"CA file {cut(files.cafile)}: "
+                               f"{certificate_problem(files.cafile, exc)}") from None
         if files.crlfile:
             try:
                 ctx.load_verify_locations(cafile=files.crlfile)
@@ -199,13 +304,17 @@ class Setup:
         ctx.verify_mode = ssl.CERT_NONE       # D21: no client certificates
         self._ciphers(ctx, notes)
         try:
-            ctx.load_cert_chain(certfile)
+            ctx.load_cert_chain(certfile, password=_no_passphrase)
         except (OSError, ssl.SSLError) as exc:
+            problem = key_problem(certfile, exc)
+            reason = f"server certificate {cut(certfile)}: {problem}"
             if "KEY_VALUES_MISMATCH" in str(getattr(exc, "reason", "")):
                 raise TlsError(["SSL_CTX_use_certificate_file: Unable to use private key: "
-                                f"{cut(certfile)}: {library_error(exc)}"]) from None
+                                f"{cut(certfile)}: {library_error(exc)}"], reason) from None
+            # IndiMail's line, with the file and our words for the
+            # library's (Python says only "[SSL] PEM lib (_ssl.c:3926)")
             raise TlsError(["SSL_CTX_use_PrivateKey_file: Unable to load private keys: "
-                            f"{library_error(exc)}"]) from None
+                            f"{cut(certfile)}: {problem}"], reason) from None
         self._dh(ctx, files.certdir)
         return ctx
 

@@ -32,7 +32,7 @@ from ..proc import child
 from ..proc.launch import Counts, Environment, Program
 from ..proc.reload import Reloads
 from .channel import Channel, HandshakeFailed
-from .context import Contexts, Setup
+from .context import Contexts, Setup, quiet_unraisable
 from .failure import report
 from .relay import Relay, TlsEnd, handshake
 from .settings import TlsError
@@ -123,7 +123,10 @@ class TlsLaunch:
         log = self.log
         sock = socket.socket(fileno=fd)
         sock.setblocking(False)
+        quiet_unraisable(log)
+        self.setup.sni.start(ctx)
         chan = Channel(ctx, server_side=True)
+        chan.watch = self.setup.sni.received
         try:
             handshake(chan, sock, self.handshake_timeout)
         except HandshakeFailed as failed:

@@ -17,7 +17,7 @@ import os
 from typing import Callable, List, Mapping, Optional, Tuple
 
 from ..errors import UcspiError
-from ..scan import cut
+from ..scan import cut, shown
 
 #: where certificates live when neither ``-i`` nor ``$CERTDIR`` says
 DEFAULT_CERTDIR = "/etc/indimail/certs"
@@ -34,11 +34,15 @@ Access = Callable[[str], bool]
 class TlsError(UcspiError):
     """TLS cannot be set up.  ``lines`` are printed as they are (the
     original's helper lines), then ``tcpserver: fatal: unable to
-    initialize TLS``."""
+    initialize TLS``, followed by ``: <reason>`` when there is one:
+    what is wrong with which file, in our words (the original's lines
+    can mislead: a missing server certificate is "unable to load CA
+    certificate")."""
 
-    def __init__(self, lines: List[str]) -> None:
+    def __init__(self, lines: List[str], reason: Optional[str] = None) -> None:
         super().__init__("; ".join(lines))
         self.lines = lines
+        self.reason = reason
 
 
 class Files:
@@ -110,9 +114,12 @@ class Bounds:
 
 
 def _bad_method(text: str) -> TlsError:
+    """IndiMail's lines, with every name ``-M`` takes (IndiMail lists
+    only two of them)."""
     return TlsError([f"tls_method: Invalid TLS method configured [{cut(text)}]",
-                     "tls_method: Supported methods: TLSv1_2, TLSv1_3",
-                     "SSL_CTX_new: error initializing method: protocol error"])
+                     "tls_method: Supported methods: " + ", ".join(METHODS),
+                     "SSL_CTX_new: error initializing method: protocol error"],
+                    f"-M wants a method name or MIN:MAX, not {shown(text)}")
 
 
 def parse_method(text: Optional[str]) -> Bounds:
@@ -181,9 +188,13 @@ NAME_MAX = 253
 
 
 def sni_name(name: Optional[str]) -> Optional[str]:
-    """A client's SNI name, lower-cased, if it may name a certificate file:
-    letters, digits, ``-`` and ``.``, no ``..``, not starting with ``.``,
-    at most 253 bytes.  ``None`` otherwise."""
+    """A client's SNI name, lower-cased and without the one trailing dot
+    of an absolute name (``a.example.`` is ``a.example``, for the
+    certificate and ``SSL_TLS_SNI_SERVERNAME`` alike), if it may name a
+    certificate file: letters, digits, ``-`` and ``.``, no ``..``, not
+    starting with ``.``, at most 253 bytes.  ``None`` otherwise."""
+    if name and name.endswith(".") and not name.endswith(".."):
+        name = name[:-1]
     if not name or len(name) > NAME_MAX or not name.isascii():
         return None
     name = name.lower()
@@ -192,3 +203,82 @@ def sni_name(name: Optional[str]) -> Optional[str]:
     if any(not (c.isalnum() or c in "-.") for c in name):
         return None
     return name
+
+
+# -- the ClientHello's server name, before the TLS library sees it -------------------------
+#: the biggest ClientHello looked into (OpenSSL refuses any above 131396 bytes)
+HELLO_MAX = 1 << 18
+_HANDSHAKE = 22
+_CLIENT_HELLO = 1
+_SERVER_NAME = 0
+_HOST_NAME = 0
+
+
+def hello_server_name(data: bytes) -> Tuple[bool, Optional[bytes]]:
+    """The SNI host name in the first bytes a TLS client sent.
+
+    ``data`` is what the client has sent so far: TLS records (5-byte
+    header, then the fragment), the ClientHello possibly split over
+    several records.
+
+    Returns:
+        ``(complete, name)``: ``complete`` is False while more bytes are
+        needed; once True, ``name`` is the raw ``host_name`` of the
+        ``server_name`` extension, or None (no such extension, not a
+        ClientHello, malformed, or more than :data:`HELLO_MAX` bytes:
+        what to make of those is left to the TLS library).
+    """
+    body = bytearray()
+    pos = 0
+    while True:
+        if len(data) - pos < 5:
+            return (True, None) if pos > 2 * HELLO_MAX else (False, None)
+        if data[pos] != _HANDSHAKE:
+            return True, None
+        length = int.from_bytes(data[pos + 3:pos + 5], "big")
+        if len(data) - pos - 5 < length:
+            return False, None
+        body += data[pos + 5:pos + 5 + length]
+        pos += 5 + length
+        if len(body) >= 4:
+            if body[0] != _CLIENT_HELLO:
+                return True, None
+            need = int.from_bytes(body[1:4], "big")
+            if need > HELLO_MAX:
+                return True, None
+            if len(body) >= 4 + need:
+                return True, _host_name(bytes(body[4:4 + need]))
+
+
+def _host_name(hello: bytes) -> Optional[bytes]:
+    """The first ``host_name`` of a ClientHello body's ``server_name``
+    extension (RFC 6066 §3), or None."""
+    def u16(at: int) -> int:
+        if at + 2 > len(hello):
+            raise IndexError(at)
+        return int.from_bytes(hello[at:at + 2], "big")
+
+    try:
+        pos = 2 + 32                                   # version, random
+        pos += 1 + hello[pos]                          # session id
+        pos += 2 + u16(pos)                            # cipher suites
+        pos += 1 + hello[pos]                          # compression methods
+        end = min(pos + 2 + u16(pos), len(hello))
+        pos += 2
+        while pos + 4 <= end:
+            kind, size = u16(pos), u16(pos + 2)
+            pos += 4
+            if kind == _SERVER_NAME:
+                names = hello[pos + 2:min(pos + 2 + u16(pos), pos + size, end)]
+                at = 0
+                while at + 3 <= len(names):
+                    length = int.from_bytes(names[at + 1:at + 3], "big")
+                    if names[at] == _HOST_NAME:
+                        found = names[at + 3:at + 3 + length]
+                        return found if len(found) == length else None
+                    at += 3 + length
+                return None
+            pos += size
+    except IndexError:
+        return None
+    return None

@@ -32,6 +32,17 @@ from ..rules.parse import CarriageReturnError, NoColonError, RuleSyntaxError, pa
 PROG = b"tcprules: "
 FATAL = PROG + b"fatal: "
 USAGE = b"tcprules: usage: tcprules rules.cdb rules.tmp"
+#: ``--help``: the usage line, then the arguments (see man tcprules)
+HELP = USAGE + b"""
+
+Compiles the rules text read on standard input for tcpserver -x.
+Arguments:
+  rules.cdb  the rules database to make; replaced at once, never half-written
+  rules.tmp  the temporary file, renamed to rules.cdb (same file system)
+  --help     this text
+  --version  the version
+Exit: 0, 100 for a usage or syntax error, 111 for a system error.
+More: man tcprules."""
 
 
 class _Exit(Exception):
@@ -124,7 +135,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         The exit code: 0, 100 or 111.
     """
     args = sys.argv[1:] if argv is None else argv
-    if answered(args, "tcprules", USAGE):
+    if answered(args, "tcprules", HELP):
         return 0
     if len(args) < 2:
         say(USAGE)

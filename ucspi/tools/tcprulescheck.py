@@ -28,6 +28,20 @@ from ..rules.lookup import entries, find
 from ..rules.parse import cidr_text
 
 USAGE = b"tcprulescheck: usage: tcprulescheck rules.cdb"
+#: ``--help``: the usage line, then the argument and the environment
+HELP = USAGE + b"""
+
+Shows the rule of rules.cdb that tcpserver -x would apply to the client
+described by the environment.
+Arguments and environment:
+  rules.cdb      the rules database (made by tcprules)
+  TCPREMOTEIP    the client's address (default 0.0.0.0)
+  TCPREMOTEHOST  its host name (used when set, even if empty)
+  TCPREMOTEINFO  its ident answer (used when set, even if empty)
+  --help         this text
+  --version      the version
+Exit: 0, 100 without an argument, 111 if rules.cdb cannot be read.
+More: man tcprulescheck."""
 
 
 def report(found: Optional[Tuple[bytes, bytes]]) -> bytes:
@@ -67,7 +81,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         The exit code: 0, 100 or 111.
     """
     args = sys.argv[1:] if argv is None else argv
-    if answered(args, "tcprulescheck", USAGE):
+    if answered(args, "tcprulescheck", HELP):
         return 0
     try:
         if not args:
