@@ -12,8 +12,14 @@ the server and the non-blocking DNS and ident drivers need:
   deadline and return a :class:`Timer` that can be cancelled;
 * ``run_once`` waits for the next event and dispatches it.
 
-Callbacks take no arguments (close over what they need).  A callback
-that raises is not caught here: the caller of ``run_once`` decides.
+Callbacks take no arguments (close over what they need).  A timer's
+callback that raises is not caught here: the caller of ``run_once``
+decides.  A descriptor's callback that raises is a different matter:
+its descriptor is still ready, and a level-triggered loop would call it
+again at once, for ever.  So the reactor stops watching that descriptor
+first, tells its owner (the ``failed`` callback given with it, which
+closes it or watches it again later), and then lets the exception go
+on to the caller.
 
 Drivers written against this class can be tested alone: create a
 ``Reactor``, start the operation, and call ``run_once`` until it is done.
@@ -33,6 +39,9 @@ from typing import Callable, Dict, List, Optional, Protocol, Tuple, TypeVar
 from . import timeouts
 
 Callback = Callable[[], None]
+#: an owner told that its descriptor's callback raised (and is no longer
+#: watched)
+Failed = Callable[[BaseException], None]
 T = TypeVar("T")
 
 MAX_WAIT = 86400.0   # longest single poll, whatever the deadlines
@@ -73,6 +82,8 @@ class Reactor:
         self.selector = selectors.DefaultSelector()
         # fd -> [reader callback, writer callback]
         self._handlers: Dict[int, List[Optional[Callback]]] = {}
+        # fd -> what to tell its owner if one of its callbacks raises
+        self._owners: Dict[int, Failed] = {}
         # (when, sequence, timer): tuples compare in C, the sequence keeps
         # timers with equal deadlines in order and never compares timers
         self._timers: List[Tuple[float, int, Timer]] = []
@@ -124,18 +135,25 @@ class Reactor:
             self.selector.modify(fd, mask, slot)
         else:
             del self._handlers[fd]
+            self._owners.pop(fd, None)
             self.selector.unregister(fd)
 
-    def add_reader(self, fd: int, callback: Callback) -> None:
-        """Call ``callback`` whenever ``fd`` is readable."""
+    def add_reader(self, fd: int, callback: Callback, failed: Optional[Failed] = None) -> None:
+        """Call ``callback`` whenever ``fd`` is readable; ``failed(exc)``
+        if it raises (see the module docstring)."""
         self._set(fd, 0, callback)
+        if failed is not None:
+            self._owners[fd] = failed
 
     def remove_reader(self, fd: int) -> None:
         self._set(fd, 0, None)
 
-    def add_writer(self, fd: int, callback: Callback) -> None:
-        """Call ``callback`` whenever ``fd`` is writable."""
+    def add_writer(self, fd: int, callback: Callback, failed: Optional[Failed] = None) -> None:
+        """Call ``callback`` whenever ``fd`` is writable; ``failed(exc)``
+        if it raises."""
         self._set(fd, 1, callback)
+        if failed is not None:
+            self._owners[fd] = failed
 
     def remove_writer(self, fd: int) -> None:
         self._set(fd, 1, None)
@@ -143,6 +161,7 @@ class Reactor:
     def forget(self, fd: int) -> None:
         """Drop every handler of ``fd`` (call before closing it)."""
         slot = self._handlers.pop(fd, None)
+        self._owners.pop(fd, None)
         if slot is not None:
             slot[0] = slot[1] = None
             self.selector.unregister(fd)
@@ -174,11 +193,23 @@ class Reactor:
             events = []
         for key, mask in events:
             slot = key.data
-            if mask & _READ and slot[0] is not None:
-                slot[0]()
-            if mask & _WRITE and slot[1] is not None:
-                slot[1]()
+            try:
+                if mask & _READ and slot[0] is not None:
+                    slot[0]()
+                if mask & _WRITE and slot[1] is not None:
+                    slot[1]()
+            except Exception as exc:
+                self._failed(key.fd, slot, exc)
+                raise
         self._run_timers()
+
+    def _failed(self, fd: int, slot: List[Optional[Callback]], exc: BaseException) -> None:
+        """A callback of ``fd`` raised: watch it no more, tell its owner."""
+        owner = self._owners.get(fd)
+        if self._handlers.get(fd) is slot:
+            self.forget(fd)
+        if owner is not None:
+            owner(exc)
 
     def _run_timers(self) -> None:
         timers = self._timers

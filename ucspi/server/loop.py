@@ -118,7 +118,12 @@ class Server:
             else:
                 self._handlers[sock.fileno()] = (self._connection, own_address(sock))
         self._wakeup = wakeup
-        self.reactor.add_reader(wakeup, self._on_signal)
+        self._watch_signals()
+
+    def _watch_signals(self, exc: Optional[BaseException] = None) -> None:
+        """The wake-up pipe, watched again at once if a handler raised
+        (it was read before the handler ran: no spin)."""
+        self.reactor.add_reader(self._wakeup, self._on_signal, self._watch_signals)
 
     # -- the loop ---------------------------------------------------------
     def run(self) -> None:
@@ -140,9 +145,16 @@ class Server:
         self.accepting = on
         for sock in self.listener.sockets:
             if on:
-                self.reactor.add_reader(sock.fileno(), functools.partial(self._accept, sock))
+                self.reactor.add_reader(sock.fileno(), functools.partial(self._accept, sock),
+                                        self._accept_failed)
             else:
                 self.reactor.remove_reader(sock.fileno())
+
+    def _accept_failed(self, exc: BaseException) -> None:
+        """Accepting raised (the reactor has stopped watching that
+        listener): accept again after a pause, never in a spin."""
+        self._watch(False)
+        self._backoff()
 
     def _accept(self, lsock: socket.socket) -> None:
         v6sock = lsock.family == socket.AF_INET6
@@ -160,7 +172,11 @@ class Server:
                     continue
                 self._backoff()  # EMFILE, ENFILE, ENOBUFS, ENOMEM... (D16)
                 return
-            connection(sock, peer, v6sock, local)
+            try:
+                connection(sock, peer, v6sock, local)
+            except BaseException:
+                sock.close()           # never leaked, whatever step raised
+                raise
         else:
             return
         self._watch(False)

@@ -1,0 +1,113 @@
+"""The reactor and the accept loop in this process: a callback that
+raises never spins the loop or leaks its descriptor (issue 18, item 6).
+The server is the real one (:func:`ucspi.server.service.build`,
+:class:`ucspi.server.loop.Server`) on a loopback listener, with a
+launcher that only counts."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Dict, Iterator, List
+
+import pytest
+
+from ucspi.log import Log
+from ucspi.options import parse
+from ucspi.reactor import Reactor
+from ucspi.server import listen, service
+from ucspi.server.limits import Limit
+from ucspi.server.loop import Server
+
+
+def test_a_raising_reader_is_dropped_and_its_owner_told() -> None:
+    reactor = Reactor()
+    r, w = os.pipe()
+    calls: List[str] = []
+    told: List[BaseException] = []
+
+    def boom() -> None:
+        calls.append("read")
+        raise ValueError("bug")
+
+    try:
+        reactor.add_reader(r, boom, told.append)
+        os.write(w, b"x")                       # stays readable: nothing reads it
+        with pytest.raises(ValueError):
+            reactor.run_once(1.0)
+        assert calls == ["read"] and not reactor.watching(r)
+        assert [type(e) for e in told] == [ValueError]
+        reactor.run_once(0.05)                  # not called again
+        assert calls == ["read"]
+    finally:
+        reactor.close()
+        os.close(r)
+        os.close(w)
+
+
+class CountingLaunch:
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.started: List[int] = []
+
+    def attach(self, reloads: Any, counts: Any) -> None:
+        """Nothing to reload."""
+
+    def ready(self) -> None:
+        """Nothing to load."""
+
+    def start(self, fd: int, env: Dict[bytes, bytes]) -> int:
+        self.started.append(fd)
+        return 10_000_000 + len(self.started)
+
+
+@pytest.fixture
+def loop() -> Iterator[Server]:
+    opts = parse(["-q", "-HRl0", "127.0.0.1", "0", "prog"], {})
+    listener = listen.open_listener(True, "127.0.0.1", 0, 0, 16)
+    r, w = os.pipe()
+    served = service.build(opts, Log(0), Limit(10), CountingLaunch(), None, False, {})
+    server = Server(served, listener, r)
+    server._watch(True)
+    try:
+        yield server
+    finally:
+        for sock in listener.sockets:
+            sock.close()
+        server.reactor.close()
+        os.close(r)
+        os.close(w)
+
+
+def turn(server: Server, rounds: int = 5) -> List[BaseException]:
+    """Run the loop as :meth:`Server.run` does; the exceptions it logs."""
+    seen: List[BaseException] = []
+    for _ in range(rounds):
+        try:
+            server.reactor.run_once(0.2)
+        except Exception as exc:
+            seen.append(exc)
+    return seen
+
+
+def test_accept_to_admission_is_guarded(loop: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug between accept and admission: the client's socket is
+    closed, the error surfaces once (the loop logs it), the listener is
+    watched again after a pause, and the next client is served."""
+    def broken(*args: Any) -> None:
+        raise RuntimeError("injected")
+
+    port = loop.listener.sockets[0].getsockname()[1]
+    monkeypatch.setattr(loop.service, "connection", broken)
+    first = socket.create_connection(("127.0.0.1", port), timeout=5)
+    seen = turn(loop)
+    assert [str(e) for e in seen] == ["injected"]
+    assert first.recv(10) == b""                        # closed, not leaked
+    monkeypatch.undo()
+    second = socket.create_connection(("127.0.0.1", port), timeout=5)
+    assert turn(loop, 10) == []
+    assert loop.launcher.started                        # type: ignore[attr-defined]
+    assert loop.admission.count == 1 and loop.accepting
+    first.close()
+    second.close()
