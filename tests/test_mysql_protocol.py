@@ -14,7 +14,7 @@ import ssl
 import subprocess
 import tempfile
 import time
-from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import pytest
 
@@ -30,6 +30,7 @@ from ucspi.mysql.packets import (
     Framer,
     Result,
     ResultParser,
+    malformed,
     com_query,
     com_quit,
     decode_lenenc_int,
@@ -43,7 +44,6 @@ from ucspi.mysql.packets import (
     parse_err,
     parse_handshake,
     parse_ok,
-    parse_result,
     ssl_request,
 )
 from ucspi.mysql.protocol import MysqlError, Session
@@ -51,6 +51,16 @@ from ucspi.mysql.protocol import MysqlError, Session
 # -- known answers: the scrambles ---------------------------------------
 
 SCRAMBLE = bytes(range(1, 21))
+
+
+def parse_result(payloads: Iterable[bytes]) -> Result:
+    """A whole response from its payloads; 2027 if they end before it
+    does."""
+    parser = ResultParser()
+    for payload in payloads:
+        if parser.feed(payload):
+            return parser.result
+    raise malformed("result cut short")
 
 
 def xor(a: bytes, b: bytes) -> bytes:

@@ -19,7 +19,7 @@ Anything that does not parse raises :class:`MysqlError` 2027
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, List, NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 from ..errors import UcspiError
 
@@ -260,10 +260,6 @@ class Reader:
 
     def lenenc_int(self) -> int:
         value, self.pos = decode_lenenc_int(self.data, self.pos)
-        return value
-
-    def lenenc_bytes(self) -> bytes:
-        value, self.pos = decode_lenenc_str(self.data, self.pos)
         return value
 
     def rest(self) -> bytes:
@@ -611,13 +607,3 @@ class ResultParser:
         if pos != n:
             raise malformed("row longer than its columns")
         return row
-
-
-def parse_result(payloads: Iterable[bytes]) -> Result:
-    """A whole response from its payloads (for tests and blocking
-    drivers); 2027 if they end before it does."""
-    parser = ResultParser()
-    for payload in payloads:
-        if parser.feed(payload):
-            return parser.result
-    raise malformed("result cut short")

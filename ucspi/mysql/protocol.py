@@ -161,10 +161,6 @@ class Session:
         return self._state == _READY
 
     @property
-    def authenticated(self) -> bool:
-        return self._state in (_READY, _QUERY)
-
-    @property
     def wants_tls(self) -> bool:
         """The SSLRequest is in :meth:`outgoing` (or was sent): send it,
         start TLS on the transport, then call :meth:`tls_started`."""

@@ -1,9 +1,10 @@
 """What SIGHUP re-reads: a registry of reload actions, run in order.
 
-Today: the ``-c`` file, the resolver configuration and the cached names
-of local addresses.  Later subsystems add theirs (TLS certificates,
-``PLUGINn`` init(1)).  An action that fails logs one warning and the
-others still run: SIGHUP never kills the server (D15).
+Whoever owns something that SIGHUP re-reads registers it at start-up:
+the server's ``-c`` file and resolver settings (with the cached names
+of local addresses), a TLS launcher's certificates, the ``PLUGINn``
+init(1) calls.  An action that fails logs one warning and the others
+still run: SIGHUP never kills the server.
 """
 
 from __future__ import annotations

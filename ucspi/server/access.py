@@ -4,7 +4,7 @@ A source (an :class:`Access`) answers through a callback, so the step
 works the same for a source that knows at once and one that must ask
 somebody or something: the ``-x`` cdb
 (:class:`~.rules_access.RulesAccess`) usually answers at once, but from
-a child when the file is unusual; the MySQL rules of ``-m`` (later) ask
+a child when the file is unusual; the MySQL rules of ``-m`` ask
 a database.  The answer is a :class:`Verdict`.
 """
 

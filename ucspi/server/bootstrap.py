@@ -13,6 +13,7 @@ resort: one fatal line with djb's error text, 111, never a traceback.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 import sys
 from typing import Any, Callable, List, Optional
@@ -138,7 +139,7 @@ def _listen(opts: Options, port: int, activated: int) -> listen.Listener:
         signals.at_term(functools.partial(listen.remove_own, listener.path))
         return listener
 
-    def resolve(host: str) -> List[Any]:
+    def resolve(host: str) -> List[ipaddress.IPv6Address]:
         from ..dns.conf import DnsConfig
         from ..dns.lookup import qualify
         return qualify(DnsConfig.load(os.environ, opts.ipv4_only), host)

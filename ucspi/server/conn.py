@@ -49,7 +49,8 @@ from ..environ import Builder, Change, Endpoints, connection_changes
 from ..errors import errtext
 from ..log import Log, connection_fields, safe
 from ..options import Options
-from ..reactor import Reactor, Timer
+from ..reactor import Cancellable, Reactor, Timer
+from ..tls.failure import timed_out
 from .access import Access, Verdict
 from .hello import HelloWait
 from .lookups import DESCRIPTORS, LookupService
@@ -219,7 +220,7 @@ class Connection:
         self.banner = b""
         self.banner_timer: Optional[Timer] = None
         self.pending = 0
-        self.handles: List[Any] = []
+        self.handles: List[Cancellable] = []
         self.changes: List[Change] = []
         self.max_per_host = ctx.opts.max_per_host
         self.closed = False
@@ -513,24 +514,22 @@ class TlsConnection(Connection):
     room (:meth:`give_way`)."""
 
     slot = False
-    hello: Optional[HelloWait] = None
 
     def _hello(self) -> None:
         timeout = self.ctx.opts.handshake_timeout
         deadline = self.ctx.reactor.time() + timeout if timeout else None
-        self.hello = HelloWait(self.ctx.reactor, self.sock, deadline, self._hello_done,
-                               self._hello_late)
-        self.handles.append(self.hello)
-        self.hello.start()
+        wait = HelloWait(self.ctx.reactor, self.sock, deadline, self._hello_done,
+                         self._hello_late)
+        self.handles.append(wait)
+        wait.start()
 
     @guarded
     def _hello_done(self) -> None:
-        self.handles.remove(self.hello)
+        self.handles = []
         self.next()
 
     @guarded
     def _hello_late(self) -> None:
-        from ..tls.failure import timed_out
         timed_out(self.ctx.log)
         self.end()
 

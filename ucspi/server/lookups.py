@@ -140,7 +140,7 @@ class Lookups:
         return lookup_host(self.reactor, self.dns_config(), _target(ip6, v4), paranoid,
                            done, abort)
 
-    def addresses(self, name: str, done: AddressesDone, abort: Abort) -> Any:
+    def addresses(self, name: str, done: AddressesDone, abort: Abort) -> Cancellable:
         """The addresses of a host name of the ``-m`` rules (AAAA and A,
         :func:`ucspi.dns.lookup.lookup_addresses`), strictly: ``done``
         gets ``(addresses, None)`` (``[]`` for a name that does not

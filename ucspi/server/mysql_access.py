@@ -32,7 +32,7 @@ import ipaddress
 import marshal
 import os
 import stat
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Protocol, Tuple, Union
 
 from ..dns.msg import BadName
 from ..environ import Change, Endpoints
@@ -40,6 +40,10 @@ from ..errors import Fatal, errtext
 from ..log import Log, safe
 from ..mysql import rules
 from ..mysql.protocol import MysqlError, Result
+
+if TYPE_CHECKING:
+    from ..mysql.driver import Driver
+    from ..mysql.library import LibraryClient
 from ..reactor import Reactor
 from .access import Access, Answer, Verdict
 from .lookups import Lookups
@@ -67,10 +71,17 @@ def failure(table: str, port: int, error: BaseException, creating: bool = False
     return MysqlError(getattr(error, "code", 0), text)
 
 
+class RowSource(Protocol):
+    """Where the rows of the rules table come from."""
+
+    def fetch(self, table: str, port: int, done: RowsDone) -> None:
+        """Call ``done(rows, None)`` or ``done(None, error)`` once."""
+
+
 class BuiltinRows:
     """Rows through the built-in client (:class:`~ucspi.mysql.driver.Driver`)."""
 
-    def __init__(self, driver: Any) -> None:
+    def __init__(self, driver: "Driver") -> None:
         self.driver = driver
 
     def fetch(self, table: str, port: int, done: RowsDone) -> None:
@@ -113,7 +124,7 @@ class LibraryRows:
             never when there is no timeout.
     """
 
-    def __init__(self, client_factory: Callable[[], Any], offload: Offload,
+    def __init__(self, client_factory: Callable[[], "LibraryClient"], offload: Offload,
                  timeout: float = 0.0) -> None:
         self.client_factory = client_factory
         self.offload = offload
@@ -191,7 +202,7 @@ def helper_deadline(timeout: float) -> Optional[float]:
     return None if timeout <= 0 else HELPER_ROUNDS * timeout
 
 
-def _text(address: Any) -> str:
+def _text(address: Union[ipaddress.IPv4Address, ipaddress.IPv6Address]) -> str:
     """An address from the resolver as the client's IP is written."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return str(address.ipv4_mapped)
@@ -201,7 +212,7 @@ def _text(address: Any) -> str:
 class MysqlAccess:
     """The ``-m`` access source (and ``-x`` after it, if given)."""
 
-    def __init__(self, conf: Any, source: Any, lookups: Lookups, log: Log,
+    def __init__(self, conf: rules.DbConf, source: RowSource, lookups: Lookups, log: Log,
                  then: Optional[Access], max_per_host: int) -> None:
         self.conf = conf
         self.source = source
@@ -265,20 +276,21 @@ class MysqlAccess:
                 return
             name = waiting.pop()
 
-            def done(addresses: List[Any], error: Optional[BaseException]) -> None:
+            def done(addresses: List[ipaddress.IPv6Address],
+                     error: Optional[BaseException]) -> None:
                 found = [_text(a) for a in addresses]
                 if (error is not None and not isinstance(error, BadName)
                         and not rules.resolves_to(ep.remote_ip, found)):
-                    self.log.warning(f"dropping connection from {ep.remote_ip}, MySQL: "
-                                     f"unable to look up {name}: {errtext(error)}")
+                    self.log.drop_from(ep.remote_ip, f"MySQL: unable to look up {name}: "
+                                       f"{errtext(error)}")
                     answer(Verdict(False, [], 0, quiet=True))
                     return
                 resolved[name] = found
                 step()
 
             def abort(error: OSError) -> None:
-                self.log.warning(f"dropping connection from {ep.remote_ip}, "
-                                 f"unable to start a lookup: {errtext(error)}")
+                self.log.drop_from(ep.remote_ip,
+                                   f"unable to start a lookup: {errtext(error)}")
                 answer(Verdict(False, [], 0, quiet=True))
 
             self.lookups.addresses(name, done, abort)
@@ -372,7 +384,7 @@ def build(path: str, environ: Mapping[str, str], reactor: Reactor, lookups: Look
     if choice.active and choice.path:
         lib = library.load(choice.path)
 
-        def client() -> Any:
+        def client() -> library.LibraryClient:
             made = library.LibraryClient(lib)
             made.connect(conf, where, timeout, tls)
             return made
@@ -381,7 +393,7 @@ def build(path: str, environ: Mapping[str, str], reactor: Reactor, lookups: Look
             client().close()
         except MysqlError as exc:
             raise Fatal(rules.connect_error(exc.message)) from None
-        source: Any = LibraryRows(client, offload, timeout)
+        source: RowSource = LibraryRows(client, offload, timeout)
     else:
         from ..mysql.driver import Driver, connect_now, verified_context
         context = None

@@ -136,7 +136,7 @@ class Contexts:
 SNI_ATTRIBUTE = "ucspi_sni_name"
 
 
-def sni_of(obj: Any) -> Optional[str]:
+def sni_of(obj: ssl.SSLObject) -> Optional[str]:
     """The checked SNI name of a server-side ``SSLObject``'s client
     (None: none, or not a name we serve)."""
     name: Optional[str] = getattr(obj, SNI_ATTRIBUTE, None)
@@ -163,7 +163,7 @@ class Sni:
         self._hello = bytearray()
         self._context: Optional[ssl.SSLContext] = None
 
-    def __call__(self, conn: Any, name: Optional[str], ctx: ssl.SSLContext) -> None:
+    def __call__(self, conn: ssl.SSLObject, name: Optional[str], ctx: ssl.SSLContext) -> None:
         checked = settings.sni_name(name)
         setattr(conn, SNI_ATTRIBUTE, checked)
         chosen = self.by_name.get(checked) if checked else None
