@@ -51,6 +51,8 @@ def test_same_environment(servers, options: List[str], banner: bytes, inherited:
         program_env, client_port = _env_and_ports(server, banner)
         assert program_env.pop("TCPLOCALPORT") == str(server.port)
         assert program_env.pop("TCPREMOTEPORT") == str(client_port)
+        # ours adds s6's TCPCONNNUM (the other live connections: none here)
+        assert program_env.pop("TCPCONNNUM", None) == ("0" if impl == OURS else None)
         seen[impl] = program_env
     assert seen[OURS] == seen[C]
     assert not [name for name in seen[OURS] if name.startswith("TCP6")]
@@ -67,6 +69,7 @@ def test_same_environment_other_loopback(servers) -> None:
         env = server.env(source="127.0.0.9")
         env.pop("TCPLOCALPORT")
         env.pop("TCPREMOTEPORT")
+        env.pop("TCPCONNNUM", None)        # ours only (s6's name)
         seen[impl] = env
     assert seen[OURS] == seen[C]
     assert seen[OURS]["TCPREMOTEIP"] == "127.0.0.9"
@@ -80,6 +83,7 @@ def test_same_environment_ipv4_wildcard(servers) -> None:
         env = server.env("127.0.0.1", source="127.0.0.3")
         env.pop("TCPLOCALPORT")
         env.pop("TCPREMOTEPORT")
+        env.pop("TCPCONNNUM", None)        # ours only (s6's name)
         seen[impl] = env
     assert seen[OURS] == seen[C]
     assert seen[OURS]["TCPREMOTEIP"] == "127.0.0.3"

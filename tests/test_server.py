@@ -29,7 +29,10 @@ STALE = {name: "stale" for name in ("PROTO", "TCPLOCALIP", "TCPLOCALPORT", "TCPL
 
 
 def _tcp(env: Dict[str, str]) -> Dict[str, str]:
-    return {k: v for k, v in env.items() if k.startswith("TCP") or k == "PROTO"}
+    """The variables of the connection (the C server's set: not s6's
+    TCPCONNNUM, which has tests of its own)."""
+    return {k: v for k, v in env.items()
+            if (k.startswith("TCP") or k == "PROTO") and k != "TCPCONNNUM"}
 
 
 def _one_fatal(result, text: str, code: int = 111) -> None:  # type: ignore[no-untyped-def]

@@ -19,6 +19,7 @@ import pytest
 
 from ucspi import environ
 from ucspi import address as ipfmt
+from ucspi.policy import Policy
 from ucspi.server.admission import Admission
 from ucspi.server import limits
 from ucspi.server import listen
@@ -696,9 +697,9 @@ def _admission(limit: int = 3, available: int = 100) -> Admission:
 
 def test_admission_counts_by_address() -> None:
     adm = _admission()
-    assert adm.accept("127.0.0.1", 0, final=True) is None
-    assert adm.accept("127.0.0.1", 0, final=True) is None
-    assert adm.accept("::1", 0, final=True) is None
+    assert adm.accept("127.0.0.1", final=True) is None
+    assert adm.accept("127.0.0.1", final=True) is None
+    assert adm.accept("::1", final=True) is None
     assert (adm.count, adm.hosts) == (3, {"127.0.0.1": 2, "::1": 1})
     assert not adm.room()                          # -c 3 reached
     adm.set_up()                                   # a program started
@@ -710,15 +711,17 @@ def test_admission_counts_by_address() -> None:
 
 def test_admission_two_moments() -> None:
     adm = _admission(limit=10)
-    assert adm.accept("10.0.0.1", 1, final=True) is None
-    refusal = adm.accept("10.0.0.1", 1, final=True)          # known at accept
-    assert refusal is not None and (refusal.limit, refusal.count) == (1, 1)
+    adm.policy = Policy(1)
+    assert adm.accept("10.0.0.1", final=True) is None
+    refusal = adm.accept("10.0.0.1", final=True)              # known at accept
+    assert refusal is not None and (refusal.what, refusal.limit, refusal.count) == \
+        ("MAXPERIP", 1, 1)
     assert adm.count == 1                                     # a refusal is not counted
-    assert adm.accept("10.0.0.1", 1, final=False) is None     # rules may say other
-    refusal = adm.identified("10.0.0.1", 1)
+    assert adm.accept("10.0.0.1", final=False) is None        # rules may say other
+    refusal = adm.identified("10.0.0.1", Policy(1))
     assert refusal is not None and refusal.count == 1
-    assert adm.identified("10.0.0.1", 0) is None              # 0: no limit
-    assert adm.identified("10.0.0.1", 2) is None
+    assert adm.identified("10.0.0.1", Policy(0)) is None      # 0: no limit
+    assert adm.identified("10.0.0.1", Policy(2)) is None
     adm.moved("10.0.0.1", "192.0.2.9")                        # a PROXY header
     assert adm.hosts == {"10.0.0.1": 1, "192.0.2.9": 1}
 
@@ -726,11 +729,11 @@ def test_admission_two_moments() -> None:
 def test_admission_slots_queue_and_refill() -> None:
     adm = _admission(limit=1)
     granted: List[str] = []
-    assert adm.accept("a", 0, final=True, slot=False) is None   # TLS: no slot yet
+    assert adm.accept("a", final=True, slot=False) is None      # TLS: no slot yet
     assert adm.count == 0 and adm.wait_slot(lambda: granted.append("a"))
-    assert adm.accept("b", 0, final=True, slot=False) is None
+    assert adm.accept("b", final=True, slot=False) is None
     assert not adm.wait_slot(lambda: granted.append("b"))      # queued
-    assert adm.accept("c", 0, final=True, slot=False) is None
+    assert adm.accept("c", final=True, slot=False) is None
     late = lambda: granted.append("c")                         # noqa: E731
     assert not adm.wait_slot(late)
     adm.leave_queue(late)                                      # c ended while queued
@@ -746,8 +749,8 @@ def test_admission_slots_queue_and_refill() -> None:
 
 def test_admission_descriptor_budget() -> None:
     adm = _admission(limit=100, available=2)
-    adm.accept("a", 0, final=True)
-    adm.accept("b", 0, final=True)
+    adm.accept("a", final=True)
+    adm.accept("b", final=True)
     assert not adm.room()                          # the descriptors, not -c
     adm.set_up()
     assert adm.room()

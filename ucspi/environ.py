@@ -34,7 +34,7 @@ class Endpoints:
 
     __slots__ = ("proto6", "v6sock", "local_ip", "local_ip6", "local_port",
                  "remote_ip", "remote_ip6", "remote_port", "local_host",
-                 "remote_host", "paranoid", "remote_info", "interface")
+                 "remote_host", "paranoid", "remote_info", "interface", "others")
 
     def __init__(self, proto6: bool, v6sock: bool, local_ip: str, local_ip6: str,
                  local_port: int, remote_ip: str, remote_ip6: str, remote_port: int) -> None:
@@ -51,6 +51,9 @@ class Endpoints:
         self.paranoid: Optional[bytes] = None
         self.remote_info: Optional[bytes] = None
         self.interface: Optional[bytes] = None
+        #: the other live connections from the client's address, when
+        #: the server counts them (``TCPCONNNUM``)
+        self.others: Optional[int] = None
 
 
 def _b(text: str) -> bytes:
@@ -92,6 +95,8 @@ def connection_changes(ep: Endpoints) -> List[Change]:
         (b"TCPREMOTEINFO", ep.remote_info),
         (b"TCP6REMOTEINFO", ep.remote_info),
     ]
+    if ep.others is not None:
+        changes.append((b"TCPCONNNUM", b"%d" % ep.others))
     return changes
 
 
@@ -120,7 +125,7 @@ ON_V6SOCK = frozenset((
     b"TCP6LOCALIP", b"TCP6LOCALPORT", b"TCP6LOCALHOST",
     b"TCP6REMOTEIP", b"TCP6REMOTEPORT", b"TCP6REMOTEHOST",
 ))
-SOMETIMES = frozenset((b"TCPPARANOID", b"TCP6INTERFACE"))
+SOMETIMES = frozenset((b"TCPPARANOID", b"TCP6INTERFACE", b"TCPCONNNUM"))
 
 
 class Builder:
@@ -131,7 +136,8 @@ class Builder:
     environment is a copy of that with its values added: the same result
     as :func:`apply`, without a ``pop`` per variable.  If the server
     inherited a variable that only some connections touch
-    (``TCPPARANOID``, ``TCP6INTERFACE``), the general path is used.
+    (``TCPPARANOID``, ``TCP6INTERFACE``, ``TCPCONNNUM``), the general
+    path is used.
     """
 
     def __init__(self, base: Mapping[bytes, bytes]) -> None:

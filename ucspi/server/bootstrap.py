@@ -23,6 +23,7 @@ from ..log import Log, say
 from ..options import USAGE, MissingArgument, OptionError, Options, Request, parse
 from ..plugin import entries as plugin_entries
 from ..plugin import has_dirs
+from ..policy import from_environ as limits_from
 from ..proc import signals
 from ..proc.launch import Launch
 from . import listen, pidfile, privs, service
@@ -106,6 +107,7 @@ def _setup(opts: Options, log: Log, make_launch: LaunchFactory) -> Server:
     ident = privs.resolve(opts.user, opts.uid, opts.gid, opts.groups)
     port = listen.parse_port(opts.port)
     trusted = proxy_sources(os.environ)
+    policy = limits_from(os.environ, opts.max_per_host)
     launch = make_launch(opts)          # TLS: the contexts, before binding
     activated = listen.activated(os.environ, os.getpid())
     if opts.pidfile is not None:
@@ -116,7 +118,8 @@ def _setup(opts: Options, log: Log, make_launch: LaunchFactory) -> Server:
     listener = _listen(opts, port, activated)
     # the service is built before the drop: it imports what the options
     # need while the package and the interpreter's library are readable
-    served = service.build(opts, log, limit, launch, trusted, listener.inherited)
+    served = service.build(opts, log, limit, launch, trusted, listener.inherited,
+                           os.environ, policy)
     server = Server(served, listener, wakeup)
     privs.drop(ident)
     if plugins is not None:

@@ -335,11 +335,20 @@ class Connection:
 
     def _local(self) -> None:
         try:
-            local = self.local if self.local is not None else self.sock.getsockname()
+            self.know_local()
         except OSError as exc:
             self.drop("unable to get local address", exc)
             return
+        self.next()
+
+    def know_local(self) -> None:
+        """Fill in the local address (from the listener when it is bound
+        to one, else from the socket) and the ``-l`` name.  Raises
+        OSError."""
+        local = self.local if self.local is not None else self.sock.getsockname()
         ep = self.ep
+        if ep.local_host is None:
+            ep.local_host = self.ctx.localname
         ep.local_ip, ep.local_ip6, _ = render_address(local[0], ep.v6sock, self.ctx.opts.force_ipv6)
         ep.local_port = local[1]
         if ep.v6sock and not self.v4client and self.scope:
@@ -347,7 +356,6 @@ class Connection:
                 ep.interface = socket.if_indextoname(self.scope).encode()
             except OSError:
                 ep.interface = b"[unknown]"
-        self.next()
 
     def _lookups(self) -> None:
         ctx, ep = self.ctx, self.ep

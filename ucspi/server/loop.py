@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from .. import address, timeouts
 from ..proc.launch import Environment
+from ..policy import Policy
 from .admission import Refusal
 from .conn import Connection
 from .limits import Programs
@@ -221,27 +222,49 @@ class Server:
     def _unix_connection(self, sock: socket.socket, peer: Any, v6sock: bool,
                          path: Any) -> None:
         """A UNIX client: every one counts as the address ``""``."""
-        self._admit(UnixConnection(self.context, sock, path))
+        self._admit(UnixConnection(self.context, sock, path), unix=True)
 
-    def _admit(self, conn: Connection) -> None:
+    def _admit(self, conn: Connection, unix: bool = False) -> None:
         """Count the connection and run its steps, or refuse it."""
         ip = conn.ep.remote_ip
-        limit, admission = self.opts.max_per_host, self.admission
+        admission = self.admission
         try:
-            refusal = self._decided(lambda: admission.accept(ip, limit, not conn.later,
-                                                             conn.slot))
+            refusal = self._decided(lambda: admission.accept(ip, not conn.later, conn.slot,
+                                                             unix=unix))
         except BaseException:
             conn.close()
             raise
         if refusal is not None:
-            self.log.per_host(ip, refusal.count)
+            self._refuse(conn, refusal, admission.policy)
             conn.close()
             return
+        if not unix:
+            conn.ep.others = admission.others(ip)
         if conn.slot:
             self.status()
         else:
             self.waiting[conn] = None
         conn.start()
+
+    def _refuse(self, conn: Connection, refusal: Refusal, policy: Policy) -> None:
+        """A limit refused the connection: IndiMail's ``perIPlimit`` line
+        for ``-C``/``MAXPERIP``, else the ``deny 0`` line with the limit;
+        ``DIEMSG`` and CRLF, if there is one, in one write that never
+        waits (the connection is closed next, read or not)."""
+        log = self.log
+        if refusal.what == "MAXPERIP":
+            log.per_host(conn.ep.remote_ip, refusal.count)
+        elif log.verbosity >= 2:
+            try:
+                conn.know_local()
+            except OSError:
+                pass                  # the line shows what is known
+            log.verdict(False, 0, conn.fields() + refusal.suffix())
+        if policy.diemsg is not None:
+            try:
+                conn.sock.send(policy.diemsg + b"\r\n", socket.MSG_DONTWAIT)
+            except OSError:
+                pass
 
     def _decided(self, decide: Callable[[], Optional[Refusal]]) -> Optional[Refusal]:
         """Admission's answer; before a refusal stands, the programs
@@ -256,12 +279,20 @@ class Server:
     # -- what the connection steps ask -------------------------------------------
     def _admit_identified(self, conn: Connection) -> bool:
         ip = conn.ep.remote_ip
-        refusal = self._decided(lambda: self.admission.identified(ip, conn.max_per_host))
+        policy = self.admission.policy.with_rule(conn.changes, conn.max_per_host,
+                                                 self._bad_rule(ip))
+        refusal = self._decided(lambda: self.admission.identified(ip, policy))
         if refusal is None:
+            conn.ep.others = self.admission.others(ip)
             return True
-        self.log.per_host(ip, refusal.count)
+        self._refuse(conn, refusal, policy)
         conn.end()
         return False
+
+    def _bad_rule(self, ip: str) -> Callable[[str], None]:
+        def warn(problem: str) -> None:
+            self.log.warning(f"rule for {ip}: {problem}")
+        return warn
 
     def _slot(self, conn: Connection, grant: Callable[[], None]) -> bool:
         def granted() -> None:

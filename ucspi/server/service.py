@@ -32,6 +32,7 @@ from .. import environ
 from ..errors import Fatal, UsageError
 from ..log import Log, say
 from ..options import Options
+from ..policy import Policy
 from ..plugin import is_shared_object
 from ..proc import signals
 from ..proc.launch import Launch, Program, Spawn
@@ -170,7 +171,8 @@ def _access(opts: Options, log: Log, reactor: Reactor, lookups: Lookups,
 
 
 def build(opts: Options, log: Log, limit: Limit, launch: Launch, trusted: Optional[Trusted],
-          inherited: bool, environ_: Mapping[str, str] = os.environ) -> Service:
+          inherited: bool, environ_: Mapping[str, str] = os.environ,
+          policy: Optional[Policy] = None) -> Service:
     """The service, after the listener exists and before the drop.
 
     Args:
@@ -179,6 +181,8 @@ def build(opts: Options, log: Log, limit: Limit, launch: Launch, trusted: Option
         trusted: the PROXY protocol's sources (:func:`.proxied.proxy_sources`).
         inherited: the listeners came from the supervisor (socket
             activation's variables are then not the programs').
+        policy: every client's limits (:func:`ucspi.policy.from_environ`;
+            default: ``-C`` alone).
 
     Raises:
         Fatal: the MySQL rules cannot be set up.
@@ -192,7 +196,10 @@ def build(opts: Options, log: Log, limit: Limit, launch: Launch, trusted: Option
     notifier = Notifier.from_environ(environ_, log, reactor)
     drop: Tuple[str, ...] = ACTIVATION_VARIABLES if inherited else ()
     drop += (NOTIFY_VARIABLE,)          # never the programs', notifier or not
-    admission = Admission(limit, Descriptors(descriptors_needed(opts)))
+    if policy is None:
+        policy = Policy(opts.max_per_host)
+    admission = Admission(limit, Descriptors(descriptors_needed(opts)), policy, reactor.time)
+    admission.track_networks = policy.maxconnc is not None or access is not None
     reloads = Reloads(log)
     service = Service(opts, log, reactor, lookups, offload, access,
                       environ.Builder(environ.inherited(drop)), admission, launch, reloads,

@@ -48,6 +48,9 @@ class UnixConnection(Connection):
     def _local(self) -> None:        # after the banner
         self.next()
 
+    def know_local(self) -> None:
+        """The path is all there is to know."""
+
     def _peer(self) -> None:
         names = (b"UNIXREMOTEPID", b"UNIXREMOTEEUID", b"UNIXREMOTEEGID")
         try:
