@@ -1,4 +1,4 @@
-"""HAProxy in front of a server under test (the PROXY protocol, D63).
+"""HAProxy in front of a server under test (the PROXY protocol, design: proxy-protocol).
 
 :func:`haproxy` starts Debian's ``/usr/sbin/haproxy`` in the foreground
 (``-db``) with a configuration written to a temporary folder: two TCP

@@ -47,7 +47,7 @@ The commands of ``cmd`` (one per line; EOF returns 0):
 
 Everything except ``block`` goes through C stdio (``printf``) and is
 not flushed by the plugin: the client sees it only if the server's
-child flushes stdio after the call (DECISIONS D30).
+child flushes stdio after the call (design: shared-objects).
 """
 
 from __future__ import annotations

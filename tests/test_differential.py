@@ -5,7 +5,7 @@ inherited environment (including stale values of the variables they
 set or remove).  The program's environments must hold the same names
 with the same values; only the ports differ, and those must be the
 server's and the client's.  Under ``-R`` ours adds nothing (no
-``TCP6REMOTEINFO``), in IPv4 mode no ``TCP6*`` variable (spec core 3.1).
+``TCP6REMOTEINFO``), in IPv4 mode no ``TCP6*`` variable (as IndiMail).
 """
 
 from __future__ import annotations

@@ -392,7 +392,7 @@ def test_qualify_search_candidates():
 def test_qualify_failures():
     with FakeDns(silent) as fake:
         conf = conf_for(fake, udp_timeouts=(0.05,))
-        assert dns.qualify(conf, "down.example") == []           # spec 4.10-5
+        assert dns.qualify(conf, "down.example") == []           # as IndiMail
         with pytest.raises(dnsmsg.DnsError) as info:
             dns.qualify(conf, "down.example", strict=True)
         assert errtext(info.value) == "timed out"

@@ -180,7 +180,7 @@ def test_candidates(name, result):
     ("0.0.0.0", ["::"]),
     ("::1", ["::1"]),
     ("::ffff:10.0.0.1", ["::ffff:10.0.0.1"]),
-    ("[10.0.0.1]", ["::ffff:10.0.0.1"]),     # bracketed: accepted (spec 4.10-4)
+    ("[10.0.0.1]", ["::ffff:10.0.0.1"]),     # bracketed: accepted (IndiMail refuses)
     ("[127.1]", []),
     ("127.1", []),
     ("00", []),

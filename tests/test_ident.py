@@ -1,5 +1,5 @@
 """The ident client against the real oidentd and against loopback fakes
-(subsystems spec 5, DECISIONS D51)."""
+(design: ident)."""
 
 from __future__ import annotations
 

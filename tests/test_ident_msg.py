@@ -1,5 +1,5 @@
 """Known-answer tests of the ident query line and reply parser
-(subsystems spec 5.2, core spec 3.4)."""
+(djb's remoteinfo.c; design: ident)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ KNOWN = [
     (b"40123 , 25 : USERID : OTHER : a:b\r\n", b"a:b"),
     (b"40123 , 25 : ERROR : NO-USER\r\n", b""),
     (b"40123,25:USERID:UNIX:joe\n", b"joe"),
-    (b"x : USERID : UNIX : jo e\t%x\r\n", b"joe%x"),    # core spec 3.4
+    (b"x : USERID : UNIX : jo e\t%x\r\n", b"joe%x"),    # as djb's remoteinfo.c
     (b"\n", b""),
     (b"garbage\r\n", b""),                                 # no colons: empty
     (b":::\n", b""),

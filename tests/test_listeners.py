@@ -1,6 +1,7 @@
-"""Listeners beyond host and port (issue 12): UNIX-domain mode (spec
-core §2.9, DECISIONS D60), socket activation (D61) and readiness
-notification (D62).  The PROXY protocol is in ``test_proxy_server.py``."""
+"""Listeners beyond host and port (issue 12): UNIX-domain mode
+(design: unix-mode), socket activation (design: socket-activation) and readiness
+notification (design: readiness-notification).  The PROXY protocol is in
+``test_proxy_server.py``."""
 
 from __future__ import annotations
 
@@ -153,7 +154,7 @@ def _run(args: List[str], env: "Dict[str, str] | None" = None,
 
 
 def test_unix_start_up_errors(tmp_path, sock_path) -> None:  # type: ignore[no-untyped-def]
-    """Core spec §2.9 and §4.1 texts."""
+    """IndiMail's texts for UNIX mode."""
     with open(sock_path, "w"):
         pass
     result = _run([sock_path, "true"])

@@ -1,5 +1,5 @@
 """The ctypes client (ucspi/mysql/library.py): choosing and loading the
-library (spec subsystems §3.1), and queries through Debian's libmariadb
+library (as IndiMail's load_mysql.c), and queries through Debian's libmariadb
 against a real MariaDB server (tests/fix_mariadb.py)."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def test_configured_env(tmp_path: Path) -> None:
 
 
 def test_configured_control_file(tmp_path: Path) -> None:
-    # nothing configured: active, with the built-in client (D40)
+    # nothing configured: active, with the built-in client (design: mysql-rules)
     assert configured({}, str(tmp_path)) == Choice(True, None)
     (tmp_path / "mysql_lib").write_text("/old/name.so\n")
     assert configured({}, str(tmp_path)) == Choice(True, "/old/name.so")

@@ -1,6 +1,6 @@
 """The pure part of ``-m db.conf`` (ucspi/mysql/rules.py): db.conf, the
 statements, the env column, the iprule matcher and the walk over rows
-(spec subsystems §3.2–§3.7, DECISIONS D40)."""
+(IndiMail's ``-m``; design: mysql-rules)."""
 
 from __future__ import annotations
 
@@ -239,7 +239,7 @@ def test_parse_env(text: str, expected: List[Tuple[str, str]]) -> None:
 
 # -- the matcher --------------------------------------------------------------
 @pytest.mark.parametrize("token, ip, expected", [
-    # the spec's examples (with the fix)
+    # examples of IndiMail's matcher (with the fix)
     ("202.144.*.?", "202.144.7.3", True),
     ("202.144.*.?", "202.144.7.33", None),
     ("202.144.10-20.1", "202.144.15.1", True),
@@ -416,7 +416,7 @@ def test_evaluate_port_is_an_int() -> None:
         evaluate([], "1.2.3.4", NONE, "25")  # type: ignore[arg-type]
 
 
-# -- host names, the D40 fix and the compat switch --------------------------------
+# -- host names, the fix (design: mysql-rules) and the compat switch ----------------
 def test_names_to_resolve() -> None:
     rows = [
         row(b"A", b"*"),
@@ -455,7 +455,7 @@ def test_hostname_rule_resolved() -> None:
 
 
 def test_failed_lookup_is_no_match() -> None:
-    """D40: a failed or missing lookup never matches (IndiMail: always)."""
+    """design: mysql-rules: a failed or missing lookup never matches (IndiMail: always)."""
     rows = [row(b"D", b"192.168.1.*"), row(b"A", b"unknown.example", b"X=1")]
     for ip in ("10.0.0.1", "2001:db8::5"):
         assert evaluate(rows, ip, NONE, 25) == Outcome()

@@ -1,7 +1,7 @@
 """``-m db.conf`` end to end: our server in front of a real MariaDB
 (tests/fix_mariadb.py), with the built-in client and with
 ``$MYSQL_LIB`` = Debian's libmariadb; a loopback fake database for the
-stalls (spec subsystems §3, DECISIONS D40)."""
+stalls (design: mysql-rules)."""
 
 from __future__ import annotations
 

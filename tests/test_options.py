@@ -1,6 +1,6 @@
 """tcpserver's command line, end to end: exit codes and messages.
 
-Usage errors exit 100 (spec core 1.5-1.6, D10); the option parser's
+Usage errors exit 100 (design: options, exit-codes); the option parser's
 own errors are printed even under ``-q`` (parsing has not finished), a
 missing host/port/program is silenced by ``-q``.  Letters of features
 that have not landed are refused with one line and exit 100.  The C
@@ -76,7 +76,7 @@ def test_numbers_are_checked(argv: List[str]) -> None:
 
 def test_a_path_host_takes_no_port() -> None:
     """``/path prog``: UNIX mode, the word after the path is the program
-    (spec core §2.9); the options it ignores are turned off."""
+    (as in IndiMail); the options it ignores are turned off."""
     opts = parse(["-1", "-x", "r.cdb", "-hpr", "-D", "-6", "/tmp/x.sock", "0", "prog"], {})
     assert opts.unix and opts.host == "/tmp/x.sock" and opts.argv == ["0", "prog"]
     assert not (opts.print_port or opts.rules or opts.remote_host or opts.paranoid

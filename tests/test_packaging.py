@@ -335,7 +335,7 @@ def _third_party_imports(path: str) -> List[str]:
 
 @pytest.mark.skipif(sys.version_info < (3, 10), reason="sys.stdlib_module_names is 3.10+")
 def test_runtime_code_imports_the_standard_library_only() -> None:
-    """No install_requires is honest: D4."""
+    """No install_requires is honest: design: standard-library-only."""
     paths = [os.path.join(ROOT, n) for n in ("tcpserver.py", "tcprules.py", "tcprulescheck.py")]
     for folder, _, files in os.walk(os.path.join(ROOT, "ucspi")):
         paths += [os.path.join(folder, n) for n in files if n.endswith(".py")]
@@ -448,7 +448,7 @@ def _entries(pyz: str, folder: str) -> Dict[str, Tuple[str, List[str], Optional[
 
 @pytest.mark.parametrize("minor", OLD_PYTHONS)
 def test_old_python_gets_one_line_and_111(pyz: str, elsewhere: str, minor: str) -> None:
-    """D64: every command checks the interpreter before anything else:
+    """design: help-and-version: every command checks the interpreter before anything else:
     one line, exit 111, nothing bound or printed on standard output (the
     arguments would start a server on a supported Python)."""
     python = old_python(minor)

@@ -1,5 +1,5 @@
 """Shared-object programs (``prog.so``) and ``PLUGINn``, end to end
-(spec subsystems §2; DECISIONS D30, D15).
+(design: shared-objects, signals).
 
 The plugins are C, compiled by the tests (``cc -shared -fPIC``, see
 tests/fix_plugins.py).  Covered: ``argc``/``argv``/``envp`` and the C

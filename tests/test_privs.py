@@ -1,4 +1,4 @@
-"""Privilege drop (spec core 2.3, DECISIONS D17), end to end.
+"""Privilege drop (design: privileges), end to end.
 
 As root: the program runs with exactly the uid, gid and supplementary
 groups asked for, and so does the server after binding.  As a plain

@@ -1,4 +1,4 @@
-"""The PROXY protocol parser (ucspi/proxy.py, DECISIONS D63): known
+"""The PROXY protocol parser (ucspi/proxy.py, design: proxy-protocol): known
 answers from HAProxy's doc/proxy-protocol.txt, every refusal, needed()
 on every prefix, and a seeded fuzz run through needed() and parse()."""
 

@@ -1,4 +1,4 @@
-"""The PROXY protocol in the server (issue 12, DECISIONS D63): real
+"""The PROXY protocol in the server (issue 12, design: proxy-protocol): real
 HAProxy in front (``send-proxy`` and ``send-proxy-v2``, IPv4 and IPv6
 clients), and loopback fakes for what HAProxy never sends.  The parser
 itself, with its fuzzing, is ``test_proxy.py``."""
@@ -156,7 +156,7 @@ def test_local_and_unknown_keep_the_sockets_addresses(fake, header) -> None:  # 
 
 
 def test_mapped_addresses_are_ipv4(servers) -> None:  # type: ignore[no-untyped-def]
-    """D18: ``::ffff:a.b.c.d`` in a header is an IPv4 client, unless -6."""
+    """design: mapped-addresses: ``::ffff:a.b.c.d`` in a header is an IPv4 client, unless -6."""
     header = build_v2("::ffff:192.0.2.1", 1, "::ffff:192.0.2.2", 2)
     for options, want in (([], ("TCP", "192.0.2.1")), (["-6"], ("TCP6", "::ffff:192.0.2.1"))):
         server = servers(["-HR", "-l0", *options], prog=ENV_AND_DATA, env=proxied_env())

@@ -278,7 +278,7 @@ FIXED_RULES = '127.0.0.1:allow,RULE="fixed"\n:allow,RULE="fixed"\n'
 
 def compile_rules(path: str, text: str) -> None:
     """tcprules: the new cdb is written to ``path.tmp``, then renamed over
-    ``path`` (the atomic swap of spec 5.5)."""
+    ``path`` (the atomic swap of djb's tcprules)."""
     subprocess.run([*TCPRULES, path, path + ".tmp"], input=text.encode(), check=True,
                    capture_output=True, timeout=30)
 
@@ -318,9 +318,9 @@ def _symlink_loop(path: str) -> None:
 
 #: a broken -x file: how to make it, and the error text of its drop line
 BROKEN: Dict[str, Tuple[Callable[[str], Optional[int]], str]] = {
-    "empty": (_empty, "invalid argument"),                 # spec 4.2, verified on C
-    "truncated": (_truncated, "protocol error"),           # spec 4.2, verified on C
-    "directory": (_directory, "is a directory"),           # spec 4.2 (C: SIGSEGV)
+    "empty": (_empty, "invalid argument"),                 # IndiMail's, verified on C
+    "truncated": (_truncated, "protocol error"),           # IndiMail's, verified on C
+    "directory": (_directory, "is a directory"),           # errno's text (C: SIGSEGV)
     "fifo": (_fifo, "invalid argument"),                   # never opened blocking
     "fifo-with-writer": (_fifo_with_writer, "invalid argument"),
     "symlink-loop": (_symlink_loop, "symbolic link loop"),  # djb's text for ELOOP
@@ -408,7 +408,7 @@ def test_limit_file_gone_bad_on_sighup(servers, tmp_path, kind: str) -> None:
     there must not stall the server (found by this suite: it blocked in
     open() for good), /dev/zero must not eat its memory (it grew by a
     gigabyte a few seconds), a huge line is no number.  SIGHUP warns and
-    keeps the limit (D15); at start-up the same file is fatal (D10),
+    keeps the limit (design: signals); at start-up it is fatal (design: options),
     without hanging."""
     path = str(tmp_path / "limit")
     make, text = LIMIT_FILES[kind]
@@ -496,7 +496,7 @@ def test_rules_swapped_under_load(servers, tmp_path) -> None:
 
 # -- ident faults ------------------------------------------------------------------------
 def safecats(value: bytes) -> str:
-    """djb's log filter for a field (D12), written out again here: cut at
+    """djb's log filter for a field (design: log-lines), written out again here: cut at
     100 bytes (then ``...``), and ``:``, ``%`` and every byte outside
     ``!``..``~`` shown as ``?``."""
     value = value.split(b"\0", 1)[0]
@@ -634,8 +634,8 @@ _KEEP = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
 def djb_name(name: bytes) -> str:
-    """A wire name as djb's tcpserver shows it (dns_domain_todot, core
-    spec 3.3), written out again here: lowercase, ``a-z0-9-_`` kept, any
+    """A wire name as djb's tcpserver shows it (dns_domain_todot),
+    written out again here: lowercase, ``a-z0-9-_`` kept, any
     other byte as ``\\ooo``, labels joined by dots; the root is ``.``."""
     labels = _labels(name)
     if not labels:

@@ -137,7 +137,7 @@ def test_ipv6_and_cidr_rules(servers, tmp_path) -> None:
                         '::1:allow,KIND="v6"\n127.0.0.0/8:allow,KIND="cidr"\n:deny\n')
     server = start(servers, ["-HRl0", "-x", cdb], host="::")
     assert server.env("::1", source="::1")["KIND"] == "v6"
-    # arrives IPv4-mapped, matched as IPv4 (D18)
+    # arrives IPv4-mapped, matched as IPv4 (design: mapped-addresses)
     env = server.env("127.0.0.1", source="127.9.8.7")
     assert env["KIND"] == "cidr" and env["TCPREMOTEIP"] == "127.9.8.7"
 

@@ -1,7 +1,7 @@
 """tcpserver end to end: the environment, banners, socket options and
 every start-up or per-connection failure, with the C server beside ours
-where the texts are shared (spec core 1.3-1.6, 2.7, 3.1, 4.1-4.2;
-DECISIONS D14, D15, D18).
+where the texts are shared
+(design: banner, signals, mapped-addresses).
 
 No lookups happen here: every server runs with ``-H -R`` and ``-l``.
 """
@@ -131,7 +131,7 @@ def test_env_mapped_literal_is_ipv4_mode(servers) -> None:
 
 
 def test_env_ipv4_only_and_force_ipv6(servers) -> None:
-    # spec core 7.12: -4 -6 gives PROTO=TCP6, mapped text, no TCP6* variables
+    # as IndiMail: -4 -6 gives PROTO=TCP6, mapped text, no TCP6* variables
     server = servers(["-4", "-6", "-v", *NOLOOKUP], host="0")
     with server.connect("127.0.0.1") as sock:
         client_port = sock.getsockname()[1]
@@ -159,7 +159,7 @@ def test_log_line_ipv6_client(servers) -> None:
     with server.connect("::1") as sock:
         client_port = sock.getsockname()[1]
         read_all(sock)
-    # ':' is kept inside IP fields (D12), the pid line too
+    # ':' is kept inside IP fields (design: log-lines), the pid line too
     server.wait_log(rf"^tcpserver: ok \d+ Local:::1:{server.port} :::1::{client_port}$")
     server.wait_log(r"^tcpserver: pid \d+ from ::1$")
 
@@ -191,7 +191,7 @@ def test_localname_empty_means_no_lookup(servers) -> None:
 @pytest.mark.parametrize("impl, size", [(OURS, n) for n in [*range(1, 18), 4000, 100000]]
                          + [(C, n) for n in (1, 6, 16, 17, 4000)])
 def test_banner_sent_in_full(servers, impl: str, size: int) -> None:
-    # D14: even 1..16 bytes (IndiMail loses those)
+    # design: banner: even 1..16 bytes (IndiMail loses those)
     banner = ("0123456789abcdef" * 300)[:size]
     server = servers(["-B", banner, *NOLOOKUP], prog=["echo", "PROG"], impl=impl)
     assert server.talk() == banner.encode() + b"PROG\n"
@@ -257,7 +257,7 @@ def test_port_modulo_65536_c(servers) -> None:
 
 @pytest.mark.parametrize("port", ["65536", "99999", "9" * 5000])
 def test_port_above_65535_is_a_usage_error(port: str) -> None:
-    # the C server wraps (99999 listens on 34463); ours refuses (D10)
+    # the C server wraps (99999 listens on 34463); ours refuses (design: options)
     result = run_once(OURS, [*NOLOOKUP, "127.0.0.1", port, "echo", "wrong"])
     err = result.stderr.decode()
     assert result.returncode == 100 and err.count("\n") == 1, err
@@ -294,8 +294,8 @@ def test_host_without_address(nxdomain_dns, impl: str) -> None:
 
 def test_host_without_dns_server() -> None:
     # No server can be asked (connect to the broadcast address fails at
-    # once).  IndiMail reports that as "no IP address" (subsystems spec
-    # 4.10-5, kept); djb says "temporarily unable".
+    # once).  IndiMail reports that as "no IP address" (kept);
+    # djb says "temporarily unable".
     env = clean_env(DNSCACHEIP="255.255.255.255")
     argv = [*NOLOOKUP, "nonexistent.example.", "0", "echo", "wrong"]
     _one_fatal(run_once(OURS, argv, env), "no IP address for nonexistent.example.")

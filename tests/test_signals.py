@@ -1,5 +1,5 @@
-"""Signals and limits, end to end (spec core 2.4-2.8; DECISIONS D11,
-D15, D16, D19a).
+"""Signals and limits, end to end
+(design: options, signals, accept-errors, per-host-limit).
 
 SIGTERM exits 0 and leaves the programs running; SIGHUP re-reads the
 ``-c`` file and never kills; SIGUSR1 and ``-V`` print the connection
@@ -135,7 +135,7 @@ def test_sighup_bad_limit_file_keeps_running(servers, tmp_path) -> None:
     server.wait_log(rf"^tcpserver: warning: unable to read {conc}: file does not exist, "
                     r"keeping 3$")
     assert len(server.wait_log(r"^tcpserver: warning: ")) == 2
-    conc.mkdir()                                          # unreadable: warning (D15)
+    conc.mkdir()                                          # unreadable: warning (design: signals)
     server.signal(signal.SIGHUP)
     server.wait_log(rf"^tcpserver: warning: unable to read {conc}: is a directory$")
     server.wait_log(r"^tcpserver: sighup: 0/3$", 3)
@@ -284,7 +284,7 @@ def test_per_host_limit_quiet(servers) -> None:
 
 def test_per_host_limit_counts_only_live_programs(servers) -> None:
     """Both programs of a host have exited when its next connection is
-    accepted: it must be served (IndiMail reaps in accept(); D19a).
+    accepted: it must be served (IndiMail reaps in accept(); design: per-host-limit).
     The server is stopped to make the order certain: the programs exit
     and the client connects while it sleeps.  Under load the same thing
     happens without SIGSTOP: 4 clients looping over short connections

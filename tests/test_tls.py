@@ -2,8 +2,8 @@
 protocol versions, ciphers, SNI, SIGHUP reloads, and what happens on the
 clear socket before the handshake (rules, per-host limit, banner).
 
-Spec: /work/shared/spec/tcpserver-subsystems.md section 1; DECISIONS
-D20-D25; the relay itself is in tests/test_tls_relay.py.
+Design: (design: tls-settings, tls-reload, sni); the relay itself is
+in tests/test_tls_relay.py.
 
 Every server here is ours (``sys.executable tcpserver.py``) at ``-v``
 with ``-H -R -l Local``; certificates come from tests/fix_tls.py.
@@ -147,7 +147,7 @@ def test_default_ca_file_in_certdir_is_loaded(certs: Certs, tmp_path: Path) -> N
 def test_ca_and_crl_accepted(servers: Servers, certs: Certs, tmp_path: Path,
                              extra: List[str]) -> None:
     """A good CA or CRL file starts; a CRL that cannot be loaded is
-    ignored (spec 1.5 step 5)."""
+    ignored (as in IndiMail)."""
     names = {"CA": certs.ca, "CRL": certs.crl, "MISSING": str(tmp_path / "none.pem"),
              "BROKEN": certs.broken}
     server = start_tls(servers, certs, [x if x.startswith("-") else names[x] for x in extra])
@@ -209,7 +209,7 @@ def test_cipher_list_variable_with_tls12_max(servers: Servers, certs: Certs) -> 
 
 
 def test_cipher_list_variable_ignored_without_method(servers: Servers, certs: Certs) -> None:
-    """Without -M, $TLS_CIPHER_LIST is not looked at (spec 1.4)."""
+    """Without -M, $TLS_CIPHER_LIST is not looked at (as in IndiMail)."""
     server = start_tls(servers, certs, env=tls_env(TLS_CIPHER_LIST="NOT-A-CIPHER"))
     assert tls_env_of(server, maximum="1.2", ciphers=AES128)["SSL_CIPHER"] == AES128
     assert "tls_init" not in server.log()
@@ -253,7 +253,7 @@ def test_minimum_tls13_refuses_tls12_client(servers: Servers, certs: Certs, meth
 
 
 def test_method_name_is_a_maximum(servers: Servers, certs: Certs) -> None:
-    """``-M NAME`` sets only the maximum (spec 1.3): a TLS 1.2 client is
+    """``-M NAME`` sets only the maximum (as in IndiMail): a TLS 1.2 client is
     still served by ``-M TLSv1_3``."""
     server = start_tls(servers, certs, ["-M", "TLSv1_3"])
     assert tls_env_of(server, maximum="1.2")["SSL_PROTOCOL"] == "TLSv1.2"
@@ -505,7 +505,7 @@ def test_banner_in_clear_before_handshake(servers: Servers, certs: Certs) -> Non
 
 
 def test_banner_breaks_a_plain_tls_client(servers: Servers, certs: Certs) -> None:
-    """A TLS client that does not expect the banner fails (spec 1.9)."""
+    """A TLS client that does not expect the banner fails (as with IndiMail)."""
     server = start_tls(servers, certs, ["-B", "220 hello\r\n"], prog=MARK_ENV)
     with pytest.raises((ssl.SSLError, OSError)):
         with tls_connect(server) as sock:
@@ -514,7 +514,7 @@ def test_banner_breaks_a_plain_tls_client(servers: Servers, certs: Certs) -> Non
     assert "PROGRAM-RAN" not in server.log()
 
 
-# -- session resumption across relay children (D25) ------------------------------------------
+# -- session resumption across relay children (design: sni) ---------------------------------
 def test_s_client_reconnect_resumes_tls12(servers: Servers, certs: Certs) -> None:
     server = start_tls(servers, certs)
     result = s_client(server.port, ["-noservername", "-reconnect", "-tls1_2"])

@@ -1,7 +1,7 @@
 """The TLS relay: data both ways, half-closes, timeouts (-S, -T),
 handshake failures, clients and programs that go away, exit statuses,
-and no leaked child or descriptor (spec 1.9-1.12 as amended by
-DECISIONS D20: the relay waits for the program, exits with its status,
+and no leaked child or descriptor (IndiMail's relay as amended
+by design: tls-relay: the relay waits for the program, exits with its status,
 and propagates half-closes both ways).
 
 After every failure the server must serve the next client.
@@ -415,7 +415,7 @@ def test_many_connections_no_zombies_no_fd_growth(servers: Servers, certs: Certs
 # -- limits and verbosity ------------------------------------------------------------------------
 def test_concurrency_limit_counts_tls_programs(servers: Servers, certs: Certs) -> None:
     """-c counts relay children, and a relay child lives as long as its
-    program (D20): with -c 1 a second client waits in the backlog until
+    program (design: tls-relay): with -c 1 a second client waits in the backlog until
     the first session ends, then it is served."""
     server = start_tls(servers, certs, ["-c", "1"], prog=["cat"])
     first = _client(server)

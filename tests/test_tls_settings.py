@@ -1,5 +1,5 @@
 """The pure TLS settings (file names, -M, cipher choice, SNI names) and
-the contexts' start-up errors, against spec subsystems §1.2-1.5."""
+the contexts' start-up errors, against IndiMail's behaviour (design: tls-settings)."""
 
 from __future__ import annotations
 

@@ -3,8 +3,8 @@
 A scripted sequence of connections is run against our server and
 against Debian's C tcpserver with the same options; pids and ports are
 masked and both logs must equal the expected transcript line by line
-(DECISIONS D12: djb's formats, raw wait status in ``end`` lines, the
-``safecats`` filter).  D13 moves our ``pid`` line to the moment the
+(design: log-lines: djb's formats, raw wait status in ``end`` lines, the
+``safecats`` filter).  The same section moves our ``pid`` line to the moment the
 program starts; with connections that do not overlap in their set-up
 the order of the lines is the same as djb's, which is what is run here.
 """

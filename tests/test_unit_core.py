@@ -1,9 +1,9 @@
 """Known-answer tests for the pure modules of the core server.
 
-options (djb getopt, D10 numeric checks), log (djb ``safecats``, D12
-line formats), ipfmt (spec core 3.2 adjusted by D18; the rest of
-ucspi.address is in test_address.py), reactor.run_blocking, environ (spec core
-3.5 and the Builder fast path), listen (port and host arguments), limits
+options (djb getopt, design: options), log (djb ``safecats``, design: log-lines),
+ipfmt (IndiMail's formats, design: mapped-addresses; the rest of
+ucspi.address is in test_address.py), reactor.run_blocking, environ (IndiMail's
+order of changes and the Builder fast path), listen (port and host arguments), limits
 (``-c`` file, connection table) and pidfile.
 """
 
@@ -321,10 +321,10 @@ def test_log_filters_pid_line() -> None:
 
 
 # -- ipfmt ----------------------------------------------------------------------------
-V6_VECTORS = [                                   # spec core 3.2, RFC 5952 per D18
+V6_VECTORS = [                                   # RFC 5952 (design: mapped-addresses)
     ("::", "::"), ("::1", "::1"), ("1::", "1::"),
     ("2001:DB8:0:0:1:0:0:1", "2001:db8::1:0:0:1"),
-    ("1:0:0:2:0:0:0:3", "1:0:0:2::3"),           # longest run, not the first (D18)
+    ("1:0:0:2:0:0:0:3", "1:0:0:2::3"),           # longest run (design: mapped-addresses)
     ("0:0:1:0:0:0:0:1", "0:0:1::1"),
     ("1:0:2:3:4:5:6:7", "1:0:2:3:4:5:6:7"),      # a single zero group stays
     ("1:2:3:4:5:6:0:0", "1:2:3:4:5:6::"),
@@ -523,7 +523,7 @@ def test_parse_port(text: str, port: int) -> None:
 
 @pytest.mark.parametrize("text", ["65536", "115586", "9" * 5000])
 def test_parse_port_above_65535_is_a_usage_error(text: str) -> None:
-    # the C server takes the port modulo 65536 (D10: a usage error here)
+    # the C server takes the port modulo 65536 (a usage error here: design: options)
     with pytest.raises(UsageError) as info:
         listen.parse_port(text)
     assert str(info.value).startswith("the port wants a number from 0 to 65535")

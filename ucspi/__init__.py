@@ -8,7 +8,7 @@ projects vendoring ``ucspi/`` import.
 
 This file is the first one every command reads (``tcpserver.py``,
 ``python3 -m ucspi``, the zipapp, the installed scripts), so it checks
-the interpreter before anything else (D64): on Python older than 3.9
+the interpreter before anything else (design: help-and-version): on Python older than 3.9
 it prints one line, ``<command>: fatal: Python 3.9 or newer is needed
 (this is X.Y.Z)``, and exits 111.  It must therefore stay readable by
 old interpreters: no annotations, f-strings or other syntax newer than
@@ -49,7 +49,7 @@ def command_name(argv0):
 
 def version_line(command):
     # type: (str) -> str
-    """``<command> <version>``: what ``--version`` prints (D64)."""
+    """``<command> <version>``: what ``--version`` prints (design: help-and-version)."""
     return command + " " + __version__
 
 

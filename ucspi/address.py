@@ -16,11 +16,11 @@ prints, so that they are parsed one way:
   address belongs to for per-network counting (:func:`network_key`:
   the IPv4 /24, the IPv6 /64).
 
-DECISIONS D18: IPv4 clients that arrive IPv4-mapped (``::ffff:a.b.c.d``
+IPv4 clients that arrive IPv4-mapped (``::ffff:a.b.c.d``
 on a dual-stack socket) are reported as plain dotted IPv4 unless ``-6``
 is given.  IPv6 text is RFC 5952 (Python ``ipaddress``'s compressed
 form) except that mapped addresses print as ``::ffff:a.b.c.d`` on every
-Python version.
+Python version (design: mapped-addresses).
 
 The text functions take the address text that the socket module returns
 (``inet_ntop`` output, possibly with ``%scope``) and are cheap on the

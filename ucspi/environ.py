@@ -5,7 +5,7 @@ collects an ordered list of changes, "set NAME=VALUE" or "remove NAME"
 (the standard ``TCP*`` variables first, rule variables after), and when
 the program starts the environment is the server's own with each change
 applied in order: later changes win, and a rule may override or remove
-any standard variable (spec core §3.5).
+any standard variable (as in IndiMail).
 
 Names and values are bytes: ident answers and rule values may hold any
 byte but NUL.
@@ -28,7 +28,7 @@ class Endpoints:
     """What is known about one connection when its program starts.
 
     ``*_ip`` are in the primary form (dotted for IPv4 clients unless
-    ``-6``; D18), ``*_ip6`` in IPv6 text form (mapped ones as
+    ``-6``; design: mapped-addresses), ``*_ip6`` in IPv6 text form (mapped ones as
     ``::ffff:a.b.c.d``), used only when ``v6sock``.
     """
 

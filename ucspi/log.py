@@ -1,6 +1,6 @@
 """Log lines of tcpserver: formats and the ``safecats`` filter.
 
-The formats are djb 0.88's (DECISIONS D12), a contract that log parsers
+The formats are djb 0.88's (design: log-lines), a contract that log parsers
 written for ucspi-tcp rely on::
 
     tcpserver: status: n/m

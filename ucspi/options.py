@@ -6,8 +6,8 @@ the rest of the word or the next word, ``--`` ends the options and is
 dropped, a lone ``-`` ends them and stays, and there is no permutation
 (the first non-option word is the host).
 
-Unlike the C ``scan_ulong``, numeric arguments are checked (DECISIONS
-D10): ``-c 4x``, ``-c 0``, ``-C -1`` or ``-b x`` are usage errors, and
+Unlike the C ``scan_ulong``, numeric arguments are checked
+(design: options): ``-c 4x``, ``-c 0``, ``-C -1`` or ``-b x`` are usage errors, and
 so are numbers out of range, a numeric port above 65535, and an
 interface index (``-I``, ``host%index``) above ``2**32 - 1``.  Every
 number goes through the one bounded parser, :mod:`ucspi.scan`, so no
@@ -255,7 +255,7 @@ MAX_ID = ID_MAX          # the largest uid/gid (2**32 - 1 means "none")
 
 def number(letter: str, text: str, minimum: int = 0, maximum: int = MAX_NUMBER,
            what: str = "") -> int:
-    """A decimal option argument, checked (D10) by the one bounded
+    """A decimal option argument, checked (design: options) by the one bounded
     parser (:func:`ucspi.scan.decimal`).
 
     Args:
@@ -401,7 +401,7 @@ def _missing(opts: Options) -> MissingArgument:
 
 def _unix_mode(opts: Options) -> None:
     """A host starting with ``/``: UNIX-domain mode, no port argument.
-    The options that mean nothing there are turned off (spec core §2.9:
+    The options that mean nothing there are turned off (as in IndiMail:
     ``-1 -x -X -h -H -p -r -R -l -o -O -d -D -4 -6 -I`` are ignored)."""
     opts.unix = True
     opts.port = ""

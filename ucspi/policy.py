@@ -1,5 +1,5 @@
 """The limits one client is served under, from the names sites already
-keep in their environment and rules files (design: limits).
+keep in their environment and rules files (design: more-limits).
 
 =================  ==============================================  ============
 variable           limits                                          0 means

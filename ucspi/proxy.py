@@ -1,8 +1,8 @@
 """HAProxy's PROXY protocol, versions 1 and 2: a pure parser.
 
 Bytes in, a :class:`Header` or a :class:`ProxyError` out; no sockets
-(DECISIONS D3).  The facts come from HAProxy's ``doc/proxy-protocol.txt``;
-how tcpserver uses them is D63.
+(design: pure-core-thin-shell).  The facts come from HAProxy's ``doc/proxy-protocol.txt``;
+how tcpserver uses them is (design: proxy-protocol).
 
 The driver works in two steps, so that it never takes a byte past the
 header (the program reads the rest of the stream, a TLS ClientHello
@@ -64,7 +64,7 @@ Decisions (beyond the specification's words):
   ``TCP6`` line or an ``AF_INET6`` block (HAProxy sends one when one
   side is IPv4 and the other IPv6) stays IPv6 text, ``::ffff:a.b.c.d``,
   with :attr:`Header.family` ``"6"``: the caller applies its own mapping
-  rules (D18), as it does for a socket's mapped peer.
+  rules (design: mapped-addresses), as it does for a socket's mapped peer.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A very small single-threaded reactor over :mod:`selectors`.
 
-tcpserver's parent is one event loop (DECISIONS D1): it accepts, runs
+tcpserver's parent is one event loop (design: one-event-loop): it accepts, runs
 the DNS and ident queries of many connections at once, and starts the
 programs.  asyncio would do, but it costs start-up time and memory that
 a super-server pays on every host, so this module gives the few pieces

@@ -1,7 +1,7 @@
 """Resolver configuration: name servers, rewriting rules, qualification.
 
 What tcpserver's djbdns-style stub resolver reads before it asks
-anything (subsystems spec 4.4, 4.6-4.8 and DECISIONS D50):
+anything (IndiMail's dns_*.c files, read as design: dns-resolver says):
 
 * the name servers, from ``$DNSCACHEIP`` (white-space or comma separated
   literals with an optional ``%iface``, or djbdns's dot-joined quads),
@@ -223,7 +223,7 @@ def candidates(name: str) -> List[str]:
 
 # -- literals ------------------------------------------------------------
 def literal(candidate: str) -> Optional[List[IPv6Address]]:
-    """Tell an address literal from a name (subsystems spec 4.4 step 5).
+    """Tell an address literal from a name (as IndiMail's qualification does).
 
     Returns:
         None for a name (to be looked up); otherwise the addresses it

@@ -1,7 +1,7 @@
 """DNS stub resolver drivers: PTR, AAAA and A lookups.
 
-The lookup half of tcpserver's djbdns-style resolver (subsystems spec
-section 4, DECISIONS D50); the messages are built and checked by
+The lookup half of tcpserver's djbdns-style resolver
+(design: dns-resolver); the messages are built and checked by
 :mod:`ucspi.dns.msg`, the configuration comes from :mod:`ucspi.dns.conf`,
 and each question is asked over UDP and TCP by
 :class:`ucspi.dns.transmit.Transmit` (which documents the retry schedule).
@@ -53,7 +53,7 @@ def _fail_soon(reactor: Reactor, report: Callable[[], None]) -> Cancellable:
 
 def lookup_ptr(reactor: Reactor, conf: DnsConfig, ip: IP, done: PtrDone,
                abort: Optional[Abort] = None) -> Cancellable:
-    """Look up the host name of an address (subsystems spec 4.2).
+    """Look up the host name of an address (IndiMail's PTR lookup).
 
     Args:
         reactor: the loop that runs the lookup.
@@ -133,7 +133,7 @@ class _Forward:
 def lookup_addresses(reactor: Reactor, conf: DnsConfig, name: str,
                      done: AddressesDone, abort: Optional[Abort] = None,
                      strict: bool = False) -> Cancellable:
-    """Look up the addresses of a name: AAAA and A (spec 4.5).
+    """Look up the addresses of a name: AAAA and A (as IndiMail asks).
 
     Every AAAA (16 bytes) and A (4 bytes) record of class IN in the
     answers counts, whatever its owner name; A data is returned as
@@ -178,7 +178,7 @@ def _packed16(ip: IP) -> bytes:
 
 def lookup_host(reactor: Reactor, conf: DnsConfig, ip: IP, paranoid: bool,
                 done: HostDone, abort: Optional[Abort] = None) -> Cancellable:
-    """PTR lookup plus the optional paranoid check (spec 4.2-4.3).
+    """PTR lookup plus the optional paranoid check (``-p``, as in IndiMail).
 
     Args:
         ip: the client's address.
@@ -260,7 +260,7 @@ def addresses(conf: DnsConfig, name: str) -> List[IPv6Address]:
 
 
 def qualify(conf: DnsConfig, host: str, strict: bool = False) -> List[IPv6Address]:
-    """Qualify and resolve tcpserver's host argument (spec 4.4).
+    """Qualify and resolve tcpserver's host argument (as IndiMail does).
 
     ``""``, ``0`` and ``::`` give ``[::]`` without DNS.  Otherwise the
     rewriting rules are applied, a ``+`` in the result gives candidates
@@ -269,7 +269,7 @@ def qualify(conf: DnsConfig, host: str, strict: bool = False) -> List[IPv6Addres
     AAAA and A.
 
     Args:
-        strict: False (tcpserver's behaviour, spec 4.10-5): a candidate
+        strict: False (IndiMail's behaviour): a candidate
             whose queries both failed counts as having no address.  True:
             such a failure raises.
 

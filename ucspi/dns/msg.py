@@ -1,7 +1,7 @@
 """DNS messages: names, queries and bounds-checked response parsing.
 
-Pure code over bytes, no sockets (DECISIONS D3).  It is the message half
-of tcpserver's djbdns-style stub resolver (subsystems spec section 4);
+Pure code over bytes, no sockets (design: pure-core-thin-shell).  It is the message half
+of tcpserver's djbdns-style stub resolver (design: dns-resolver);
 :mod:`ucspi.dns.transmit` moves the bytes.
 
 Names are kept in wire form (length-prefixed labels ending with a zero
@@ -12,7 +12,7 @@ byte, never compressed) between the functions here:
   escapes), refusing labels over 63 bytes and names over 255 bytes;
 * :func:`render_name` turns wire form into the text tcpserver puts in
   ``TCPREMOTEHOST`` (lowercase, ``[a-z0-9-_]`` kept, anything else as a
-  backslash and three octal digits, core spec section 3.3);
+  backslash and three octal digits, as djb's tcpserver shows names);
 * :func:`reverse_name` gives the ``in-addr.arpa``/``ip6.arpa`` name of an
   address.
 
@@ -190,7 +190,7 @@ def labels(wire: bytes) -> List[bytes]:
 
 
 def render_name(wire: bytes) -> str:
-    """Render a wire name as tcpserver shows host names (core spec 3.3).
+    """Render a wire name as tcpserver shows host names (djb's and IndiMail's form).
 
     Labels are joined with ``.`` without a trailing dot; ``A-Z`` become
     lowercase; ``a-z0-9-_`` are kept; every other byte is written as a
@@ -240,7 +240,7 @@ def reverse_name(ip: Union[IPv4Address, IPv6Address]) -> bytes:
 # -- queries -------------------------------------------------------------
 def build_query(question: Question, qid: int) -> bytes:
     """A query packet: header with only RD set, one question, class IN,
-    no EDNS0 (subsystems spec 4.9)."""
+    no EDNS0 (as IndiMail's dns_*.c send it)."""
     return (_HEADER.pack(qid, FLAG_RD, 1, 0, 0, 0) + question.name
             + _QTAIL.pack(question.qtype, CLASS_IN))
 
@@ -395,7 +395,7 @@ def parse_addresses(packet: bytes) -> List[bytes]:
     Returns:
         16-byte addresses in packet order.  As in the original, parsing
         stops quietly at a malformed record and what was read before it
-        is kept (subsystems spec 4.9).
+        is kept (as in IndiMail's dns_*.c).
     """
     found: List[bytes] = []
     try:

@@ -1,7 +1,7 @@
 """RFC 1413 ident client: the value of ``TCPREMOTEINFO``.
 
 For an accepted connection tcpserver asks the client's host who owns
-the client's end (subsystems spec section 5, DECISIONS D51):
+the client's end (design: ident; IndiMail's tcpremoteinfo.c):
 
 1. an overall deadline of ``timeout`` seconds (``-t``, default 26) starts;
 2. a TCP socket is bound to the connection's *local* address, port 0,
@@ -35,7 +35,7 @@ Two faces over one implementation:
 
 IPv4 addresses (an IPv4-mapped IPv6 text is turned back into one) use
 ``AF_INET`` sockets, IPv6 addresses ``AF_INET6`` with the scope id of
-the accepted connection (spec 5.4 item 2).  The port asked is
+the accepted connection (IndiMail uses an IPv6 socket for both).  The port asked is
 :data:`PORT` unless a ``port`` keyword says otherwise; both exist for
 tests only.
 """
@@ -151,7 +151,7 @@ class IdentLookup:
             return
         if self._send_at_once(sock):
             return
-        # The connect has a clock of its own (spec 5.3), started here.
+        # The connect has a clock of its own (as in IndiMail), started here.
         self._timer = self._reactor.call_later(self._timeout, self._expire)
         self._reactor.add_writer(sock.fileno(), self._on_connect)
 

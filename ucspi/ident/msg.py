@@ -1,10 +1,10 @@
 """RFC 1413 ident messages: the query line and the reply parser.
 
-Pure code over bytes, no sockets (DECISIONS D3); the drivers that talk
+Pure code over bytes, no sockets (design: pure-core-thin-shell); the drivers that talk
 to port 113 are in :mod:`ucspi.ident.lookup`.
 
-The reply is read the way djb's ``remoteinfo.c`` reads it (DECISIONS
-D51, subsystems spec section 5.2), not the way RFC 1413 describes it:
+The reply is read the way djb's ``remoteinfo.c`` reads it
+(design: ident), not the way RFC 1413 describes it:
 
 * space, tab and CR are dropped wherever they occur;
 * the first three ``:`` are counted, everything after the third one

@@ -1,7 +1,7 @@
-"""The MySQL/MariaDB side of ``-m`` (DECISIONS D40, subsystems spec
-section 3).
+"""The MySQL/MariaDB side of ``-m`` (design: mysql-rules; what
+IndiMail does, with its defects fixed).
 
-* ``packets`` and ``auth`` are pure (DECISIONS D3): the wire framing,
+* ``packets`` and ``auth`` are pure (design: pure-core-thin-shell): the wire framing,
   length-encoded values, the handshake, OK/ERR/EOF and text result-set
   packets, and the password scrambles (the only module here that imports
   ``hashlib``).

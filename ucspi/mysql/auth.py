@@ -1,5 +1,5 @@
 """The password scrambles of the MySQL authentication plugins (pure;
-the only module of the package that imports ``hashlib``, DECISIONS D4).
+the only module of the package that imports ``hashlib``, design: standard-library-only).
 
 * ``mysql_native_password``: SHA1(pw) XOR SHA1(scramble + SHA1(SHA1(pw)));
 * ``caching_sha2_password``: SHA256(pw) XOR SHA256(SHA256(SHA256(pw)) + scramble);

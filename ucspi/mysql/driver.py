@@ -19,7 +19,7 @@ asked (``$MYSQL_SSL=required``).
 
 Every step has the ``$MYSQL_TIMEOUT`` deadline.  After a failure the
 connection is closed, the waiting requests fail with the error, and
-requests fail at once (fail closed, DECISIONS D40) until a back-off
+requests fail at once (fail closed, design: mysql-rules) until a back-off
 delay has passed; the next request then reconnects.  Nothing here
 blocks the loop.
 """

@@ -1,12 +1,12 @@
-"""A MySQL client library through ctypes (spec subsystems §3.1, §3.9.1).
+"""A MySQL client library through ctypes (as IndiMail's load_mysql.c loads one).
 
 The only module of the package that imports :mod:`ctypes` for MySQL.
 
 * :func:`configured`: which library ``$MYSQL_LIB`` or the control file
   ``/etc/indimail/control/libmysql`` (else ``mysql_lib`` beside it)
-  names, and whether MySQL is active at all (§3.1 steps 1–2, and the
-  Python version's built-in client when nothing is configured, D40).
-* :func:`load`: the library with its twelve symbols (§3.1 steps 3–4;
+  names, and whether MySQL is active at all (IndiMail's rules, and
+  our built-in client when nothing is configured: design: mysql-rules).
+* :func:`load`: the library with its twelve symbols (as IndiMail loads it;
   IndiMail's error lines as :class:`~ucspi.errors.Fatal`).
 * :class:`LibraryClient`: one blocking connection (start-up check, or a
   forked helper child): :meth:`~LibraryClient.connect`,
@@ -38,7 +38,7 @@ from .rules import DbConf, DbTls, Endpoint, to_bytes
 
 #: IndiMail's fixed control directory (not ``$CONTROLDIR``)
 CONTROL_DIR = "/etc/indimail/control"
-#: the control file's name since 2022, and the older one (spec §3.10.1)
+#: the control file's name since 2022, and the older one (IndiMail's documents say ``mysql_lib``)
 CONTROL_FILES = ("libmysql", "mysql_lib")
 
 #: now, local, deep-bind, no-delete (as IndiMail loads it)
@@ -120,14 +120,14 @@ class LibraryError(MysqlError):
 
 
 class Choice(NamedTuple):
-    """What §3.1 steps 1–2 found.
+    """What the choice of a library found.
 
     Attributes:
         active: False when a library is configured but unreadable
             (``$MYSQL_LIB`` fails the access check): MySQL is not active
             and ``-m`` is silently ignored, as in IndiMail.
         path: the library to :func:`load`; None with ``active`` True:
-            nothing is configured, so the built-in client is used (D40).
+            nothing is configured, so the built-in client is used (design: mysql-rules).
     """
 
     active: bool
@@ -135,7 +135,7 @@ class Choice(NamedTuple):
 
 
 def configured(environ: Mapping[str, str], control_dir: str = CONTROL_DIR) -> Choice:
-    """Which client library to use (spec §3.1 steps 1–2).
+    """Which client library to use (IndiMail's choice, plus our built-in client).
 
     1. ``$MYSQL_LIB`` set (even empty): readable → that path; not
        readable → not active.
@@ -225,7 +225,7 @@ class Library:
 
 def load(path: str) -> Library:
     """Load ``path`` (now, local, deep-bind, no-delete) and resolve the
-    twelve symbols (spec §3.1 steps 3–4).
+    twelve symbols IndiMail's load_mysql.c needs.
 
     Raises:
         Fatal: ``couldn't load MySQL shared lib: LOADER ERROR``, or for a

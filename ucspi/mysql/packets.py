@@ -1,5 +1,5 @@
 """MySQL/MariaDB client protocol packets: pure code over bytes
-(DECISIONS D3, subsystems spec section 3.9.2).
+(design: pure-core-thin-shell).
 
 * Framing: every packet is a 3-byte little-endian payload length, a
   1-byte sequence id and the payload.  A payload of 0xFFFFFF bytes or

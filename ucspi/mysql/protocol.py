@@ -1,5 +1,5 @@
-"""The sans-I/O MySQL/MariaDB client (subsystems spec section 3.9.2,
-DECISIONS D3 and D40).
+"""The sans-I/O MySQL/MariaDB client (design: mysql-rules).
+It is pure (design: pure-core-thin-shell).
 
 :class:`Session` keeps the state of one connection: feed it what the
 server sent (:meth:`Session.receive`), send what :meth:`Session.outgoing`

@@ -1,4 +1,4 @@
-"""MySQL rules of ``-m db.conf``: the pure part (spec subsystems §3.2–§3.7).
+"""MySQL rules of ``-m db.conf``: the pure part (IndiMail's ``-m``, with fixes).
 
 Nothing here opens a socket or loads a library; the only I/O is reading
 ``db.conf`` (:func:`read_dbconf`).  The client that asks the server is
@@ -9,9 +9,9 @@ wire protocol; both hand their rows to :func:`evaluate`.
   database:table``, with IndiMail's edge cases; :func:`endpoint` and
   :func:`mysql_timeout` say where and how long to connect.
 * :func:`select_sql`, :func:`create_sql`: the two statements, and the
-  builders of the log lines that quote them (§3.5).
-* :func:`parse_env`: the ``env`` column (§3.6), its escape defect kept.
-* :func:`match_fields`: steps 1–3 of the ``iprule`` matcher (§3.7);
+  builders of the log lines that quote them (IndiMail's texts).
+* :func:`parse_env`: the ``env`` column (IndiMail's syntax), its escape defect kept.
+* :func:`match_fields`: steps 1–3 of IndiMail's ``iprule`` matcher;
   :func:`names_to_resolve` lists the patterns that need step 4 (a
   host-name lookup) so that the caller can resolve them first with its
   own resolver; :func:`evaluate` walks the rows and returns an
@@ -23,7 +23,7 @@ exactly, whatever they are.  Column values arrive as bytes and are read
 as Latin-1 (one character per byte, so again nothing is lost); the
 matcher and the env parser only look at ASCII characters.
 
-Differences from IndiMail (DECISIONS D40; the man page says the same):
+Differences from IndiMail (design: mysql-rules; the man page says the same):
 
 * a failed or missing host-name lookup is **no match** (IndiMail: a
   match, so every wildcard pattern that does not match by fields
@@ -129,7 +129,7 @@ def to_bytes(text: str) -> bytes:
 
 
 def parse_dbconf(data: bytes) -> DbConf:
-    """Parse the contents of ``db.conf`` (spec §3.2).
+    """Parse the contents of ``db.conf`` (IndiMail's format).
 
     The text is split at colons: fields 1–4 are server, user, password
     and database.  With exactly four colons the table is the rest of the
@@ -363,7 +363,7 @@ def select_sql(table: str, port: int) -> str:
 
 
 def create_sql(table: str) -> str:
-    """IndiMail's ``create table`` statement for ``table`` (spec §3.4),
+    """IndiMail's ``create table`` statement for ``table`` (its exact text),
     TABs included, the name quoted.  The table name comes from
     ``db.conf`` only.
 
@@ -402,7 +402,7 @@ def deny_line(port: int, rule: str) -> str:
 
 # -- the env column ----------------------------------------------------------
 def parse_env(text: str) -> List[Tuple[str, str]]:
-    """The ``env`` column: comma-separated ``NAME=VALUE`` items (§3.6).
+    """The ``env`` column: comma-separated ``NAME=VALUE`` items (IndiMail's syntax).
 
     A backslash right before a comma makes it a literal comma and is
     removed.  IndiMail's defect is kept: the character after such a
@@ -534,7 +534,7 @@ def _field_matches(pattern: str, client: str) -> bool:
 
 
 def match_fields(token: str, ip: str) -> Optional[bool]:
-    """Steps 1–3 of the ``iprule`` matcher (spec §3.7).
+    """Steps 1–3 of IndiMail's ``iprule`` matcher.
 
     1. ``token == ip`` → True.
     2. ``token`` a valid ``inet_addr`` address → False (it would have
@@ -693,9 +693,9 @@ def _step4(entry: "_Entry", ip: str, resolved: Mapping[str, List[str]], compat: 
 
 def evaluate(rows: Sequence[Row], ip: str, resolved: Mapping[str, List[str]],
              port: int, compat_fail_matches: bool = False) -> Outcome:
-    """Walk the rows in the server's order (spec §3.6).
+    """Walk the rows in the server's order (as IndiMail does).
 
-    A row applies if its ``iprule`` is ``*`` or matches ``ip`` (§3.7:
+    A row applies if its ``iprule`` is ``*`` or matches ``ip`` (steps 1-3 in
     :func:`match_fields`, then step 4).  The first applying row whose
     ``decision`` starts with ``D`` denies and ends the walk; every other
     applying row adds its ``env`` (:func:`parse_env`).

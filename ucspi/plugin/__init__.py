@@ -3,7 +3,7 @@
 * :mod:`.loader` loads an object with ctypes (now, local, deep-bind,
   no-delete), finds its functions and calls
   ``int f(int argc, char **argv, char **envp)`` in a forked child with
-  the connection on fd 0 and 1 (DECISIONS D30).
+  the connection on fd 0 and 1 (design: shared-objects).
 * :mod:`.preload` runs the ``PLUGINn``, ``PLUGINn_dir`` and
   ``PLUGINn_init`` entries of the environment, at start-up (init 0) and
   on SIGHUP (init 1).

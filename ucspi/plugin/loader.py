@@ -1,4 +1,4 @@
-"""Loading shared objects and calling their functions (spec subsystems §2.2).
+"""Loading shared objects and calling their functions (as IndiMail's load_shared.c does).
 
 The objects are loaded once, in the parent (:func:`load` keeps them by
 path), so a forked child finds the function already resolved.  Errors

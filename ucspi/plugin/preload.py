@@ -1,11 +1,11 @@
-"""``PLUGINn``, ``PLUGINn_dir``, ``PLUGINn_init`` (spec subsystems §2.3).
+"""``PLUGINn``, ``PLUGINn_dir``, ``PLUGINn_init`` (IndiMail's tcpserver_plugin.c).
 
 In the environment's stored order, each ``PLUGIN<digits>=PATH`` entry is
 loaded (:func:`.loader.load`), then ``PLUGIN<n>_dir`` (if set) becomes
 the working directory and ``PLUGIN<n>_init`` (if set) is called as
 ``int f(int)`` with 0 at start-up and 1 on SIGHUP.  A failure is fatal
 at start-up (exit 111); on SIGHUP it is a warning and the server goes on
-(DECISIONS D15).
+(design: signals).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Forked children: the hygiene every child of the server goes through.
 
-The parent is one event loop (DECISIONS D1); work that needs a process
-of its own (the TLS relay, a ``prog.so`` call, a ``$MYSQL_LIB`` lookup)
-runs in a forked copy of it (D2).  A copy inherits the loop's state, and
+The parent is one event loop (design: one-event-loop); work that needs
+a process of its own (the TLS relay, a ``prog.so`` call, a ``$MYSQL_LIB``
+lookup) runs in a forked copy of it
+(design: fork-only-where-needed, child-hygiene).  A copy inherits the loop's state, and
 using any of it would harm the parent: the epoll instance is shared, so
 unregistering a descriptor in the child (as closing a connection through
 the reactor does) silently removes the *parent's* registration; the

@@ -4,11 +4,11 @@ One interface, :class:`Launch`; those that start a program also
 implement :class:`Program` (``start_on``: fd 0 and fd 1 on two given
 descriptors), which the TLS relay uses behind its pipes.
 
-* :class:`Spawn`, the plain path (DECISIONS D1): ``os.posix_spawn`` with
+* :class:`Spawn`, the plain path (design: one-event-loop): ``os.posix_spawn`` with
   fd 0 and 1 on the connection, the built environment, the server's
   signals back to their defaults and an empty signal mask.  The
   interpreter is never forked.
-* the fork path (D2): a ``prog.so``
+* the fork path (design: fork-only-where-needed): a ``prog.so``
   (:class:`ucspi.plugin.loader.SharedObject`) and the TLS relay
   (:class:`ucspi.tls.relay.TlsLaunch`) are launchers of their own that
   run in a forked copy of the server (see :mod:`.child` for its hygiene).

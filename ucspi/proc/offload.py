@@ -3,7 +3,7 @@
 Some work cannot be bounded in advance: a rules lookup in a cdb with a
 huge or hostile hash chain can visit a million slots.  The loop must not
 stand still for it (every other client would wait), so such work runs
-in a child of its own (DECISIONS D2, the fork path of
+in a child of its own (design: fork-only-where-needed; the fork path of
 :mod:`.child`) and its answer comes back through a pipe that the loop
 watches like any other descriptor.
 

@@ -57,7 +57,7 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 def install() -> int:
-    """Catch the server's signals from the very start (spec core §2.1).
+    """Catch the server's signals from the very start (IndiMail's tcpserver.c too).
 
     Returns:
         The read end of the wake-up pipe (non-blocking).

@@ -149,7 +149,7 @@ def lookup_keys(ip: str, host: Optional[Text], info: Optional[Text]
     /2, then the host suffixes, ``=`` and the empty key.  Steps needing
     a host or info are skipped when they are None (an empty string
     counts as present).  An IPv4-mapped client is looked up as IPv4
-    only if the caller passes it as ``a.b.c.d`` (D18).
+    only if the caller passes it as ``a.b.c.d`` (design: mapped-addresses).
 
     Args:
         ip: the client address text.
@@ -244,7 +244,7 @@ class Decision:
 
 
 def apply(value: bytes) -> Decision:
-    """Interpret a rule value (spec §5.7).
+    """Interpret a rule value (as djb's and IndiMail's tcpserver do).
 
     ``D`` denies; ``+NAME=VALUE`` sets (no ``=`` or an empty NAME:
     ignored); ``-NAME`` removes; other entries and an unterminated tail

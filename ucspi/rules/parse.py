@@ -240,7 +240,7 @@ def parse_line(line: bytes) -> List[Record]:
     if line.startswith(b"#"):
         return []
     text = line.rstrip(b"\n \t")
-    if not text.strip():  # blank, or only ASCII white space (D19)
+    if not text.strip():  # blank, or only ASCII white space (design: rules)
         return []
     if text.endswith(b"\r"):
         raise CarriageReturnError(text)

@@ -1,5 +1,5 @@
 """Admission: may this connection be served now?  Decided in one place
-(design: one admission point).
+(design: one-admission-point).
 
 Every limit on how many connections are served is a rule of
 :class:`Admission`, asked at two moments:

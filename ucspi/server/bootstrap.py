@@ -4,7 +4,7 @@
 identity, the pid file, the signals, the listening sockets, the
 privilege drop, the ``-1`` port line), then runs the loop
 (:class:`.loop.Server`) until SIGTERM.  Inside the package errors are
-typed exceptions (D5); here they become 100 (usage, permanent) or 111
+typed exceptions (design: exit-codes); here they become 100 (usage, permanent) or 111
 (temporary).  An ``OSError`` that no step worded (descriptors running
 out for the signal pipe, a deleted working directory) is the last
 resort: one fatal line with djb's error text, 111, never a traceback.
@@ -76,7 +76,7 @@ def _quiet_stdio(print_port: Optional[int]) -> None:
 
 def _absolute(opts: Options) -> None:
     """A ``PLUGINn_dir`` changes the working directory: the file arguments
-    are made absolute first (DECISIONS D30).  The ``-c`` file needs
+    are made absolute first (design: shared-objects).  The ``-c`` file needs
     nothing: it is found in ``$CONTROLDIR`` and made absolute at start-up
     in any case."""
     for name in ("rules", "certfile", "certdir", "cafile", "crlfile", "pidfile"):

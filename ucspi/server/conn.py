@@ -1,6 +1,6 @@
 """One accepted connection, from ``accept`` to the start of its program.
 
-The parent runs many of these at once (design note "one event loop").
+The parent runs many of these at once (design: one-event-loop).
 A connection is a sequence of steps; each calls :meth:`Connection.next`
 when it is done, at once or from a reactor callback:
 
@@ -80,7 +80,7 @@ def guarded(method: F) -> F:
 def render_address(text: str, v6sock: bool, force6: bool) -> Tuple[str, str, bool]:
     """(primary form, IPv6 form, IPv4?) of an address from the socket:
     the primary form is dotted for IPv4 (and IPv4-mapped) addresses
-    unless ``-6`` (D18); the IPv6 form shows them as ``::ffff:a.b.c.d``."""
+    unless ``-6`` (design: mapped-addresses); the IPv6 form shows them as ``::ffff:a.b.c.d``."""
     if v6sock:
         plain, is_mapped = address.unmap(text)
         six = address.mapped_text(plain) if is_mapped else plain
@@ -267,8 +267,8 @@ class Connection:
         self.next()
 
     def _readdress(self, header: "Header") -> None:
-        """The header's addresses replace the socket's (D63); IPv4 in
-        the header, or IPv4-mapped, is an IPv4 client (D18)."""
+        """The header's addresses replace the socket's (design: proxy-protocol); IPv4 in
+        the header, or IPv4-mapped, is an IPv4 client (design: mapped-addresses)."""
         src, dst = _six(header.src_ip, header.family), _six(header.dst_ip, header.family)
         ep = self.ep
         v6sock = ep.v6sock or not (src.startswith(address.MAPPED_PREFIX)
@@ -516,8 +516,8 @@ def _six(ip: str, family: Optional[str]) -> str:
 class TlsConnection(Connection):
     """A client of a TLS server (immediate TLS): it takes its ``-c``
     slot only once its ClientHello has arrived, so that clients that
-    never finish one hold no slot (design note "TLS handshakes and
-    slots").  Until then it is one of the server's waiting clients, and
+    never finish one hold no slot (design: tls-handshakes-and-slots).
+    Until then it is one of the server's waiting clients, and
     the driver may drop the one that has waited longest when it needs
     room (:meth:`give_way`)."""
 

@@ -147,7 +147,7 @@ class Limit:
 
     @classmethod
     def from_options(cls, opts: Options) -> "Limit":
-        """Read the limit file at start-up (errors are fatal, D10).
+        """Read the limit file at start-up (errors are fatal, design: options).
 
         Raises:
             UsageError: the ``-c`` argument is neither a number nor an
@@ -173,7 +173,7 @@ class Limit:
 
     def reread(self, log: Log) -> None:
         """SIGHUP: read the file again; on trouble warn and keep the old
-        value (D15: SIGHUP never kills the server)."""
+        value (SIGHUP never kills the server: design: signals)."""
         if self.path is None:
             return
         try:

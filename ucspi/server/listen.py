@@ -15,7 +15,7 @@ The port is a decimal number from 0 to 65535 (the C server takes any
 number modulo 65536; a larger one is a usage error here) or a TCP
 service name from ``/etc/services``.
 
-Two other ways to listen (DECISIONS D60, D61):
+Two other ways to listen (design: unix-mode, socket-activation):
 
 * **UNIX-domain mode** (:func:`open_unix`): a host starting with ``/``
   is a socket path, bound as it is.  The socket file gets the mode the

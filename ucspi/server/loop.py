@@ -1,6 +1,6 @@
 """tcpserver's parent process: the accept loop.
 
-One single-threaded loop (design note "one event loop") waits on the
+One single-threaded loop (design: one-event-loop) waits on the
 listening sockets, the connections being set up and the wake-up pipe
 that signals write into.  It reads like a paragraph: wait; handle
 signals (SIGCHLD reaps, SIGHUP runs the reload registry, SIGUSR1 dumps
@@ -137,7 +137,7 @@ class Server:
         while True:
             try:
                 run_once(None)
-            except Exception as exc:  # never die because of one connection (D15)
+            except Exception as exc:  # never die because of one connection (design: signals)
                 self.log.warning(f"internal error, going on: {type(exc).__name__}: {exc}")
 
     def _watch(self, on: bool) -> None:
@@ -171,7 +171,7 @@ class Server:
             except OSError as exc:
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
                     continue
-                self._backoff()  # EMFILE, ENFILE, ENOBUFS, ENOMEM... (D16)
+                self._backoff()  # EMFILE, ENFILE, ENOBUFS, ENOMEM... (design: accept-errors)
                 return
             try:
                 connection(sock, peer, v6sock, local)

@@ -1,5 +1,5 @@
-"""``-m db.conf``: access rules from a MySQL table (spec subsystems §3,
-DECISIONS D40).
+"""``-m db.conf``: access rules from a MySQL table (IndiMail's
+load_mysql.c; design: mysql-rules).
 
 :class:`MysqlAccess` is an access source (:mod:`.access`).  For each
 client it asks the table for the rows of the listener's port
@@ -266,7 +266,7 @@ class MysqlAccess:
         evaluate.  A lookup that failed for a reason other than "no such
         name" (a time-out, a server failure, no descriptor) and did not
         find the client drops the connection: it is never taken for "no
-        match" (D40)."""
+        match" (design: mysql-rules)."""
         resolved: Dict[str, List[str]] = {}
         waiting = list(reversed(names))
 
@@ -378,7 +378,7 @@ def build(path: str, environ: Mapping[str, str], reactor: Reactor, lookups: Look
         _readable_ca(tls.ca)
     choice = library.configured(environ)
     if not choice.active:
-        # IndiMail would ignore -m without a word; -m never does nothing here (D40)
+        # IndiMail would ignore -m without a word; -m never does nothing here (design: mysql-rules)
         log.warning(f"MySQL library {environ.get('MYSQL_LIB', '')!r} is not readable: "
                     "using the built-in client")
     if choice.active and choice.path:

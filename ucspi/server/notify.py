@@ -1,5 +1,5 @@
 """Readiness and status for a supervisor: systemd's ``sd_notify``
-protocol (DECISIONS D62), with the standard library only.
+protocol (design: readiness-notification), with the standard library only.
 
 When ``NOTIFY_SOCKET`` names a UNIX datagram socket (a path, or
 ``@name`` for the abstract namespace), the server sends it:

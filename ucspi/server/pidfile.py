@@ -5,7 +5,7 @@ If the file names a live process, start-up fails with IndiMail's words
 pid, without a newline.  An empty or non-numeric file is stale (IndiMail
 reads it as pid 0, which always "exists").  The file is never removed.
 In UNIX-domain mode a socket left at the path by a server that is gone
-is removed first (spec core §2.9).
+is removed first (as IndiMail's tcpserver.c does).
 
 The pid file is written as root, in a folder an administrator chose, so
 it is handled with care (issue 18, items 3 and 11):

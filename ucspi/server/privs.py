@@ -1,4 +1,4 @@
-"""Dropping privileges after the listening socket is bound (D17).
+"""Dropping privileges after the listening socket is bound (design: privileges).
 
 The identity is worked out at start-up (:func:`resolve`, so an unknown
 user or group is reported before anything is bound) and applied after

@@ -1,11 +1,11 @@
-"""The PROXY protocol on the server's side (DECISIONS D63): which
+"""The PROXY protocol on the server's side (design: proxy-protocol): which
 sources are trusted, and reading a header in the loop.
 
 ``PROXY_FROM`` is a comma-separated list of IPv4 and IPv6 addresses and
 networks (``10.0.0.0/8``, ``::1``, ``2001:db8::/32``).  Unset or empty,
 the PROXY protocol is off and nothing here runs.  An IPv4-mapped entry
 (``::ffff:10.0.0.0/104``) means its IPv4 network, since a client that
-arrives mapped is an IPv4 client (D18).  A bad entry is a usage error
+arrives mapped is an IPv4 client (design: mapped-addresses).  A bad entry is a usage error
 at start-up (exit 100).
 
 A connection from a trusted source must begin with a header.

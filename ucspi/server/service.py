@@ -66,7 +66,7 @@ def program(opts: Options) -> Program:
 
 def tls_launcher(opts: Options, environ_: Mapping[str, str]) -> Launch:
     """The TLS launcher, its contexts built now: before the listener
-    exists, with the privileges of start-up (spec subsystems §1.1).
+    exists, with the privileges of start-up (as IndiMail does).
 
     Raises:
         UsageError: ``-N`` without OpenSSL 3.

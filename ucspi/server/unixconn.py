@@ -1,6 +1,6 @@
-"""A connection to a UNIX-domain listener (DECISIONS D60).
+"""A connection to a UNIX-domain listener (design: unix-mode).
 
-IndiMail's UNIX mode (spec core §2.9): no host names, no ident, no
+IndiMail's UNIX mode (its tcpserver.c): no host names, no ident, no
 rules; the banner is sent; the program gets ``PROTO=UNIX`` and
 ``UNIXLOCALPATH`` and no ``TCP*`` variable is set or removed.  Beyond
 IndiMail, the peer's credentials from ``SO_PEERCRED`` are in

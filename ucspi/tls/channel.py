@@ -100,7 +100,7 @@ class Channel:
         return done
 
     def failure(self, exc: BaseException) -> HandshakeFailed:
-        """IndiMail's lines (spec subsystems §1.11) for an exception."""
+        """IndiMail's lines (libqmail's tls.c) for an exception."""
         verb = VERBS[self.server_side]
         if isinstance(exc, ssl.SSLZeroReturnError):
             return HandshakeFailed([f"{verb}: decoded err: {CLEAN_CLOSE}"])

@@ -2,10 +2,10 @@
 
 :class:`Setup` holds what the options and the environment ask for and
 :meth:`Setup.build` makes a :class:`Contexts`: the default context and
-one per SNI name (``<certdir>/<name>.pem``, DECISIONS D25).  Everything
+one per SNI name (``<certdir>/<name>.pem``, design: sni).  Everything
 is built before the listener exists (start-up errors print the
 original's lines, then ``unable to initialize TLS``, exit 111) and again
-on SIGHUP (D24), when a failure keeps the old contexts.  The relay
+on SIGHUP (design: tls-reload), when a failure keeps the old contexts.  The relay
 children inherit the contexts through the fork, so a session ticket
 issued by one child is accepted by any other.
 """
@@ -31,7 +31,7 @@ _VERSIONS = {
 }
 #: SSL_OP_ALLOW_CLIENT_RENEGOTIATION (OpenSSL 3)
 OP_ALLOW_CLIENT_RENEGOTIATION = 0x100
-#: DH parameter files looked for in the certificate directory (spec §1.5.1)
+#: DH parameter files looked for in the certificate directory (IndiMail's order)
 DH_FILES = ("dh8192.pem", "dh4096.pem", "dh2048.pem", "dh512.pem")
 NO_TLS13_SUITES = "tls_init: TLS 1.3 ciphersuites cannot be restricted, using defaults"
 
@@ -119,7 +119,7 @@ def quiet_unraisable(log: Log) -> None:
 
 
 def renegotiation_supported() -> bool:
-    """``-N`` exists only with OpenSSL 3 (spec §1.7)."""
+    """``-N`` exists only with OpenSSL 3 (as in IndiMail)."""
     return ssl.OPENSSL_VERSION_INFO >= (3,)
 
 
@@ -215,7 +215,7 @@ class Setup:
     def _bounds(self, ctx: ssl.SSLContext, notes: List[str]) -> None:
         bounds = settings.parse_method(self.method)
         if bounds.minimum is None:
-            # D23: TLS 1.2 at least, unless the maximum asks for less
+            # design: tls-settings: TLS 1.2 at least, unless the maximum asks for less
             below = bounds.maximum is not None and settings.METHODS[bounds.maximum] < 6
             ctx.minimum_version = (ssl.TLSVersion.MINIMUM_SUPPORTED if below
                                    else ssl.TLSVersion.TLSv1_2)
@@ -301,7 +301,7 @@ class Setup:
                 pass                          # ignored, as in IndiMail
             else:
                 ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_CHAIN
-        ctx.verify_mode = ssl.CERT_NONE       # D21: no client certificates
+        ctx.verify_mode = ssl.CERT_NONE       # no client certificates (design: tls-settings)
         self._ciphers(ctx, notes)
         try:
             ctx.load_cert_chain(certfile, password=_no_passphrase)

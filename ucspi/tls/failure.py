@@ -1,5 +1,5 @@
-"""How a failed TLS handshake is reported: IndiMail's lines (spec
-subsystems §1.11), from the relay child or, for a client whose
+"""How a failed TLS handshake is reported: IndiMail's lines (its
+libqmail's tls.c), from the relay child or, for a client whose
 ClientHello never came, from the loop.  No ``ssl`` here: the loop
 imports this module for servers whose relay has not been forked yet.
 """

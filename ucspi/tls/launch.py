@@ -42,7 +42,7 @@ SERVER_VERSION = "TLSv1.3" if ssl.HAS_TLSv1_3 else "TLSv1.2"
 
 
 def provider(details: bool, facts: TlsFacts) -> str:
-    """``TLS_PROVIDER`` (spec §1.10)."""
+    """``TLS_PROVIDER`` (IndiMail's text; design: tls-settings)."""
     if not details:
         return "tcpserver, "
     return (f"tcpserver, TLS Server={SERVER_VERSION}, Client={facts.protocol}, "

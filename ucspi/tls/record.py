@@ -2,7 +2,7 @@
 
 The server waits for a TLS client's first record, its ClientHello, in
 the loop before it gives the client a ``-c`` slot and a relay process
-(design note "TLS handshakes and slots"): a client that sends half a
+(design: tls-handshakes-and-slots): a client that sends half a
 ClientHello and stops then costs a descriptor and a few hundred bytes,
 not a process and a slot.  This module says, from the bytes that have
 arrived, how many the first record needs.  It is pure: bytes in, a

@@ -1,7 +1,7 @@
 """What the TLS options and environment ask for, without ``ssl``.
 
-Pure functions over the options and an environment mapping (spec
-subsystems §1.1-1.4, DECISIONS D22-D23):
+Pure functions over the options and an environment mapping (IndiMail's
+meanings; design: tls-settings):
 
 * :func:`resolve`: the certificate, CA and CRL file names;
 * :func:`parse_method`: ``-M``'s protocol bounds;
@@ -46,7 +46,7 @@ class TlsError(UcspiError):
 
 
 class Files:
-    """The files of a TLS server (spec §1.2)."""
+    """The files of a TLS server (IndiMail's names)."""
 
     def __init__(self, certdir: str, certfile: str, cafile: Optional[str],
                  crlfile: Optional[str]) -> None:
@@ -123,7 +123,7 @@ def _bad_method(text: str) -> TlsError:
 
 
 def parse_method(text: Optional[str]) -> Bounds:
-    """``-M NAME``, ``MIN:MAX``, ``:MAX``, ``MIN:`` (spec §1.3).
+    """``-M NAME``, ``MIN:MAX``, ``:MAX``, ``MIN:`` (IndiMail's forms).
 
     Raises:
         TlsError: an unknown name (the original's three lines).
@@ -143,7 +143,7 @@ def parse_method(text: Optional[str]) -> Bounds:
 
 
 def cipher_string(arg: Optional[str]) -> Optional[str]:
-    """``-f ARG`` (D22): the first whitespace-free token of the file ARG
+    """``-f ARG`` (design: tls-settings): the first whitespace-free token of the file ARG
     when it is a readable file, else ARG itself; an empty result is no
     cipher string."""
     if arg is None:
@@ -161,7 +161,7 @@ def cipher_string(arg: Optional[str]) -> Optional[str]:
 
 def cipher_choice(cipher_arg: Optional[str], method: Optional[str],
                   environ: Mapping[str, str]) -> Tuple[Optional[str], bool]:
-    """The cipher string and whether it is a TLS 1.3 suite list (spec §1.4).
+    """The cipher string and whether it is a TLS 1.3 suite list (as IndiMail decides).
 
     Returns:
         ``(string or None, tls13)``.  Without ``-M`` the string (from
