@@ -18,7 +18,7 @@ MAN = os.path.join(ROOT, "man")
 TCPSERVER_1 = os.path.join(MAN, "tcpserver.1")
 
 #: every option letter of IndiMail's manual page, plus -e and -V
-LETTERS = "qQvVecCxXmBguU146IboOdDhHpPlrRtTnsiaLfMNzS"
+LETTERS = "qQvVecCxXmBguU146IboOdDhHpPlrRtTnsiaLfMNzSw"
 
 SET_FOR_PROGRAM = """PROTO TCPLOCALIP TCPLOCALPORT TCPLOCALHOST TCPREMOTEIP TCPREMOTEPORT
 TCPREMOTEHOST TCPREMOTEINFO TCP6LOCALIP TCP6LOCALPORT TCP6LOCALHOST TCP6REMOTEIP
@@ -74,18 +74,6 @@ def test_options_of_the_parser_are_documented(text: str) -> None:
     assert letters <= set(LETTERS)
     with_arg = set(re.findall(r"^       -(\w) \w", section(text, "OPTIONS"), re.M))
     assert with_arg == set(options.WITH_ARG)
-
-
-def test_refused_options_match_the_parser(text: str) -> None:
-    options = pytest.importorskip("ucspi.options")
-    paragraph = section(text, "OPTIONS").split("\n\n")[0]
-    if not options.NOT_YET:
-        # every letter works: no "not implemented" note (issue 18, item 21)
-        assert "implemented" not in section(text, "OPTIONS")
-        return
-    assert paragraph.lstrip().startswith("Not implemented yet:")
-    listed = paragraph.split(".")[0]
-    assert set(re.findall(r"-(\w)", listed)) == set(options.NOT_YET)
 
 
 def test_defaults_match_the_parser(text: str) -> None:

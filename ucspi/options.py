@@ -21,17 +21,15 @@ The module is pure: :func:`parse` turns argv and the environment into a
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import List, Mapping, Optional, Tuple
 
 from . import version_line
 from .errors import UsageError
 from .scan import ID_MAX, INT_MAX, PORT_MAX, SCOPE_MAX, decimal, is_digits, leading, shown
 
 #: The usage text, djb's one line with our letters (printed with an
-#: option error; ``--help`` adds the options, :data:`HELP`).  The letters of
-#: features that have not landed (:data:`NOT_YET`) are left out: they
-#: are recognised, but only to be refused.
-USAGE = ("tcpserver: usage: tcpserver [ -461UXpPhHrRoOdDqQvVsNz ] [ -c limit | -c file ] "
+#: option error; ``--help`` adds the options, :data:`HELP`).
+USAGE = ("tcpserver: usage: tcpserver [ -461UXpPhHrRoOdDqQvVsNzw ] [ -c limit | -c file ] "
          "[ -C perhostlimit ] [ -x rules.cdb ] [ -m db.conf ] [ -B banner ] [ -g gid ] [ -u uid ] "
          "[ -b backlog ] [ -l localname ] [ -t timeout ] [ -e pidfile ] [ -I interface ] "
          "[ -n certfile ] [ -i certdir ] [ -a cafile ] [ -L crlfile ] [ -f cipherlist ] "
@@ -89,6 +87,7 @@ OPTION_GROUPS: Tuple[Tuple[str, Tuple[Tuple[str, str], ...]], ...] = (
         ("-M method", "versions: name, min:max, :max or min: (default TLSv1_2:)"),
         ("-N", "let clients renegotiate (TLS 1.2 and older)"),
         ("-z", "describe the session in TLS_PROVIDER"),
+        ("-w", "delayed TLS: the program asks for it on $SSLCTLFD (UCSPI-TLS)"),
         ("-S n", "give a handshake n seconds, 0: no limit (default 60)"),
         ("-T n", "end a connection idle for n seconds, 0: never (default 300)"),
     )),
@@ -110,9 +109,7 @@ def _help() -> str:
 #: letters that take an argument
 WITH_ARG = frozenset("cCxmBgulbtTeInafMiLS")
 #: letters that are flags
-FLAGS = frozenset("qQvVUX1 46oOdDhHpPrRsNz".replace(" ", ""))
-#: letters parsed but belonging to features that have not landed yet
-NOT_YET: Dict[str, str] = {}
+FLAGS = frozenset("qQvVUX1 46oOdDhHpPrRsNzw".replace(" ", ""))
 
 DEFAULT_LIMIT = 40
 DEFAULT_PER_HOST = 20
@@ -166,17 +163,16 @@ class Options:
     tls_method: Optional[str] = None          # -M
     renegotiation: bool = False               # -N
     tls_details: bool = False                 # -z
+    delayed_tls: bool = False                 # -w: UCSPI-TLS, the program asks
     handshake_timeout: int = 60               # -S (0: none)
     idle_timeout: int = 300                   # -T (0: none; TLS only)
     host: str = "0"
     port: str = ""
     unix: bool = False                        # host starting with /: UNIX-domain mode
     argv: List[str]
-    refused: List[str]
 
     def __init__(self) -> None:
         self.argv = []
-        self.refused = []
 
     def __repr__(self) -> str:
         return f"Options({vars(self)!r})"
@@ -335,7 +331,7 @@ def _apply(opts: Options, letter: str, arg: Optional[str], environ: Mapping[str,
         "h": ("remote_host", True), "H": ("remote_host", False),
         "p": ("paranoid", True), "P": ("paranoid", False),
         "r": ("remote_info", True), "R": ("remote_info", False),
-        "s": ("tls", True),
+        "s": ("tls", True), "w": ("delayed_tls", True),
     }
     if letter in simple:
         name, value = simple[letter]
@@ -391,8 +387,12 @@ def _apply(opts: Options, letter: str, arg: Optional[str], environ: Mapping[str,
         opts.handshake_timeout = number("S", text)
     elif letter == "T":
         opts.idle_timeout = number("T", text)
-    if letter in NOT_YET and NOT_YET[letter] not in opts.refused:
-        opts.refused.append(NOT_YET[letter])
+
+
+def _tls_needed(opts: Options) -> None:
+    """``-w`` is about a TLS server: alone, it is a usage error."""
+    if opts.delayed_tls and not opts.tls:
+        raise UsageError("-w needs TLS: give -n certfile or -s")
 
 
 def _missing(opts: Options) -> MissingArgument:
@@ -424,7 +424,6 @@ def parse(argv: List[str], environ: Mapping[str, str] = os.environ) -> Options:
         The options, with ``host``, ``port`` and ``argv`` filled in
         (a host starting with ``/`` is a socket path: ``unix`` is set and
         no port argument is taken).
-        ``refused`` names features asked for that are not available.
 
     Raises:
         UsageError: bad option, bad number, or missing host/port/program.
@@ -443,10 +442,12 @@ def parse(argv: List[str], environ: Mapping[str, str] = os.environ) -> Options:
         if len(rest) < 2:
             raise _missing(opts)
         _unix_mode(opts)
+        _tls_needed(opts)
         opts.argv = rest[1:]
         return opts
     if len(rest) < 3:
         raise _missing(opts)
+    _tls_needed(opts)
     if ":" in opts.host and "%" in opts.host:
         _scope("the host's scope id", opts.host.partition("%")[2])
     opts.port = rest[1]

@@ -73,7 +73,7 @@ from typing import (Dict, Iterator, List, Literal, Mapping, NamedTuple, Optional
 
 from ..address import is_mapped
 from ..errors import EXIT_USAGE, Fatal, errtext
-from ..scan import INT_MAX, PORT_MAX, ULONG_MAX, decimal, leading
+from ..scan import INT_MAX, PORT_MAX, ULONG_MAX, cut, decimal, leading
 
 #: the statement run for every connection (``{table}`` quoted, ``{port}``)
 QUERY = "select decision, iprule, env from {table} where port = {port}"
@@ -167,12 +167,12 @@ def read_dbconf(path: str) -> DbConf:
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
-        raise Fatal(f"unable to read {path}: {errtext(exc)}") from None
+        raise Fatal(f"unable to read {cut(path)}: {errtext(exc)}") from None
     try:
         try:
             size = os.fstat(fd).st_size
         except OSError as exc:
-            raise Fatal(f"unable to fstat {path}: {errtext(exc)}") from None
+            raise Fatal(f"unable to fstat {cut(path)}: {errtext(exc)}") from None
         if size > MAX_DBCONF:
             raise Fatal("File too large")
         chunks: List[bytes] = []
@@ -183,7 +183,7 @@ def read_dbconf(path: str) -> DbConf:
                     break
                 chunks.append(chunk)
         except OSError as exc:
-            raise Fatal(f"unable to read {path}: {errtext(exc)}") from None
+            raise Fatal(f"unable to read {cut(path)}: {errtext(exc)}") from None
     finally:
         os.close(fd)
     conf = parse_dbconf(b"".join(chunks))

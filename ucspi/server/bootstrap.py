@@ -92,8 +92,6 @@ def _absolute(opts: Options) -> None:
 def _setup(opts: Options, log: Log, make_launch: LaunchFactory) -> Server:
     """Start-up in its order (see the module docstring): the service is
     wired in :mod:`.service`, this says when."""
-    if opts.refused:
-        raise UsageError("not implemented yet: " + ", ".join(opts.refused))
     plugins = None
     if plugin_entries(os.environ):
         from ..plugin.preload import Plugins     # ctypes, before the drop
