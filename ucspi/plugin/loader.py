@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from ..errors import Fatal
 from ..proc import child
@@ -144,9 +144,11 @@ class SharedObject:
     def start(self, fd: int, env: Dict[bytes, bytes]) -> int:
         return self.start_on(fd, fd, env)
 
-    def start_on(self, fd0: int, fd1: int, env: Dict[bytes, bytes]) -> int:
-        """Fork a child with fd 0 on ``fd0`` and fd 1 on ``fd1`` that calls
-        the function and exits with its value; return the child's pid.
+    def start_on(self, fd0: int, fd1: int, env: Dict[bytes, bytes],
+                 keep: Sequence[int] = ()) -> int:
+        """Fork a child with fd 0 on ``fd0`` and fd 1 on ``fd1`` (and
+        ``keep`` open) that calls the function and exits with its value;
+        return the child's pid.
 
         Raises:
             OSError: the fork failed.
@@ -158,4 +160,4 @@ class SharedObject:
             for fd in {fd0, fd1} - {0, 1, 2}:
                 os.close(fd)
             return self.call(env)
-        return child.fork(work, keep=(fd0, fd1))
+        return child.fork(work, keep=(fd0, fd1, *keep))

@@ -20,7 +20,7 @@ connection table, its exit status into the ``end`` line.
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, List, Protocol, Tuple
+from typing import Callable, Dict, List, Protocol, Sequence, Tuple
 
 from .reload import Reloads
 from .signals import SIGDEF
@@ -55,8 +55,9 @@ class Launch(Protocol):
 class Program(Launch, Protocol):
     """A launcher that can put fd 0 and fd 1 on different descriptors."""
 
-    def start_on(self, fd0: int, fd1: int, env: Environment) -> int:
-        """Start the program with fd 0 on ``fd0`` and fd 1 on ``fd1``;
+    def start_on(self, fd0: int, fd1: int, env: Environment, keep: Sequence[int] = ()) -> int:
+        """Start the program with fd 0 on ``fd0`` and fd 1 on ``fd1``,
+        and the descriptors ``keep`` open under their own numbers;
         return its pid.  Raises OSError, ValueError."""
 
 
@@ -77,7 +78,9 @@ class Spawn:
     def start(self, fd: int, env: Environment) -> int:
         return self.start_on(fd, fd, env)
 
-    def start_on(self, fd0: int, fd1: int, env: Environment) -> int:
+    def start_on(self, fd0: int, fd1: int, env: Environment, keep: Sequence[int] = ()) -> int:
+        for fd in keep:
+            os.set_inheritable(fd, True)
         return self._spawn(
             self.name, self.argv, env,
             file_actions=[(os.POSIX_SPAWN_DUP2, fd0, 0), (os.POSIX_SPAWN_DUP2, fd1, 1)],

@@ -94,7 +94,7 @@ def tls_launcher(opts: Options, environ_: Mapping[str, str]) -> Launch:
     for problem in setup.skipped:
         log.warning(problem)
     return TlsLaunch(program(opts), setup, contexts, log, opts.tls_details,
-                           opts.handshake_timeout, opts.idle_timeout)
+                     opts.handshake_timeout, opts.idle_timeout, opts.delayed_tls)
 
 
 def launcher(opts: Options) -> Launch:
@@ -140,7 +140,7 @@ class Service:
         self.notifier = notifier
         self.trusted = trusted
         self.connection = Connection
-        if opts.tls:
+        if opts.tls and not opts.delayed_tls:      # -w: the program speaks first
             from .conn import TlsConnection
             self.connection = TlsConnection
 

@@ -15,6 +15,19 @@ one child per connection (:func:`ucspi.proc.child.fork`), which:
 4. waits for the program and exits with its status, or dies of the
    signal that killed it, so the parent's ``end`` line and its ``-c``
    count are the program's.
+
+With ``-w`` (delayed TLS, UCSPI-TLS; design: delayed-tls) the order is
+turned round: the relay child starts the program at once on the clear
+connection (fd 0 and 1 on the socket), with ``SSLCTLFD`` (its end of a
+socket pair), ``SSLREADFD`` and ``SSLWRITEFD`` (pipes) in its
+environment, and waits, touching nothing, for one byte on the control
+socket: ``y`` makes the handshake, ``Y`` too and then answers with the
+session's variables (``VAR=val\0`` ... and a final ``\0``); then it
+relays between the socket and the pipes.  End of file before a command:
+no TLS, the program goes on alone.  Another byte, or a failed
+handshake: the relay closes its ends (the program reads end of file, it
+is not killed).  Either way the relay waits for the program and exits
+with its status.
 """
 
 from __future__ import annotations
@@ -24,8 +37,9 @@ import resource
 import signal
 import socket
 import ssl
+from typing import List, Optional
 
-from ..environ import TlsFacts, apply, tls_changes
+from ..environ import TLS_VARIABLES, Change, TlsFacts, apply, tls_changes
 from ..errors import EXIT_TEMP, Fatal, errtext
 from ..log import Log, safe
 from ..proc import child
@@ -79,11 +93,34 @@ def reap(pid: int) -> int:
             return EXIT_TEMP << 8
 
 
+#: the UCSPI-TLS variables a ``-w`` program gets
+UCSPI_TLS_VARIABLES = (b"SSLCTLFD", b"SSLREADFD", b"SSLWRITEFD")
+
+
+def reply(changes: List[Change]) -> bytes:
+    """The answer to ``Y``: ``VAR=val\0`` for every variable set (never a
+    bare name), then one more ``\0``."""
+    return b"".join(name + b"=" + value + b"\0" for name, value in changes
+                    if value is not None) + b"\0"
+
+
+def _close(*fds: Optional[int]) -> None:
+    for fd in fds:
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 class TlsLaunch:
-    """The launcher of a TLS server: a relay child per connection."""
+    """The launcher of a TLS server: a relay child per connection
+    (``delayed``: ``-w``, the program asks for TLS)."""
 
     def __init__(self, program: Program, setup: Setup, contexts: Contexts, log: Log,
-                 details: bool, handshake_timeout: int, idle_timeout: int) -> None:
+                 details: bool, handshake_timeout: int, idle_timeout: int,
+                 delayed: bool = False) -> None:
+        self.delayed = delayed
         self.program = program
         self.name = program.name
         self.setup = setup
@@ -114,7 +151,8 @@ class TlsLaunch:
     def start(self, fd: int, env: Environment) -> int:
         count, limit = self.counts()
         ctx = self.contexts.default
-        return child.fork(lambda: self.serve(fd, env, ctx, count, limit), keep=(fd,))
+        serve = self.serve_delayed if self.delayed else self.serve
+        return child.fork(lambda: serve(fd, env, ctx, count, limit), keep=(fd,))
 
     # -- in the child ------------------------------------------------------
     def serve(self, fd: int, env: Environment, ctx: ssl.SSLContext, count: int,
@@ -144,6 +182,14 @@ class TlsLaunch:
         finally:
             os.close(to_r)
             os.close(from_w)
+        self._encrypted(env, facts, pid, count, limit)
+        self._relay(sock, chan, to_w, from_r)
+        return exit_like(reap(pid))
+
+    def _encrypted(self, env: Environment, facts: TlsFacts, pid: int, count: int,
+                   limit: int) -> None:
+        """IndiMail's ``encrypted session`` status line, at ``-v``."""
+        log = self.log
         if log.verbosity >= 2:
             ip = env.get(b"TCPREMOTEIP") or env.get(b"UNIXLOCALPATH", b"")
             log.line(b"status: %d/%d encrypted session, sslpid=%d, childpid=%d, IP %s, "
@@ -151,7 +197,9 @@ class TlsLaunch:
                      % (count, limit, os.getpid(), pid, safe(ip, keep_colon=True),
                         SERVER_VERSION.encode(), safe(facts.protocol), safe(facts.cipher),
                         facts.bits))
-        relay = Relay(TlsEnd(sock, chan), to_w, from_r, self.idle_timeout, log)
+
+    def _relay(self, sock: socket.socket, chan: Channel, to_prog: int, from_prog: int) -> None:
+        relay = Relay(TlsEnd(sock, chan), to_prog, from_prog, self.idle_timeout, self.log)
         try:
             relay.run()
         finally:
@@ -160,4 +208,71 @@ class TlsLaunch:
             sock.close()
         except OSError:
             pass
+
+    # -- -w: the program asks ------------------------------------------------
+    def serve_delayed(self, fd: int, env: Environment, ctx: ssl.SSLContext, count: int,
+                      limit: int) -> int:
+        """The relay child of a ``-w`` connection (see the module
+        docstring)."""
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        log = self.log
+        quiet_unraisable(log)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        to_r, to_w = os.pipe()
+        from_r, from_w = os.pipe()
+        numbers = (b"%d" % theirs.fileno(), b"%d" % to_r, b"%d" % from_w)
+        env = apply(env, [(name, None) for name in TLS_VARIABLES]
+                    + list(zip(UCSPI_TLS_VARIABLES, numbers)))
+        try:
+            pid = self.program.start_on(fd, fd, env, keep=(theirs.fileno(), to_r, from_w))
+        except (OSError, ValueError) as exc:
+            log.drop(f"unable to run {self.name}: {errtext(exc)}")
+            return EXIT_TEMP
+        finally:
+            theirs.close()
+            _close(to_r, from_w)
+        command = self._command(ours)
+        if command not in (b"y", b"Y"):
+            if command:
+                ip = env.get(b"TCPREMOTEIP") or env.get(b"UNIXLOCALPATH", b"")
+                log.drop(f"unknown UCSPI-TLS command from {safe(ip, True).decode()}")
+            ours.close()
+            _close(fd, to_w, from_r)         # no TLS: the program goes on alone
+            return exit_like(reap(pid))
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        self.setup.sni.start(ctx)
+        chan = Channel(ctx, server_side=True)
+        chan.watch = self.setup.sni.received
+        try:
+            handshake(chan, sock, self.handshake_timeout)
+        except HandshakeFailed as failed:
+            report(log, failed.lines)
+            ours.close()
+            sock.close()
+            _close(to_w, from_r)              # the program reads end of file
+            return exit_like(reap(pid))
+        facts = chan.facts()
+        if command == b"Y":
+            changes = tls_changes(facts, provider(True, facts))
+            if not self.details:             # TLS_PROVIDER only with -z
+                changes = [(k, v) for k, v in changes if k != b"TLS_PROVIDER"]
+            try:
+                ours.sendall(reply(changes))
+            except OSError:
+                pass
+        ours.close()
+        self._encrypted(env, facts, pid, count, limit)
+        self._relay(sock, chan, to_w, from_r)
         return exit_like(reap(pid))
+
+    @staticmethod
+    def _command(ctl: socket.socket) -> bytes:
+        """The program's one-byte command, b"" at end of file."""
+        while True:
+            try:
+                return ctl.recv(1)
+            except InterruptedError:
+                continue
+            except OSError:
+                return b""
