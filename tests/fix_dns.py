@@ -87,6 +87,17 @@ RECORDS: Dict[str, Dict[str, object]] = {
     },
     "cname": {"alias.example": "www.example"},
     "nxdomain": ["nx.example", "nothing.test"],     # names, AAAA and A
+    # DNS lists (tests/test_dnsbl.py): client address -> (TXT, A) records
+    # under bl.test (a list), allow.test (an anti-list)
+    "dnsbl": {
+        "127.0.80.2": {"bl.test": ("Listed: see https://bl.test/127.0.80.2", "127.0.0.2")},
+        "127.0.80.3": {"bl.test": (None, "127.0.0.4")},             # A only
+        "127.0.80.4": {"bl.test": ("Listed too", "127.0.0.2"), "allow.test": (None, "127.0.0.2")},
+        "127.0.80.5": {"bl.test": ("Error: open resolver; https://check.spamhaus.org/"
+                                   "returnc/pub/127.0.80.5/", "127.255.255.254")},
+        "127.0.80.6": {"bl.test": (None, "127.255.255.254")},        # an A error only
+        "::1": {"bl.test": ("IPv6 listed", "127.0.0.2")},
+    },
     "no_ptr": ["127.53.0.200", "2001:db8::99"],     # PTR lookups -> NXDOMAIN
 }
 
@@ -127,9 +138,26 @@ def _dnsmasq_args(ip: str) -> List[str]:
         rev = ".".join(reversed(address.split("."))) + ".in-addr.arpa"
         args.append("--ptr-record=%s,%s" % (rev, RECORDS["ptr"][address]))  # type: ignore[index]
     args.append("--cname=alias.example,www.example")
+    for address, lists in RECORDS["dnsbl"].items():              # type: ignore[union-attr]
+        for base, (text, a_record) in lists.items():
+            name = dnsbl_name(address, base)
+            if text is not None:
+                args.append("--txt-record=%s,%s" % (name, text))    # no comma in them
+            if a_record is not None:
+                args.append("--host-record=%s,%s" % (name, a_record))
     args += ["--host-record=many.example,%s" % a
              for a in RECORDS["addresses"]["many.example"]]  # type: ignore[index]
     return args
+
+
+def dnsbl_name(address: str, base: str) -> str:
+    """The name a DNS list is asked for ``address``: an IPv4 address
+    reversed, an IPv6 one as 32 nibbles."""
+    import ipaddress
+    ip = ipaddress.ip_address(address)
+    if ip.version == 4:
+        return ".".join(reversed(address.split("."))) + "." + base
+    return ".".join(reversed(ip.packed.hex())) + "." + base
 
 
 class DnsServer(NamedTuple):

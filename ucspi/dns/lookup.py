@@ -35,7 +35,8 @@ from .transmit import Abort, PacketDone, Transmit
 from ..address import mapped_packed
 from ..reactor import Cancellable, Reactor, run_blocking
 
-__all__ = ["lookup_ptr", "lookup_addresses", "lookup_host", "ptr", "addresses", "qualify"]
+__all__ = ["lookup_ptr", "lookup_addresses", "lookup_host", "lookup_records", "ptr",
+           "addresses", "qualify"]
 
 IP = Union[IPv4Address, IPv6Address]
 PtrDone = Callable[[Optional[str], Optional[BaseException]], None]
@@ -84,6 +85,49 @@ def lookup_ptr(reactor: Reactor, conf: DnsConfig, ip: IP, done: PtrDone,
         done(None if name is None else render_name(name), None)
 
     return Transmit(reactor, conf, Question(reverse_name(ip), TYPE_PTR), got, abort).start()
+
+
+RecordsDone = Callable[[List[bytes], Optional[BaseException]], None]
+
+
+def lookup_records(reactor: Reactor, conf: DnsConfig, name: str, qtype: int,
+                   parse: Callable[[bytes], List[bytes]], done: RecordsDone,
+                   abort: Optional[Abort] = None) -> Cancellable:
+    """Look up one type of record of a name (the TXT or A records of a
+    DNS list, say), with no qualification.
+
+    Args:
+        name: the name, as text.
+        qtype: the record type (:data:`ucspi.dns.msg.TYPE_TXT`...).
+        parse: the records' data from an answer
+            (:func:`ucspi.dns.msg.parse_txt`, :func:`~ucspi.dns.msg.parse_a`).
+        done: called once with ``(records, None)`` (``[]`` when the name
+            does not exist or has none) or ``([], error)``: a server
+            failure, a time-out, a malformed answer (EPROTO), a name that
+            cannot be encoded.
+        abort: as for :func:`lookup_ptr`.
+
+    Returns:
+        A handle whose ``cancel()`` stops the lookup without calling done.
+    """
+    try:
+        qname = encode_name(name)
+    except BadName as exc:
+        error = exc
+        return _fail_soon(reactor, lambda: done([], error))
+
+    def got(packet: Optional[bytes], error: Optional[DnsError]) -> None:
+        if packet is None:
+            done([], error)
+            return
+        try:
+            found = parse(packet)
+        except FormatError as exc:
+            done([], exc)
+            return
+        done(found, None)
+
+    return Transmit(reactor, conf, Question(qname, qtype), got, abort).start()
 
 
 class _Forward:

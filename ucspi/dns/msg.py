@@ -38,6 +38,7 @@ from ..errors import UcspiError
 TYPE_A = 1
 TYPE_CNAME = 5
 TYPE_PTR = 12
+TYPE_TXT = 16
 TYPE_AAAA = 28
 CLASS_IN = 1
 
@@ -411,3 +412,38 @@ def parse_addresses(packet: bytes) -> List[bytes]:
         pass
     return found
 
+
+
+def parse_txt(packet: bytes) -> List[bytes]:
+    """The text of every TXT record (class IN) of the answer section,
+    each record's character-strings joined (as djb's ``dns_txt`` reads a
+    record), in packet order.
+
+    Raises:
+        FormatError: the answer section is malformed, or a
+            character-string runs past its record.
+    """
+    found: List[bytes] = []
+    for record in iter_answers(packet):
+        if record.rtype != TYPE_TXT or record.rclass != CLASS_IN:
+            continue
+        pos, end = record.rdata, record.rdata + record.rdlength
+        text = bytearray()
+        while pos < end:
+            size = packet[pos]
+            if pos + 1 + size > end:
+                raise FormatError("TXT string runs past its record")
+            text += packet[pos + 1:pos + 1 + size]
+            pos += 1 + size
+        found.append(bytes(text))
+    return found
+
+
+def parse_a(packet: bytes) -> List[bytes]:
+    """Every A record (4 bytes, class IN) of the answer section.
+
+    Raises:
+        FormatError: the answer section is malformed.
+    """
+    return [packet[r.rdata:r.rdata + 4] for r in iter_answers(packet)
+            if r.rtype == TYPE_A and r.rclass == CLASS_IN and r.rdlength == 4]

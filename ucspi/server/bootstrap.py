@@ -16,7 +16,7 @@ import functools
 import ipaddress
 import os
 import sys
-from typing import Any, Callable, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, List, Optional
 
 from ..errors import EXIT_TEMP, EXIT_USAGE, Fatal, UsageError, errtext
 from ..log import Log, say
@@ -31,6 +31,9 @@ from .checks import startup_warnings
 from .limits import Limit
 from .loop import Server
 from .proxied import proxy_sources
+
+if TYPE_CHECKING:
+    from ..rbl.lists import Settings as RblSettings
 
 #: makes the launcher from the options; the default spawns the program
 LaunchFactory = Callable[[Options], Launch]
@@ -106,6 +109,7 @@ def _setup(opts: Options, log: Log, make_launch: LaunchFactory) -> Server:
     port = listen.parse_port(opts.port)
     trusted = proxy_sources(os.environ)
     policy = limits_from(os.environ, opts.max_per_host)
+    dnsbl = _dnsbl(opts)
     launch = make_launch(opts)          # TLS: the contexts, before binding
     activated = listen.activated(os.environ, os.getpid())
     if opts.pidfile is not None:
@@ -117,7 +121,7 @@ def _setup(opts: Options, log: Log, make_launch: LaunchFactory) -> Server:
     # the service is built before the drop: it imports what the options
     # need while the package and the interpreter's library are readable
     served = service.build(opts, log, limit, launch, trusted, listener.inherited,
-                           os.environ, policy)
+                           os.environ, policy, dnsbl)
     server = Server(served, listener, wakeup)
     privs.drop(ident)
     if plugins is not None:
@@ -128,6 +132,16 @@ def _setup(opts: Options, log: Log, make_launch: LaunchFactory) -> Server:
         log.warning(problem)
     _quiet_stdio(listener.port if opts.print_port else None)
     return server
+
+
+def _dnsbl(opts: Options) -> Optional["RblSettings"]:
+    """The DNS lists of the environment, read only when some may be
+    used (``$DNSBL``, or rules that may name lists); bad numbers are a
+    usage error now, before anything is bound."""
+    if opts.unix or not (os.environ.get("DNSBL") or opts.rules or opts.mysql):
+        return None
+    from ..rbl.lists import from_environ
+    return from_environ(os.environ)
 
 
 def _listen(opts: Options, port: int, activated: int) -> listen.Listener:

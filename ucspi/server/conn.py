@@ -23,7 +23,10 @@ when it is done, at once or from a reactor callback:
 6. **admit**: the second moment of admission (:mod:`.admission`), for
    a connection whose limits were not all known at accept (rules, a
    PROXY header);
-7. **launch**: the environment is built and the program started.
+7. **rbl**: with ``DNSBL``, a listed client (or one a rule refuses with
+   ``RBLSMTPD``) gets rblsmtpd's dialogue from the loop instead of a
+   program (:mod:`.dnsbl`); the lists were asked during the lookups;
+8. **launch**: the environment is built and the program started.
 
 The steps see a narrow :class:`Context` (options, reactor, log, lookup
 service, access source, environment builder, and the few things only
@@ -58,6 +61,8 @@ from .proxied import HeaderReader
 
 if TYPE_CHECKING:
     from ..proxy import Header
+    from ..rbl import lists as rbl_lists
+    from ..rbl.lookup import Answers
 
 
 F = TypeVar("F", bound=Callable[..., None])
@@ -108,12 +113,12 @@ def lookup_plan(opts: Options) -> Tuple[str, ...]:
     return plan
 
 
-def descriptors_needed(opts: Options) -> int:
+def descriptors_needed(opts: Options, lists: int = 0) -> int:
     """The most descriptors one connection holds in the parent at once:
     its socket, and those of the lookups it may make at the same time
-    (:func:`lookup_plan`) or, later and one at a time, those of the
-    host names of its ``-m`` rules."""
-    lookups = sum(DESCRIPTORS[kind] for kind in lookup_plan(opts))
+    (:func:`lookup_plan`, and ``lists`` DNS lists) or, later and one at a
+    time, those of the host names of its ``-m`` rules."""
+    lookups = sum(DESCRIPTORS[kind] for kind in lookup_plan(opts)) + lists
     rules = DESCRIPTORS["addresses"] if opts.mysql is not None and not opts.unix else 0
     return 1 + max(lookups, rules)
 
@@ -142,7 +147,7 @@ class Context:
     """
 
     __slots__ = ("opts", "reactor", "log", "lookups", "access", "env", "admit", "slot",
-                 "launch", "end", "moved", "localname", "kill_ip_options", "plan")
+                 "launch", "end", "moved", "localname", "kill_ip_options", "plan", "dnsbl")
 
     def __init__(self, opts: Options, reactor: Reactor, log: Log, lookups: LookupService,
                  access: Optional[Access], env: Builder,
@@ -167,6 +172,8 @@ class Context:
         # -O: only where a source-routed SYN can arrive at all
         self.kill_ip_options = opts.kill_ip_options and source_routes_accepted()
         self.plan = lookup_plan(opts)
+        #: the DNS lists of tcpserver's environment (and of rules), or None
+        self.dnsbl: Optional["rbl_lists.Settings"] = None
 
 
 def source_routes_accepted(path: str = "/proc/sys/net/ipv4/conf/all/accept_source_route"
@@ -200,6 +207,8 @@ class Connection:
     proxied = False
     later = False
     slot = True
+    #: what the DNS lists answered during the lookups step
+    rbl_answers: Optional[Tuple["Answers", "Answers"]] = None
     STEPS: Tuple[Callable[["Connection"], None], ...] = ()
 
     def __init__(self, ctx: Context, sock: socket.socket, peer: Any, v6sock: bool,
@@ -385,6 +394,14 @@ class Connection:
                                       self._got_remote, self._starved)
             self.pending += 1
             self.handles.append(handle)
+        if ctx.dnsbl is not None and ctx.dnsbl.lists:
+            self.pending += 1
+            self.handles.append(lookups.lists(ep.remote_ip, ctx.dnsbl, self._got_lists))
+        self._looked_up()
+
+    @guarded
+    def _got_lists(self, answers: "Answers", allowed: "Answers") -> None:
+        self.rbl_answers = (answers, allowed)
         self._looked_up()
 
     @guarded
@@ -451,6 +468,61 @@ class Connection:
     def _admit(self) -> None:
         if not self.later or self.ctx.admit(self):
             self.next()
+
+    def _rbl(self) -> None:
+        """DNSBL: refuse a listed client with rblsmtpd's dialogue."""
+        base = self.ctx.dnsbl
+        if base is None:
+            self.next()
+            return
+        from ..rbl.lists import rblsmtpd_variable, rule_rblsmtpd
+        ip = self.ep.remote_ip
+        settings = base.with_rule(self.changes, self.bad_rule) if self.changes else base
+        if not settings.lists:
+            self.next()
+            return
+        forced = rblsmtpd_variable(rule_rblsmtpd(self.changes), ip)
+        if forced is not None:
+            self._listed(forced._replace(base="RBLSMTPD") if forced.refuse else forced, settings)
+        elif settings.lists == base.lists and settings.allow == base.allow \
+                and self.rbl_answers is not None:
+            self._decide(settings, *self.rbl_answers)
+        else:                              # the rule asks other lists: ask them now
+            self.handles.append(self.ctx.lookups.lists(
+                ip, settings, lambda answers, allowed: self._asked(settings, answers, allowed)))
+
+    @guarded
+    def _asked(self, settings: "rbl_lists.Settings", answers: "Answers",
+               allowed: "Answers") -> None:
+        self.handles = []
+        self._decide(settings, answers, allowed)
+
+    def _decide(self, settings: "rbl_lists.Settings", answers: "Answers",
+                allowed: "Answers") -> None:
+        from ..rbl.lists import decide
+        from .dnsbl import log_errors
+        log_errors(self.ctx.log, self.ep.remote_ip, settings, answers, allowed)
+        self._listed(decide(settings.lists, answers, allowed, settings.fail_closed,
+                            settings.bounce), settings)
+
+    def _listed(self, decision: "rbl_lists.Decision", settings: "rbl_lists.Settings") -> None:
+        if not decision.refuse:
+            self.next()
+            return
+        from ..rbl.dialogue import refusal_line
+        from .dnsbl import RblDialogue, log_refusal, suffix
+        log = self.ctx.log
+        log_refusal(self.ep.remote_ip, refusal_line(decision.code, decision.text),
+                    log.verbosity)
+        log.verdict(False, 0, self.fields() + suffix(decision))
+        talk = RblDialogue(self.ctx.reactor, self.sock, decision, settings.greeting,
+                           settings.dialogue_timeout, self.end)
+        self.handles.append(talk)
+        talk.start()
+
+    def bad_rule(self, problem: str) -> None:
+        """A rule of this client holds a bad value: one warning."""
+        self.ctx.log.warning(f"rule for {self.ep.remote_ip}: {problem}")
 
     def _launch(self) -> None:
         ep = self.ep
@@ -556,10 +628,10 @@ class TlsConnection(Connection):
 
 Connection.STEPS = (
     Connection._header, Connection._socket, Connection._lookups,
-    Connection._access, Connection._admit, Connection._launch,
+    Connection._access, Connection._admit, Connection._rbl, Connection._launch,
 )
 TlsConnection.STEPS = (
     Connection._header, Connection._socket, TlsConnection._hello,  # type: ignore[assignment]
     TlsConnection._slot, Connection._lookups, Connection._access,
-    Connection._admit, Connection._launch,
+    Connection._admit, Connection._rbl, Connection._launch,
 )

@@ -35,6 +35,8 @@ from ..reactor import Cancellable, Reactor
 
 if TYPE_CHECKING:
     from ..dns.conf import DnsConfig
+    from ..rbl.lists import Settings
+    from ..rbl.lookup import Done as ListsDone
 
 DNS_CONFIG_AGE = timeouts.DNS_CONFIG_AGE
 LOCAL_NAME_AGE = timeouts.LOCAL_NAME_AGE
@@ -66,6 +68,8 @@ class LookupService(Protocol):
 
     def info(self, local: str, remote: str, remote_port: int, local_port: int,
              scope: int, done: InfoDone, abort: Abort) -> Cancellable: ...
+
+    def lists(self, ip: str, settings: "Settings", done: "ListsDone") -> Cancellable: ...
 
 
 def _target(text6: str, v4: bool) -> IP:
@@ -158,3 +162,10 @@ class Lookups:
         from ..ident.lookup import lookup
         return lookup(self.reactor, local, remote, remote_port, local_port,
                       self.ident_timeout, done, scope, abort=abort)
+
+    def lists(self, ip: str, settings: "Settings", done: "ListsDone") -> Cancellable:
+        """The DNS lists of ``settings`` about ``ip``, all at once within
+        ``DNSBL_TIMEOUT``; see :class:`ucspi.rbl.lookup.ListLookups`."""
+        from ..rbl.lookup import ListLookups
+        return ListLookups(self.reactor, self.dns_config(), ip, settings.lists, settings.allow,
+                           settings.timeout, done)

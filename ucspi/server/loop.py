@@ -280,7 +280,7 @@ class Server:
     def _admit_identified(self, conn: Connection) -> bool:
         ip = conn.ep.remote_ip
         policy = self.admission.policy.with_rule(conn.changes, conn.max_per_host,
-                                                 self._bad_rule(ip))
+                                                 conn.bad_rule)
         refusal = self._decided(lambda: self.admission.identified(ip, policy))
         if refusal is None:
             conn.ep.others = self.admission.others(ip)
@@ -289,10 +289,6 @@ class Server:
         conn.end()
         return False
 
-    def _bad_rule(self, ip: str) -> Callable[[str], None]:
-        def warn(problem: str) -> None:
-            self.log.warning(f"rule for {ip}: {problem}")
-        return warn
 
     def _slot(self, conn: Connection, grant: Callable[[], None]) -> bool:
         def granted() -> None:

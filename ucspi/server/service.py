@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional, Tuple
 
 from .. import environ
 from ..errors import Fatal, UsageError
@@ -47,6 +47,9 @@ from .listen import ACTIVATION_VARIABLES
 from .lookups import Lookups
 from .notify import VARIABLE as NOTIFY_VARIABLE, Notifier
 from .proxied import Trusted
+
+if TYPE_CHECKING:
+    from ..rbl.lists import Settings as RblSettings
 
 Admit = Callable[[Connection], bool]
 LaunchOne = Callable[[Connection, Dict[bytes, bytes]], None]
@@ -139,6 +142,8 @@ class Service:
         self.reloads = reloads
         self.notifier = notifier
         self.trusted = trusted
+        #: the DNS lists (design: dnsbl-in-the-loop), or None
+        self.dnsbl: Optional["RblSettings"] = None
         self.connection = Connection
         if opts.tls and not opts.delayed_tls:      # -w: the program speaks first
             from .conn import TlsConnection
@@ -147,8 +152,10 @@ class Service:
     def context(self, admit: Admit, launch: LaunchOne, end: End,
                 moved: Optional[Moved] = None, slot: Optional[Slot] = None) -> Context:
         """The steps' view of the service, with a driver's answers."""
-        return Context(self.opts, self.reactor, self.log, self.lookups, self.access,
-                       self.env, admit, launch, end, moved, slot)
+        ctx = Context(self.opts, self.reactor, self.log, self.lookups, self.access,
+                      self.env, admit, launch, end, moved, slot)
+        ctx.dnsbl = self.dnsbl
+        return ctx
 
     def counts(self) -> Tuple[int, int]:
         """``(connections, limit)`` for status lines."""
@@ -172,7 +179,7 @@ def _access(opts: Options, log: Log, reactor: Reactor, lookups: Lookups,
 
 def build(opts: Options, log: Log, limit: Limit, launch: Launch, trusted: Optional[Trusted],
           inherited: bool, environ_: Mapping[str, str] = os.environ,
-          policy: Optional[Policy] = None) -> Service:
+          policy: Optional[Policy] = None, dnsbl: Optional["RblSettings"] = None) -> Service:
     """The service, after the listener exists and before the drop.
 
     Args:
@@ -183,27 +190,38 @@ def build(opts: Options, log: Log, limit: Limit, launch: Launch, trusted: Option
             activation's variables are then not the programs').
         policy: every client's limits (:func:`ucspi.policy.from_environ`;
             default: ``-C`` alone).
+        dnsbl: the DNS lists of the environment
+            (:func:`ucspi.rbl.lists.from_environ`; default: none).
 
     Raises:
         Fatal: the MySQL rules cannot be set up.
     """
     reactor = Reactor()
     lookups = Lookups(reactor, opts.ipv4_only, float(opts.ident_timeout))
-    if not opts.unix:
-        lookups.preload(opts.remote_host or opts.localname is None, opts.remote_info)
     offload = Offload(reactor)
     access = _access(opts, log, reactor, lookups, offload)
+    if dnsbl is not None and not dnsbl.lists and access is None:
+        dnsbl = None                        # no list, and no rule to ask for one
+    if not opts.unix:
+        lookups.preload(opts.remote_host or opts.localname is None or dnsbl is not None,
+                        opts.remote_info)
+    if dnsbl is not None:
+        from ..rbl import dialogue, lookup  # noqa: F401  (before the drop)
+        from . import dnsbl as _in_the_loop  # noqa: F401
     notifier = Notifier.from_environ(environ_, log, reactor)
     drop: Tuple[str, ...] = ACTIVATION_VARIABLES if inherited else ()
     drop += (NOTIFY_VARIABLE,)          # never the programs', notifier or not
     if policy is None:
         policy = Policy(opts.max_per_host)
-    admission = Admission(limit, Descriptors(descriptors_needed(opts)), policy, reactor.time)
+    lists = dnsbl.lookups() if dnsbl is not None else 0
+    admission = Admission(limit, Descriptors(descriptors_needed(opts, lists)), policy,
+                          reactor.time)
     admission.track_networks = policy.maxconnc is not None or access is not None
     reloads = Reloads(log)
     service = Service(opts, log, reactor, lookups, offload, access,
                       environ.Builder(environ.inherited(drop)), admission, launch, reloads,
                       notifier, trusted)
+    service.dnsbl = dnsbl
     reloads.add("-c file", functools.partial(limit.reread, log))
     reloads.add("DNS settings", lookups.reload)
     launch.attach(reloads, service.counts)

@@ -1,0 +1,8 @@
+"""DNS lists (DNSBL) and rblsmtpd's dialogue, shared by tcpserver's loop
+and the ``rblsmtpd`` command.
+
+* :mod:`.lists` (pure): the lists, the names to ask, what the answers
+  mean, the decision, ``$RBLSMTPD``.
+* :mod:`.dialogue` (pure): the SMTP dialogue with a refused client.
+* :mod:`.lookup`: every list asked at once on a reactor.
+"""
