@@ -279,11 +279,12 @@ def _console_scripts() -> List[Tuple[str, str]]:
     return pairs
 
 
-def test_console_scripts_are_the_three_commands() -> None:
+def test_console_scripts_are_the_commands() -> None:
     assert _console_scripts() == [
         ("tcpserver", "ucspi.server:main"),
         ("tcprules", "ucspi.tools.tcprules:main"),
         ("tcprulescheck", "ucspi.tools.tcprulescheck:main"),
+        ("tcp-env", "ucspi.server.tcpenv:main"),
     ]
 
 
@@ -425,6 +426,7 @@ def _entries(pyz: str, folder: str) -> Dict[str, Tuple[str, List[str], Optional[
     interpreter, environment)."""
     os.symlink(pyz, os.path.join(folder, "tcprules"))
     os.symlink(pyz, os.path.join(folder, "tcprulescheck"))
+    os.symlink(pyz, os.path.join(folder, "tcp-env"))
     with_root = dict(os.environ, PYTHONPATH=ROOT)
     script = ("import sys; sys.argv[0] = '/usr/bin/{0}'; sys.path.insert(0, {1!r}); "
               "from {2} import main; sys.exit(main())")
@@ -432,10 +434,12 @@ def _entries(pyz: str, folder: str) -> Dict[str, Tuple[str, List[str], Optional[
         "tcpserver.py": ("tcpserver", [os.path.join(ROOT, "tcpserver.py")], None),
         "tcprules.py": ("tcprules", [os.path.join(ROOT, "tcprules.py")], None),
         "tcprulescheck.py": ("tcprulescheck", [os.path.join(ROOT, "tcprulescheck.py")], None),
+        "tcp-env.py": ("tcp-env", [os.path.join(ROOT, "tcp-env.py")], None),
         "-m ucspi": ("tcpserver", ["-m", "ucspi"], with_root),
         "pyz": ("tcpserver", [pyz], None),
         "pyz as tcprules": ("tcprules", [os.path.join(folder, "tcprules")], None),
         "pyz as tcprulescheck": ("tcprulescheck", [os.path.join(folder, "tcprulescheck")], None),
+        "pyz as tcp-env": ("tcp-env", [os.path.join(folder, "tcp-env")], None),
         "console script tcpserver": (
             "tcpserver", ["-c", script.format("tcpserver", ROOT, "ucspi.server")], None),
         "console script tcprules": (
@@ -443,6 +447,8 @@ def _entries(pyz: str, folder: str) -> Dict[str, Tuple[str, List[str], Optional[
         "console script tcprulescheck": (
             "tcprulescheck",
             ["-c", script.format("tcprulescheck", ROOT, "ucspi.tools.tcprulescheck")], None),
+        "console script tcp-env": (
+            "tcp-env", ["-c", script.format("tcp-env", ROOT, "ucspi.server.tcpenv")], None),
     }
 
 

@@ -29,7 +29,7 @@ MINIMUM_PYTHON = (3, 9)
 
 
 #: the commands a program name can stand for (see :func:`command_name`)
-COMMANDS = ("tcpserver", "tcprules", "tcprulescheck")
+COMMANDS = ("tcpserver", "tcprules", "tcprulescheck", "tcp-env")
 
 
 def command_name(argv0):

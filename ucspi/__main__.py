@@ -19,6 +19,9 @@ def _run() -> int:
     if command == "tcprules":
         from .tools.tcprules import main as rules_main
         return rules_main()
+    if command == "tcp-env":
+        from .server.tcpenv import main as env_main
+        return env_main()
     from .server import main
     return main()
 

@@ -207,6 +207,8 @@ class Connection:
     proxied = False
     later = False
     slot = True
+    #: the rules denied it (the connection ended with a ``deny`` line)
+    denied = False
     #: what the DNS lists answered during the lookups step
     rbl_answers: Optional[Tuple["Answers", "Answers"]] = None
     STEPS: Tuple[Callable[["Connection"], None], ...] = ()
@@ -458,6 +460,7 @@ class Connection:
         elif verdict.quiet:
             self.end()
         elif not verdict.allow:
+            self.denied = True
             self.ctx.log.verdict(False, 0, self.fields())
             self.end()
         else:

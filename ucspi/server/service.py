@@ -179,7 +179,8 @@ def _access(opts: Options, log: Log, reactor: Reactor, lookups: Lookups,
 
 def build(opts: Options, log: Log, limit: Limit, launch: Launch, trusted: Optional[Trusted],
           inherited: bool, environ_: Mapping[str, str] = os.environ,
-          policy: Optional[Policy] = None, dnsbl: Optional["RblSettings"] = None) -> Service:
+          policy: Optional[Policy] = None, dnsbl: Optional["RblSettings"] = None,
+          notify: bool = True) -> Service:
     """The service, after the listener exists and before the drop.
 
     Args:
@@ -192,6 +193,8 @@ def build(opts: Options, log: Log, limit: Limit, launch: Launch, trusted: Option
             default: ``-C`` alone).
         dnsbl: the DNS lists of the environment
             (:func:`ucspi.rbl.lists.from_environ`; default: none).
+        notify: tell the supervisor of ``$NOTIFY_SOCKET`` (not for one
+            connection on fd 0, ``tcp-env``).
 
     Raises:
         Fatal: the MySQL rules cannot be set up.
@@ -208,7 +211,7 @@ def build(opts: Options, log: Log, limit: Limit, launch: Launch, trusted: Option
     if dnsbl is not None:
         from ..rbl import dialogue, lookup  # noqa: F401  (before the drop)
         from . import dnsbl as _in_the_loop  # noqa: F401
-    notifier = Notifier.from_environ(environ_, log, reactor)
+    notifier = Notifier.from_environ(environ_, log, reactor) if notify else None
     drop: Tuple[str, ...] = ACTIVATION_VARIABLES if inherited else ()
     drop += (NOTIFY_VARIABLE,)          # never the programs', notifier or not
     if policy is None:
