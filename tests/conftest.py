@@ -12,6 +12,8 @@ fixture.  Tests never import a fixture: pytest finds these by name.
   (:func:`tests.fix_mariadb.mariadb_server`).
 * ``certs`` (session): certificates for TLS tests
   (:func:`tests.fix_tls.session_certs`).
+* ``fake_clock`` (function): the reactor's clock stopped, moved by the
+  test (:class:`tests.util.FakeClock`).
 
 The helper modules are imported inside the fixtures, so that a module
 of ``ucspi`` that does not import (mid-change) only breaks the tests
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from tests.fix_mariadb import MariaDB
     from tests.fix_server import Servers
     from tests.fix_tls import Certs
+    from tests.util import FakeClock
 
 
 @pytest.fixture
@@ -91,3 +94,13 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> "Certs":
 
     need("openssl")
     return session_certs(str(tmp_path_factory.getbasetemp()))
+
+
+@pytest.fixture
+def fake_clock(monkeypatch: pytest.MonkeyPatch) -> "FakeClock":
+    """ucspi.reactor's ``time.monotonic`` replaced for this test by a
+    clock that stands still until ``fake_clock.advance(seconds)`` (or
+    ``fake_clock.now = t``): deadlines pass when the test says so."""
+    from tests.util import FakeClock
+
+    return FakeClock().install(monkeypatch)

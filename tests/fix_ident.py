@@ -14,9 +14,10 @@
   use ``.port``), or on the ``ip`` given (port 113 when free, else an
   ephemeral one).  For every connection it reads the query line,
   records it, then plays its script in a thread of its own: ``bytes`` are
-  sent, a ``float`` sleeps, ``HANG`` waits until the fake is stopped,
-  ``RESET`` aborts the connection, ``DRIBBLE(data, pause)`` sends byte by
-  byte.
+  sent, a ``float`` sleeps, a ``threading.Event`` waits until the test
+  sets it (or the fake is stopped), ``HANG`` waits until the fake is
+  stopped, ``RESET`` aborts the connection, ``DRIBBLE(data, pause)``
+  sends byte by byte.
 
 * :class:`FullBacklog`: a listener whose accept queue is full, so that
   a connect to it never completes (connect timeouts).
@@ -49,7 +50,7 @@ IDENT_PORT = 113
 
 HANG = "hang"
 RESET = "reset"
-Step = Union[bytes, float, str, Tuple[bytes, float]]
+Step = Union[bytes, float, str, Tuple[bytes, float], threading.Event]
 
 # Same capabilities as Debian's /etc/oidentd.conf: plain answers only.
 _OIDENTD_CONF = """default {
@@ -277,6 +278,10 @@ class FakeIdentd:
             conn.sendall(step)
         elif isinstance(step, float):
             self._stop.wait(step)
+        elif isinstance(step, threading.Event):
+            while not step.wait(0.05):
+                if self._stop.is_set():
+                    return False
         elif isinstance(step, tuple):
             data, pause = step
             for i in range(len(data)):
