@@ -301,7 +301,7 @@ def test_full_slot_table_does_not_hang():
     for key in (b"x", b"abcd", b"", b"1.2.3.4"):
         assert db.get(key) is None
         assert db.get_all(key) == []
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 10     # microseconds: a loop for ever otherwise
 
 
 @pytest.mark.parametrize("entry,slots_data", [

@@ -154,4 +154,4 @@ def test_slow_ident_does_not_block_others(servers, identd) -> None:
         elapsed = time.monotonic() - started
     assert quick == [identd.user] * 5
     assert slow["env"] is not None and "TCPREMOTEINFO" not in slow["env"]
-    assert 5.5 < elapsed < 15, elapsed   # -t 6 honoured
+    assert 5.5 < elapsed < 20, elapsed   # -t 6 honoured (not the default 26 s)
