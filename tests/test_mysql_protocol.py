@@ -19,6 +19,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Un
 import pytest
 
 from tests.fix_mysql_fake import CLEAR, NATIVE, SHA2, Canned, FakeMysql, header
+from tests.fix_server import read_exactly
 from tests.util import need, stop
 from ucspi.mysql import auth
 from ucspi.mysql.packets import (
@@ -731,12 +732,17 @@ def test_fake_tls_declined() -> None:
 
 
 def test_fake_injection_before_tls() -> None:
-    with FakeMysql(offer_tls=True, extra_after_greeting=header(7, 2) + b"\x00" * 7) as fake:
+    extra = header(7, 2) + b"\x00" * 7
+    with FakeMysql(offer_tls=True, extra_after_greeting=extra) as fake:
         s = Session("alice", "secret", "", False)
         sock = fake.connect()
-        time.sleep(0.1)                      # the greeting and what follows it
+        # the greeting and what follows it, read whole, then given at once
+        head = read_exactly(sock, 4, 10)
+        greeting = head + read_exactly(sock, int.from_bytes(head[:3], "little"), 10)
+        after = read_exactly(sock, len(extra), 10)
+        assert after == extra
         with pytest.raises(MysqlError) as e:
-            s.receive(sock.recv(65536))
+            s.receive(greeting + after)
         assert e.value.code == 2027 and not s.wants_tls
         assert s.outgoing() == b""           # the SSLRequest is not sent
         sock.close()

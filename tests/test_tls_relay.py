@@ -299,15 +299,20 @@ def test_idle_timeout(servers: Servers, certs: Certs) -> None:
 
 
 def test_idle_timeout_reset_by_traffic(servers: Servers, certs: Certs) -> None:
-    """-T is an idle timeout: a client that talks every 0.3 s for 1.5 s
-    under -T 1 is not cut off."""
-    server = start_tls(servers, certs, ["-T", "1"], prog=["cat"])
+    """-T is an idle timeout: a client that talks every 0.4 s for 2.4 s
+    under -T 2 is not cut off (each pause leaves 1.6 s to spare, for a
+    loaded machine)."""
+    server = start_tls(servers, certs, ["-T", "2"], prog=["cat"])
     client = _client(server)
     try:
-        for _ in range(5):
+        start = time.monotonic()
+        for _ in range(6):
             client.send(b"tick\n")
             assert client.read_exactly(5) == b"tick\n"
-            time.sleep(0.3)                 # the traffic pattern under test, not a wait
+            time.sleep(0.4)                 # the traffic pattern under test, not a wait
+        assert time.monotonic() - start > 2     # longer than -T in all
+        client.send(b"tock\n")
+        assert client.read_exactly(5) == b"tock\n"
         assert "timeout reached" not in server.log()
     finally:
         client.close()
