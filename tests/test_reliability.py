@@ -41,7 +41,7 @@ from tests.fix_ident import DRIBBLE, HANG, RESET, FakeIdentd, FullBacklog, Step
 from tests.fix_load import Reply, flood, rss_kb, status_lines, zombies
 from tests.fix_server import (Server, Servers, children_of, clean_env, fd_count, parse_env,
                               read_all, wait_until)
-from tests.util import PYTHON, ROOT, need_root
+from tests.util import PYTHON, ROOT, ServerWallClock, need_root
 from ucspi.dns import msg as dnsmsg
 
 #: prints the client's own port: each reply names the connection it ends
@@ -447,18 +447,30 @@ def test_rules_swapped_under_load(servers, tmp_path) -> None:
     test_rules_server.py's rebuild test, the decision itself flips
     (127.0.0.3 is allowed by one set and denied by the other), and the
     swaps cross both of the server's paths: a file left alone for 2 s is
-    held in memory, a fresh one is read from disk."""
+    held in memory, a fresh one is read from disk.  The server's wall
+    clock is moved ahead instead of waiting for a file to settle."""
     path = str(tmp_path / "rules.cdb")
     old = '127.0.0.3:allow,GEN="old"\n:allow,GEN="old"\n'
     new = '127.0.0.3:deny\n:allow,GEN="new"\n'
     compile_rules(path, old)
-    time.sleep(2.1)                                       # settled: held in memory
+    wall = ServerWallClock(str(tmp_path))
+    wall.set(3)                                           # settled: held in memory
     server = servers(["-v", "-HRl0", "-c", "40", "-b", "128", "-x", path],
-                     prog=["sh", "-c", 'echo "$GEN"'])
-    assert server.talk(source="127.0.0.3") == b"old\n"
+                     prog=["sh", "-c", 'echo "$GEN"'], env=clean_env(**wall.env()))
+    assert server.talk(source="127.0.0.3") == b"old\n"   # loaded (a small file: at once)
+    wall.set(0)                                           # the next ones are fresh
     swaps = [0]
     stop = threading.Event()
     failures: List[BaseException] = []
+    decided = r"^tcpserver: (pid \d+ from|deny) "
+
+    def settle() -> None:
+        """Let the current file settle: it looks old while more
+        connections than can be in flight at once are decided."""
+        wall.set(3)
+        seen = count(server, decided)
+        wait_until(lambda: stop.is_set() or count(server, decided) >= seen + 200, 60)
+        wall.set(0)
 
     def swap() -> None:
         try:
@@ -466,7 +478,7 @@ def test_rules_swapped_under_load(servers, tmp_path) -> None:
                 compile_rules(path, (new, old)[swaps[0] % 2])
                 swaps[0] += 1
                 if swaps[0] in (4, 9):
-                    stop.wait(2.2)                        # let it settle, then replace it
+                    settle()                              # then replace it
         except BaseException as exc:    # reported below
             failures.append(exc)
 

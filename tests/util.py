@@ -9,6 +9,8 @@ cannot hide behind a skip).
 * :class:`FakeClock`: the reactor's clock, moved by hand (the fixture
   ``fake_clock`` of ``tests/conftest.py``), so that a test checks a
   deadline as logic rather than as wall time.
+* :class:`ServerWallClock`: the wall clock of a server process, moved by
+  hand (how old a rules file looks to it), without waiting.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import struct
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Iterable, List, NoReturn, Set, Union
+from typing import Any, Callable, Dict, Iterable, List, NoReturn, Set, Union
 
 import pytest
 
@@ -173,6 +175,59 @@ class _ClockedTime:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
+
+
+_SITECUSTOMIZE = '''"""Written by tests/util.py (ServerWallClock): time.time_ns() of this
+process is the real one plus the nanoseconds in $UCSPI_TEST_WALL_OFFSET."""
+import os
+import time
+
+_PATH = os.environ.get("UCSPI_TEST_WALL_OFFSET")
+if _PATH:
+    _real_ns = time.time_ns
+
+    def _shifted_ns():
+        try:
+            with open(_PATH) as handle:
+                offset = int(handle.read() or 0)
+        except (OSError, ValueError):
+            offset = 0
+        return _real_ns() + offset
+
+    time.time_ns = _shifted_ns
+'''
+
+
+class ServerWallClock:
+    """The wall clock (``time.time_ns``) of a server the test starts,
+    moved by hand: :meth:`env` gives the variables to start it with (a
+    ``sitecustomize.py`` of ``folder`` on its ``PYTHONPATH``, and the file
+    holding the offset), :meth:`set` moves its clock while it runs.  The
+    server is still ``sys.executable tcpserver.py``.
+
+    What reads that clock in the server is the rules cache (a cdb is held
+    in memory once it has been left alone for 2 s): ``set(3)`` makes
+    every file look settled at once, ``set(0)`` makes a new one fresh
+    again, so a test needs no 2 s sleep."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self.path = os.path.join(folder, "wall-offset")
+        with open(os.path.join(folder, "sitecustomize.py"), "w") as handle:
+            handle.write(_SITECUSTOMIZE)
+        self.set(0)
+
+    def env(self) -> Dict[str, str]:
+        """The variables that give a server this clock."""
+        path = [self.folder, *filter(None, [os.environ.get("PYTHONPATH")])]
+        return {"PYTHONPATH": os.pathsep.join(path), "UCSPI_TEST_WALL_OFFSET": self.path}
+
+    def set(self, seconds: float) -> None:
+        """From now on the server's wall clock is ``seconds`` ahead."""
+        temporary = self.path + ".new"
+        with open(temporary, "w") as handle:
+            handle.write(str(int(seconds * 1e9)))
+        os.replace(temporary, self.path)
 
 
 # -- the kernel's view of a process (Linux /proc) ------------------------------
