@@ -22,7 +22,7 @@
 * :class:`FullBacklog`: a listener whose accept queue is full, so that
   a connect to it never completes (connect timeouts).
 
-* :func:`closed_port`: a port on which nothing listens (refusals).
+A port on which nothing listens (refusals) is :func:`tests.util.free_port`.
 """
 
 from __future__ import annotations
@@ -176,14 +176,6 @@ def _listener(ip: Optional[str], backlog: int) -> Tuple[str, socket.socket]:
         sock.listen(backlog)
         return address, sock
     raise OSError(errno.EADDRINUSE, f"port {IDENT_PORT} taken on {ADDRESS_TRIES} addresses")
-
-
-def closed_port(ip: str = "127.0.0.1") -> int:
-    """A port of ``ip`` on which nothing listens (connects are refused)."""
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((ip, 0))
-        return int(sock.getsockname()[1])
 
 
 class FakeIdentd:

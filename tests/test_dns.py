@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import time
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import List, Optional
 
 import pytest
 
-from tests.fix_dns import FakeDns, Query, closed_udp_port, response, rr
-from tests.util import FakeClock
+from tests.fix_dns import FakeDns, Query, response, rr
+from tests.util import FakeClock, free_port
 from ucspi.dns import lookup as dns
 from ucspi.dns import msg as dnsmsg
 from ucspi.dns.conf import DnsConfig
@@ -259,7 +260,8 @@ def test_servfail_everywhere_is_a_temporary_failure():
 def test_connection_refused_moves_on_except_in_the_patient_round():
     """Only the patient round (0.5 s) waits: the other two would take
     5 s each if a refusal waited for their deadline."""
-    conf = DnsConfig(servers=[("127.53.1.250", 0)], port=closed_udp_port(), rules=[],
+    refused = free_port("127.53.1.250", socket.SOCK_DGRAM)    # nothing there: refused
+    conf = DnsConfig(servers=[("127.53.1.250", 0)], port=refused, rules=[],
                      udp_timeouts=(5.0, 0.5, 5.0), tcp_timeout=0.3)
     start = time.monotonic()
     with pytest.raises(dnsmsg.DnsError) as info:

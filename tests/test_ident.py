@@ -12,9 +12,8 @@ from typing import Callable, Iterator, List, Optional, Tuple
 
 import pytest
 
-from tests.fix_ident import (DRIBBLE, HANG, RESET, FakeIdentd, FullBacklog, Identd, Step,
-                              closed_port)
-from tests.util import FakeClock
+from tests.fix_ident import DRIBBLE, HANG, RESET, FakeIdentd, FullBacklog, Identd, Step
+from tests.util import FakeClock, free_port
 from ucspi.ident import lookup as ident
 from ucspi.reactor import Reactor
 
@@ -121,7 +120,7 @@ def test_oidentd_ipv4_mapped(identd: Identd, tcp_pair: Tuple[socket.socket, sock
 
 def test_oidentd_no_such_connection(identd: Identd) -> None:
     """oidentd says ERROR : NO-USER: set but empty."""
-    port = closed_port()
+    port = free_port()
     assert ident.query("127.0.0.1", "127.0.0.1", port, port, 5, port=identd.port) == b""
 
 
@@ -268,10 +267,10 @@ def test_refused(reactor: Reactor, fake_clock: FakeClock) -> None:
     """Refused: the failure comes at once (with the clock stopped)."""
     results: List[Optional[bytes]] = []
     ident.lookup(reactor, "127.0.0.1", "127.0.0.1", 1, 2, 5, results.append,
-                 port=closed_port())
+                 port=free_port())
     run(reactor, results)
     assert results == [None]
-    assert ident.query("127.0.0.1", "127.0.0.1", 1, 2, 5, port=closed_port()) is None
+    assert ident.query("127.0.0.1", "127.0.0.1", 1, 2, 5, port=free_port()) is None
 
 
 @pytest.mark.parametrize("timeout", [0, 0.0, -1])
@@ -302,7 +301,7 @@ def test_zero_timeout_fails_at_once(reactor: Reactor, fake_clock: FakeClock,
 def test_bad_addresses_fail(reactor: Reactor, fake_clock: FakeClock, local_ip: str,
                             remote_ip: str) -> None:
     results: List[Optional[bytes]] = []
-    ident.lookup(reactor, local_ip, remote_ip, 1, 2, 5, results.append, port=closed_port())
+    ident.lookup(reactor, local_ip, remote_ip, 1, 2, 5, results.append, port=free_port())
     assert results == []
     run(reactor, results)                  # the clock stopped: at once
     assert results == [None]
@@ -392,7 +391,7 @@ def test_no_descriptor_leaks(reactor: Reactor) -> None:
     results.clear()
     with FakeIdentd([JOE]) as good, FakeIdentd([b"x"]) as bad, \
             FakeIdentd([HANG]) as slow:
-        refused = closed_port()
+        refused = free_port()
         for _ in range(20):
             fake_lookup(reactor, good, results)
             fake_lookup(reactor, bad, results)

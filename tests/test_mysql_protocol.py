@@ -20,7 +20,7 @@ import pytest
 
 from tests.fix_mysql_fake import CLEAR, NATIVE, SHA2, Canned, FakeMysql, header
 from tests.fix_server import read_exactly
-from tests.util import need, stop
+from tests.util import free_port, need, stop
 from ucspi.mysql import auth
 from ucspi.mysql.packets import (
     CLIENT_DEPRECATE_EOF,
@@ -820,12 +820,6 @@ class Maria:
         self.sock = sock
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def mariadb() -> Iterator[Maria]:
     server = need(MARIADBD)
@@ -838,7 +832,7 @@ def mariadb() -> Iterator[Maria]:
         subprocess.run([install, "--no-defaults", *as_root, f"--datadir={d}/data",
                         "--auth-root-authentication-method=normal", "--skip-test-db"],
                        check=True, capture_output=True, timeout=60)
-        port = _free_port()
+        port = free_port()
         path = os.path.join(d, "s")
         proc = subprocess.Popen(
             [server, "--no-defaults", *as_root, f"--datadir={d}/data", f"--socket={path}",
