@@ -18,7 +18,7 @@ from typing import Dict, List, Sequence
 import pytest
 
 from tests.fix_server import HOLD, clean_env, parse_env, read_all, read_some
-from tests.util import ours, wait_until
+from tests.util import ours, read_until, wait_until
 
 #: execs its argv with the descriptors named on its command line moved to
 #: 3, 4, ... and LISTEN_PID set to its own pid (kept by exec): what a
@@ -215,12 +215,7 @@ def test_unix_with_tls(servers, sock_path, tmp_path) -> None:  # type: ignore[no
         raw.settimeout(10)
         raw.connect(sock_path)
         with ctx.wrap_socket(raw) as tls:
-            data = b""
-            while not data.endswith(b"END\n"):
-                chunk = tls.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            data = read_until(tls, b"END\n")
     got = parse_env(data)
     assert got["PROTO"] == "UNIX" and got["UNIXLOCALPATH"] == sock_path
     assert got["SSL_PROTOCOL"].startswith("TLSv1.")

@@ -18,6 +18,7 @@ from tests.fix_ident import FakeIdentd
 from tests.fix_rules import ours_rules
 from tests.fix_server import HOLD, OURS, clean_env, parse_env, read_all, read_some, run_once
 from tests.proxy_build import build_v1, build_v2
+from tests.util import read_until
 
 #: prints the environment, then what the client sent
 ENV_AND_DATA = ["sh", "-c", "env; echo END; exec cat"]
@@ -273,12 +274,7 @@ def test_tls_after_the_header(servers, tmp_path) -> None:  # type: ignore[no-unt
     raw = server.connect(timeout=10)
     raw.sendall(build_v2("192.0.2.9", 999, "192.0.2.10", 465))
     with client_context().wrap_socket(raw) as tls:
-        data = b""
-        while not data.endswith(b"END\n"):
-            chunk = tls.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = read_until(tls, b"END\n")
     env = parse_env(data)
     assert (env["TCPREMOTEIP"], env["TCPREMOTEPORT"], env["TCPLOCALPORT"]) == \
         ("192.0.2.9", "999", "465")

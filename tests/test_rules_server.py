@@ -17,7 +17,7 @@ import pytest
 from tests.fix_dns import DnsServer
 from tests.fix_server import (C, OURS, PRINT_ENV, Server, Servers, clean_env, parse_env,
                               read_all)
-from tests.util import C_TCPRULES, PYTHON, ROOT, need
+from tests.util import C_TCPRULES, PYTHON, ROOT, need, read_until
 
 TCPRULES = [PYTHON, os.path.join(ROOT, "tcprules.py")]
 #: prints the environment, then holds the connection until the client closes
@@ -98,18 +98,6 @@ def test_bad_cdb_drops_even_with_X(servers, tmp_path, content, words) -> None:
     server.wait_log(warning, 2)
 
 
-def _until_end(sock: socket.socket) -> bytes:
-    """What a HOLD_ENV connection gets: up to END (served, the program
-    still running) or up to EOF (dropped)."""
-    data = b""
-    while not data.endswith(b"END\n"):
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
 def test_maxperip_from_rule(servers, tmp_path) -> None:
     cdb = compile_rules(str(tmp_path / "r.cdb"),
                         '127.0.0.1:allow,MAXPERIP="1"\n127.0.0.2:allow,MAXPERIP="3"\n')
@@ -121,7 +109,8 @@ def test_maxperip_from_rule(servers, tmp_path) -> None:
         # one after the other, each program still running when the next comes
         for source in sources:
             held.append(server.connect(source=source, timeout=10))
-            results.append(_until_end(held[-1]))
+            # up to END (served, the program still running) or EOF (dropped)
+            results.append(read_until(held[-1], b"END\n"))
     finally:
         for sock in held:
             sock.close()
@@ -247,12 +236,7 @@ def test_huge_maxperip_in_a_rule_is_no_limit(servers, tmp_path) -> None:
     held = [server.connect() for _ in range(3)]     # -C 1 would refuse the second
     try:
         for sock in held:
-            data = b""
-            while not data.endswith(b"END\n"):
-                chunk = sock.recv(65536)
-                assert chunk, data
-                data += chunk
-            assert parse_env(data)["MAXPERIP"] == huge
+            assert parse_env(read_until(sock, b"END\n"))["MAXPERIP"] == huge
     finally:
         for sock in held:
             sock.close()

@@ -22,7 +22,7 @@ from typing import List, Optional
 
 import pytest
 
-from tests.fix_server import Server, Servers, children_of, fd_count, read_all
+from tests.fix_server import Server, Servers, children_of, fd_count, read_all, read_exactly
 from tests.fix_tls import (DROPPED, END_DROPPED, MARK_ENV, Certs, TlsClient, client_context,
                            client_hello, end_status, exchange, no_traceback, read_tls, s_client,
                            session_certs, start_tls, tls_connect, tls_env_of)
@@ -45,12 +45,7 @@ def _echo_ok(server: Server) -> None:
     """The next client of a ``cat`` server is served."""
     with tls_connect(server) as sock:
         sock.sendall(b"ping\n")
-        data = b""
-        while len(data) < 5:
-            chunk = sock.recv(100)
-            assert chunk, data
-            data += chunk
-        assert data == b"ping\n"
+        assert read_exactly(sock, 5) == b"ping\n"
 
 
 def _no_children(server: Server) -> None:
