@@ -15,6 +15,7 @@ from typing import List, Optional
 import pytest
 
 from tests.fix_dns import DnsServer
+from tests.fix_load import client_pool
 from tests.fix_server import (C, OURS, PRINT_ENV, Server, Servers, clean_env, parse_env,
                               read_all)
 from tests.util import C_TCPRULES, PYTHON, ROOT, need, read_until
@@ -175,26 +176,13 @@ def test_rebuild_under_load(servers, tmp_path) -> None:
             compile_rules(cdb, texts[builds[0] % 2])
             builds[0] += 1
 
-    seen: List[str] = []
-    errors: List[BaseException] = []
-
-    def client() -> None:
-        for _ in range(40):
-            try:
-                seen.append(server.env(timeout=20)["GEN"])
-            except BaseException as exc:  # recorded and asserted below
-                errors.append(exc)
-
     builder = threading.Thread(target=rebuild)
     builder.start()
-    clients = [threading.Thread(target=client) for _ in range(8)]
-    for thread in clients:
-        thread.start()
-    for thread in clients:
-        thread.join(120)
-    stop.set()
-    builder.join(60)
-    assert not errors, errors[:3]
+    try:
+        seen = client_pool(lambda _: server.env(timeout=20)["GEN"], 320, 8)
+    finally:
+        stop.set()
+        builder.join(60)
     assert len(seen) == 320 and set(seen) == {"one", "two"}
     assert builds[0] >= 3
     assert [line for line in server.lines() if "warning" in line] == []

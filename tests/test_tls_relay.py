@@ -15,13 +15,13 @@ import re
 import socket
 import ssl
 import struct
-import threading
 import time
 from pathlib import Path
 from typing import List, Optional
 
 import pytest
 
+from tests.fix_load import client_pool
 from tests.fix_server import Server, Servers, children_of, fd_count, read_all, read_exactly
 from tests.fix_tls import (DROPPED, END_DROPPED, MARK_ENV, Certs, TlsClient, client_context,
                            client_hello, end_status, exchange, no_traceback, read_tls, s_client,
@@ -386,24 +386,15 @@ def test_many_connections_no_zombies_no_fd_growth(servers: Servers, certs: Certs
         assert read_tls(sock) == b"x\n"
     _no_children(server)
     before = fd_count(server.pid)
-    results: List[bytes] = []
-    lock = threading.Lock()
 
-    def work(count: int) -> None:
-        for _ in range(count):
-            try:
-                with tls_connect(server) as sock:
-                    data = read_tls(sock)
-            except (OSError, ssl.SSLError) as exc:
-                data = repr(exc).encode()
-            with lock:
-                results.append(data)
+    def client(_: int) -> bytes:
+        try:
+            with tls_connect(server) as sock:
+                return read_tls(sock)
+        except (OSError, ssl.SSLError) as exc:
+            return repr(exc).encode()
 
-    workers = [threading.Thread(target=work, args=(total // threads,)) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(120)
+    results = client_pool(client, total, threads)
     assert results == [b"x\n"] * total, (sorted(set(results)), server.log()[-2000:])
     _no_children(server)
     assert fd_count(server.pid) == before
