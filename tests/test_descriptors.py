@@ -40,6 +40,7 @@ def slow_dns():
         yield fake
 
 
+@pytest.mark.slow
 def test_every_lookup_answered_with_a_small_file_limit(servers, slow_dns) -> None:
     need("prlimit")
     with FakeIdentd([SLOW, b"1, 2 : USERID : UNIX : slowpoke\r\n"]) as identd:

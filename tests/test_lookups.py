@@ -134,6 +134,7 @@ def test_ident_error_gives_empty_info(servers) -> None:
     assert env["TCPREMOTEINFO"] == ""
 
 
+@pytest.mark.slow
 def test_slow_ident_does_not_block_others(servers, identd) -> None:
     with FakeIdentd([HANG]) as fake:
         server = start(servers, ["-H", "-l", "0", "-r", "-t", "6"])

@@ -668,6 +668,7 @@ def tls_pair() -> Iterator[Tuple[ssl.SSLContext, ssl.SSLContext]]:
         shutil.rmtree(d)
 
 
+@pytest.mark.slow
 def test_fake_real_tls_sha2_full(tls_pair: Tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
     """Full authentication over TLS that the driver verified; over TLS
     that nobody verified (an impostor's, maybe) the password stays."""
@@ -690,6 +691,7 @@ def test_fake_real_tls_sha2_full(tls_pair: Tuple[ssl.SSLContext, ssl.SSLContext]
         assert all(b"secret" not in data for data in fake.auth_data)
 
 
+@pytest.mark.slow
 def test_fake_clear_password_needs_verified_tls(
         tls_pair: Tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
     """mysql_clear_password, in the greeting or by a switch, gets the

@@ -196,6 +196,7 @@ def test_truncated_header_is_dropped(fake) -> None:  # type: ignore[no-untyped-d
                   r"127\.0\.0\.1: truncated header$")
 
 
+@pytest.mark.slow
 def test_slow_header_does_not_hold_the_loop(fake) -> None:  # type: ignore[no-untyped-def]
     """One byte a second: others are served meanwhile; after 5 s the
     slow one is dropped."""

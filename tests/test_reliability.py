@@ -92,6 +92,7 @@ def count(server: Server, pattern: str) -> int:
 
 
 # -- a flood -----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_flood_loses_nothing_and_returns_to_baseline(servers) -> None:
     """5,000 connections, 128 at a time, against -c 40: every client gets
     its own program's output; the server never runs more than 40
@@ -1087,6 +1088,7 @@ def dns_faults(tmp_path_factory) -> Iterator[DnsFaults]:
 
 @pytest.mark.parametrize("mode", list(DNS_MODES))
 @pytest.mark.parametrize("fault", list(DNS_FAULTS))
+@pytest.mark.slow
 def test_dns_fault(dns_faults: DnsFaults, fault: str, mode: str) -> None:
     """One DNS fault for one client: served within the fault's window,
     TCPREMOTEHOST absent or the right name in djb's rendering (never a
@@ -1120,6 +1122,7 @@ def test_dns_fault(dns_faults: DnsFaults, fault: str, mode: str) -> None:
     assert not [e for e in dns_faults.lab.errors if e[0].lower() == mine], dns_faults.lab.errors
 
 
+@pytest.mark.slow
 def test_dns_faults_leave_clean_servers(dns_faults: DnsFaults) -> None:
     """After all the faults: nothing but normal lines in either log, no
     program left, status back to ``0/200``."""

@@ -379,6 +379,7 @@ def test_client_vanishes_mid_transfer(servers: Servers, certs: Certs) -> None:
 
 
 # -- many connections -----------------------------------------------------------------------
+@pytest.mark.slow
 def test_many_connections_no_zombies_no_fd_growth(servers: Servers, certs: Certs) -> None:
     total, threads = 1000, 4
     server = start_tls(servers, certs, ["-C", "0"], prog=["echo", "x"])
