@@ -20,13 +20,17 @@ from ucspi.dns.conf import DnsConfig
 from ucspi.errors import errtext
 from ucspi.reactor import Reactor
 
+#: the schedule of the tests on the fake clock (virtual seconds)
 FAST = dict(udp_timeouts=(0.2, 0.5, 0.3), tcp_timeout=0.3)
+#: conf_for()'s schedule, in real time: a fake that answers at once has
+#: seconds to spare on a loaded machine, so no retry comes between
+ROOMY = dict(udp_timeouts=(5.0, 10.0, 5.0), tcp_timeout=5.0)
 HOST = dnsmsg.encode_name("Host.Example")
 PTR_ANSWER = [rr(b"\xc0\x0c", dnsmsg.TYPE_PTR, HOST)]
 
 
 def conf_for(*fakes: FakeDns, **kw) -> DnsConfig:
-    args = dict(FAST, rules=[])
+    args = dict(ROOMY, rules=[])
     args.update(kw)
     return DnsConfig(servers=[(f.ip, 0) for f in fakes], port=fakes[0].port, **args)
 
@@ -131,10 +135,10 @@ def test_addresses_aaaa_and_a_mapped():
 def test_addresses_one_query_failing_keeps_the_other():
     def handler(q: Query):
         if q.qtype == dnsmsg.TYPE_AAAA:
-            return []
+            return [(0, response(q, rcode=2))]          # SERVFAIL, the only round
         return [(0, response(q, [rr(b"\xc0\x0c", 1, bytes([192, 0, 2, 9]))]))]
     with FakeDns(handler) as fake:
-        assert dns.addresses(conf_for(fake, udp_timeouts=(0.1,)), "x") == [
+        assert dns.addresses(conf_for(fake, udp_timeouts=(5.0,)), "x") == [
             IPv6Address("::ffff:192.0.2.9")]
 
 
@@ -251,8 +255,8 @@ def test_servfail_moves_on_at_once_except_in_the_patient_round(fake_clock):
 
 def test_servfail_everywhere_is_a_temporary_failure():
     with FakeDns(servfail) as fake:
-        with pytest.raises(dnsmsg.DnsError) as info:
-            dns.ptr(conf_for(fake), IPv4Address("192.0.2.1"))
+        with pytest.raises(dnsmsg.DnsError) as info:     # the patient round waits 0.5 s
+            dns.ptr(conf_for(fake, udp_timeouts=(5.0, 0.5, 5.0)), IPv4Address("192.0.2.1"))
     assert errtext(info.value) == "temporary failure"
     assert len(fake.queries) == 3
 
@@ -437,12 +441,19 @@ def test_lookup_host(forward, client, paranoid, result):
         assert host(fake, client, paranoid) == result
 
 
-def test_lookup_host_forward_failure_is_paranoid():
+def test_lookup_host_forward_failure_is_paranoid(fake_clock):
     def handler(q: Query):
         return [(0, response(q, PTR_ANSWER))] if q.qtype == dnsmsg.TYPE_PTR else []
     with FakeDns(handler) as fake:
-        assert host(fake, IPv4Address("192.0.2.1"), True,
-                    udp_timeouts=(0.1,)) == (None, "host.example")
+        run = Stepped(fake_clock)
+        dns.lookup_host(run.reactor, conf_for(fake, udp_timeouts=(0.1,)),
+                        IPv4Address("192.0.2.1"), True, run.done)
+        # the PTR answered (the clock stopped), the forward queries asked...
+        run.turn_until(lambda: len(fake.queries) == 3)
+        run.wait(0.1)                                   # ...and timed out
+        run.turn_until(lambda: run.results)
+        run.close()
+    assert run.results == [(None, "host.example")]
     with FakeDns(lambda q: [(0, response(q, rcode=3))]) as fake:
         assert host(fake, IPv4Address("192.0.2.1"), True) == (None, None)
 
