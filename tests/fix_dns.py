@@ -431,10 +431,3 @@ def fake_dns_on_53(handler: Handler) -> Iterator[FakeDns]:
             yield fake
         return
     pytest.fail("port 53 taken on every address tried")
-
-
-def closed_udp_port(ip: str = "127.53.1.250") -> int:
-    """A port on ``ip`` where nothing listens (UDP there -> refused)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((ip, 0))
-        return int(sock.getsockname()[1])

@@ -14,14 +14,15 @@
   use ``.port``), or on the ``ip`` given (port 113 when free, else an
   ephemeral one).  For every connection it reads the query line,
   records it, then plays its script in a thread of its own: ``bytes`` are
-  sent, a ``float`` sleeps, ``HANG`` waits until the fake is stopped,
-  ``RESET`` aborts the connection, ``DRIBBLE(data, pause)`` sends byte by
-  byte.
+  sent, a ``float`` sleeps, a ``threading.Event`` waits until the test
+  sets it (or the fake is stopped), ``HANG`` waits until the fake is
+  stopped, ``RESET`` aborts the connection, ``DRIBBLE(data, pause)``
+  sends byte by byte.
 
 * :class:`FullBacklog`: a listener whose accept queue is full, so that
   a connect to it never completes (connect timeouts).
 
-* :func:`closed_port`: a port on which nothing listens (refusals).
+A port on which nothing listens (refusals) is :func:`tests.util.free_port`.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ IDENT_PORT = 113
 
 HANG = "hang"
 RESET = "reset"
-Step = Union[bytes, float, str, Tuple[bytes, float]]
+Step = Union[bytes, float, str, Tuple[bytes, float], threading.Event]
 
 # Same capabilities as Debian's /etc/oidentd.conf: plain answers only.
 _OIDENTD_CONF = """default {
@@ -177,14 +178,6 @@ def _listener(ip: Optional[str], backlog: int) -> Tuple[str, socket.socket]:
     raise OSError(errno.EADDRINUSE, f"port {IDENT_PORT} taken on {ADDRESS_TRIES} addresses")
 
 
-def closed_port(ip: str = "127.0.0.1") -> int:
-    """A port of ``ip`` on which nothing listens (connects are refused)."""
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((ip, 0))
-        return int(sock.getsockname()[1])
-
-
 class FakeIdentd:
     """A scripted ident server (see the module docstring)."""
 
@@ -277,6 +270,10 @@ class FakeIdentd:
             conn.sendall(step)
         elif isinstance(step, float):
             self._stop.wait(step)
+        elif isinstance(step, threading.Event):
+            while not step.wait(0.05):
+                if self._stop.is_set():
+                    return False
         elif isinstance(step, tuple):
             data, pause = step
             for i in range(len(data)):

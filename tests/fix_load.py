@@ -7,6 +7,10 @@ client from a source address of its own (``sources``, in turn), reads each to EO
 :class:`Reply` per connection.  Nothing is retried: a connection that
 fails is a reply with ``error`` set, so a test sees every loss.
 
+:func:`client_pool` runs any client function (blocking sockets, TLS
+clients, several connections in a row) ``total`` times, ``threads`` at
+a time, on a pool of threads: the one thread pool of the suite.
+
 :func:`rss_kb`, :func:`zombies` and :func:`status_lines` read the
 server's state from ``/proc`` and from its log.
 """
@@ -14,9 +18,10 @@ server's state from ``/proc`` and from its log.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import re
 import time
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, TypeVar
 
 from tests.fix_server import children_of
 
@@ -73,6 +78,25 @@ def flood(target: Tuple[str, int], total: int, concurrency: int,
     always connects from ``sources[k % len(sources)]``, so no source has
     more than ``ceil(concurrency / len(sources))`` connections open."""
     return asyncio.run(_flood(target, total, concurrency, sources, timeout))
+
+
+T = TypeVar("T")
+
+
+def client_pool(client: Callable[[int], T], total: int, threads: int,
+                timeout: float = 300.0) -> List[T]:
+    """``client(i)`` for every ``i`` in ``range(total)``, ``threads`` of
+    them running at once; their results in the order of ``i``.  A client
+    that raises makes this raise its exception (the first in that order)
+    once all have ended.  ``timeout`` bounds the whole run (a failing
+    test): the clients not started by then are called off."""
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        futures = [pool.submit(client, i) for i in range(total)]
+        _, pending = concurrent.futures.wait(futures, timeout)
+        for future in pending:
+            future.cancel()
+        assert not pending, f"{len(pending)} of {total} clients not done after {timeout} s"
+        return [future.result() for future in futures]
 
 
 def rss_kb(pid: int) -> int:

@@ -25,7 +25,7 @@ import subprocess
 import tempfile
 from typing import Iterator, List, NamedTuple, Optional
 
-from tests.util import missing, need, wait_until
+from tests.util import free_port, missing, need, wait_until
 
 MARIADBD = "/usr/sbin/mariadbd"
 INSTALL_DB = "/usr/bin/mariadb-install-db"
@@ -72,14 +72,6 @@ def make_db_certs(folder: str) -> DbCerts:
     return DbCerts(*(os.path.join(folder, name) for name in
                      ("ca.pem", "server.pem", "server.key", "other-ca.pem", "misnamed.pem",
                       "misnamed.key")))
-
-
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class MariaDB:
@@ -233,5 +225,4 @@ def need_libmariadb() -> str:
     return LIBMARIADB
 
 
-__all__ = ["MariaDB", "DbCerts", "make_db_certs", "mariadb_server", "need_libmariadb",
-           "free_port"]
+__all__ = ["MariaDB", "DbCerts", "make_db_certs", "mariadb_server", "need_libmariadb"]

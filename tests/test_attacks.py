@@ -15,6 +15,8 @@ import socket
 import time
 from typing import Iterator, List
 
+import pytest
+
 from tests.fix_load import rss_kb
 from tests.fix_server import Servers, children_of, parse_env
 from tests.fix_tls import Certs, client_context, client_hello, read_tls, start_tls
@@ -43,6 +45,7 @@ def stalled_handshakes(port: int, count: int) -> Iterator[List[socket.socket]]:
             sock.close()
 
 
+@pytest.mark.slow
 def test_stalled_handshakes_hold_no_slots(servers: Servers, certs: Certs) -> None:
     """300 clients that stall in their ClientHello from 15 addresses,
     against ``-c 40`` and the default ``-S`` (60 s): a well-behaved

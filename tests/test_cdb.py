@@ -65,7 +65,7 @@ def test_prefix_hashes():
     assert prefix_hashes(b"abc", cdb_hash(b"_")) [3] == cdb_hash(b"_abc")
 
 
-def test_hash_matches_tinycdb_slots(tmp_path):
+def test_hash_matches_tinycdb_slots(tmp_path, tinycdb):
     records = RECORD_SETS["random"]
     data = tinycdb_make(str(tmp_path / "t.cdb"), records)
     by_pos = {}
@@ -88,7 +88,7 @@ def test_hash_matches_tinycdb_slots(tmp_path):
 # ------------------------------------------------------------------ writer
 
 @pytest.mark.parametrize("name", sorted(RECORD_SETS))
-def test_writer_byte_identical_to_tinycdb(tmp_path, name):
+def test_writer_byte_identical_to_tinycdb(tmp_path, tinycdb, name):
     records = RECORD_SETS[name]
     ours = make(tmp_path, records)
     with open(ours, "rb") as f:
@@ -99,7 +99,7 @@ def test_writer_byte_identical_to_tinycdb(tmp_path, name):
 
 
 @pytest.mark.parametrize("name", sorted(RECORD_SETS))
-def test_dump_matches_tinycdb(tmp_path, name):
+def test_dump_matches_tinycdb(tmp_path, tinycdb, name):
     records = RECORD_SETS[name]
     path = make(tmp_path, records)
     assert tinycdb_dump(path) == dump_text(records)
@@ -301,7 +301,7 @@ def test_full_slot_table_does_not_hang():
     for key in (b"x", b"abcd", b"", b"1.2.3.4"):
         assert db.get(key) is None
         assert db.get_all(key) == []
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 10     # microseconds: a loop for ever otherwise
 
 
 @pytest.mark.parametrize("entry,slots_data", [

@@ -8,7 +8,6 @@ program as if a lookup had no answer."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import socket
 from typing import Dict, List
 
@@ -16,6 +15,7 @@ import pytest
 
 from tests.fix_dns import Query, fake_dns_on_53, response, rr
 from tests.fix_ident import FakeIdentd
+from tests.fix_load import client_pool
 from tests.fix_server import OURS, PRINT_ENV, clean_env, parse_env, read_all
 from tests.util import need, need_root
 from ucspi.dns import msg as dnsmsg
@@ -40,6 +40,7 @@ def slow_dns():
         yield fake
 
 
+@pytest.mark.slow
 def test_every_lookup_answered_with_a_small_file_limit(servers, slow_dns) -> None:
     need("prlimit")
     with FakeIdentd([SLOW, b"1, 2 : USERID : UNIX : slowpoke\r\n"]) as identd:
@@ -60,8 +61,7 @@ def test_every_lookup_answered_with_a_small_file_limit(servers, slow_dns) -> Non
                     got.append(parse_env(read_all(sock, 30)))
             return got
 
-        with concurrent.futures.ThreadPoolExecutor(CLIENTS) as pool:
-            envs = [env for batch in pool.map(client, range(CLIENTS)) for env in batch]
+        envs = [env for batch in client_pool(client, CLIENTS, CLIENTS) for env in batch]
         assert len(envs) == CLIENTS * EACH
         infos = sorted({env.get("TCPREMOTEINFO", "<unset>") for env in envs})
         hosts = sorted({env.get("TCPREMOTEHOST", "<unset>") for env in envs})

@@ -5,26 +5,32 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import time
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import List, Optional
 
 import pytest
 
-from tests.fix_dns import FakeDns, Query, closed_udp_port, response, rr
+from tests.fix_dns import FakeDns, Query, response, rr
+from tests.util import FakeClock, free_port
 from ucspi.dns import lookup as dns
 from ucspi.dns import msg as dnsmsg
 from ucspi.dns.conf import DnsConfig
 from ucspi.errors import errtext
 from ucspi.reactor import Reactor
 
+#: the schedule of the tests on the fake clock (virtual seconds)
 FAST = dict(udp_timeouts=(0.2, 0.5, 0.3), tcp_timeout=0.3)
+#: conf_for()'s schedule, in real time: a fake that answers at once has
+#: seconds to spare on a loaded machine, so no retry comes between
+ROOMY = dict(udp_timeouts=(5.0, 10.0, 5.0), tcp_timeout=5.0)
 HOST = dnsmsg.encode_name("Host.Example")
 PTR_ANSWER = [rr(b"\xc0\x0c", dnsmsg.TYPE_PTR, HOST)]
 
 
 def conf_for(*fakes: FakeDns, **kw) -> DnsConfig:
-    args = dict(FAST, rules=[])
+    args = dict(ROOMY, rules=[])
     args.update(kw)
     return DnsConfig(servers=[(f.ip, 0) for f in fakes], port=fakes[0].port, **args)
 
@@ -39,6 +45,44 @@ def silent(query: Query):
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+class Stepped:
+    """One lookup on a reactor whose clock stands still (``fake_clock``)
+    until :meth:`wait` moves it: the schedule is checked as logic, an
+    event exactly when it is due and nothing just before, whatever the
+    load of the machine.  While the clock stands still the reactor only
+    dispatches what the descriptors bring."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.reactor = Reactor()
+        self.results: List[object] = []
+
+    def done(self, *value: object) -> None:
+        self.results.append(value)
+
+    def turn_until(self, until, limit: float = 10.0) -> None:
+        """Run the reactor until ``until()`` holds (the clock stopped)."""
+        start = time.monotonic()
+        while not until():
+            assert time.monotonic() - start < limit, "never happened"
+            self.reactor.run_once(0.01)
+
+    def wait(self, delay: float) -> None:
+        """Nothing may happen up to just before ``delay`` from now; then
+        move the clock by exactly ``delay`` (what the driver's timer
+        armed now is due at: the same sum)."""
+        now = self.clock.now
+        count = len(self.results)
+        self.clock.now = now + delay - 0.001
+        for _ in range(5):
+            self.reactor.run_once(0.01)
+        assert len(self.results) == count, "done before the deadline"
+        self.clock.now = now + delay
+
+    def close(self) -> None:
+        self.reactor.close()
 
 
 # -- basic answers -------------------------------------------------------------
@@ -91,10 +135,10 @@ def test_addresses_aaaa_and_a_mapped():
 def test_addresses_one_query_failing_keeps_the_other():
     def handler(q: Query):
         if q.qtype == dnsmsg.TYPE_AAAA:
-            return []
+            return [(0, response(q, rcode=2))]          # SERVFAIL, the only round
         return [(0, response(q, [rr(b"\xc0\x0c", 1, bytes([192, 0, 2, 9]))]))]
     with FakeDns(handler) as fake:
-        assert dns.addresses(conf_for(fake, udp_timeouts=(0.1,)), "x") == [
+        assert dns.addresses(conf_for(fake, udp_timeouts=(5.0,)), "x") == [
             IPv6Address("::ffff:192.0.2.9")]
 
 
@@ -131,38 +175,60 @@ def test_ids_and_ports_are_random_and_fresh_per_attempt():
 
 
 # -- retries -------------------------------------------------------------------
-def test_timeout_schedule_every_server_every_round():
+def test_timeout_schedule_every_server_every_round(fake_clock):
+    """Every round asks every server in turn and waits its round's
+    timeout for each: a, b after 0.1 s, a after 0.2 s more, b, a after
+    0.3 s, b; the lookup fails 0.3 s after the last query (1.2 s in
+    all), never earlier."""
     with FakeDns(silent, ip="127.53.1.1") as a, FakeDns(silent, ip="127.53.1.2",
                                                         port=a.port) as b:
         conf = DnsConfig(servers=[(a.ip, 0), (b.ip, 0)], port=a.port, rules=[],
                          udp_timeouts=(0.1, 0.2, 0.3))
-        start = time.monotonic()
-        with pytest.raises(dnsmsg.DnsError) as info:
-            dns.ptr(conf, IPv4Address("192.0.2.1"))
-        elapsed = time.monotonic() - start
-    assert errtext(info.value) == "timed out" and info.value.errno == errno.ETIMEDOUT
-    assert 1.15 <= elapsed < 2.0                     # (0.1 + 0.2 + 0.3) * 2 servers
-    assert len(a.queries) == 3
-    gaps = [round(y.when - x.when, 1) for x, y in zip(a.queries, a.queries[1:])]
-    assert gaps == [0.2, 0.4]                        # waits for a, then for b
-    assert [round(y.when - x.when, 1) for x, y in zip(a.queries, b.queries)] == [
-        0.1, 0.2, 0.3]
+        run = Stepped(fake_clock)
+        start = fake_clock.now
+        dns.lookup_ptr(run.reactor, conf, IPv4Address("192.0.2.1"), run.done)
+        asked = []                              # (when, which server)
+        for round_timeout in (0.1, 0.2, 0.3):
+            for fake in (a, b):
+                if asked:
+                    run.wait(asked[-1][2])          # the previous attempt's timeout
+                run.turn_until(lambda: len(a.queries) + len(b.queries) > len(asked))
+                assert len(a.queries) + len(b.queries) == len(asked) + 1
+                asked.append((round(fake_clock.now - start, 6), fake.ip, round_timeout))
+                assert len(fake.queries) == sum(1 for _, ip, _ in asked if ip == fake.ip)
+        run.wait(0.3)
+        run.turn_until(lambda: run.results)
+        run.close()
+    assert [(when, ip) for when, ip, _ in asked] == [
+        (0.0, a.ip), (0.1, b.ip), (0.2, a.ip), (0.4, b.ip), (0.6, a.ip), (0.9, b.ip)]
+    assert round(fake_clock.now - start, 6) == 1.2
+    [(name, error)] = run.results
+    assert name is None
+    assert errtext(error) == "timed out" and error.errno == errno.ETIMEDOUT
+    assert len(a.queries) == len(b.queries) == 3
 
 
-def test_next_server_answers():
+def test_next_server_answers(fake_clock):
+    """a is silent: b is asked after a's 0.2 s and answers."""
     with FakeDns(silent, ip="127.53.1.1") as a:
         with FakeDns(ptr_server, ip="127.53.1.2", port=a.port) as b:
             conf = DnsConfig(servers=[(a.ip, 0), (b.ip, 0)], port=a.port, rules=[], **FAST)
-            start = time.monotonic()
-            assert dns.ptr(conf, IPv4Address("192.0.2.1")) == "host.example"
-            assert 0.2 <= time.monotonic() - start < 0.4
+            run = Stepped(fake_clock)
+            dns.lookup_ptr(run.reactor, conf, IPv4Address("192.0.2.1"), run.done)
+            run.turn_until(lambda: a.queries)
+            run.wait(0.2)
+            assert not b.queries
+            run.turn_until(lambda: run.results)
+            run.close()
+    assert run.results == [("host.example", None)]
+    assert len(a.queries) == len(b.queries) == 1
 
 
 def servfail(q: Query):
     return [(0, response(q, rcode=2))]
 
 
-def test_servfail_moves_on_at_once_except_in_the_patient_round():
+def test_servfail_moves_on_at_once_except_in_the_patient_round(fake_clock):
     with FakeDns(servfail, ip="127.53.1.1") as a:
         seen: List[Query] = []
 
@@ -171,31 +237,42 @@ def test_servfail_moves_on_at_once_except_in_the_patient_round():
             return [] if len(seen) == 1 else [(0, response(q, PTR_ANSWER))]
         with FakeDns(late, ip="127.53.1.2", port=a.port) as b:
             conf = DnsConfig(servers=[(a.ip, 0), (b.ip, 0)], port=a.port, rules=[], **FAST)
-            start = time.monotonic()
-            assert dns.ptr(conf, IPv4Address("192.0.2.1")) == "host.example"
-            elapsed = time.monotonic() - start
-    # round 1: a fails at once, b silent 0.2 s; round 2: a fails but we
-    # wait its full 0.5 s (djbdns quirk), then b answers.
-    assert 0.65 <= elapsed < 0.95
-    assert round(b.queries[1].when - a.queries[1].when, 1) == 0.5
+            run = Stepped(fake_clock)
+            dns.lookup_ptr(run.reactor, conf, IPv4Address("192.0.2.1"), run.done)
+            # round 1: a fails, b is asked at once (the clock stopped), and is silent
+            run.turn_until(lambda: b.queries)
+            assert len(a.queries) == 1
+            run.wait(0.2)
+            # round 2: a fails again, but its full 0.5 s is waited (djbdns quirk)
+            run.turn_until(lambda: len(a.queries) == 2)
+            run.wait(0.5)
+            assert len(b.queries) == 1
+            run.turn_until(lambda: run.results)       # then b answers
+            run.close()
+    assert run.results == [("host.example", None)]
+    assert len(a.queries) == len(b.queries) == 2
 
 
 def test_servfail_everywhere_is_a_temporary_failure():
     with FakeDns(servfail) as fake:
-        with pytest.raises(dnsmsg.DnsError) as info:
-            dns.ptr(conf_for(fake), IPv4Address("192.0.2.1"))
+        with pytest.raises(dnsmsg.DnsError) as info:     # the patient round waits 0.5 s
+            dns.ptr(conf_for(fake, udp_timeouts=(5.0, 0.5, 5.0)), IPv4Address("192.0.2.1"))
     assert errtext(info.value) == "temporary failure"
     assert len(fake.queries) == 3
 
 
 def test_connection_refused_moves_on_except_in_the_patient_round():
-    conf = DnsConfig(servers=[("127.53.1.250", 0)], port=closed_udp_port(), rules=[], **FAST)
+    """Only the patient round (0.5 s) waits: the other two would take
+    5 s each if a refusal waited for their deadline."""
+    refused = free_port("127.53.1.250", socket.SOCK_DGRAM)    # nothing there: refused
+    conf = DnsConfig(servers=[("127.53.1.250", 0)], port=refused, rules=[],
+                     udp_timeouts=(5.0, 0.5, 5.0), tcp_timeout=0.3)
     start = time.monotonic()
     with pytest.raises(dnsmsg.DnsError) as info:
         dns.ptr(conf, IPv4Address("192.0.2.1"))
     elapsed = time.monotonic() - start
     assert errtext(info.value) == "connection refused"
-    assert 0.45 <= elapsed < 0.7                     # only the 0.5 s round waits
+    assert 0.45 <= elapsed < 5.0                     # its wait, and no other
 
 
 # -- TCP -----------------------------------------------------------------------
@@ -209,20 +286,24 @@ def test_truncated_answer_switches_to_tcp():
     assert sorted(q.tcp for q in fake.queries) == [False, False, True, True]
 
 
-def test_tcp_tries_each_server_once_then_fails():
+def test_tcp_tries_each_server_once_then_fails(fake_clock):
+    """TC from a: a over TCP (a wrong answer: next), then b over TCP,
+    silent: the lookup fails when b's 0.3 s are up, not before."""
     bad_id = lambda q: [(0, response(q, PTR_ANSWER, qid=q.qid ^ 1))]  # noqa: E731
     with FakeDns(lambda q: [(0, response(q, tc=True))], ip="127.53.1.1",
                  tcp_handler=bad_id) as a:
         with FakeDns(silent, ip="127.53.1.2", port=a.port, tcp_handler=silent) as b:
             conf = DnsConfig(servers=[(a.ip, 0), (b.ip, 0)], port=a.port, rules=[], **FAST)
-            start = time.monotonic()
-            with pytest.raises(dnsmsg.DnsError) as info:
-                dns.ptr(conf, IPv4Address("192.0.2.1"))
-            elapsed = time.monotonic() - start
-    assert errtext(info.value) == "timed out"                  # b never answered
+            run = Stepped(fake_clock)
+            dns.lookup_ptr(run.reactor, conf, IPv4Address("192.0.2.1"), run.done)
+            run.turn_until(lambda: b.queries)
+            run.wait(0.3)
+            run.turn_until(lambda: run.results)
+            run.close()
+    [(name, error)] = run.results
+    assert name is None and errtext(error) == "timed out"      # b never answered
     assert [q.tcp for q in a.queries] == [False, True]
     assert [q.tcp for q in b.queries] == [True]
-    assert 0.3 <= elapsed < 0.6
 
 
 @pytest.mark.parametrize("tcp_reply, text", [
@@ -251,21 +332,29 @@ def slow_ptr(q: Query):
     return [(0.5, response(q, PTR_ANSWER))]
 
 
-def test_fifty_concurrent_lookups_take_one_delay():
+def test_fifty_concurrent_lookups_are_all_in_flight_at_once():
+    """The fake answers nothing until it holds all 50 queries: they can
+    only all be answered if no lookup waits for another's answer."""
     results: List[Optional[str]] = []
-    with FakeDns(slow_ptr) as fake:
+    fake: Optional[FakeDns] = None
+
+    def all_at_once(q: Query):
+        assert fake is not None
+        if len(fake.queries) == 50:
+            for each in fake.queries:
+                fake.udp.sendto(response(each, PTR_ANSWER), each.source)
+        return []
+
+    with FakeDns(all_at_once) as fake:
         reactor = Reactor()
-        conf = conf_for(fake, udp_timeouts=(3.0,))
-        start = time.monotonic()
+        conf = conf_for(fake, udp_timeouts=(30.0,))
         for i in range(50):
             dns.lookup_ptr(reactor, conf, IPv4Address("192.0.2.%d" % i),
                            lambda name, error: results.append(name))
         while len(results) < 50:
             reactor.run_once()
-        elapsed = time.monotonic() - start
         reactor.close()
     assert results == ["host.example"] * 50
-    assert elapsed < 1.0
     assert len(fake.queries) == 50
 
 
@@ -352,12 +441,19 @@ def test_lookup_host(forward, client, paranoid, result):
         assert host(fake, client, paranoid) == result
 
 
-def test_lookup_host_forward_failure_is_paranoid():
+def test_lookup_host_forward_failure_is_paranoid(fake_clock):
     def handler(q: Query):
         return [(0, response(q, PTR_ANSWER))] if q.qtype == dnsmsg.TYPE_PTR else []
     with FakeDns(handler) as fake:
-        assert host(fake, IPv4Address("192.0.2.1"), True,
-                    udp_timeouts=(0.1,)) == (None, "host.example")
+        run = Stepped(fake_clock)
+        dns.lookup_host(run.reactor, conf_for(fake, udp_timeouts=(0.1,)),
+                        IPv4Address("192.0.2.1"), True, run.done)
+        # the PTR answered (the clock stopped), the forward queries asked...
+        run.turn_until(lambda: len(fake.queries) == 3)
+        run.wait(0.1)                                   # ...and timed out
+        run.turn_until(lambda: run.results)
+        run.close()
+    assert run.results == [(None, "host.example")]
     with FakeDns(lambda q: [(0, response(q, rcode=3))]) as fake:
         assert host(fake, IPv4Address("192.0.2.1"), True) == (None, None)
 

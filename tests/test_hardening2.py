@@ -24,7 +24,7 @@ from typing import List, Tuple
 
 import pytest
 
-from tests.util import PYTHON, ROOT, missing, need
+from tests.util import PYTHON, ROOT, missing, need, read_until
 
 MAN = os.path.join(ROOT, "man")
 TIMEOUT = 20
@@ -658,13 +658,7 @@ def test_raw_hello_with_non_ascii_sni_is_answered(servers, certs) -> None:  # ty
     der = ssl.PEM_cert_to_DER_cert(pem[:pem.index("-----END CERTIFICATE-----") + 25])
     with server.connect() as sock:
         sock.sendall(_records(_patched_hello("1.2"), 100))      # split, for good measure
-        sock.settimeout(10)
-        got = b""
-        while der not in got:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            got += chunk
+        got = read_until(sock, der)
     assert got[:1] == b"\x16", got[:16]                          # a handshake record, no alert
     assert der in got
     server.wait_log(r"^tcpserver: end \d+ status \d+$")

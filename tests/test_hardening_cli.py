@@ -327,6 +327,7 @@ def _dns_handler(query: Query) -> List[tuple]:
     return [(0, response(query, rcode=3))]
 
 
+@pytest.mark.slow
 def test_500_random_command_lines_never_trace_back(tmp_path) -> None:
     folder = str(tmp_path)
     for name, text in (("good", "3\n"), ("zero", "0\n"), ("huge", HUGE + "\n"),

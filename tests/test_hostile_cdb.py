@@ -13,11 +13,11 @@ import os
 import struct
 import threading
 import time
-from typing import List
+from typing import List, Tuple
 
 import pytest
 
-from tests.fix_server import OURS, PRINT_ENV, clean_env, parse_env, read_all
+from tests.fix_server import OURS, PRINT_ENV, clean_env, wait_until
 from ucspi.cdb.format import TooMuchWork, cdb_hash
 from ucspi.cdb.read import CdbReader
 from ucspi.rules.cache import CdbSnapshot, pack_found, unpack_found
@@ -130,19 +130,27 @@ def test_outcomes_travel_from_the_child(outcome) -> None:
 
 
 def test_other_clients_are_not_held_up(servers, hostile) -> None:
+    """Clients from 127.0.0.3 one after the other, each a slow lookup;
+    meanwhile 150 from 127.0.0.2.  A loop that stalled on the slow
+    lookup would hold a fast client for what is left of it: their
+    median would be about half a slow lookup.  Both are measured side by
+    side, on the same machine under the same load, and compared."""
     server = servers(["-v", "-HRl0", "-C", "0", "-x", hostile], prog=PRINT_ENV,
                      impl=OURS, env=clean_env())
     stop = threading.Event()
-    slow: List[str] = []
+    slow: List[Tuple[str, float]] = []
 
     def slow_clients() -> None:
         while not stop.is_set():
-            slow.append(server.env(source="127.0.0.3", timeout=30).get("WHO", "?"))
+            begin = time.monotonic()
+            who = server.env(source="127.0.0.3", timeout=30).get("WHO", "?")
+            slow.append((who, time.monotonic() - begin))
 
     worker = threading.Thread(target=slow_clients)
     worker.start()
     try:
-        time.sleep(0.3)            # a slow lookup is under way
+        # the first slow one is through: the next slow lookup is under way
+        assert wait_until(lambda: slow, 30), server.log()
         latencies = []
         for _ in range(150):
             begin = time.monotonic()
@@ -155,11 +163,13 @@ def test_other_clients_are_not_held_up(servers, hostile) -> None:
     latencies.sort()
     median = latencies[len(latencies) // 2]
     p99 = latencies[int(len(latencies) * 0.99) - 1]
-    print(f"median {median * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
-    # The issue's bound is p99 < 50 ms (13 ms on a quiet machine).  A loop
-    # that stalls on this file holds every client for 0.8 s or more, so
-    # the median already shows it; the p99 bound has room for a busy CI.
-    assert median < 0.05, f"median {median * 1000:.0f} ms"
-    assert p99 < 0.25, f"p99 {p99 * 1000:.0f} ms"
-    assert slow and set(slow) == {"slow"}
+    slow_times = sorted(took for _, took in slow)
+    slow_median = slow_times[len(slow_times) // 2]
+    print(f"fast: median {median * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms; "
+          f"slow: median {slow_median * 1000:.0f} ms of {len(slow)}")
+    # The issue's bound is p99 < 50 ms (13 ms on a quiet machine, a slow
+    # lookup 0.8 s): wall-clock bounds fail on a loaded machine, the
+    # ratio does not.  A stalled loop gives about 2 here; 4 is the bound.
+    assert median * 4 < slow_median, (median, slow_median)
+    assert {who for who, _ in slow} == {"slow"}
     assert not [line for line in server.lines() if "warning" in line]

@@ -6,13 +6,14 @@ from __future__ import annotations
 import functools
 import os
 import socket
+import threading
 import time
-from typing import Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import pytest
 
-from tests.fix_ident import (DRIBBLE, HANG, RESET, FakeIdentd, FullBacklog, Identd, Step,
-                              closed_port)
+from tests.fix_ident import DRIBBLE, HANG, RESET, FakeIdentd, FullBacklog, Identd, Step
+from tests.util import FakeClock, free_port
 from ucspi.ident import lookup as ident
 from ucspi.reactor import Reactor
 
@@ -28,12 +29,40 @@ def reactor() -> Iterator[Reactor]:
 
 def run(reactor: Reactor, results: List[Optional[bytes]], count: int = 1,
         limit: float = 10.0) -> float:
-    """Run the reactor until ``count`` results; return the time taken."""
+    """Run the reactor until ``count`` results; return the time taken
+    (the ``limit`` only bounds a failing test)."""
     start = time.monotonic()
     while len(results) < count:
         assert time.monotonic() - start < limit, "lookup never finished"
         reactor.run_once(0.1)
     return time.monotonic() - start
+
+
+def run_until(reactor: Reactor, until: Callable[[], object], limit: float = 10.0) -> None:
+    """Run the reactor until ``until()`` holds (``limit``: a failing test)."""
+    start = time.monotonic()
+    while not until():
+        assert time.monotonic() - start < limit, "never happened"
+        reactor.run_once(0.01)
+
+
+def spin(reactor: Reactor, turns: int = 5) -> None:
+    """A few turns of the reactor: with the clock stopped, only what the
+    descriptors bring (and what is already due) is dispatched."""
+    for _ in range(turns):
+        reactor.run_once(0.01)
+
+
+def ends_at_deadline(reactor: Reactor, clock: FakeClock, results: List[Optional[bytes]],
+                     start: float, timeout: float) -> None:
+    """The lookup started at ``start`` (fake clock) with ``timeout``:
+    nothing just before its deadline, the failure (None) exactly at it."""
+    clock.now = start + timeout - 0.001
+    spin(reactor)
+    assert results == []
+    clock.now = start + timeout
+    run(reactor, results)
+    assert results == [None]
 
 
 def fake_lookup(reactor: Reactor, fake: FakeIdentd, results: List[Optional[bytes]],
@@ -91,7 +120,7 @@ def test_oidentd_ipv4_mapped(identd: Identd, tcp_pair: Tuple[socket.socket, sock
 
 def test_oidentd_no_such_connection(identd: Identd) -> None:
     """oidentd says ERROR : NO-USER: set but empty."""
-    port = closed_port()
+    port = free_port()
     assert ident.query("127.0.0.1", "127.0.0.1", port, port, 5, port=identd.port) == b""
 
 
@@ -120,13 +149,15 @@ def test_request_line_and_source_address(reactor: Reactor) -> None:
     ([], None),                                      # closed at once
     ([RESET], None),
 ])
-def test_fake_replies(reactor: Reactor, steps: List[Step], value: Optional[bytes]) -> None:
+def test_fake_replies(reactor: Reactor, fake_clock: FakeClock, steps: List[Step],
+                      value: Optional[bytes]) -> None:
+    """The reply (or the close) decides: the clock stands still, so no
+    deadline can have ended the lookup."""
     with FakeIdentd(steps) as fake:
         results: List[Optional[bytes]] = []
         fake_lookup(reactor, fake, results, timeout=3)
-        elapsed = run(reactor, results)
+        run(reactor, results)
     assert results == [value]
-    assert elapsed < 2
 
 
 def test_blocking_query_with_fake() -> None:
@@ -162,24 +193,32 @@ def test_slow_reply_within_deadline(reactor: Reactor) -> None:
 
 
 def test_slow_reply_past_overall_deadline(reactor: Reactor) -> None:
-    """Bytes keep coming, but the deadline is for the whole reply."""
+    """Bytes keep coming, but the deadline is for the whole reply: the
+    reply, complete after 35 pauses of 0.05 s, is never taken."""
     with FakeIdentd([DRIBBLE(JOE, 0.05)]) as fake:
         results: List[Optional[bytes]] = []
+        start = time.monotonic()
         fake_lookup(reactor, fake, results, timeout=0.5)
-        elapsed = run(reactor, results)
+        run(reactor, results)
+        elapsed = time.monotonic() - start
     assert results == [None]
-    assert 0.45 <= elapsed < 1.0
+    assert elapsed >= 0.45              # its deadline (0.5 s), not before
 
 
 @pytest.mark.parametrize("blank", [b" ", b"\r", b"\t"])
-def test_endless_blanks_without_newline(reactor: Reactor, blank: bytes) -> None:
-    """Blanks never complete the value: the deadline ends the lookup."""
+def test_endless_blanks_without_newline(reactor: Reactor, fake_clock: FakeClock,
+                                        blank: bytes) -> None:
+    """Blanks never complete the value, and blanks that keep coming do
+    not move the deadline: it ends the lookup, exactly when it is due."""
     with FakeIdentd([b"1,2:USERID:UNIX:", DRIBBLE(blank * 100000, 0.001)]) as fake:
         results: List[Optional[bytes]] = []
+        start = fake_clock.now
         fake_lookup(reactor, fake, results, timeout=0.5)
-        elapsed = run(reactor, results)
-    assert results == [None]
-    assert 0.45 <= elapsed < 1.0
+        run_until(reactor, lambda: fake.requests)
+        for _ in range(4):                  # 0.4 s, the blanks arriving all the while
+            fake_clock.advance(0.1)
+            spin(reactor)
+        ends_at_deadline(reactor, fake_clock, results, start, 0.5)
 
 
 @pytest.mark.parametrize("head, endless, value", [
@@ -196,50 +235,52 @@ def test_endless_reply_without_newline(reactor: Reactor, head: bytes, endless: b
     assert results == [value]
 
 
-def test_accept_and_never_answer(reactor: Reactor) -> None:
+def test_accept_and_never_answer(reactor: Reactor, fake_clock: FakeClock) -> None:
     with FakeIdentd([HANG]) as fake:
         results: List[Optional[bytes]] = []
+        start = fake_clock.now
         fake_lookup(reactor, fake, results, timeout=0.5)
-        elapsed = run(reactor, results)
+        run_until(reactor, lambda: fake.requests)
         assert fake.requests == [b"40123 , 25\r\n"]
-    assert results == [None]
-    assert 0.45 <= elapsed < 1.0
+        ends_at_deadline(reactor, fake_clock, results, start, 0.5)
 
 
-def test_never_reads_the_query(reactor: Reactor) -> None:
+def test_never_reads_the_query(reactor: Reactor, fake_clock: FakeClock) -> None:
     with FakeIdentd([HANG], read_request=False) as fake:
         results: List[Optional[bytes]] = []
+        start = fake_clock.now
         fake_lookup(reactor, fake, results, timeout=0.4)
-        elapsed = run(reactor, results)
-    assert results == [None]
-    assert 0.35 <= elapsed < 1.0
+        run_until(reactor, lambda: fake.connections == 1)
+        ends_at_deadline(reactor, fake_clock, results, start, 0.4)
 
 
-def test_connect_timeout(reactor: Reactor) -> None:
+def test_connect_timeout(reactor: Reactor, fake_clock: FakeClock) -> None:
     with FullBacklog() as full:
         results: List[Optional[bytes]] = []
+        start = fake_clock.now
         ident.lookup(reactor, "127.0.0.1", full.ip, 1, 2, 0.5, results.append, port=full.port)
-        elapsed = run(reactor, results)
-    assert results == [None]
-    assert 0.45 <= elapsed < 1.0
+        spin(reactor)                       # connecting, for ever
+        ends_at_deadline(reactor, fake_clock, results, start, 0.5)
 
 
-def test_refused(reactor: Reactor) -> None:
+def test_refused(reactor: Reactor, fake_clock: FakeClock) -> None:
+    """Refused: the failure comes at once (with the clock stopped)."""
     results: List[Optional[bytes]] = []
     ident.lookup(reactor, "127.0.0.1", "127.0.0.1", 1, 2, 5, results.append,
-                 port=closed_port())
-    assert run(reactor, results) < 0.5
+                 port=free_port())
+    run(reactor, results)
     assert results == [None]
-    assert ident.query("127.0.0.1", "127.0.0.1", 1, 2, 5, port=closed_port()) is None
+    assert ident.query("127.0.0.1", "127.0.0.1", 1, 2, 5, port=free_port()) is None
 
 
 @pytest.mark.parametrize("timeout", [0, 0.0, -1])
-def test_zero_timeout_fails_at_once(reactor: Reactor, timeout: float) -> None:
+def test_zero_timeout_fails_at_once(reactor: Reactor, fake_clock: FakeClock,
+                                    timeout: float) -> None:
     with FakeIdentd([JOE]) as fake:
         results: List[Optional[bytes]] = []
         fake_lookup(reactor, fake, results, timeout=timeout)
         assert results == []               # never from inside lookup()
-        assert run(reactor, results) < 0.1
+        run(reactor, results)              # the clock stopped: at once
         # a connection made after the lookup ended is the first one the
         # fake accepts: the lookup never connected
         assert fake.peers.index(fake.first_after()) == 0
@@ -257,11 +298,12 @@ def test_zero_timeout_fails_at_once(reactor: Reactor, timeout: float) -> None:
     ("::1%no-such-if", "::1"),
     ("", ""),
 ])
-def test_bad_addresses_fail(reactor: Reactor, local_ip: str, remote_ip: str) -> None:
+def test_bad_addresses_fail(reactor: Reactor, fake_clock: FakeClock, local_ip: str,
+                            remote_ip: str) -> None:
     results: List[Optional[bytes]] = []
-    ident.lookup(reactor, local_ip, remote_ip, 1, 2, 5, results.append, port=closed_port())
+    ident.lookup(reactor, local_ip, remote_ip, 1, 2, 5, results.append, port=free_port())
     assert results == []
-    assert run(reactor, results) < 0.5
+    run(reactor, results)                  # the clock stopped: at once
     assert results == [None]
 
 
@@ -273,51 +315,50 @@ def test_bad_port_raises(reactor: Reactor) -> None:
 # -- many at once, cancel, no leaks -------------------------------------
 
 def test_concurrent_lookups_do_not_block_the_reactor(reactor: Reactor) -> None:
-    fakes = [FakeIdentd([1.0, b"1 , 2 : USERID : UNIX : user%d\r\n" % i]) for i in range(20)]
+    """20 lookups at once: every query reaches its server while none has
+    an answer (no lookup waits for another), and the reactor keeps
+    running its timers meanwhile; then every answer is taken."""
+    gate = threading.Event()               # the servers answer once it is set
+    fakes = [FakeIdentd([gate, b"1 , 2 : USERID : UNIX : user%d\r\n" % i]) for i in range(20)]
     try:
         results: List[Tuple[int, Optional[bytes]]] = []
-        ticks: List[float] = []
+        ticks = [0]
 
         def collect(i: int, value: Optional[bytes]) -> None:
             results.append((i, value))
 
         def tick() -> None:
-            ticks.append(time.monotonic())
+            ticks[0] += 1
             if len(results) < len(fakes):
                 reactor.call_later(0.02, tick)
 
         tick()
-        start = time.monotonic()
         for i, fake in enumerate(fakes):
-            ident.lookup(reactor, "127.0.0.1", fake.ip, 1, 2, 5,
+            ident.lookup(reactor, "127.0.0.1", fake.ip, 1, 2, 30,
                          functools.partial(collect, i), port=fake.port)
-        while len(results) < len(fakes):
-            assert time.monotonic() - start < 5
-            reactor.run_once(0.5)
-        elapsed = time.monotonic() - start
+        run_until(reactor, lambda: all(fake.requests for fake in fakes))
+        now = ticks[0]
+        run_until(reactor, lambda: ticks[0] >= now + 3)     # the timers run on
+        assert results == []
+        gate.set()
+        run_until(reactor, lambda: len(results) == len(fakes))
     finally:
+        gate.set()
         for fake in fakes:
             fake.stop()
     assert sorted(results) == [(i, b"user%d" % i) for i in range(20)]
-    assert 0.95 <= elapsed < 1.6
-    gaps = [b - a for a, b in zip(ticks, ticks[1:])]
-    assert len(ticks) >= 30
-    assert max(gaps) < 0.25
 
 
-def test_cancel(reactor: Reactor) -> None:
+def test_cancel(reactor: Reactor, fake_clock: FakeClock) -> None:
     before = open_fds()
     with FakeIdentd([HANG]) as fake:
         results: List[Optional[bytes]] = []
         job = fake_lookup(reactor, fake, results, timeout=0.3)
-        deadline = time.monotonic() + 2
-        while not fake.requests and time.monotonic() < deadline:
-            reactor.run_once(0.05)
-        assert fake.requests
+        run_until(reactor, lambda: fake.requests)
         job.cancel()
         assert not reactor.pending()       # socket and timers gone
-        time.sleep(0.4)
-        reactor.run_once(0)
+        fake_clock.advance(1.0)            # well past the deadline
+        spin(reactor)
         job.cancel()                       # twice: harmless
     assert results == []
     assert open_fds() == before            # the fake is gone too now
@@ -350,7 +391,7 @@ def test_no_descriptor_leaks(reactor: Reactor) -> None:
     results.clear()
     with FakeIdentd([JOE]) as good, FakeIdentd([b"x"]) as bad, \
             FakeIdentd([HANG]) as slow:
-        refused = closed_port()
+        refused = free_port()
         for _ in range(20):
             fake_lookup(reactor, good, results)
             fake_lookup(reactor, bad, results)

@@ -14,7 +14,6 @@ from ucspi.policy import DEFAULT_WINDOW, Policy, from_environ
 from ucspi.server.admission import Admission, RateTable, Refusal
 from ucspi.server.limits import Descriptors, Limit
 
-pytestmark = pytest.mark.unit
 
 
 class Clock:

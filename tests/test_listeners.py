@@ -19,7 +19,7 @@ from typing import Dict, List, Sequence
 import pytest
 
 from tests.fix_server import HOLD, clean_env, parse_env, read_all, read_some
-from tests.util import ours, wait_until
+from tests.util import ours, read_until, wait_until
 
 #: execs its argv with the descriptors named on its command line moved to
 #: 3, 4, ... and LISTEN_PID set to its own pid (kept by exec): what a
@@ -216,12 +216,7 @@ def test_unix_with_tls(servers, sock_path, tmp_path) -> None:  # type: ignore[no
         raw.settimeout(10)
         raw.connect(sock_path)
         with ctx.wrap_socket(raw) as tls:
-            data = b""
-            while not data.endswith(b"END\n"):
-                chunk = tls.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            data = read_until(tls, b"END\n")
     got = parse_env(data)
     assert got["PROTO"] == "UNIX" and got["UNIXLOCALPATH"] == sock_path
     assert got["SSL_PROTOCOL"].startswith("TLSv1.")
@@ -352,9 +347,9 @@ def test_notify_status_is_rate_limited(servers, tmp_path) -> None:  # type: igno
     NOTIFY_SOCKET."""
     address = str(tmp_path / "notify")
     receiver = Receiver(address)
+    start = time.monotonic()            # the server's whole life: a bound that load only widens
     server = servers(["-HR", "-l0"], env=clean_env(NOTIFY_SOCKET=address))
     receiver.wait("^READY=1$")
-    start = time.monotonic()
     got = parse_env(server.talk())
     assert "NOTIFY_SOCKET" not in got
     for _ in range(49):
@@ -365,9 +360,9 @@ def test_notify_status_is_rate_limited(servers, tmp_path) -> None:  # type: igno
     receiver.drain()
     if [m for m in receiver.messages if m.startswith("STATUS=")][-1] != "STATUS=0/40 connections":
         receiver.wait("^STATUS=0/40 connections$")
-    elapsed = time.monotonic() - start
     server.stop()
     receiver.wait("^STOPPING=1$")
+    elapsed = time.monotonic() - start
     statuses = [m for m in receiver.messages if m.startswith("STATUS=")]
     assert len(statuses) <= 4 * elapsed + 3, (len(statuses), elapsed)
     assert statuses[-1] == "STATUS=0/40 connections"

@@ -134,6 +134,7 @@ def test_ident_error_gives_empty_info(servers) -> None:
     assert env["TCPREMOTEINFO"] == ""
 
 
+@pytest.mark.slow
 def test_slow_ident_does_not_block_others(servers, identd) -> None:
     with FakeIdentd([HANG]) as fake:
         server = start(servers, ["-H", "-l", "0", "-r", "-t", "6"])
@@ -154,4 +155,4 @@ def test_slow_ident_does_not_block_others(servers, identd) -> None:
         elapsed = time.monotonic() - started
     assert quick == [identd.user] * 5
     assert slow["env"] is not None and "TCPREMOTEINFO" not in slow["env"]
-    assert 5.5 < elapsed < 15, elapsed   # -t 6 honoured
+    assert 5.5 < elapsed < 20, elapsed   # -t 6 honoured (not the default 26 s)

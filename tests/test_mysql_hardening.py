@@ -48,6 +48,7 @@ def _slow(seconds: float) -> Callable[[], bytes]:
     return work
 
 
+@pytest.mark.slow
 def test_offload_deadline_is_per_call() -> None:
     """The offload's own deadline kills a slow helper, a longer one
     given to run() lets it finish, and None means no deadline."""
@@ -439,6 +440,7 @@ def test_clear_password_refused_without_verified_tls(tmp_path: Any, db_certs: An
     ("caching_sha2_password", "caching_sha2_password", "full"),
     ("mysql_native_password", "mysql_native_password", "fast"),
 ])
+@pytest.mark.slow
 def test_verified_tls_carries_the_password(servers: Any, tmp_path: Any, db_certs: Any,
                                            client: str, greeting: str, account: str,
                                            sha2: str) -> None:
@@ -489,6 +491,7 @@ def test_tls_required_but_not_offered(tmp_path: Any, db_certs: Any, client: str,
 
 
 @pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.slow
 def test_tls_required_without_a_ca(servers: Any, tmp_path: Any, db_certs: Any,
                                    client: str) -> None:
     """$MYSQL_SSL=required: TLS, not verified, for a server that offers

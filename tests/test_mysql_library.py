@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Iterator, List
 
 import pytest
 
-from tests.fix_mariadb import free_port, need_libmariadb
+from tests.fix_mariadb import need_libmariadb
+from tests.util import free_port
 from ucspi.errors import Fatal
 from ucspi.mysql import library, rules
 from ucspi.mysql.library import Choice, LibraryClient, LibraryError, configured, load

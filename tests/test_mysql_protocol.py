@@ -19,7 +19,8 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Un
 import pytest
 
 from tests.fix_mysql_fake import CLEAR, NATIVE, SHA2, Canned, FakeMysql, header
-from tests.util import need, stop
+from tests.fix_server import read_exactly
+from tests.util import free_port, need, stop
 from ucspi.mysql import auth
 from ucspi.mysql.packets import (
     CLIENT_DEPRECATE_EOF,
@@ -667,6 +668,7 @@ def tls_pair() -> Iterator[Tuple[ssl.SSLContext, ssl.SSLContext]]:
         shutil.rmtree(d)
 
 
+@pytest.mark.slow
 def test_fake_real_tls_sha2_full(tls_pair: Tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
     """Full authentication over TLS that the driver verified; over TLS
     that nobody verified (an impostor's, maybe) the password stays."""
@@ -689,6 +691,7 @@ def test_fake_real_tls_sha2_full(tls_pair: Tuple[ssl.SSLContext, ssl.SSLContext]
         assert all(b"secret" not in data for data in fake.auth_data)
 
 
+@pytest.mark.slow
 def test_fake_clear_password_needs_verified_tls(
         tls_pair: Tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
     """mysql_clear_password, in the greeting or by a switch, gets the
@@ -731,12 +734,17 @@ def test_fake_tls_declined() -> None:
 
 
 def test_fake_injection_before_tls() -> None:
-    with FakeMysql(offer_tls=True, extra_after_greeting=header(7, 2) + b"\x00" * 7) as fake:
+    extra = header(7, 2) + b"\x00" * 7
+    with FakeMysql(offer_tls=True, extra_after_greeting=extra) as fake:
         s = Session("alice", "secret", "", False)
         sock = fake.connect()
-        time.sleep(0.1)                      # the greeting and what follows it
+        # the greeting and what follows it, read whole, then given at once
+        head = read_exactly(sock, 4, 10)
+        greeting = head + read_exactly(sock, int.from_bytes(head[:3], "little"), 10)
+        after = read_exactly(sock, len(extra), 10)
+        assert after == extra
         with pytest.raises(MysqlError) as e:
-            s.receive(sock.recv(65536))
+            s.receive(greeting + after)
         assert e.value.code == 2027 and not s.wants_tls
         assert s.outgoing() == b""           # the SSLRequest is not sent
         sock.close()
@@ -814,12 +822,6 @@ class Maria:
         self.sock = sock
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def mariadb() -> Iterator[Maria]:
     server = need(MARIADBD)
@@ -832,7 +834,7 @@ def mariadb() -> Iterator[Maria]:
         subprocess.run([install, "--no-defaults", *as_root, f"--datadir={d}/data",
                         "--auth-root-authentication-method=normal", "--skip-test-db"],
                        check=True, capture_output=True, timeout=60)
-        port = _free_port()
+        port = free_port()
         path = os.path.join(d, "s")
         proc = subprocess.Popen(
             [server, "--no-defaults", *as_root, f"--datadir={d}/data", f"--socket={path}",

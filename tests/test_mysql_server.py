@@ -192,7 +192,7 @@ def test_missing_dbconf(tmp_path) -> None:
 
 def test_unreachable_database_is_fatal_at_startup(tmp_path) -> None:
     from tests.fix_server import run_once, OURS
-    from tests.fix_mariadb import free_port
+    from tests.util import free_port
     path = os.path.join(os.fspath(tmp_path), "db.conf")
     with open(path, "w") as handle:
         handle.write("127.0.0.1:u:p:db:t\n")

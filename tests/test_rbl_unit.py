@@ -11,7 +11,6 @@ from ucspi.rbl.lists import (TEMPORARY, Answer, Decision, ListSpec, a_answer, al
                              decide, from_environ, parse_lists, query_name, reversed_ip,
                              rblsmtpd_variable, rule_rblsmtpd, txt_answer)
 
-pytestmark = pytest.mark.unit
 
 
 def test_dialogue_answers_as_rblsmtpd() -> None:

@@ -41,7 +41,7 @@ from tests.fix_ident import DRIBBLE, HANG, RESET, FakeIdentd, FullBacklog, Step
 from tests.fix_load import Reply, flood, rss_kb, status_lines, zombies
 from tests.fix_server import (Server, Servers, children_of, clean_env, fd_count, parse_env,
                               read_all, wait_until)
-from tests.util import PYTHON, ROOT, need_root
+from tests.util import PYTHON, ROOT, ServerWallClock, need_root
 from ucspi.dns import msg as dnsmsg
 
 #: prints the client's own port: each reply names the connection it ends
@@ -92,6 +92,7 @@ def count(server: Server, pattern: str) -> int:
 
 
 # -- a flood -----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_flood_loses_nothing_and_returns_to_baseline(servers) -> None:
     """5,000 connections, 128 at a time, against -c 40: every client gets
     its own program's output; the server never runs more than 40
@@ -447,18 +448,30 @@ def test_rules_swapped_under_load(servers, tmp_path) -> None:
     test_rules_server.py's rebuild test, the decision itself flips
     (127.0.0.3 is allowed by one set and denied by the other), and the
     swaps cross both of the server's paths: a file left alone for 2 s is
-    held in memory, a fresh one is read from disk."""
+    held in memory, a fresh one is read from disk.  The server's wall
+    clock is moved ahead instead of waiting for a file to settle."""
     path = str(tmp_path / "rules.cdb")
     old = '127.0.0.3:allow,GEN="old"\n:allow,GEN="old"\n'
     new = '127.0.0.3:deny\n:allow,GEN="new"\n'
     compile_rules(path, old)
-    time.sleep(2.1)                                       # settled: held in memory
+    wall = ServerWallClock(str(tmp_path))
+    wall.set(3)                                           # settled: held in memory
     server = servers(["-v", "-HRl0", "-c", "40", "-b", "128", "-x", path],
-                     prog=["sh", "-c", 'echo "$GEN"'])
-    assert server.talk(source="127.0.0.3") == b"old\n"
+                     prog=["sh", "-c", 'echo "$GEN"'], env=clean_env(**wall.env()))
+    assert server.talk(source="127.0.0.3") == b"old\n"   # loaded (a small file: at once)
+    wall.set(0)                                           # the next ones are fresh
     swaps = [0]
     stop = threading.Event()
     failures: List[BaseException] = []
+    decided = r"^tcpserver: (pid \d+ from|deny) "
+
+    def settle() -> None:
+        """Let the current file settle: it looks old while more
+        connections than can be in flight at once are decided."""
+        wall.set(3)
+        seen = count(server, decided)
+        wait_until(lambda: stop.is_set() or count(server, decided) >= seen + 200, 60)
+        wall.set(0)
 
     def swap() -> None:
         try:
@@ -466,7 +479,7 @@ def test_rules_swapped_under_load(servers, tmp_path) -> None:
                 compile_rules(path, (new, old)[swaps[0] % 2])
                 swaps[0] += 1
                 if swaps[0] in (4, 9):
-                    stop.wait(2.2)                        # let it settle, then replace it
+                    settle()                              # then replace it
         except BaseException as exc:    # reported below
             failures.append(exc)
 
@@ -519,7 +532,7 @@ IDENT_FAULTS: Dict[str, IdentFault] = {
     "unread-silence": IdentFault([HANG], None, True, read_request=False),
     "drip-within-deadline": IdentFault([DRIBBLE(_USERID + b"joe\r\n", 0.01)], b"joe", False),
     "drip-past-deadline": IdentFault([DRIBBLE(_USERID + b"joe\r\n", 0.1)], None, True),
-    "drip-blanks-forever": IdentFault([_USERID, DRIBBLE(b" \t\r" * 400, 0.005)], None, True),
+    "drip-blanks-forever": IdentFault([_USERID, DRIBBLE(b" \t\r" * 4000, 0.005)], None, True),
     "oversize-value": IdentFault([_USERID + b"a" * 100000 + b"\r\n", HANG], b"a" * 257, False),
     "oversize-no-colon": IdentFault([b"x" * 100000, HANG], None, True),
     "oversize-many-lines": IdentFault([b"1,2:ERROR:X\r\n" * 20000], b"", False),
@@ -532,8 +545,14 @@ IDENT_FAULTS: Dict[str, IdentFault] = {
     "closed-before-lf": IdentFault([_USERID + b"joe"], None, False),
     "reset": IdentFault([_USERID + b"jo", RESET], None, False),
 }
-#: -t 1: the ident deadline of every test here
+#: -t 1: the ident deadline of the faults that end at it
 IDENT_OPTIONS = ["-v", "-H", "-l", "L", "-t", "1"]
+#: -t 30: for the faults that must end long before any deadline
+FAR_DEADLINE = ["-v", "-H", "-l", "L", "-t", "30"]
+#: served within 10 s: ten times the -t 1 deadline, room enough for a
+#: loaded machine, and well short of what a wrong wait costs (the
+#: default -t 26, the 30 s of FAR_DEADLINE, a drip of 60 s)
+SERVED_WITHIN = 10.0
 
 
 def _served(server: Server, source: str,
@@ -575,13 +594,14 @@ def test_ident_fault(servers, fault: str) -> None:
     case = IDENT_FAULTS[fault]
     with FakeIdentd(case.steps, read_request=case.read_request) as fake, \
             FakeIdentd([_USERID + b"next\r\n"]) as good:
-        server = servers(IDENT_OPTIONS)
-        if case.slow:
-            lo, hi = 0.9, 3.0          # -t 1, and not much later
-        else:
-            lo, hi = 0.0, (0.9 if case.info is None else 3.0)   # before the deadline
-        _check_ident(server, fake.ip, case.info, lo, hi)
-        _check_ident(server, good.ip, b"next", 0.0, 3.0)
+        if case.slow:                  # at the -t 1 deadline, not before
+            server = servers(IDENT_OPTIONS)
+            lo = 0.9
+        else:                          # by the reply itself, not the deadline
+            server = servers(FAR_DEADLINE)
+            lo = 0.0
+        _check_ident(server, fake.ip, case.info, lo, SERVED_WITHIN)
+        _check_ident(server, good.ip, b"next", 0.0, SERVED_WITHIN)
     clean_log(server)
     assert [line for line in server.lines() if not _NORMAL.match(line)] == []
     assert all(0x20 <= ord(c) < 0x7F for c in server.log().replace("\n", ""))
@@ -595,8 +615,8 @@ def test_ident_connect_never_completes(servers) -> None:
     with FullBacklog() as full, FakeIdentd([_USERID + b"next\r\n"]) as good:
         assert full.port == 113
         server = servers(IDENT_OPTIONS)
-        _check_ident(server, full.ip, None, 0.9, 3.0)
-        _check_ident(server, good.ip, b"next", 0.0, 3.0)
+        _check_ident(server, full.ip, None, 0.9, SERVED_WITHIN)
+        _check_ident(server, good.ip, b"next", 0.0, SERVED_WITHIN)
     clean_log(server)
     quiet(server, 40)
 
@@ -1068,6 +1088,7 @@ def dns_faults(tmp_path_factory) -> Iterator[DnsFaults]:
 
 @pytest.mark.parametrize("mode", list(DNS_MODES))
 @pytest.mark.parametrize("fault", list(DNS_FAULTS))
+@pytest.mark.slow
 def test_dns_fault(dns_faults: DnsFaults, fault: str, mode: str) -> None:
     """One DNS fault for one client: served within the fault's window,
     TCPREMOTEHOST absent or the right name in djb's rendering (never a
@@ -1101,6 +1122,7 @@ def test_dns_fault(dns_faults: DnsFaults, fault: str, mode: str) -> None:
     assert not [e for e in dns_faults.lab.errors if e[0].lower() == mine], dns_faults.lab.errors
 
 
+@pytest.mark.slow
 def test_dns_faults_leave_clean_servers(dns_faults: DnsFaults) -> None:
     """After all the faults: nothing but normal lines in either log, no
     program left, status back to ``0/200``."""

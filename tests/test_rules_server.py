@@ -15,9 +15,10 @@ from typing import List, Optional
 import pytest
 
 from tests.fix_dns import DnsServer
+from tests.fix_load import client_pool
 from tests.fix_server import (C, OURS, PRINT_ENV, Server, Servers, clean_env, parse_env,
                               read_all)
-from tests.util import C_TCPRULES, PYTHON, ROOT, need
+from tests.util import C_TCPRULES, PYTHON, ROOT, need, read_until
 
 TCPRULES = [PYTHON, os.path.join(ROOT, "tcprules.py")]
 #: prints the environment, then holds the connection until the client closes
@@ -98,18 +99,6 @@ def test_bad_cdb_drops_even_with_X(servers, tmp_path, content, words) -> None:
     server.wait_log(warning, 2)
 
 
-def _until_end(sock: socket.socket) -> bytes:
-    """What a HOLD_ENV connection gets: up to END (served, the program
-    still running) or up to EOF (dropped)."""
-    data = b""
-    while not data.endswith(b"END\n"):
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
 def test_maxperip_from_rule(servers, tmp_path) -> None:
     cdb = compile_rules(str(tmp_path / "r.cdb"),
                         '127.0.0.1:allow,MAXPERIP="1"\n127.0.0.2:allow,MAXPERIP="3"\n')
@@ -121,7 +110,8 @@ def test_maxperip_from_rule(servers, tmp_path) -> None:
         # one after the other, each program still running when the next comes
         for source in sources:
             held.append(server.connect(source=source, timeout=10))
-            results.append(_until_end(held[-1]))
+            # up to END (served, the program still running) or EOF (dropped)
+            results.append(read_until(held[-1], b"END\n"))
     finally:
         for sock in held:
             sock.close()
@@ -186,26 +176,13 @@ def test_rebuild_under_load(servers, tmp_path) -> None:
             compile_rules(cdb, texts[builds[0] % 2])
             builds[0] += 1
 
-    seen: List[str] = []
-    errors: List[BaseException] = []
-
-    def client() -> None:
-        for _ in range(40):
-            try:
-                seen.append(server.env(timeout=20)["GEN"])
-            except BaseException as exc:  # recorded and asserted below
-                errors.append(exc)
-
     builder = threading.Thread(target=rebuild)
     builder.start()
-    clients = [threading.Thread(target=client) for _ in range(8)]
-    for thread in clients:
-        thread.start()
-    for thread in clients:
-        thread.join(120)
-    stop.set()
-    builder.join(60)
-    assert not errors, errors[:3]
+    try:
+        seen = client_pool(lambda _: server.env(timeout=20)["GEN"], 320, 8)
+    finally:
+        stop.set()
+        builder.join(60)
     assert len(seen) == 320 and set(seen) == {"one", "two"}
     assert builds[0] >= 3
     assert [line for line in server.lines() if "warning" in line] == []
@@ -247,12 +224,7 @@ def test_huge_maxperip_in_a_rule_is_no_limit(servers, tmp_path) -> None:
     held = [server.connect() for _ in range(3)]     # -C 1 would refuse the second
     try:
         for sock in held:
-            data = b""
-            while not data.endswith(b"END\n"):
-                chunk = sock.recv(65536)
-                assert chunk, data
-                data += chunk
-            assert parse_env(data)["MAXPERIP"] == huge
+            assert parse_env(read_until(sock, b"END\n"))["MAXPERIP"] == huge
     finally:
         for sock in held:
             sock.close()

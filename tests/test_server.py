@@ -17,7 +17,7 @@ import pytest
 
 from tests.fix_dns import fake_dns_on_53, response
 from tests.fix_server import C, OURS, alive, clean_env, parse_env, read_all, run_once
-from tests.util import need_root
+from tests.util import free_port, need_root
 
 NOLOOKUP = ["-H", "-R", "-l", "Local"]
 TCP6 = ("TCP6LOCALIP", "TCP6LOCALPORT", "TCP6LOCALHOST", "TCP6REMOTEIP", "TCP6REMOTEPORT",
@@ -247,9 +247,7 @@ def test_unknown_service(impl: str, port: str) -> None:
 
 
 def test_port_modulo_65536_c(servers) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        free = probe.getsockname()[1]
+    free = free_port()
     server = servers(NOLOOKUP, prog=["echo", "m"], impl=C, port=str(free + 65536))
     assert server.port == free
     assert server.talk() == b"m\n"

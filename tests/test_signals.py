@@ -15,12 +15,12 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 from typing import List
 
 import pytest
 
+from tests.fix_load import client_pool
 from tests.fix_server import (C, HOLD, OURS, alive, children_of, clean_env, fd_count, read_all,
                               read_exactly, read_some, wait_until)
 from tests.util import need
@@ -308,21 +308,7 @@ def test_per_host_limit_counts_only_live_programs(servers) -> None:
 
 # -- many connections -----------------------------------------------------------------------
 def _hammer(server, total: int, threads: int) -> List[bytes]:  # type: ignore[no-untyped-def]
-    results: List[bytes] = []
-    lock = threading.Lock()
-
-    def work(count: int) -> None:
-        for _ in range(count):
-            data = server.talk(timeout=10)
-            with lock:
-                results.append(data)
-
-    workers = [threading.Thread(target=work, args=(total // threads,)) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(60)
-    return results
+    return client_pool(lambda _: server.talk(timeout=10), total, threads)
 
 
 def test_thousand_connections_no_zombies_no_fd_growth(servers) -> None:

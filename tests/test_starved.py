@@ -22,7 +22,7 @@ EMFILE = 24
 
 def starve(scenario: str) -> dict:
     out = subprocess.run([sys.executable, SCRIPT, scenario], capture_output=True,
-                         text=True, timeout=30, cwd=ROOT)
+                         text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -32,18 +32,18 @@ def starve(scenario: str) -> dict:
 def test_lookup_waits_for_a_descriptor(kind, answer) -> None:
     got = starve(f"{kind}-retry")
     assert got.get("done") == answer and "abort" not in got
-    assert got["at"] >= 0.14          # not before the descriptors were freed
+    assert got["at"] >= 0.14          # not before the descriptors were freed (0.15 s)
 
 
 @pytest.mark.parametrize("kind", ["dns", "ident"])
 def test_lookup_gives_up_through_abort_at_its_deadline(kind) -> None:
     got = starve(f"{kind}-abort")
     assert got.get("abort") == EMFILE and "done" not in got
-    assert 0.55 <= got["at"] < 2.0    # the deadline, not at once
+    assert 0.55 <= got["at"] < 6.0    # the deadline (0.6 s), not at once
 
 
 @pytest.mark.parametrize("kind, failure", [("dns", [None, str(EMFILE)]), ("ident", [None])])
 def test_without_abort_the_failure_comes_at_the_deadline(kind, failure) -> None:
     got = starve(f"{kind}-plain")
     assert got.get("done") == failure
-    assert 0.55 <= got["at"] < 2.0
+    assert 0.55 <= got["at"] < 6.0    # the deadline (0.6 s), not at once

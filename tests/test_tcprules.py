@@ -361,6 +361,7 @@ xyz@=one.two.three:allow,which=/second/
 """
 
 
+@pytest.mark.slow
 def test_rts_21_proper_order(tmp_path):
     cdb = build(tmp_path, PROPER_ORDER)
 

@@ -13,6 +13,7 @@ from typing import Iterator, List, Tuple
 import pytest
 
 from tests.fix_tls import Certs
+from tests.util import read_until
 from ucspi.environ import TlsFacts, apply, tls_changes
 from ucspi.log import Log
 from ucspi.tls.channel import Channel, HandshakeFailed
@@ -114,15 +115,6 @@ def pipes() -> Iterator[Pipes]:
             os.close(fd)
         except OSError:
             pass
-
-
-def read_until(fd: int, end: bytes) -> bytes:
-    data = b""
-    while not data.endswith(end):
-        chunk = os.read(fd, 4096)
-        assert chunk, data
-        data += chunk
-    return data
 
 
 def test_relay_in_clear_with_half_closes(pipes: Pipes) -> None:

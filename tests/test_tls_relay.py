@@ -15,14 +15,14 @@ import re
 import socket
 import ssl
 import struct
-import threading
 import time
 from pathlib import Path
 from typing import List, Optional
 
 import pytest
 
-from tests.fix_server import Server, Servers, children_of, fd_count, read_all
+from tests.fix_load import client_pool
+from tests.fix_server import Server, Servers, children_of, fd_count, read_all, read_exactly
 from tests.fix_tls import (DROPPED, END_DROPPED, MARK_ENV, Certs, TlsClient, client_context,
                            client_hello, end_status, exchange, no_traceback, read_tls, s_client,
                            session_certs, start_tls, tls_connect, tls_env_of)
@@ -45,12 +45,7 @@ def _echo_ok(server: Server) -> None:
     """The next client of a ``cat`` server is served."""
     with tls_connect(server) as sock:
         sock.sendall(b"ping\n")
-        data = b""
-        while len(data) < 5:
-            chunk = sock.recv(100)
-            assert chunk, data
-            data += chunk
-        assert data == b"ping\n"
+        assert read_exactly(sock, 5) == b"ping\n"
 
 
 def _no_children(server: Server) -> None:
@@ -299,15 +294,20 @@ def test_idle_timeout(servers: Servers, certs: Certs) -> None:
 
 
 def test_idle_timeout_reset_by_traffic(servers: Servers, certs: Certs) -> None:
-    """-T is an idle timeout: a client that talks every 0.3 s for 1.5 s
-    under -T 1 is not cut off."""
-    server = start_tls(servers, certs, ["-T", "1"], prog=["cat"])
+    """-T is an idle timeout: a client that talks every 0.4 s for 2.4 s
+    under -T 2 is not cut off (each pause leaves 1.6 s to spare, for a
+    loaded machine)."""
+    server = start_tls(servers, certs, ["-T", "2"], prog=["cat"])
     client = _client(server)
     try:
-        for _ in range(5):
+        start = time.monotonic()
+        for _ in range(6):
             client.send(b"tick\n")
             assert client.read_exactly(5) == b"tick\n"
-            time.sleep(0.3)                 # the traffic pattern under test, not a wait
+            time.sleep(0.4)                 # the traffic pattern under test, not a wait
+        assert time.monotonic() - start > 2     # longer than -T in all
+        client.send(b"tock\n")
+        assert client.read_exactly(5) == b"tock\n"
         assert "timeout reached" not in server.log()
     finally:
         client.close()
@@ -379,6 +379,7 @@ def test_client_vanishes_mid_transfer(servers: Servers, certs: Certs) -> None:
 
 
 # -- many connections -----------------------------------------------------------------------
+@pytest.mark.slow
 def test_many_connections_no_zombies_no_fd_growth(servers: Servers, certs: Certs) -> None:
     total, threads = 1000, 4
     server = start_tls(servers, certs, ["-C", "0"], prog=["echo", "x"])
@@ -386,24 +387,15 @@ def test_many_connections_no_zombies_no_fd_growth(servers: Servers, certs: Certs
         assert read_tls(sock) == b"x\n"
     _no_children(server)
     before = fd_count(server.pid)
-    results: List[bytes] = []
-    lock = threading.Lock()
 
-    def work(count: int) -> None:
-        for _ in range(count):
-            try:
-                with tls_connect(server) as sock:
-                    data = read_tls(sock)
-            except (OSError, ssl.SSLError) as exc:
-                data = repr(exc).encode()
-            with lock:
-                results.append(data)
+    def client(_: int) -> bytes:
+        try:
+            with tls_connect(server) as sock:
+                return read_tls(sock)
+        except (OSError, ssl.SSLError) as exc:
+            return repr(exc).encode()
 
-    workers = [threading.Thread(target=work, args=(total // threads,)) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(120)
+    results = client_pool(client, total, threads)
     assert results == [b"x\n"] * total, (sorted(set(results)), server.log()[-2000:])
     _no_children(server)
     assert fd_count(server.pid) == before

@@ -17,7 +17,7 @@ from typing import Dict, List
 
 import pytest
 
-from tests.fix_server import C, OURS, Server, read_all
+from tests.fix_server import C, OURS, Server, read_all, read_exactly
 
 # reads one command: exit with it, or kill itself with SIGKILL
 PROG = ["sh", "-c", 'read cmd; case "$cmd" in kill) kill -9 $$;; *) exit "$cmd";; esac']
@@ -39,7 +39,7 @@ class Script:
         self.client_ports.append(sock.getsockname()[1])
         self.oks += 1
         self.statuses += 1
-        assert read_all_banner(sock) == b"banner"
+        assert read_exactly(sock, len(b"banner")) == b"banner"
         self.server.wait_log(r"^tcpserver: ok ", self.oks)
         self.server.wait_log(r"^tcpserver: status: ", self.statuses)
         return sock
@@ -53,17 +53,6 @@ class Script:
 
     def one(self, cmd: str) -> None:
         self.finish(self.open(), cmd)
-
-
-def read_all_banner(sock: socket.socket) -> bytes:
-    sock.settimeout(5)
-    data = b""
-    while len(data) < len(b"banner"):
-        chunk = sock.recv(100)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def mask(lines: List[str], local_port: int, client_ports: List[int]) -> List[str]:
