@@ -120,6 +120,20 @@ def test_unreadable_crl_is_fatal_with_y(certs: Certs) -> None:
     assert lines[-1] == f"{FATAL}: CRL file {certs.broken}: no revocation list in the file"
 
 
+def test_sighup_without_the_ca_file_keeps_the_old_contexts(servers: Servers, certs: Certs,
+                                                           tmp_path: Path) -> None:
+    folder = certs.copy_dir(str(tmp_path / "certs"))
+    shutil.copy(certs.client_ca, os.path.join(folder, "clientca.pem"))
+    server = start_tls(servers, certs, ["-y"], certdir=folder)
+    assert program_env(server, certs.client_good)["SSL_CLIENT_VERIFY"] == "SUCCESS"
+    os.unlink(os.path.join(folder, "clientca.pem"))
+    server.marker()
+    server.wait_log(r"^tcpserver: warning: unable to reload TLS certificates: -y needs a CA "
+                    r"file for client certificates: .*/clientca\.pem: file does not exist ")
+    assert program_env(server, certs.client_good)["SSL_CLIENT_VERIFY"] == "SUCCESS"
+    no_traceback(server)
+
+
 # -- what is asked, what is refused ---------------------------------------------------------
 @pytest.mark.parametrize("flag,requested", [(None, False), ("-Y", True), ("-y", True)])
 def test_certificate_request_only_with_y(servers: Servers, certs: Certs, flag: Optional[str],

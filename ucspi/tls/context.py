@@ -413,7 +413,7 @@ class Setup:
             try:
                 found[name] = self.context(files, path, [])
             except TlsError as exc:
-                self.skipped.append(f"SNI certificate {cut(path)} skipped: {exc.lines[-1]}")
+                self.skipped.append(f"SNI certificate {cut(path)} skipped: {exc.last}")
         return found
 
     def build(self) -> Contexts:

@@ -144,7 +144,7 @@ class TlsLaunch:
         try:
             self.contexts = self.setup.build()
         except TlsError as exc:
-            raise Fatal(exc.lines[-1]) from None
+            raise Fatal(exc.last) from None
         for problem in self.setup.skipped:
             self.log.warning(problem)
 

@@ -45,6 +45,12 @@ class TlsError(UcspiError):
         self.lines = lines
         self.reason = reason
 
+    @property
+    def last(self) -> str:
+        """One line for a warning: the original's last line, else our
+        reason (a failure the original has no line for)."""
+        return self.lines[-1] if self.lines else self.reason or "unknown error"
+
 
 class Files:
     """The files of a TLS server (IndiMail's names)."""
