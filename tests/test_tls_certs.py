@@ -552,8 +552,11 @@ def test_client_changes_cases(certs: Certs) -> None:
     changes = dict(client_changes(True, info, der))
     assert changes[b"SSL_CLIENT_M_SERIAL"] == b"10" and changes[b"SSL_CLIENT_I_DN"] == b""
     assert b"SSL_CLIENT_V_END" not in changes
-    assert dict(client_changes(True, {**info, "serialNumber": "zz"}, der)).get(
-        b"SSL_CLIENT_M_SERIAL") is None
+    for bad in ("zz", "1" * 257):
+        assert dict(client_changes(True, {**info, "serialNumber": bad}, der)).get(
+            b"SSL_CLIENT_M_SERIAL") is None
+    assert dict(client_changes(True, {**info, "serialNumber": "-0A"}, der))[
+        b"SSL_CLIENT_M_SERIAL"] == b"-10"
 
 
 def test_every_variable_is_one_tls_changes_removes(certs: Certs) -> None:

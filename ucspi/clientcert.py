@@ -105,10 +105,19 @@ def pem(der: bytes) -> bytes:
     return b"-----BEGIN CERTIFICATE-----\n" + b"".join(lines) + b"-----END CERTIFICATE-----\n"
 
 
+#: the longest serial number written in decimal, in hexadecimal digits
+#: (RFC 5280 allows 20 octets; a longer one costs quadratic time to convert)
+SERIAL_MAX = 256
+
+
 def _serial(text: Any) -> Optional[bytes]:
-    """Python's serial number (hexadecimal) in decimal."""
+    """Python's serial number (hexadecimal) in decimal; None if it is
+    not a number or is longer than :data:`SERIAL_MAX` digits."""
+    digits = str(text)
+    if len(digits) > SERIAL_MAX:
+        return None
     try:
-        return b"%d" % int(str(text), 16)
+        return b"%d" % int(digits, 16)
     except ValueError:
         return None
 
