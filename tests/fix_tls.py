@@ -15,8 +15,16 @@ numbers tell them apart:
   ``certonly.pem`` (no key), ``keyonly.pem`` (no certificate),
   ``mismatch.pem`` (a certificate with another certificate's key).
 
+* ``clients/`` — client certificates (for ``-Y``/``-y``), each file a
+  certificate followed by its key: ``ca.pem`` (the client CA, no key;
+  ``ca.key`` beside it), ``good.pem`` (:data:`CLIENT_SUBJECT`, serial
+  :data:`SERIAL_GOOD`), ``expired.pem`` (valid in January 2020 only),
+  ``revoked.pem`` (revoked in ``crl.pem``, the client CA's list),
+  ``stranger.pem`` (from another CA, ``stranger-ca.pem``).
+
 A test that changes certificates (SIGHUP) works on its own copy:
-:meth:`Certs.copy_dir`.
+:meth:`Certs.copy_dir`.  :mod:`tests.fix_x509` makes client
+certificates with names ``openssl`` would not write.
 
 Clients: :func:`tls_connect` (an ``ssl.SSLSocket`` over a harness
 connection), :class:`TlsClient` (``ssl.MemoryBIO`` based, for the
@@ -56,6 +64,15 @@ SERIAL_B = "B001"
 SERIAL_NEW = "2002"
 SERIAL_X = "3003"
 SERIAL_CA = "0C0A"
+#: the client certificates' serial numbers (hexadecimal)
+SERIAL_GOOD = "1234"
+SERIAL_EXPIRED = "2345"
+SERIAL_REVOKED = "3456"
+SERIAL_STRANGER = "4567"
+#: the subject of the good client certificate, and of the client CA
+CLIENT_SUBJECT = ("/C=DE/ST=Berlin/L=Berlin/O=Test Org/OU=Mail/CN=client.test"
+                  "/emailAddress=client@example.test")
+CLIENT_CA_SUBJECT = "/C=DE/O=Test Org/CN=Client CA"
 #: the wait status of a relay child that exits 111 (failed handshake)
 END_DROPPED = 111 << 8
 
@@ -81,6 +98,14 @@ class Certs:
     certonly: str
     keyonly: str
     mismatch: str
+    client_ca: str      # the client CA (certificate only)
+    client_ca_key: str
+    client_crl: str     # revokes client_revoked
+    client_good: str    # certificate and key, as the files below
+    client_expired: str
+    client_revoked: str
+    client_stranger: str    # from another CA
+    stranger_ca: str
 
     def copy_dir(self, dest: str) -> str:
         """A private copy of the certificate directory at ``dest``."""
@@ -118,6 +143,92 @@ def _write(path: str, data: bytes) -> str:
     with open(path, "wb") as handle:
         handle.write(data)
     return path
+
+
+_CLIENT_CA_CNF = b"""[ca]
+default_ca = client_ca
+[client_ca]
+database = index.txt
+new_certs_dir = .
+serial = serial
+crlnumber = crlnumber
+default_md = sha256
+default_days = 30
+default_crl_days = 30
+policy = anything
+unique_subject = no
+x509_extensions = client
+[anything]
+countryName = optional
+stateOrProvinceName = optional
+localityName = optional
+organizationName = optional
+organizationalUnitName = optional
+commonName = supplied
+emailAddress = optional
+[client]
+basicConstraints = CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = clientAuth
+"""
+
+_P256 = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+
+def _ca(folder: str, stem: str, subject: str, serial: str) -> str:
+    """``folder/stem.pem`` (and ``stem.key``): a self-signed CA."""
+    path = os.path.join(folder, stem + ".pem")
+    _openssl(["req", "-x509", *_P256, "-keyout", os.path.join(folder, stem + ".key"),
+              "-out", path, "-days", "30", "-subj", subject, "-set_serial", "0x" + serial,
+              "-addext", "basicConstraints=critical,CA:TRUE",
+              "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+    return path
+
+
+def _client(work: str, out: str, stem: str, subject: str, serial: str,
+            dates: Sequence[str] = ()) -> str:
+    """``out/stem.pem``: a client certificate of the client CA (made by
+    ``openssl ca`` in ``work``), then its key."""
+    key, csr, crt = (os.path.join(work, stem + ext) for ext in (".key", ".csr", ".crt"))
+    _openssl(["req", "-new", *_P256, "-keyout", key, "-out", csr, "-subj", subject])
+    _write(os.path.join(work, "serial"), serial.encode() + b"\n")
+    _openssl(["ca", "-batch", "-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.pem",
+              "-preserveDN", "-notext", "-in", csr, "-out", crt, *dates], cwd=work)
+    return _write(os.path.join(out, stem + ".pem"), _read(crt) + _read(key))
+
+
+def make_client_certs(folder: str) -> Dict[str, str]:
+    """The client CA and its certificates (see the module doc), in
+    ``folder``; the paths by name."""
+    work = os.path.join(folder, "work")
+    os.makedirs(work)
+    ca = _ca(work, "ca", CLIENT_CA_SUBJECT, "0C1A")
+    for name, data in (("index.txt", b""), ("crlnumber", b"01\n"), ("ca.cnf", _CLIENT_CA_CNF)):
+        _write(os.path.join(work, name), data)
+    found = {"client_ca": shutil.copy(ca, folder),
+             "client_ca_key": shutil.copy(os.path.join(work, "ca.key"), folder)}
+    found["client_good"] = _client(work, folder, "good", CLIENT_SUBJECT, SERIAL_GOOD)
+    found["client_expired"] = _client(work, folder, "expired", "/CN=expired.test",
+                                      SERIAL_EXPIRED, ["-startdate", "20200101000000Z",
+                                                       "-enddate", "20200201000000Z"])
+    found["client_revoked"] = _client(work, folder, "revoked", "/CN=revoked.test",
+                                      SERIAL_REVOKED)
+    _openssl(["ca", "-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.pem",
+              "-revoke", "revoked.crt"], cwd=work)
+    found["client_crl"] = os.path.join(folder, "crl.pem")
+    _openssl(["ca", "-gencrl", "-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.pem",
+              "-out", found["client_crl"]], cwd=work)
+    # another CA's client
+    stranger_ca = _ca(work, "stranger-ca", "/CN=Stranger CA", "0C2A")
+    key, csr, crt = (os.path.join(work, "stranger" + ext) for ext in (".key", ".csr", ".crt"))
+    _openssl(["req", "-new", *_P256, "-keyout", key, "-out", csr, "-subj", "/CN=stranger.test"])
+    _openssl(["x509", "-req", "-in", csr, "-CA", stranger_ca,
+              "-CAkey", os.path.join(work, "stranger-ca.key"), "-set_serial",
+              "0x" + SERIAL_STRANGER, "-days", "30", "-out", crt])
+    found["client_stranger"] = _write(os.path.join(folder, "stranger.pem"),
+                                      _read(crt) + _read(key))
+    found["stranger_ca"] = shutil.copy(stranger_ca, folder)
+    return found
 
 
 def make_certs(root: str) -> Certs:
@@ -167,12 +278,13 @@ def make_certs(root: str) -> Certs:
     mismatch = _write(os.path.join(extra, "mismatch.pem"),
                       _read(os.path.join(work, "servercert.pem.crt"))
                       + _read(os.path.join(work, "new.pem.key")))
+    clients = make_client_certs(os.path.join(root, "clients"))
     return Certs(root=root, certdir=certdir, default=os.path.join(certdir, "servercert.pem"),
                  sni_a=os.path.join(certdir, "a.example.pem"),
                  sni_b=os.path.join(certdir, "b.example.pem"),
                  new=os.path.join(extra, "new.pem"), x=os.path.join(root, "x.pem"), ca=ca,
                  ca_key=ca_key, crl=crl, broken=broken, certonly=certonly, keyonly=keyonly,
-                 mismatch=mismatch)
+                 mismatch=mismatch, **clients)
 
 
 _SESSION: Dict[str, Certs] = {}
@@ -201,12 +313,16 @@ _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
 def client_context(minimum: Optional[str] = None, maximum: Optional[str] = None,
-                   ciphers: Optional[str] = None) -> ssl.SSLContext:
+                   ciphers: Optional[str] = None, cert: Optional[str] = None
+                   ) -> ssl.SSLContext:
     """A client context that accepts any server certificate; ``minimum``
-    and ``maximum`` are "1.2" or "1.3"; ``ciphers`` a TLS <= 1.2 list."""
+    and ``maximum`` are "1.2" or "1.3"; ``ciphers`` a TLS <= 1.2 list;
+    ``cert`` a file of a client certificate and its key, to present."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
+    if cert is not None:
+        ctx.load_cert_chain(cert)
     if minimum is not None:
         ctx.minimum_version = _VERSIONS[minimum]
     if maximum is not None:
@@ -219,13 +335,15 @@ def client_context(minimum: Optional[str] = None, maximum: Optional[str] = None,
 def tls_connect(server: Server, server_hostname: Optional[str] = None,
                 minimum: Optional[str] = None, maximum: Optional[str] = None,
                 ciphers: Optional[str] = None, timeout: float = 10.0,
-                raw: Optional[socket.socket] = None) -> ssl.SSLSocket:
+                raw: Optional[socket.socket] = None,
+                cert: Optional[str] = None) -> ssl.SSLSocket:
     """Connect to ``server`` (a :class:`tests.fix_server.Server`), or use
     the connected ``raw`` socket, and do the TLS handshake (raises
-    ``ssl.SSLError`` / ``OSError`` when it fails)."""
+    ``ssl.SSLError`` / ``OSError`` when it fails), presenting the client
+    certificate in ``cert`` if given."""
     sock = raw if raw is not None else server.connect(timeout=timeout)
     sock.settimeout(timeout)
-    ctx = client_context(minimum, maximum, ciphers)
+    ctx = client_context(minimum, maximum, ciphers, cert)
     try:
         return ctx.wrap_socket(sock, server_hostname=server_hostname)
     except BaseException:

@@ -46,9 +46,9 @@ def test_missing_arguments_quiet(impl: str, argv: List[str]) -> None:
 
 
 @pytest.mark.parametrize("argv, first", [
-    (["-y", *PROG], "tcpserver: illegal option -- y"),
-    (["-vy", *PROG], "tcpserver: illegal option -- y"),
-    (["-q", "-y", *PROG], "tcpserver: illegal option -- y"),   # printed despite -q
+    (["-k", *PROG], "tcpserver: illegal option -- k"),
+    (["-vk", *PROG], "tcpserver: illegal option -- k"),
+    (["-q", "-k", *PROG], "tcpserver: illegal option -- k"),   # printed despite -q
     (["-v", "-c"], "tcpserver: option requires an argument -- c"),
     (["-q", "-l"], "tcpserver: option requires an argument -- l"),
 ])

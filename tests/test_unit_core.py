@@ -63,7 +63,7 @@ def test_getopt(argv: List[str], opts: list, rest: List[str]) -> None:
     (["-vZ", "0", "0", "p"], "illegal option -- Z"),
     (["-x"], "option requires an argument -- x"),
     (["-v", "-c"], "option requires an argument -- c"),
-    (["-y", "0"], "illegal option -- y"),
+    (["-k", "0"], "illegal option -- k"),
 ])
 def test_getopt_errors(argv: List[str], message: str) -> None:
     with pytest.raises(OptionError) as info:

@@ -12,13 +12,14 @@ byte but NUL.
 
 A TLS session adds its own variables (:func:`tls_changes`, from the
 :class:`TlsFacts` of the handshake), for the program's environment
-(immediate TLS) or the reply to a UCSPI-TLS ``Y`` command.
+(immediate TLS) or the reply to a UCSPI-TLS ``Y`` command; those of a
+client certificate come from :mod:`ucspi.clientcert`.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 Change = Tuple[bytes, Optional[bytes]]   # (name, value); None = remove
 Environment = Dict[bytes, bytes]
@@ -177,28 +178,50 @@ class TlsFacts:
         bits: the cipher's secret bits.
         sni: the server name the client asked for (checked), or None.
         peer_cert: the peer's certificate (DER), or None.
+        peer_info: the peer's certificate as Python decodes it
+            (``getpeercert()``), or None.
+        client_asked: a server that asked its client for a certificate
+            (``-Y``, ``-y``).
     """
 
-    __slots__ = ("protocol", "cipher", "bits", "sni", "peer_cert")
+    __slots__ = ("protocol", "cipher", "bits", "sni", "peer_cert", "peer_info", "client_asked")
 
     def __init__(self, protocol: str, cipher: str, bits: int, sni: Optional[str] = None,
-                 peer_cert: Optional[bytes] = None) -> None:
+                 peer_cert: Optional[bytes] = None,
+                 peer_info: Optional[Mapping[str, Any]] = None,
+                 client_asked: bool = False) -> None:
         self.protocol = protocol
         self.cipher = cipher
         self.bits = bits
         self.sni = sni
         self.peer_cert = peer_cert
+        self.peer_info = peer_info
+        self.client_asked = client_asked
 
 
+#: the fields of a client certificate's names that have a variable each
+#: (``SSL_CLIENT_S_DN_CN``...)
+CLIENT_FIELDS = ("C", "ST", "L", "O", "OU", "CN", "Email")
+#: the variables of a client certificate (design: client-certificates)
+CLIENT_VARIABLES = (
+    b"SSL_CLIENT_VERIFY", b"SSL_CLIENT_S_DN", b"SSL_CLIENT_I_DN",
+    *(b"SSL_CLIENT_%s_DN_%s" % (side, field.encode())
+      for side in (b"S", b"I") for field in CLIENT_FIELDS),
+    b"SSL_CLIENT_M_SERIAL", b"SSL_CLIENT_M_VERSION", b"SSL_CLIENT_V_START",
+    b"SSL_CLIENT_V_END", b"SSL_CLIENT_CERT", b"SSL_PEER_CERT_HASH",
+)
 #: the variables a TLS session sets; inherited values are removed
-TLS_VARIABLES = (b"TLS_PROVIDER", b"SSL_PROTOCOL", b"SSL_CIPHER", b"SSL_TLS_SNI_SERVERNAME")
+TLS_VARIABLES = (b"TLS_PROVIDER", b"SSL_PROTOCOL", b"SSL_CIPHER", b"SSL_TLS_SNI_SERVERNAME",
+                 *CLIENT_VARIABLES)
 
 
 def tls_changes(facts: TlsFacts, provider: str) -> List[Change]:
     """The variables of a TLS session: ``TLS_PROVIDER`` (``provider``),
-    ``SSL_PROTOCOL``, ``SSL_CIPHER`` (ucspi-ssl's names) and, when the
-    client named a server, ``SSL_TLS_SNI_SERVERNAME`` (s6's name).
-    Inherited values of these names are removed first."""
+    ``SSL_PROTOCOL``, ``SSL_CIPHER`` (ucspi-ssl's names), when the
+    client named a server ``SSL_TLS_SNI_SERVERNAME`` (s6's name), and,
+    when the server asked for a client certificate, its variables
+    (:func:`ucspi.clientcert.client_changes`).  Inherited values of
+    all these names are removed first."""
     changes: List[Change] = [(name, None) for name in TLS_VARIABLES]
     changes += [
         (b"TLS_PROVIDER", provider.encode()),
@@ -207,6 +230,10 @@ def tls_changes(facts: TlsFacts, provider: str) -> List[Change]:
     ]
     if facts.sni:
         changes.append((b"SSL_TLS_SNI_SERVERNAME", facts.sni.encode()))
+    if facts.client_asked:
+        # imported at start-up under -Y/-y (ucspi.server.service), with hashlib
+        from .clientcert import client_changes
+        changes += client_changes(True, facts.peer_info, facts.peer_cert)
     return changes
 
 

@@ -29,7 +29,7 @@ from .scan import ID_MAX, INT_MAX, PORT_MAX, SCOPE_MAX, decimal, is_digits, lead
 
 #: The usage text, djb's one line with our letters (printed with an
 #: option error; ``--help`` adds the options, :data:`HELP`).
-USAGE = ("tcpserver: usage: tcpserver [ -461UXpPhHrRoOdDqQvVsNzw ] [ -c limit | -c file ] "
+USAGE = ("tcpserver: usage: tcpserver [ -461UXpPhHrRoOdDqQvVsNzwyY ] [ -c limit | -c file ] "
          "[ -C perhostlimit ] [ -x rules.cdb ] [ -m db.conf ] [ -B banner ] [ -g gid ] [ -u uid ] "
          "[ -b backlog ] [ -l localname ] [ -t timeout ] [ -e pidfile ] [ -I interface ] "
          "[ -n certfile ] [ -i certdir ] [ -a cafile ] [ -L crlfile ] [ -f cipherlist ] "
@@ -88,6 +88,8 @@ OPTION_GROUPS: Tuple[Tuple[str, Tuple[Tuple[str, str], ...]], ...] = (
         ("-N", "let clients renegotiate (TLS 1.2 and older)"),
         ("-z", "describe the session in TLS_PROVIDER"),
         ("-w", "delayed TLS: the program asks for it on $SSLCTLFD (UCSPI-TLS)"),
+        ("-Y", "ask clients for a certificate, checked against -a if sent"),
+        ("-y", "require a client certificate, checked against -a"),
         ("-S n", "give a handshake n seconds, 0: no limit (default 60)"),
         ("-T n", "end a connection idle for n seconds, 0: never (default 300)"),
     )),
@@ -109,7 +111,11 @@ def _help() -> str:
 #: letters that take an argument
 WITH_ARG = frozenset("cCxmBgulbtTeInafMiLS")
 #: letters that are flags
-FLAGS = frozenset("qQvVUX1 46oOdDhHpPrRsNzw".replace(" ", ""))
+FLAGS = frozenset("qQvVUX1 46oOdDhHpPrRsNzwyY".replace(" ", ""))
+
+#: ``Options.client_cert``: -Y asks for a client certificate, -y requires one
+CLIENT_OPTIONAL = "optional"
+CLIENT_REQUIRED = "required"
 
 DEFAULT_LIMIT = 40
 DEFAULT_PER_HOST = 20
@@ -164,6 +170,7 @@ class Options:
     renegotiation: bool = False               # -N
     tls_details: bool = False                 # -z
     delayed_tls: bool = False                 # -w: UCSPI-TLS, the program asks
+    client_cert: str = ""                     # -Y optional, -y required, "": none asked
     handshake_timeout: int = 60               # -S (0: none)
     idle_timeout: int = 300                   # -T (0: none; TLS only)
     host: str = "0"
@@ -332,6 +339,7 @@ def _apply(opts: Options, letter: str, arg: Optional[str], environ: Mapping[str,
         "p": ("paranoid", True), "P": ("paranoid", False),
         "r": ("remote_info", True), "R": ("remote_info", False),
         "s": ("tls", True), "w": ("delayed_tls", True),
+        "Y": ("client_cert", CLIENT_OPTIONAL), "y": ("client_cert", CLIENT_REQUIRED),
     }
     if letter in simple:
         name, value = simple[letter]
@@ -390,9 +398,15 @@ def _apply(opts: Options, letter: str, arg: Optional[str], environ: Mapping[str,
 
 
 def _tls_needed(opts: Options) -> None:
-    """``-w`` is about a TLS server: alone, it is a usage error."""
-    if opts.delayed_tls and not opts.tls:
+    """``-w``, ``-Y`` and ``-y`` are about a TLS server: without ``-n``
+    or ``-s``, they are a usage error."""
+    if opts.tls:
+        return
+    if opts.delayed_tls:
         raise UsageError("-w needs TLS: give -n certfile or -s")
+    if opts.client_cert:
+        letter = "y" if opts.client_cert == CLIENT_REQUIRED else "Y"
+        raise UsageError(f"-{letter} needs TLS: give -n certfile or -s")
 
 
 def _missing(opts: Options) -> MissingArgument:

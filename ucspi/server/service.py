@@ -80,8 +80,11 @@ def tls_launcher(opts: Options, environ_: Mapping[str, str]) -> Launch:
     from ..tls.settings import TlsError
     if opts.renegotiation and not context.renegotiation_supported():
         raise UsageError("-N needs OpenSSL 3 or newer")
+    if opts.client_cert:
+        from .. import clientcert  # noqa: F401  (the relays need it after the drop)
     setup = context.Setup(opts.certfile, opts.certdir, opts.cafile, opts.crlfile,
-                          opts.ciphers, opts.tls_method, opts.renegotiation, environ_)
+                          opts.ciphers, opts.tls_method, opts.renegotiation, environ_,
+                          opts.client_cert)
     log = Log(opts.verbosity)
     try:
         contexts = setup.build()

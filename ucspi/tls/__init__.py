@@ -1,5 +1,5 @@
-"""TLS (``-n -s -i -a -L -f -M -N -z -S -T``), for the server and, side
-neutral, for a client.
+"""TLS (``-n -s -i -a -L -f -M -N -z -w -Y -y -S -T``), for the server
+and, side neutral, for a client.
 
 * :mod:`.settings` is pure: the file names, the protocol bounds of
   ``-M`` and the cipher string, from the options and the environment.

@@ -22,7 +22,7 @@ handshake learns is kept on its channel, one per connection.
 from __future__ import annotations
 
 import ssl
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, Mapping, Optional
 
 from ..environ import TlsFacts
 from ..errors import UcspiError, errtext
@@ -35,11 +35,27 @@ VERBS = {True: "SSL_accept", False: "SSL_connect"}
 
 class HandshakeFailed(UcspiError):
     """The handshake failed; ``lines`` are IndiMail's ``SSL_accept:``
-    (or, for a client, ``SSL_connect:``) lines."""
+    (or, for a client, ``SSL_connect:``) lines, and ``cause`` is
+    ucspi-ssl's word for a refused client certificate, or None."""
 
-    def __init__(self, lines: List[str]) -> None:
+    def __init__(self, lines: List[str], cause: Optional[str] = None) -> None:
         super().__init__("; ".join(lines))
         self.lines = lines
+        self.cause = cause
+
+
+#: the library's reason when ``-y`` asked and the client sent no certificate
+NO_PEER_CERTIFICATE = "PEER_DID_NOT_RETURN_A_CERTIFICATE"
+
+
+def client_refused(exc: BaseException) -> Optional[str]:
+    """Why a server refused its client's certificate (ucspi-ssl's words,
+    design: client-certificates), or None when that is not what failed."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"unable to validate client certificate: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError) and getattr(exc, "reason", None) == NO_PEER_CERTIFICATE:
+        return "no client certificate"
+    return None
 
 
 class Channel:
@@ -108,7 +124,8 @@ class Channel:
             return HandshakeFailed([f"{verb}: decoded err: {SYSCALL}"])
         if isinstance(exc, ssl.SSLError):
             return HandshakeFailed([f"{verb}: decoded err: {PROTOCOL}",
-                                    f"{verb}: TLS/SSL err: {library_error(exc)}"])
+                                    f"{verb}: TLS/SSL err: {library_error(exc)}"],
+                                   client_refused(exc) if self.server_side else None)
         if isinstance(exc, OSError) and exc.errno:
             return HandshakeFailed([f"{verb}: system err: {errtext(exc)}",
                                     f"{verb}: decoded err: {SYSCALL}"])
@@ -127,13 +144,19 @@ class Channel:
 
     # -- the session -------------------------------------------------------------
     def facts(self) -> TlsFacts:
-        """What the finished handshake agreed on."""
+        """What the finished handshake agreed on.  ``peer_info`` is
+        Python's decoded peer certificate, which it gives only for a
+        verified one (a server's client, under ``-Y``/``-y``); a
+        certificate it cannot decode gives None there."""
         version = self.tls.version() or ""
         cipher, _, bits = self.tls.cipher() or ("", "", 0)
         peer: Optional[bytes] = None
+        info: Optional[Mapping[str, Any]] = None
         try:
             peer = self.tls.getpeercert(binary_form=True)
+            info = self.tls.getpeercert() if peer is not None else None
         except (ValueError, ssl.SSLError):
-            peer = None
+            info = None
         sni = sni_of(self.tls) if self.server_side else self.tls.server_hostname
-        return TlsFacts(version, cipher, bits, sni, peer)
+        asked = self.server_side and self.tls.context.verify_mode != ssl.CERT_NONE
+        return TlsFacts(version, cipher, bits, sni, peer, info or None, asked)

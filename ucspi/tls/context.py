@@ -2,12 +2,15 @@
 
 :class:`Setup` holds what the options and the environment ask for and
 :meth:`Setup.build` makes a :class:`Contexts`: the default context and
-one per SNI name (``<certdir>/<name>.pem``, design: sni).  Everything
-is built before the listener exists (start-up errors print the
-original's lines, then ``unable to initialize TLS``, exit 111) and again
-on SIGHUP (design: tls-reload), when a failure keeps the old contexts.  The relay
-children inherit the contexts through the fork, so a session ticket
-issued by one child is accepted by any other.
+one per SNI name (``<certdir>/<name>.pem``, design: sni;
+``<certdir>/*.<domain>.pem``, design: sni-wildcards), each asking
+for a client certificate or not (``-Y``, ``-y``,
+design: client-certificates).  Everything is built before the listener
+exists (start-up errors print the original's lines, then ``unable to
+initialize TLS``, exit 111) and again on SIGHUP (design: tls-reload),
+when a failure keeps the old contexts.  The relay children inherit the
+contexts through the fork, so a session ticket issued by one child is
+accepted by any other.
 """
 
 from __future__ import annotations
@@ -166,7 +169,11 @@ class Sni:
     def __call__(self, conn: ssl.SSLObject, name: Optional[str], ctx: ssl.SSLContext) -> None:
         checked = settings.sni_name(name)
         setattr(conn, SNI_ATTRIBUTE, checked)
-        chosen = self.by_name.get(checked) if checked else None
+        if not checked:
+            return
+        chosen = self.by_name.get(checked)          # an exact name wins over a wildcard
+        if chosen is None:
+            chosen = self.by_name.get(settings.wildcard(checked) or "")
         if chosen is not None:
             conn.context = chosen
 
@@ -190,16 +197,36 @@ class Sni:
         self._hello = bytearray()
 
 
+def crl_problem(path: str, exc: BaseException) -> str:
+    """What is wrong with a file that should hold revocation lists."""
+    found = _system(exc)
+    if found is not None:
+        return found
+    if b"X509 CRL-----" not in _pem(path):
+        return "no revocation list in the file"
+    return library_error(exc)
+
+
+#: the verify mode of ``Options.client_cert`` ("": no certificate asked for)
+CLIENT_MODES = {"": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL,
+                "required": ssl.CERT_REQUIRED}
+
+
 class Setup:
-    """The TLS settings of a server, and the contexts built from them."""
+    """The TLS settings of a server, and the contexts built from them.
+
+    ``client`` is ``Options.client_cert``: ``""`` (no client
+    certificate asked for), ``"optional"`` (``-Y``) or ``"required"``
+    (``-y``)."""
 
     def __init__(self, certfile: Optional[str], certdir: Optional[str], cafile: Optional[str],
                  crlfile: Optional[str], cipher_arg: Optional[str], method: Optional[str],
-                 renegotiation: bool, environ: Mapping[str, str]) -> None:
+                 renegotiation: bool, environ: Mapping[str, str], client: str = "") -> None:
         self.args = (certfile, certdir, cafile, crlfile)
         self.cipher_arg = cipher_arg
         self.method = method
         self.renegotiation = renegotiation
+        self.client = client
         self.environ = dict(environ)
         self.sni = Sni()
         #: lines to print once at start-up (not on every reload)
@@ -278,30 +305,7 @@ class Setup:
         ctx.options |= getattr(ssl, "OP_NO_SESSION_RESUMPTION_ON_RENEGOTIATION", 0)
         if self.renegotiation:
             ctx.options |= OP_ALLOW_CLIENT_RENEGOTIATION
-        capath = files.certdir if os.path.isdir(files.certdir) else None
-        try:
-            ctx.load_verify_locations(cafile=certfile, capath=capath)
-        except (OSError, ssl.SSLError) as exc:
-            raise TlsError([f"unable to load CA certificate: {cut(certfile)}: "
-                            f"{library_error(exc)}"],
-                           f"server certificate {cut(certfile)}: "
-                           f"{certificate_problem(certfile, exc)}") from None
-        if files.cafile:
-            try:
-                ctx.load_verify_locations(cafile=files.cafile)
-            except (OSError, ssl.SSLError) as exc:
-                raise TlsError(["SSL_CTX_load_verify_locations: Unable to load CA certificate: "
-                                f"{cut(files.cafile)}: {library_error(exc)}"],
-                               f"CA file {cut(files.cafile)}: "
-                               f"{certificate_problem(files.cafile, exc)}") from None
-        if files.crlfile:
-            try:
-                ctx.load_verify_locations(cafile=files.crlfile)
-            except (OSError, ssl.SSLError):
-                pass                          # ignored, as in IndiMail
-            else:
-                ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_CHAIN
-        ctx.verify_mode = ssl.CERT_NONE       # no client certificates (design: tls-settings)
+        self._trust(ctx, files, certfile)
         self._ciphers(ctx, notes)
         try:
             ctx.load_cert_chain(certfile, password=_no_passphrase)
@@ -318,9 +322,78 @@ class Setup:
         self._dh(ctx, files.certdir)
         return ctx
 
+    def _trust(self, ctx: ssl.SSLContext, files: Files, certfile: str) -> None:
+        """The verify locations and the verify mode.
+
+        Without ``-Y``/``-y`` (design: tls-settings), IndiMail's: the
+        certificate file and directory, ``-a`` and ``-L``; they verify
+        nothing, since no client certificate is asked for.  With them
+        (design: client-certificates), only ``-a`` and ``-L``: a client
+        certificate must come from a CA of ``-a``, not from whoever
+        issued the server's own (the certificate file is still loaded,
+        for its errors, into a context of its own).
+
+        Raises:
+            TlsError: a file that cannot be used, or no ``-a`` file for
+                ``-Y``/``-y``.
+        """
+        capath = files.certdir if os.path.isdir(files.certdir) else None
+        own = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER) if self.client else ctx
+        try:
+            own.load_verify_locations(cafile=certfile, capath=None if self.client else capath)
+        except (OSError, ssl.SSLError) as exc:
+            raise TlsError([f"unable to load CA certificate: {cut(certfile)}: "
+                            f"{library_error(exc)}"],
+                           f"server certificate {cut(certfile)}: "
+                           f"{certificate_problem(certfile, exc)}") from None
+        if self.client and not files.cafile:
+            raise TlsError([], self._no_ca())
+        if files.cafile:
+            try:
+                ctx.load_verify_locations(cafile=files.cafile)
+            except (OSError, ssl.SSLError) as exc:
+                raise TlsError(["SSL_CTX_load_verify_locations: Unable to load CA certificate: "
+                                f"{cut(files.cafile)}: {library_error(exc)}"],
+                               f"CA file {cut(files.cafile)}: "
+                               f"{certificate_problem(files.cafile, exc)}") from None
+        if files.crlfile:
+            self._crl(ctx, files.crlfile)
+        ctx.verify_mode = CLIENT_MODES[self.client]
+
+    def _crl(self, ctx: ssl.SSLContext, crlfile: str) -> None:
+        """``-L``: without ``-Y``/``-y`` a file that does not load is
+        ignored (as in IndiMail); with them, only a file that does not
+        exist is (a CRL that cannot be read must not let revoked
+        certificates in), and the client's certificate is checked."""
+        try:
+            ctx.load_verify_locations(cafile=crlfile)
+        except (OSError, ssl.SSLError) as exc:
+            if not self.client or getattr(exc, "errno", None) == errno.ENOENT:
+                return
+            raise TlsError(["SSL_CTX_load_verify_locations: Unable to load CRL file: "
+                            f"{cut(crlfile)}: {library_error(exc)}"],
+                           f"CRL file {cut(crlfile)}: {crl_problem(crlfile, exc)}") from None
+        ctx.verify_flags |= (ssl.VERIFY_CRL_CHECK_LEAF if self.client
+                             else ssl.VERIFY_CRL_CHECK_CHAIN)
+
+    def _no_ca(self) -> str:
+        """Why ``-Y``/``-y`` cannot work: the CA file they need is not there."""
+        certfile, certdir, cafile, crlfile = self.args
+        path = settings.resolve(certfile, certdir, cafile, crlfile, self.environ,
+                                readable=lambda _: True).cafile or ""
+        try:
+            with open(path, "rb"):
+                problem = "cannot be read"
+        except OSError as exc:
+            problem = errtext(exc)
+        letter = "y" if self.client == "required" else "Y"
+        return (f"-{letter} needs a CA file for client certificates: {cut(path)}: {problem} "
+                "(give -a cafile or set $CLIENTCA)")
+
     # -- the whole set ------------------------------------------------------
     def _by_name(self, files: Files) -> Dict[str, ssl.SSLContext]:
-        """A context per ``<certdir>/<name>.pem`` holding a private key."""
+        """A context per ``<certdir>/<name>.pem`` (and
+        ``<certdir>/*.<domain>.pem``) holding a private key."""
         found: Dict[str, ssl.SSLContext] = {}
         try:
             entries = sorted(os.listdir(files.certdir))
@@ -328,7 +401,7 @@ class Setup:
             return found
         for entry in entries:
             name = entry[:-4]
-            if not entry.endswith(".pem") or settings.sni_name(name) != name:
+            if not entry.endswith(".pem") or settings.sni_file(name) is None:
                 continue
             path = os.path.join(files.certdir, entry)
             try:
@@ -340,7 +413,7 @@ class Setup:
             try:
                 found[name] = self.context(files, path, [])
             except TlsError as exc:
-                self.skipped.append(f"SNI certificate {cut(path)} skipped: {exc.lines[-1]}")
+                self.skipped.append(f"SNI certificate {cut(path)} skipped: {exc.last}")
         return found
 
     def build(self) -> Contexts:

@@ -6,7 +6,7 @@ imports this module for servers whose relay has not been forked yet.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Optional
 
 from ..log import Log, say
 
@@ -17,9 +17,14 @@ SYSCALL = "non-recoverable, fatal I/O error"
 PROTOCOL = "non-recoverable, fatal protocol error"
 
 
-def report(log: Log, lines: Iterable[str], verb: str = "accept") -> None:
+def report(log: Log, lines: Iterable[str], verb: str = "accept",
+           cause: Optional[str] = None) -> None:
     """The handshake's lines (at verbosity 1 and more), then
-    ``dropping connection, unable to <verb> SSL connection``."""
+    ``dropping connection, unable to <verb> SSL connection``; a refused
+    client certificate's ``cause`` (ucspi-ssl's words) comes first, as a
+    warning (design: client-certificates)."""
+    if cause is not None:
+        log.warning(cause)
     if log.verbosity >= 1:
         for line in lines:
             say(line.encode())

@@ -144,7 +144,7 @@ class TlsLaunch:
         try:
             self.contexts = self.setup.build()
         except TlsError as exc:
-            raise Fatal(exc.lines[-1]) from None
+            raise Fatal(exc.last) from None
         for problem in self.setup.skipped:
             self.log.warning(problem)
 
@@ -168,7 +168,7 @@ class TlsLaunch:
         try:
             handshake(chan, sock, self.handshake_timeout)
         except HandshakeFailed as failed:
-            report(log, failed.lines)
+            report(log, failed.lines, cause=failed.cause)
             return EXIT_TEMP
         facts = chan.facts()
         env = apply(env, tls_changes(facts, provider(self.details, facts)))
@@ -247,7 +247,7 @@ class TlsLaunch:
         try:
             handshake(chan, sock, self.handshake_timeout)
         except HandshakeFailed as failed:
-            report(log, failed.lines)
+            report(log, failed.lines, cause=failed.cause)
             ours.close()
             sock.close()
             _close(to_w, from_r)              # the program reads end of file

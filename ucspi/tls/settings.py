@@ -8,7 +8,8 @@ meanings; design: tls-settings):
 * :func:`cipher_choice`: the cipher string and whether it is a TLS 1.3
   suite list or a TLS <= 1.2 cipher list;
 * :func:`sni_name`: the check a client's SNI name must pass to select a
-  certificate file.
+  certificate file; :func:`sni_file` and :func:`wildcard`: which file
+  names serve which names (``<name>.pem``, ``*.<domain>.pem``).
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ class TlsError(UcspiError):
         super().__init__("; ".join(lines))
         self.lines = lines
         self.reason = reason
+
+    @property
+    def last(self) -> str:
+        """One line for a warning: the original's last line, else our
+        reason (a failure the original has no line for)."""
+        return self.lines[-1] if self.lines else self.reason or "unknown error"
 
 
 class Files:
@@ -203,6 +210,28 @@ def sni_name(name: Optional[str]) -> Optional[str]:
     if any(not (c.isalnum() or c in "-.") for c in name):
         return None
     return name
+
+
+#: what starts the name of a wildcard certificate file (``*.example.com.pem``)
+WILDCARD = "*."
+
+
+def sni_file(stem: str) -> Optional[str]:
+    """The key under which ``<certdir>/<stem>.pem`` serves
+    (design: sni-wildcards): ``stem`` itself for a name that passes
+    :func:`sni_name` unchanged (lower case, no trailing dot), ``*.``
+    and such a name for a wildcard file, None for any other file."""
+    name = stem[len(WILDCARD):] if stem.startswith(WILDCARD) else stem
+    return stem if sni_name(name) == name else None
+
+
+def wildcard(name: str) -> Optional[str]:
+    """The wildcard key that may serve a checked SNI name: ``*.`` and the
+    name without its first label (RFC 6125: one label exactly, so
+    ``*.example.com`` serves ``a.example.com``, not ``example.com`` nor
+    ``a.b.example.com``); None for a name of one label."""
+    _, dot, domain = name.partition(".")
+    return WILDCARD + domain if dot and domain else None
 
 
 # -- the ClientHello's server name, before the TLS library sees it -------------------------
