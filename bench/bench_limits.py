@@ -79,6 +79,10 @@ both CPUs of a 2-CPU machine); then:
   percentiles are over the samples of every round pooled (a round gives
   from ten to a hundred of each): with so few, p99 is about the maximum.
 
+The kernel's ``ListenOverflows``, ``ListenDrops`` and
+``TCPSynRetrans`` (``/proc/net/netstat``, counted for the whole machine)
+over every flood: a lost SYN costs its client a 1 s retransmit.
+
 ``--log-check`` (default on) runs the limits server once more with
 ``-v`` instead of ``-q``, its log in a file, and counts the lines:
 ``deny`` by limit, ``ok``, and anything else (warnings, errors),
@@ -285,6 +289,23 @@ def shares(a: Tuple[float, float, float, float], b: Tuple[float, float, float, f
             "machine_busy_share": (b[3] - a[3]) / length}
 
 
+#: the kernel's TCP counters worth watching in a flood (/proc/net/netstat)
+COUNTERS = ("ListenOverflows", "ListenDrops", "TCPSynRetrans")
+
+
+def tcp_counters() -> Dict[str, int]:
+    """:data:`COUNTERS`, for the whole network namespace (other work on
+    the machine counts too)."""
+    found: Dict[str, int] = {}
+    with open("/proc/net/netstat") as handle:
+        lines = handle.read().splitlines()
+    for names, values in zip(lines[::2], lines[1::2]):
+        for name, value in zip(names.split()[1:], values.split()[1:]):
+            if name in COUNTERS:
+                found[name] = int(value)
+    return found
+
+
 def classify(head: bytes, failed: bool) -> str:
     if failed:
         return "error"
@@ -302,12 +323,14 @@ def flood(pid: int, port: int, args: argparse.Namespace, seed: int) -> Dict[str,
     sampler = Sampler(pid)
     sampler.take()
     sampler.start()
+    counters = tcp_counters()
     begin = time.monotonic()
     try:
         res = loadgen.run("127.0.0.1", port, args.count, args.concurrency, args.phase_seconds,
                           args.sources, args.pick, records, seed)
     finally:
         sampler.finish()
+    after = tcp_counters()
     kinds = [classify(head, failed) for _, _, head, failed in records]
     out: Dict[str, Any] = {k: kinds.count(k) for k in ("refused", "served", "error", "other")}
     end = max((r[1] for r in records), default=begin)
@@ -336,6 +359,7 @@ def flood(pid: int, port: int, args: argparse.Namespace, seed: int) -> Dict[str,
                           "cpu_per_refusal_us": (b[1] - a[1]) / n * 1e6 if n else None,
                           **shares(a, b)}
     out.update(shares(samples[0], samples[-1]))
+    out["tcp"] = {name: after.get(name, 0) - counters.get(name, 0) for name in COUNTERS}
     return out
 
 
@@ -527,6 +551,7 @@ def summarize(rounds: List[Dict[str, Any]]) -> Dict[str, Any]:
                                        for x in lim),
         "client_errors": sum(f["error"] + f["other"] + f["connect_errors"]
                              for f in w1 + w2 + plain + acc),
+        "tcp": {name: sum(f["tcp"][name] for f in w1 + w2 + plain + acc) for name in COUNTERS},
         "servers_died": sum(1 for x in lim + plain if not x["alive"]),
         "server_stderr_bytes": sum(os.path.getsize(x["log"]) for x in lim + plain),
     }
@@ -672,6 +697,9 @@ def report(s: Dict[str, Any], config: Dict[str, Any], check: Optional[Dict[str, 
     print(f"probe refused or failed: {s['probe_refused_or_failed']}; client errors: "
           f"{s['client_errors']}; servers died: {s['servers_died']}; "
           f"server stderr at -q: {s['server_stderr_bytes']} bytes")
+    if "tcp" in s:
+        print("kernel, over every flood (the whole machine): "
+              + ", ".join(f"{k} {v}" for k, v in s["tcp"].items()))
     if check:
         w1, w2 = check["wave1"], check["wave2"]
         print(f"-v run: first wave {w1['refused']} refused, {w1['served']} served; second "
