@@ -34,6 +34,7 @@ is given the next slot that frees (:meth:`Admission.wait_slot`).
 from __future__ import annotations
 
 import os
+from array import array
 from collections import OrderedDict, deque
 from typing import Callable, Deque, Dict, Optional
 
@@ -45,7 +46,7 @@ Grant = Callable[[], None]
 Clock = Callable[[], float]
 
 #: addresses the rate table remembers at most (see :class:`RateTable`)
-RATE_ENTRIES = 65536
+RATE_ENTRIES = 16384
 #: how long one reading of the load average is used, in seconds
 LOAD_AGE = 1.0
 
@@ -84,20 +85,21 @@ class RateTable:
     """The times of the latest admissions per address, for
     ``MAXCONNRATE``: a sliding window of the last ``n`` admissions.
 
-    Memory is bounded: an address's entry keeps at most its limit of
-    times (the ones that can still matter) and is dropped once its
-    newest time is older than its window; the table holds at most
-    :data:`RATE_ENTRIES` addresses, and at that cap the address admitted
-    least recently is forgotten (it may then come back early: a client
-    rotating through more addresses than that is limited by the
-    per-network and ``-c`` limits instead).
+    Memory is bounded, in entries and in bytes: an address's entry is
+    one ``array`` of its window and at most its limit of times (8 bytes
+    each: the ones that can still matter), dropped once its newest time
+    is older than its window; the table holds at most
+    :data:`RATE_ENTRIES` addresses (about 230 bytes each with one time,
+    480 with twenty: at most 4 and 8 MB), and at that cap the address admitted least
+    recently is forgotten (it may then come back early: a client
+    rotating through more addresses than that is for the per-network
+    and ``-c`` limits).
     """
 
     def __init__(self, cap: int = RATE_ENTRIES) -> None:
         self.cap = cap
-        #: address -> (window, times), least recently admitted first
-        self.entries: "OrderedDict[str, Deque[float]]" = OrderedDict()
-        self.windows: Dict[str, int] = {}
+        #: address -> array(window, times...), least recently admitted first
+        self.entries: "OrderedDict[str, array[float]]" = OrderedDict()
 
     def count(self, ip: str, window: int, now: float) -> int:
         """Admissions from ``ip`` in the last ``window`` seconds."""
@@ -105,29 +107,35 @@ class RateTable:
         if times is None:
             return 0
         since = now - window
-        return sum(1 for t in times if t > since)
+        return sum(1 for t in times[1:] if t > since)
 
     def admitted(self, ip: str, limit: int, window: int, now: float) -> None:
         """Remember one admission (only admitted connections count)."""
         times = self.entries.pop(ip, None)
         if times is None:
-            times = deque(maxlen=max(limit, 1))
-        elif times.maxlen != max(limit, 1):
-            times = deque(times, maxlen=max(limit, 1))
-        times.append(now)
+            times = array("d", (window, now))
+        else:
+            times[0] = window
+            times.append(now)
+            keep = max(limit, 1)
+            if len(times) - 1 > keep:
+                del times[1:len(times) - keep]
         self.entries[ip] = times            # now the most recent
-        self.windows[ip] = window
         self.expire(now)
 
     def expire(self, now: float) -> None:
         """Drop what no window can still see; keep to the cap."""
         entries = self.entries
         while entries:
-            ip, times = next(iter(entries.items()))
-            if len(entries) <= self.cap and times[-1] > now - self.windows[ip]:
+            times = next(iter(entries.values()))
+            if len(entries) <= self.cap and times[-1] > now - times[0]:
                 break
-            del entries[ip]
-            del self.windows[ip]
+            entries.popitem(last=False)
+
+    @property
+    def windows(self) -> Dict[str, float]:
+        """Each address's window (for tests)."""
+        return {ip: times[0] for ip, times in self.entries.items()}
 
 
 class Admission:

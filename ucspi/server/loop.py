@@ -36,6 +36,8 @@ from .service import Service
 from .unixconn import UnixConnection
 
 ACCEPT_BATCH = 64   # accepts per wake-up, so signals and lookups get a turn
+#: refusals that reaping cannot change
+UNCOUNTED = frozenset(("MAXCONNRATE", "LOAD"))
 
 #: what the loop does with an accepted ``(socket, peer, v6sock, local)``
 Accepted = Callable[[socket.socket, Any, bool, Any], None]
@@ -267,11 +269,12 @@ class Server:
                 pass
 
     def _decided(self, decide: Callable[[], Optional[Refusal]]) -> Optional[Refusal]:
-        """Admission's answer; before a refusal stands, the programs
-        that have exited (their SIGCHLD still in the pipe) are reaped,
-        so that they do not count, and admission is asked again."""
+        """Admission's answer; before a refusal by a count of live
+        connections stands, the programs that have exited (their SIGCHLD
+        still in the pipe) are reaped, so that they do not count, and
+        admission is asked again (a rate or a load is not a count)."""
         refusal = decide()
-        if refusal is not None:
+        if refusal is not None and refusal.what not in UNCOUNTED:
             self.children.reap()
             refusal = decide()
         return refusal
