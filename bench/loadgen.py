@@ -27,11 +27,12 @@ HEAD = 64
 
 def run(host: str, port: int, count: int, concurrency: int, seconds: float,
         sources: int = 0, pick: str = "turn",
-        record: Optional[List[Record]] = None, seed: int = 1) -> Dict[str, float]:
+        record: Optional[List[Record]] = None, seed: int = 1,
+        base: str = "127.77") -> Dict[str, float]:
     """Drive the load and return conn/s, p50, p99 (milliseconds), errors.
 
     ``sources``: if not 0, connect from that many different source
-    addresses (127.77.x.y, IPv4 only): in turn (``pick="turn"``: with
+    addresses (``base``.x.y, 127.77.x.y by default, IPv4 only): in turn (``pick="turn"``: with
     ``concurrency`` up to ``2 * sources``, an address seldom has more
     than two connections open at once), or each time one at random
     (``pick="random"``, seeded by ``seed``: some addresses then have
@@ -55,7 +56,7 @@ def run(host: str, port: int, count: int, concurrency: int, seconds: float,
         sock = socket.socket(family, socket.SOCK_STREAM)
         if sources:
             n = started % sources if pick == "turn" else rng.randrange(sources)
-            sock.bind((f"127.77.{n // 250}.{n % 250 + 1}", 0))
+            sock.bind((f"{base}.{n // 250}.{n % 250 + 1}", 0))
         sock.setblocking(False)
         err = sock.connect_ex((host, port))
         if err not in (0, errno.EINPROGRESS):
