@@ -1,5 +1,5 @@
-"""``python3 -m ucspi`` runs tcpserver (or tcprules / tcprulescheck when
-started under that name, as from a zipapp symlink).
+"""``python3 -m ucspi`` runs tcpserver (or tcprules / tcprulescheck /
+rblsmtpd when started under that name, as from a zipapp symlink).
 
 The interpreter has been checked by ``ucspi/__init__.py`` already.
 """
@@ -19,6 +19,9 @@ def _run() -> int:
     if command == "tcprules":
         from .tools.tcprules import main as rules_main
         return rules_main()
+    if command == "rblsmtpd":
+        from .tools.rblsmtpd import main as rbl_main
+        return rbl_main()
     from .server import main
     return main()
 

@@ -125,7 +125,9 @@ def allow_answer(addresses: Sequence[bytes]) -> Answer:
     real = [a for a in addresses if not _error_answer(a)]
     if real:
         return Answer(True, False)
-    return Answer(False, bool(addresses), b"query error" if addresses else b"")
+    if not addresses:
+        return Answer(False, False)
+    return Answer(False, True, b"query error %d.%d.%d.%d" % tuple(addresses[0]))
 
 
 class Decision(NamedTuple):
