@@ -31,11 +31,15 @@ LINE_MAX = 1000
 HELLO = frozenset((b"helo", b"ehlo", b"mail", b"rset", b"noop"))
 
 
+def printable(text: bytes) -> bytes:
+    """``text`` with every byte outside 32..126 made ``?``."""
+    return bytes(b if 32 <= b <= 126 else 63 for b in text)
+
+
 def refusal_line(code: int, text: bytes) -> bytes:
     """``CODE text`` as rblsmtpd sends and logs it: the text cut to 200
     bytes, every byte outside 32..126 made ``?`` (no CRLF)."""
-    line = b"%d %s" % (code, text[:200])
-    return bytes(b if 32 <= b <= 126 else 63 for b in line)
+    return printable(b"%d %s" % (code, text[:200]))
 
 
 class Dialogue:

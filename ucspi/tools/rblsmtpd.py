@@ -39,7 +39,7 @@ from typing import List, Mapping, NamedTuple, NoReturn, Optional, Tuple
 from .. import version_line
 from ..errors import EXIT_TEMP, EXIT_USAGE, errtext
 from ..log import say, write_all
-from ..rbl.dialogue import GREETING, Dialogue, refusal_line
+from ..rbl.dialogue import GREETING, Dialogue, printable, refusal_line
 from ..rbl.lists import Decision, ListSpec, rblsmtpd_variable, reversed_ip
 from ..rbl.order import FLAGS, Step, evaluate, lookups
 from ..rbl.ordered import ask
@@ -188,16 +188,16 @@ def client_ip(environ: Mapping[str, str]) -> str:
     return environ.get("TCPREMOTEIP", "")
 
 
-def printable(text: bytes) -> bytes:
-    """``text`` for a log line: cut to 200 bytes, every byte outside
-    32..126 made ``?``."""
-    return bytes(b if 32 <= b <= 126 else 63 for b in text[:200])
+def shown_text(text: str) -> bytes:
+    """Text of the environment or of an option for a warning: cut to
+    200 bytes, made printable."""
+    return printable(os.fsencode(text)[:200])
 
 
 def _warn_errors(ip: str, errors: Tuple[Tuple[str, bytes], ...]) -> None:
     for base, text in errors:
         say(PROG + b"warning: %s answered %s with a query error, not a listing: %s"
-            % (printable(os.fsencode(base)), printable(os.fsencode(ip)), printable(text)))
+            % (shown_text(base), shown_text(ip), printable(text[:200])))
 
 
 def decide(opts: Options, environ: Mapping[str, str]) -> Decision:
@@ -205,8 +205,7 @@ def decide(opts: Options, environ: Mapping[str, str]) -> Decision:
     ip = client_ip(environ)
     preset = rblsmtpd_variable(environ.get("RBLSMTPD"), ip)
     if preset is None and lookups(opts.steps) and reversed_ip(ip) is None:
-        say(PROG + b"warning: unable to ask the lists: not an IP address: "
-            + printable(os.fsencode(ip)))
+        say(PROG + b"warning: unable to ask the lists: not an IP address: " + shown_text(ip))
     try:
         outcome = ask(ip, opts.steps, preset)
     except OSError as exc:               # no socket, say: every lookup failed
