@@ -21,7 +21,7 @@ DESIGN = ROOT / "doc" / "design.md"
 
 #: where citations are looked for
 CITING = ["ucspi", "tests", "bench", "tools", "man", "README.md", "INSTALL",
-          "ARCHITECTURE.md", "tcpserver.py", "tcprules.py", "tcprulescheck.py"]
+          "ARCHITECTURE.md", "tcpserver.py", "tcprules.py", "tcprulescheck.py", "rblsmtpd.py"]
 #: where no pointer outside the repository may be
 SELF_CONTAINED = ["ucspi", "tests", "README.md", "ARCHITECTURE.md"]
 #: pointers to files outside the repository (spelt so that this file

@@ -130,7 +130,7 @@ def test_see_also_pages_of_ours_exist(text: str) -> None:
             pytest.skip("man/%s.1 is not written yet" % page)
 
 
-@pytest.mark.parametrize("page", ["tcpserver", "tcprules", "tcprulescheck"])
+@pytest.mark.parametrize("page", ["tcpserver", "tcprules", "tcprulescheck", "rblsmtpd"])
 def test_help_and_version_documented(page: str) -> None:
     """Issue 7, defect 9: every command answers --help and --version."""
     rendered = render(os.path.join(MAN, page + ".1"))

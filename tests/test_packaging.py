@@ -212,15 +212,34 @@ def test_pyz_serves_a_connection(pyz: str, elsewhere: str) -> None:
         assert proc.wait(TIMEOUT) == 0
 
 
-@pytest.mark.parametrize("name", ["tcprules", "tcprulescheck"])
+@pytest.mark.parametrize("name", ["tcprules", "tcprulescheck", "rblsmtpd"])
 def test_pyz_symlink_runs_the_rules_tool(pyz: str, elsewhere: str, name: str) -> None:
-    """A symlink named tcprules/tcprulescheck runs that tool (usage: 100)."""
+    """A symlink named tcprules/tcprulescheck/rblsmtpd runs that tool
+    (usage: 100)."""
     need_module("ucspi.tools." + name)
     link = os.path.join(elsewhere, name)
     os.symlink(pyz, link)
     result = run([PYTHON, "-I", link], cwd=elsewhere)
     assert result.returncode == 100, result.stderr
     assert result.stderr.startswith(name.encode() + b": usage: " + name.encode()), result.stderr
+
+
+def test_rblsmtpd_runs_every_way(pyz: str, elsewhere: str) -> None:
+    """rblsmtpd from the zipapp (a symlink), the checkout and as the
+    console script would start it: refuses, or runs the program."""
+    need_module("ucspi.tools.rblsmtpd")
+    os.symlink(pyz, os.path.join(elsewhere, "rblsmtpd"))
+    script = ("import sys; sys.argv[0] = '/usr/bin/rblsmtpd'; sys.path.insert(0, %r); "
+              "from ucspi.tools.rblsmtpd import main; sys.exit(main())" % ROOT)
+    for argv in ([PYTHON, "-I", "rblsmtpd"], [PYTHON, "-I", os.path.join(ROOT, "rblsmtpd.py")],
+                 [PYTHON, "-I", "-c", script]):
+        env = dict(os.environ, RBLSMTPD="-go away", TCPREMOTEIP="192.0.2.1")
+        refused = run([*argv, "-t0", "true"], cwd=elsewhere, env=env)
+        assert (refused.returncode, refused.stdout) == (0, b"553 go away\r\n"), argv
+        assert refused.stderr.startswith(b"rblsmtpd: 192.0.2.1 pid "), argv
+        env["RBLSMTPD"] = ""
+        let_in = run([*argv, "/bin/echo", "in"], cwd=elsewhere, env=env)
+        assert (let_in.returncode, let_in.stdout, let_in.stderr) == (0, b"in\n", b""), argv
 
 
 def test_pyz_rules_workflow(pyz: str, elsewhere: str) -> None:
@@ -285,6 +304,7 @@ def test_console_scripts_are_the_commands() -> None:
         ("tcprules", "ucspi.tools.tcprules:main"),
         ("tcprulescheck", "ucspi.tools.tcprulescheck:main"),
         ("tcp-env", "ucspi.server.tcpenv:main"),
+        ("rblsmtpd", "ucspi.tools.rblsmtpd:main"),
     ]
 
 
@@ -337,7 +357,8 @@ def _third_party_imports(path: str) -> List[str]:
 @pytest.mark.skipif(sys.version_info < (3, 10), reason="sys.stdlib_module_names is 3.10+")
 def test_runtime_code_imports_the_standard_library_only() -> None:
     """No install_requires is honest: design: standard-library-only."""
-    paths = [os.path.join(ROOT, n) for n in ("tcpserver.py", "tcprules.py", "tcprulescheck.py")]
+    paths = [os.path.join(ROOT, n)
+             for n in ("tcpserver.py", "tcprules.py", "tcprulescheck.py", "rblsmtpd.py")]
     for folder, _, files in os.walk(os.path.join(ROOT, "ucspi")):
         paths += [os.path.join(folder, n) for n in files if n.endswith(".py")]
     for path in paths:
@@ -427,6 +448,7 @@ def _entries(pyz: str, folder: str) -> Dict[str, Tuple[str, List[str], Optional[
     os.symlink(pyz, os.path.join(folder, "tcprules"))
     os.symlink(pyz, os.path.join(folder, "tcprulescheck"))
     os.symlink(pyz, os.path.join(folder, "tcp-env"))
+    os.symlink(pyz, os.path.join(folder, "rblsmtpd"))
     with_root = dict(os.environ, PYTHONPATH=ROOT)
     script = ("import sys; sys.argv[0] = '/usr/bin/{0}'; sys.path.insert(0, {1!r}); "
               "from {2} import main; sys.exit(main())")
@@ -435,11 +457,13 @@ def _entries(pyz: str, folder: str) -> Dict[str, Tuple[str, List[str], Optional[
         "tcprules.py": ("tcprules", [os.path.join(ROOT, "tcprules.py")], None),
         "tcprulescheck.py": ("tcprulescheck", [os.path.join(ROOT, "tcprulescheck.py")], None),
         "tcp-env.py": ("tcp-env", [os.path.join(ROOT, "tcp-env.py")], None),
+        "rblsmtpd.py": ("rblsmtpd", [os.path.join(ROOT, "rblsmtpd.py")], None),
         "-m ucspi": ("tcpserver", ["-m", "ucspi"], with_root),
         "pyz": ("tcpserver", [pyz], None),
         "pyz as tcprules": ("tcprules", [os.path.join(folder, "tcprules")], None),
         "pyz as tcprulescheck": ("tcprulescheck", [os.path.join(folder, "tcprulescheck")], None),
         "pyz as tcp-env": ("tcp-env", [os.path.join(folder, "tcp-env")], None),
+        "pyz as rblsmtpd": ("rblsmtpd", [os.path.join(folder, "rblsmtpd")], None),
         "console script tcpserver": (
             "tcpserver", ["-c", script.format("tcpserver", ROOT, "ucspi.server")], None),
         "console script tcprules": (
@@ -449,6 +473,8 @@ def _entries(pyz: str, folder: str) -> Dict[str, Tuple[str, List[str], Optional[
             ["-c", script.format("tcprulescheck", ROOT, "ucspi.tools.tcprulescheck")], None),
         "console script tcp-env": (
             "tcp-env", ["-c", script.format("tcp-env", ROOT, "ucspi.server.tcpenv")], None),
+        "console script rblsmtpd": (
+            "rblsmtpd", ["-c", script.format("rblsmtpd", ROOT, "ucspi.tools.rblsmtpd")], None),
     }
 
 
@@ -472,7 +498,8 @@ def test_first_files_read_parse_on_python_3_6() -> None:
     """What an old interpreter reads before the check: the entry scripts,
     ``ucspi/__init__.py`` and the zipapp's ``__main__.py``."""
     sources = {}
-    for name in ("tcpserver.py", "tcprules.py", "tcprulescheck.py", "ucspi/__init__.py"):
+    for name in ("tcpserver.py", "tcprules.py", "tcprulescheck.py", "rblsmtpd.py",
+                 "ucspi/__init__.py"):
         with open(os.path.join(ROOT, name), "rb") as f:
             sources[name] = f.read()
     sources["zipapp __main__.py"] = build_tool().MAIN.encode()

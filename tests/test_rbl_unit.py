@@ -17,9 +17,9 @@ def test_dialogue_answers_as_rblsmtpd() -> None:
     talk = Dialogue(b"451 go away")
     assert talk.start() == b"220 rblsmtpd.local\r\n"
     out = talk.feed(b"helo x\r\nEHLO y\nMaIl FROM:<a>\r\nrcpt to:<b>\r\ndata\r\nnoop\r\n"
-                    b"rset\r\nvrfy x\r\n\r\nhelo\0junk\r\n")
+                    b"rset\r\nvrfy x\r\n\r\nhelo\0junk\r\nhelo x\0y\r\n")
     ok, no = b"250 rblsmtpd.local\r\n", b"451 go away\r\n"
-    assert out == ok + ok + ok + no + no + ok + ok + no + no + ok
+    assert out == ok + ok + ok + no + no + ok + ok + no + no + no + ok
     assert talk.feed(b"qu") == b"" and not talk.done            # half a line waits
     assert talk.feed(b"it now\r\nhelo\r\n") == b"221 rblsmtpd.local\r\n"
     assert talk.done and talk.feed(b"helo\r\n") == b""

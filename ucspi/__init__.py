@@ -29,13 +29,13 @@ MINIMUM_PYTHON = (3, 9)
 
 
 #: the commands a program name can stand for (see :func:`command_name`)
-COMMANDS = ("tcpserver", "tcprules", "tcprulescheck", "tcp-env")
+COMMANDS = ("tcpserver", "tcprules", "tcprulescheck", "tcp-env", "rblsmtpd")
 
 
 def command_name(argv0):
     # type: (str) -> str
     """The command a program name stands for: ``tcpserver``,
-    ``tcprules`` or ``tcprulescheck``, as a whole name, optionally
+    ``tcprules``, ``tcprulescheck`` or ``rblsmtpd``, as a whole name, optionally
     followed by ``.pyz`` or ``.py`` (``tcprules``, ``tcprules.pyz``);
     any other name (``tcprules_v2``, ``python3 -m ucspi``'s) is
     ``tcpserver``."""

@@ -1,5 +1,5 @@
-"""``python3 -m ucspi`` runs tcpserver (or tcprules / tcprulescheck when
-started under that name, as from a zipapp symlink).
+"""``python3 -m ucspi`` runs tcpserver (or tcprules / tcprulescheck /
+rblsmtpd when started under that name, as from a zipapp symlink).
 
 The interpreter has been checked by ``ucspi/__init__.py`` already.
 """
@@ -22,6 +22,9 @@ def _run() -> int:
     if command == "tcp-env":
         from .server.tcpenv import main as env_main
         return env_main()
+    if command == "rblsmtpd":
+        from .tools.rblsmtpd import main as rbl_main
+        return rbl_main()
     from .server import main
     return main()
 

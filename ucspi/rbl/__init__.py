@@ -5,4 +5,7 @@ and the ``rblsmtpd`` command.
   mean, the decision, ``$RBLSMTPD``.
 * :mod:`.dialogue` (pure): the SMTP dialogue with a refused client.
 * :mod:`.lookup`: every list asked at once on a reactor.
+* :mod:`.order` (pure) and :mod:`.ordered`: the ``rblsmtpd`` command's
+  decision, taken in command-line order as djb's, over lists asked all
+  at once.
 """

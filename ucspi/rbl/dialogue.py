@@ -7,8 +7,10 @@ djb's rblsmtpd answers a listed client itself: a greeting, ``250`` to
 ``553 text``) to every other command, so that the client's mail stays
 queued (451) or bounces (553) instead of being accepted.  A line ends
 at LF, a CR before it is dropped, the command is what comes before the
-first space, compared without case.  With no timeout (``-t 0``) the
-refusal line is the greeting and the dialogue ends at once.
+first space, compared without case (a NUL byte is kept as an LF, as
+djb's line reader does, so ``helo\0x`` is no ``helo``).  With no
+timeout (``-t 0``) the refusal line is the greeting and the dialogue
+ends at once.
 
 :class:`Dialogue` is fed what the client sends and returns what to
 answer; two drivers run it: tcpserver's loop, for a client refused by
@@ -29,11 +31,15 @@ LINE_MAX = 1000
 HELLO = frozenset((b"helo", b"ehlo", b"mail", b"rset", b"noop"))
 
 
+def printable(text: bytes) -> bytes:
+    """``text`` with every byte outside 32..126 made ``?``."""
+    return bytes(b if 32 <= b <= 126 else 63 for b in text)
+
+
 def refusal_line(code: int, text: bytes) -> bytes:
     """``CODE text`` as rblsmtpd sends and logs it: the text cut to 200
     bytes, every byte outside 32..126 made ``?`` (no CRLF)."""
-    line = b"%d %s" % (code, text[:200])
-    return bytes(b if 32 <= b <= 126 else 63 for b in line)
+    return printable(b"%d %s" % (code, text[:200]))
 
 
 class Dialogue:
@@ -99,7 +105,7 @@ class Dialogue:
 
     def _answer(self, line: bytes) -> bytes:
         self.commands += 1
-        line = line.split(b"\0", 1)[0]          # the C string ends there
+        line = line.replace(b"\0", b"\n")       # as djb's reader stores a NUL
         verb = line.split(b" ", 1)[0].lower()
         if verb == b"quit":
             self.done = True

@@ -29,8 +29,6 @@ from ..scan import INT_MAX, decimal, shown
 
 #: the refusal text of a lookup failure with fail-closed
 TEMPORARY = b"temporary RBL lookup error"
-#: the text when a TXT list answers with an empty text
-LISTED = b"listed"
 
 
 class ListSpec(NamedTuple):
@@ -99,13 +97,16 @@ class Answer(NamedTuple):
 
 def txt_answer(texts: Sequence[bytes]) -> Answer:
     """A TXT list's records: listed with their text (joined, as djb's
-    ``dns_txt`` reads them), unless one of them is an ``Error:``."""
+    ``dns_txt`` reads them), unless one of them is an ``Error:``; no
+    text at all (no record, or empty ones) is no listing, as for
+    rblsmtpd."""
     for text in texts:
         if text.startswith(b"Error:"):
             return Answer(False, True, text)
-    if not texts:
+    joined = b"".join(texts)
+    if not joined:
         return Answer(False, False)
-    return Answer(True, False, b"".join(texts) or LISTED)
+    return Answer(True, False, joined)
 
 
 def a_answer(addresses: Sequence[bytes], message: str, ip: str) -> Answer:
@@ -125,7 +126,9 @@ def allow_answer(addresses: Sequence[bytes]) -> Answer:
     real = [a for a in addresses if not _error_answer(a)]
     if real:
         return Answer(True, False)
-    return Answer(False, bool(addresses), b"query error" if addresses else b"")
+    if not addresses:
+        return Answer(False, False)
+    return Answer(False, True, b"query error %d.%d.%d.%d" % tuple(addresses[0]))
 
 
 class Decision(NamedTuple):

@@ -1,4 +1,5 @@
-"""The commands beside the server: ``tcprules`` and ``tcprulescheck``."""
+"""The commands beside the server: ``tcprules``, ``tcprulescheck`` and
+``rblsmtpd``."""
 
 from __future__ import annotations
 
