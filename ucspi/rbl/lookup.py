@@ -13,7 +13,8 @@ on a reactor of its own (:func:`ask`).
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence, Tuple
+import functools
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..dns.conf import DnsConfig
 from ..dns.lookup import lookup_records
@@ -26,69 +27,97 @@ Answers = List[Optional[Answer]]
 Done = Callable[[Answers, Answers], None]
 
 
-class ListLookups:
-    """The lookups of one client; ``cancel()`` stops them unreported."""
+#: one query: the name, the record type, the parser of its records, and
+#: what they mean for the client
+Query = Tuple[str, int, Callable[[bytes], List[bytes]], Callable[[List[bytes]], Answer]]
 
-    def __init__(self, reactor: Reactor, conf: DnsConfig, ip: str, lists: Sequence[ListSpec],
-                 allow: Sequence[str], timeout: float, done: Done) -> None:
-        self.reactor = reactor
-        self.conf = conf
-        self.answers: Answers = [None] * len(lists)
-        self.allowed: Answers = [None] * len(allow)
-        self.pending = len(lists) + len(allow)
-        self.done: Optional[Done] = done
+
+class Batch:
+    """DNS list queries of one client asked at once within one deadline;
+    ``cancel()`` stops them unreported.  After each answer (``None`` for a
+    failure) :meth:`settled` says whether the batch may end; at the
+    deadline, or when every query has answered, it ends anyway.
+    Subclasses say what ending reports (:meth:`finish`)."""
+
+    def __init__(self, reactor: Reactor, conf: DnsConfig, queries: Sequence[Query],
+                 timeout: float) -> None:
+        self.answers: Dict[int, Optional[Answer]] = {}
+        self.pending = len(queries)
+        self.ended = False
         self.handles: List[Cancellable] = []
-        self.timer: Optional[Timer] = None
-        part = reversed_ip(ip)
-        if part is None or not self.pending:
-            self.timer = reactor.call_later(0, self._report)
-            return
-        for i, spec in enumerate(lists):
-            name = query_name(part, spec.base)
-            if spec.message is None:
-                self._ask(name, TYPE_TXT, parse_txt, self._setter(self.answers, i, txt_answer))
-            else:
-                message = spec.message
+        for index, (name, qtype, parse, meaning) in enumerate(queries):
+            got = self._got(index, meaning)
+            self.handles.append(lookup_records(reactor, conf, name, qtype, parse, got,
+                                               functools.partial(got, [])))
+        self.timer: Optional[Timer] = reactor.call_later(timeout if queries else 0, self._end)
 
-                def listed(found: List[bytes], message: str = message) -> Answer:
-                    return a_answer(found, message, ip)
-                self._ask(name, TYPE_A, parse_a, self._setter(self.answers, i, listed))
-        for i, base in enumerate(allow):
-            self._ask(query_name(part, base), TYPE_A, parse_a,
-                      self._setter(self.allowed, i, allow_answer))
-        self.timer = reactor.call_later(timeout, self._report)
-
-    def _ask(self, name: str, qtype: int, parse: Callable[[bytes], List[bytes]],
-             got: Callable[[List[bytes], Optional[BaseException]], None]) -> None:
-        self.handles.append(lookup_records(self.reactor, self.conf, name, qtype, parse, got,
-                                           lambda error: got([], error)))
-
-    def _setter(self, into: Answers, index: int, meaning: Callable[[List[bytes]], Answer]
-                ) -> Callable[[List[bytes], Optional[BaseException]], None]:
+    def _got(self, index: int, meaning: Callable[[List[bytes]], Answer]
+             ) -> Callable[[List[bytes], Optional[BaseException]], None]:
         def got(found: List[bytes], error: Optional[BaseException]) -> None:
-            if self.done is None:
+            if self.ended:
                 return
-            into[index] = meaning(found) if error is None else None
+            self.answers[index] = meaning(found) if error is None else None
             self.pending -= 1
-            if not self.pending:
-                self._report()
+            if not self.pending or self.settled():
+                self._end()
         return got
 
-    def _report(self) -> None:
-        done, self.done = self.done, None
-        self.cancel()
-        if done is not None:
-            done(self.answers, self.allowed)
+    def settled(self) -> bool:
+        """May the batch end now, before every answer is in?"""
+        return False
+
+    def finish(self) -> None:
+        """Report (once, at the end)."""
+
+    def _end(self) -> None:
+        if not self.ended:
+            self.cancel()
+            self.finish()
 
     def cancel(self) -> None:
-        """Stop every lookup; nothing is reported."""
-        self.done = None
+        """Stop every query; nothing is reported."""
+        self.ended = True
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         for handle in self.handles:
             handle.cancel()
         self.handles = []
+
+
+def queries(ip: str, lists: Sequence[ListSpec], allow: Sequence[str]) -> List[Query]:
+    """The queries for ``ip``: a TXT one per ``base`` list, an A one per
+    ``base:message`` list and per anti-list; none for text that is not
+    an address (each then counts as failed)."""
+    part = reversed_ip(ip)
+    if part is None:
+        return []
+    found: List[Query] = []
+    for spec in lists:
+        name = query_name(part, spec.base)
+        if spec.message is None:
+            found.append((name, TYPE_TXT, parse_txt, txt_answer))
+        else:
+            found.append((name, TYPE_A, parse_a,
+                          functools.partial(a_answer, message=spec.message, ip=ip)))
+    found += [(query_name(part, base), TYPE_A, parse_a, allow_answer) for base in allow]
+    return found
+
+
+class ListLookups(Batch):
+    """tcpserver's: every list and anti-list, all answers reported
+    together (``done(lists' answers, anti-lists' answers)``)."""
+
+    def __init__(self, reactor: Reactor, conf: DnsConfig, ip: str, lists: Sequence[ListSpec],
+                 allow: Sequence[str], timeout: float, done: Done) -> None:
+        self.sizes = (len(lists), len(allow))
+        self.done = done
+        super().__init__(reactor, conf, queries(ip, lists, allow), timeout)
+
+    def finish(self) -> None:
+        count, _ = self.sizes
+        every = [self.answers.get(i) for i in range(sum(self.sizes))]
+        self.done(every[:count], every[count:])
 
 
 def ask(conf: DnsConfig, ip: str, lists: Sequence[ListSpec], allow: Sequence[str],

@@ -21,20 +21,21 @@ than djb's resolver would.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Dict, List, Optional, Sequence
 
 from ..dns.conf import DnsConfig
-from ..dns.lookup import lookup_records
 from ..dns.msg import TYPE_A, TYPE_TXT, parse_a, parse_txt
-from ..reactor import Cancellable, Reactor, Timer, run_blocking
+from ..reactor import Cancellable, Reactor, run_blocking
 from .lists import Answer, Decision, query_name, reversed_ip
+from .lookup import Batch, Query
 from .order import Outcome, Step, evaluate, lookups, meaning
 
 #: seconds for all the lookups of a client
 DEADLINE = 60.0
 
 
-class OrderedLookups:
+class OrderedLookups(Batch):
     """The lookups of one client; reports one :class:`~.order.Outcome`.
 
     Args:
@@ -50,56 +51,28 @@ class OrderedLookups:
     def __init__(self, reactor: Reactor, conf: DnsConfig, ip: str, steps: Sequence[Step],
                  timeout: float, done: Callable[[Outcome], None]) -> None:
         self.steps = list(steps)
-        self.answers: Dict[int, Optional[Answer]] = {}
-        self.done: Optional[Callable[[Outcome], None]] = done
-        self.handles: List[Cancellable] = []
-        self.count = len(lookups(self.steps))
+        self.done = done
         part = reversed_ip(ip)
-        if part is None:
-            self.timer: Optional[Timer] = reactor.call_later(0, self._final)
-            return
-        for index in lookups(self.steps):
+        self.indexes = lookups(self.steps) if part is not None else []
+        asked: List[Query] = []
+        for index in self.indexes:
             step = self.steps[index]
-            assert step.spec is not None
+            assert step.spec is not None and part is not None
             qtype, parse = (TYPE_TXT, parse_txt) if step.wants_txt else (TYPE_A, parse_a)
-            self.handles.append(lookup_records(reactor, conf, query_name(part, step.spec.base),
-                                               qtype, parse, self._got(index, ip)))
-        self.timer = reactor.call_later(timeout if self.handles else 0, self._final)
+            asked.append((query_name(part, step.spec.base), qtype, parse,
+                          functools.partial(meaning, step, ip=ip)))
+        super().__init__(reactor, conf, asked, timeout)
 
-    def _got(self, index: int, ip: str) -> Callable[[List[bytes], Optional[BaseException]],
-                                                    None]:
-        def got(records: List[bytes], error: Optional[BaseException]) -> None:
-            if self.done is None:
-                return
-            self.answers[index] = None if error is not None else \
-                meaning(self.steps[index], records, ip)
-            final = len(self.answers) == self.count
-            outcome = evaluate(self.steps, None, self.answers, final)
-            if outcome is not None:
-                self._report(outcome)
-        return got
+    def _by_step(self) -> Dict[int, Optional[Answer]]:
+        return {self.indexes[i]: answer for i, answer in self.answers.items()}
 
-    def _final(self) -> None:
-        self.timer = None
-        outcome = evaluate(self.steps, None, self.answers, True)
+    def settled(self) -> bool:
+        return evaluate(self.steps, None, self._by_step(), False) is not None
+
+    def finish(self) -> None:
+        outcome = evaluate(self.steps, None, self._by_step(), True)
         assert outcome is not None
-        self._report(outcome)
-
-    def _report(self, outcome: Outcome) -> None:
-        done, self.done = self.done, None
-        self.cancel()
-        if done is not None:
-            done(outcome)
-
-    def cancel(self) -> None:
-        """Stop every lookup; nothing is reported."""
-        self.done = None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        for handle in self.handles:
-            handle.cancel()
-        self.handles = []
+        self.done(outcome)
 
 
 def ask(ip: str, steps: Sequence[Step], preset: Optional[Decision],
