@@ -264,14 +264,16 @@ def read_name(packet: bytes, pos: int) -> Tuple[bytes, int]:
             name, a name over 255 bytes or over 1000 steps.
     """
     out = bytearray()
+    size = len(packet)
+    taken = 0                     # len(out), without asking
     end: Optional[int] = None
     lowest = pos
     for _ in range(MAX_STEPS):
-        if pos >= len(packet):
+        if pos >= size:
             raise FormatError("name runs past the end of the packet")
         length = packet[pos]
         if length >= 0xC0:
-            if pos + 1 >= len(packet):
+            if pos + 1 >= size:
                 raise FormatError("pointer runs past the end of the packet")
             target = ((length & 0x3F) << 8) | packet[pos + 1]
             if end is None:
@@ -282,11 +284,13 @@ def read_name(packet: bytes, pos: int) -> Tuple[bytes, int]:
             continue
         if length > MAX_LABEL:
             raise FormatError("bad label length")
-        if pos + 1 + length > len(packet):
+        step = pos + 1 + length
+        if step > size:
             raise FormatError("label runs past the end of the packet")
-        out += packet[pos:pos + 1 + length]
-        pos += 1 + length
-        if len(out) + (length != 0) > MAX_NAME:
+        out += packet[pos:step]
+        pos = step
+        taken += 1 + length
+        if taken + (length != 0) > MAX_NAME:
             raise FormatError("name longer than 255 bytes")
         if length == 0:
             return bytes(out), pos if end is None else end
@@ -337,12 +341,17 @@ def classify(packet: bytes, qid: int, question: Question) -> str:
         header = parse_header(packet)
         if header.id != qid or header.qdcount != 1:
             return IGNORE
-        asked, qclass, _ = read_question(packet, _HEADER.size)
+        # the usual answer repeats our question byte for byte (the first
+        # name of a message cannot be compressed): no name to read
+        ours = question.name + _QTAIL.pack(question.qtype, CLASS_IN)
+        echoed = packet[_HEADER.size:_HEADER.size + len(ours)]
+        if echoed != ours and echoed.lower() != ours.lower():
+            asked, qclass, _ = read_question(packet, _HEADER.size)
+            if asked.qtype != question.qtype or qclass != CLASS_IN:
+                return IGNORE
+            if not names_equal(asked.name, question.name):
+                return IGNORE
     except FormatError:
-        return IGNORE
-    if asked.qtype != question.qtype or qclass != CLASS_IN:
-        return IGNORE
-    if not names_equal(asked.name, question.name):
         return IGNORE
     if header.flags & FLAG_TC:
         return TRUNCATED

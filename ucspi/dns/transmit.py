@@ -10,7 +10,8 @@ It only moves bytes: the query is built and each response judged by
 The question is asked as djbdns does: UDP rounds with per-attempt
 deadlines of 3, 11 and 45 s, every server in order in each round, each
 attempt on a new socket bound to a random port with a random ID (both
-from :mod:`secrets`).  A datagram that is not an answer to our question
+from the system's CSPRNG, as :mod:`secrets` reads it, a few hundred
+bytes at a time: :class:`_Pool`).  A datagram that is not an answer to our question
 is ignored; TC switches to TCP (each server once, 10 s to connect and
 send, 10 s to read); a server failure or a refused connection moves on
 at once, except in the 11 s round where the attempt waits for its
@@ -29,7 +30,7 @@ callers get the error through ``done``.
 from __future__ import annotations
 
 import errno
-import secrets
+import os
 import socket
 from typing import Callable, Optional, Tuple
 
@@ -46,6 +47,41 @@ PacketDone = Callable[[Optional[bytes], Optional[DnsError]], None]
 #: told why a lookup could not be made at all (no descriptor to spare)
 Abort = Callable[[OSError], None]
 
+class _Pool:
+    """Unpredictable numbers from the system's CSPRNG, read a few hundred
+    bytes at a time (one system call for many queries, each of which
+    wants a random ID and a random port; design: dns-resolver)."""
+
+    SIZE = 512
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.pos = 0
+
+    def below(self, bound: int) -> int:
+        """A uniform integer in ``0 .. bound - 1`` (``bound`` <= 65536),
+        by rejection."""
+        limit = 65536 - 65536 % bound
+        while True:
+            if self.pos + 2 > len(self.data):
+                self.data, self.pos = os.urandom(self.SIZE), 0
+            value = self.data[self.pos] << 8 | self.data[self.pos + 1]
+            self.pos += 2
+            if value < limit:
+                return value % bound
+
+
+    def forget(self) -> None:
+        """In a forked child: never the parent's numbers."""
+        self.data, self.pos = b"", 0
+
+
+_POOL = _Pool()
+random_below = _POOL.below
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_POOL.forget)
+
+
 def _error(exc: OSError) -> DnsError:
     num = exc.errno if exc.errno is not None else errno.EIO
     return DnsError(exc.strerror or "socket error", num)
@@ -61,7 +97,7 @@ def _open(ip: str, kind: int) -> socket.socket:
         host = wildcard(family == socket.AF_INET)
         for _ in range(10):
             try:
-                sock.bind((host, 1025 + secrets.randbelow(64510)))
+                sock.bind((host, 1025 + random_below(64510)))
                 return sock
             except OSError:
                 continue
@@ -104,10 +140,17 @@ class Transmit:
         self.out = b""
         self.inbuf = bytearray()
         self.error = DnsError("timed out", errno.ETIMEDOUT)
+        self.starting = False
 
     def start(self) -> "Transmit":
-        """Begin on the next reactor turn; returns self (the handle)."""
-        self.timer = self.reactor.call_later(0, self._begin)
+        """Ask now (no turn of the loop in between); returns self (the
+        handle).  ``done`` is never called before this returns: an
+        outcome known at once is reported on the next turn."""
+        self.starting = True
+        try:
+            self._begin()
+        finally:
+            self.starting = False
         return self
 
     def cancel(self) -> None:
@@ -117,7 +160,6 @@ class Transmit:
 
     # -- common -----------------------------------------------------------
     def _begin(self) -> None:
-        self.timer = None
         if self.conf.servers_error is not None:
             self._finish(None, self.conf.servers_error)
         else:
@@ -133,6 +175,10 @@ class Transmit:
             self.sock = None
 
     def _finish(self, packet: Optional[bytes], error: Optional[DnsError]) -> None:
+        if self.starting:               # not before start() has returned
+            self._close()
+            self.timer = self.reactor.call_later(0, lambda: self._finish(packet, error))
+            return
         done, self.done = self.done, None
         self.abort = None
         self._close()
@@ -176,7 +222,7 @@ class Transmit:
         return self.timer is not None or self.done is None
 
     def _new_query(self) -> bytes:
-        self.qid = secrets.randbits(16)
+        self.qid = random_below(65536)
         return build_query(self.question, self.qid)
 
     def _wait(self, delay: float, callback: Callable[[], None]) -> None:
