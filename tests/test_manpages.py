@@ -130,7 +130,8 @@ def test_see_also_pages_of_ours_exist(text: str) -> None:
             pytest.skip("man/%s.1 is not written yet" % page)
 
 
-@pytest.mark.parametrize("page", ["tcpserver", "tcprules", "tcprulescheck", "rblsmtpd"])
+@pytest.mark.parametrize("page", ["tcpserver", "tcprules", "tcprulescheck", "rblsmtpd",
+                                  "tcpclient"])
 def test_help_and_version_documented(page: str) -> None:
     """Issue 7, defect 9: every command answers --help and --version."""
     rendered = render(os.path.join(MAN, page + ".1"))
@@ -145,3 +146,17 @@ def test_numbers_and_python_version_documented(text: str) -> None:
                    "without a passwd entry"):
         assert needle in flat, needle
     assert "Python 3.9 or newer is needed" in " ".join(section(text, "DESCRIPTION").split())
+
+
+def test_tcpclient_options_documented() -> None:
+    """man/tcpclient.1 has an entry for every letter the parser takes,
+    an argument where the parser wants one, and the C usage's defaults."""
+    options = pytest.importorskip("ucspi.client.options")
+    rendered = render(os.path.join(MAN, "tcpclient.1"))
+    found = section(rendered, "OPTIONS")
+    for letter in set(options.WITH_ARG) | set(options.FLAGS):
+        assert re.search(r"^       -%s(\s|$)" % letter, found, re.M), letter
+    assert set(re.findall(r"^       -(\w) \w", found, re.M)) == set(options.WITH_ARG)
+    flat = " ".join(found.split())
+    for needle in ("default 2+58", "default 26", "(Default.) Look up", "(Default.) Ask"):
+        assert needle in flat, needle

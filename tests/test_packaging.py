@@ -212,11 +212,11 @@ def test_pyz_serves_a_connection(pyz: str, elsewhere: str) -> None:
         assert proc.wait(TIMEOUT) == 0
 
 
-@pytest.mark.parametrize("name", ["tcprules", "tcprulescheck", "rblsmtpd"])
+@pytest.mark.parametrize("name", ["tcprules", "tcprulescheck", "rblsmtpd", "tcpclient"])
 def test_pyz_symlink_runs_the_rules_tool(pyz: str, elsewhere: str, name: str) -> None:
-    """A symlink named tcprules/tcprulescheck/rblsmtpd runs that tool
-    (usage: 100)."""
-    need_module("ucspi.tools." + name)
+    """A symlink named tcprules/tcprulescheck/rblsmtpd/tcpclient runs that
+    tool (usage: 100)."""
+    need_module("ucspi.client" if name == "tcpclient" else "ucspi.tools." + name)
     link = os.path.join(elsewhere, name)
     os.symlink(pyz, link)
     result = run([PYTHON, "-I", link], cwd=elsewhere)
@@ -240,6 +240,23 @@ def test_rblsmtpd_runs_every_way(pyz: str, elsewhere: str) -> None:
         env["RBLSMTPD"] = ""
         let_in = run([*argv, "/bin/echo", "in"], cwd=elsewhere, env=env)
         assert (let_in.returncode, let_in.stdout, let_in.stderr) == (0, b"in\n", b""), argv
+
+
+def test_pyz_tcpclient_connects(pyz: str, elsewhere: str) -> None:
+    """The archive as tcpclient: the program gets the connection on 6
+    and 7 and its variables; client mode without a program."""
+    need_module("ucspi.client")
+    os.symlink(pyz, os.path.join(elsewhere, "tcpclient"))
+    argv = [PYTHON, "-I", pyz, "-1", "-HRl0", "127.0.0.1", "0", "/bin/sh", "-c", "echo hi; cat"]
+    with serving(argv, elsewhere) as (port, _):
+        prog = 'read x <&6; echo "$x $PROTO $TCPREMOTEPORT"'
+        out = run([PYTHON, "-I", "tcpclient", "-HRl0", "127.0.0.1", str(port), "/bin/sh", "-c",
+                   prog], cwd=elsewhere)
+        assert (out.returncode, out.stdout) == (0, b"hi TCP %d\n" % port), out.stderr
+        client = subprocess.run([PYTHON, "-I", "tcpclient", "-HRl0", "127.0.0.1", str(port)],
+                                cwd=elsewhere, input=b"back\n", capture_output=True,
+                                timeout=TIMEOUT)
+        assert (client.returncode, client.stdout) == (0, b"hi\nback\n"), client.stderr
 
 
 def test_pyz_rules_workflow(pyz: str, elsewhere: str) -> None:
@@ -273,10 +290,14 @@ def test_copied_folder_runs_on_its_own(tmp_path: Path) -> None:
     shutil.copytree(os.path.join(ROOT, "ucspi"), os.path.join(target, "ucspi"),
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(os.path.join(ROOT, "tcpserver.py"), target)
+    shutil.copy(os.path.join(ROOT, "tcpclient.py"), target)
     argv = [PYTHON, "-I", os.path.join(target, "tcpserver.py"), "-1", "-HRl0",
             "127.0.0.1", "0", "/bin/echo", "hello"]
     with serving(argv, str(tmp_path)) as (port, proc):
         assert _receive_all(port) == b"hello\n"
+        client = run([PYTHON, "-I", os.path.join(target, "tcpclient.py"), "-HRl0",
+                      "127.0.0.1", str(port)], cwd=str(tmp_path))
+        assert (client.returncode, client.stdout) == (0, b"hello\n"), client.stderr
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(TIMEOUT) == 0
 
@@ -305,6 +326,7 @@ def test_console_scripts_are_the_commands() -> None:
         ("tcprulescheck", "ucspi.tools.tcprulescheck:main"),
         ("tcp-env", "ucspi.server.tcpenv:main"),
         ("rblsmtpd", "ucspi.tools.rblsmtpd:main"),
+        ("tcpclient", "ucspi.client:main"),
     ]
 
 
@@ -358,7 +380,8 @@ def _third_party_imports(path: str) -> List[str]:
 def test_runtime_code_imports_the_standard_library_only() -> None:
     """No install_requires is honest: design: standard-library-only."""
     paths = [os.path.join(ROOT, n)
-             for n in ("tcpserver.py", "tcprules.py", "tcprulescheck.py", "rblsmtpd.py")]
+             for n in ("tcpserver.py", "tcprules.py", "tcprulescheck.py", "rblsmtpd.py",
+                       "tcpclient.py")]
     for folder, _, files in os.walk(os.path.join(ROOT, "ucspi")):
         paths += [os.path.join(folder, n) for n in files if n.endswith(".py")]
     for path in paths:
@@ -449,6 +472,7 @@ def _entries(pyz: str, folder: str) -> Dict[str, Tuple[str, List[str], Optional[
     os.symlink(pyz, os.path.join(folder, "tcprulescheck"))
     os.symlink(pyz, os.path.join(folder, "tcp-env"))
     os.symlink(pyz, os.path.join(folder, "rblsmtpd"))
+    os.symlink(pyz, os.path.join(folder, "tcpclient"))
     with_root = dict(os.environ, PYTHONPATH=ROOT)
     script = ("import sys; sys.argv[0] = '/usr/bin/{0}'; sys.path.insert(0, {1!r}); "
               "from {2} import main; sys.exit(main())")
@@ -458,12 +482,14 @@ def _entries(pyz: str, folder: str) -> Dict[str, Tuple[str, List[str], Optional[
         "tcprulescheck.py": ("tcprulescheck", [os.path.join(ROOT, "tcprulescheck.py")], None),
         "tcp-env.py": ("tcp-env", [os.path.join(ROOT, "tcp-env.py")], None),
         "rblsmtpd.py": ("rblsmtpd", [os.path.join(ROOT, "rblsmtpd.py")], None),
+        "tcpclient.py": ("tcpclient", [os.path.join(ROOT, "tcpclient.py")], None),
         "-m ucspi": ("tcpserver", ["-m", "ucspi"], with_root),
         "pyz": ("tcpserver", [pyz], None),
         "pyz as tcprules": ("tcprules", [os.path.join(folder, "tcprules")], None),
         "pyz as tcprulescheck": ("tcprulescheck", [os.path.join(folder, "tcprulescheck")], None),
         "pyz as tcp-env": ("tcp-env", [os.path.join(folder, "tcp-env")], None),
         "pyz as rblsmtpd": ("rblsmtpd", [os.path.join(folder, "rblsmtpd")], None),
+        "pyz as tcpclient": ("tcpclient", [os.path.join(folder, "tcpclient")], None),
         "console script tcpserver": (
             "tcpserver", ["-c", script.format("tcpserver", ROOT, "ucspi.server")], None),
         "console script tcprules": (
@@ -475,6 +501,8 @@ def _entries(pyz: str, folder: str) -> Dict[str, Tuple[str, List[str], Optional[
             "tcp-env", ["-c", script.format("tcp-env", ROOT, "ucspi.server.tcpenv")], None),
         "console script rblsmtpd": (
             "rblsmtpd", ["-c", script.format("rblsmtpd", ROOT, "ucspi.tools.rblsmtpd")], None),
+        "console script tcpclient": (
+            "tcpclient", ["-c", script.format("tcpclient", ROOT, "ucspi.client")], None),
     }
 
 
@@ -487,7 +515,9 @@ def test_old_python_gets_one_line_and_111(pyz: str, elsewhere: str, minor: str) 
     version = _version_of(python)
     assert version.startswith(minor + ".")
     for what, (command, argv, env) in _entries(pyz, elsewhere).items():
-        args = ["-1", "127.0.0.1", "0", "true"] if command == "tcpserver" else ["r.cdb", "r.tmp"]
+        args = {"tcpserver": ["-1", "127.0.0.1", "0", "true"],
+                "tcpclient": ["-HR", "-l0", "127.0.0.1", "1", "true"]}.get(
+                    command, ["r.cdb", "r.tmp"])
         result = run([python, *argv, *args], cwd=elsewhere, env=env)
         assert (result.returncode, result.stderr.decode(), result.stdout) == (
             111, f"{command}: fatal: Python 3.9 or newer is needed (this is {version})\n", b""
@@ -499,7 +529,7 @@ def test_first_files_read_parse_on_python_3_6() -> None:
     ``ucspi/__init__.py`` and the zipapp's ``__main__.py``."""
     sources = {}
     for name in ("tcpserver.py", "tcprules.py", "tcprulescheck.py", "rblsmtpd.py",
-                 "ucspi/__init__.py"):
+                 "tcpclient.py", "ucspi/__init__.py"):
         with open(os.path.join(ROOT, name), "rb") as f:
             sources[name] = f.read()
     sources["zipapp __main__.py"] = build_tool().MAIN.encode()

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Build ``tcpserver.pyz``: tcpserver and its tools (tcprules, tcprulescheck, rblsmtpd) in one
-executable file.
+"""Build ``tcpserver.pyz``: tcpserver and its tools (tcprules,
+tcprulescheck, rblsmtpd, tcpclient) in one executable file.
 
 Usage::
 
@@ -12,10 +12,11 @@ and a ``__main__.py``.  Copy it to any host with Python 3.9 or newer
 and run it (``./tcpserver.pyz -v 0 7000 prog``, or ``python3
 tcpserver.pyz ...``).  The archive chooses its command by the name it
 is started under, like a busybox: a symlink that points to the
-``.pyz`` and is called ``tcprules``, ``tcprulescheck`` or ``rblsmtpd``
-(the whole name, optionally with ``.pyz`` or ``.py`` after it) runs that tool; any
-other name (``tcpserver``, ``tcpserver.pyz``, ``tcprules_v2``) runs
-tcpserver.  The archive also holds ``ucspi/py.typed``.
+``.pyz`` and is called ``tcprules``, ``tcprulescheck``, ``rblsmtpd`` or
+``tcpclient`` (the whole name, optionally with ``.pyz`` or ``.py``
+after it) runs that tool; any other name (``tcpserver``,
+``tcpserver.pyz``, ``tcprules_v2``) runs tcpserver.  The archive also
+holds ``ucspi/py.typed``.
 
 The build is reproducible: entries are sorted and carry a fixed time
 stamp, so the same sources give the same bytes.  Only sources go in
@@ -42,8 +43,8 @@ MAIN = '''\
 """Entry point of tcpserver.pyz (built by tools/build_pyz.py).
 
 The command is chosen from the name the archive was started under:
-tcprules, tcprulescheck or rblsmtpd (a symlink with that whole name, optionally
-followed by .pyz or .py), else tcpserver.  The
+tcprules, tcprulescheck, rblsmtpd or tcpclient (a symlink with that
+whole name, optionally followed by .pyz or .py), else tcpserver.  The
 choice itself is made by ucspi/__main__.py, so ``python3 -m ucspi``
 and the archive behave the same.
 """
@@ -132,7 +133,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Command line: ``build_pyz.py [-o OUTPUT]``; exit 0, or 111 on error."""
     parser = argparse.ArgumentParser(
         prog="build_pyz.py",
-        description="Build tcpserver.pyz, a single-file tcpserver/tcprules/tcprulescheck.",
+        description="Build tcpserver.pyz: tcpserver, tcprules, tcprulescheck, tcpclient.",
     )
     parser.add_argument("-o", "--output", default="tcpserver.pyz",
                         help="where to write the archive (default: %(default)s)")

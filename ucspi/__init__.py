@@ -29,14 +29,15 @@ MINIMUM_PYTHON = (3, 9)
 
 
 #: the commands a program name can stand for (see :func:`command_name`)
-COMMANDS = ("tcpserver", "tcprules", "tcprulescheck", "tcp-env", "rblsmtpd")
+COMMANDS = ("tcpserver", "tcprules", "tcprulescheck", "tcp-env", "rblsmtpd", "tcpclient")
 
 
 def command_name(argv0):
     # type: (str) -> str
     """The command a program name stands for: ``tcpserver``,
-    ``tcprules``, ``tcprulescheck`` or ``rblsmtpd``, as a whole name, optionally
-    followed by ``.pyz`` or ``.py`` (``tcprules``, ``tcprules.pyz``);
+    ``tcprules``, ``tcprulescheck``, ``tcp-env``, ``rblsmtpd`` or
+    ``tcpclient``, as a whole name, optionally followed by ``.pyz`` or
+    ``.py`` (``tcprules``, ``tcprules.pyz``);
     any other name (``tcprules_v2``, ``python3 -m ucspi``'s) is
     ``tcpserver``."""
     name = _os.path.basename(argv0 or "")

@@ -1,5 +1,6 @@
 """``python3 -m ucspi`` runs tcpserver (or tcprules / tcprulescheck /
-rblsmtpd when started under that name, as from a zipapp symlink).
+rblsmtpd / tcpclient when started under that name, as from a zipapp
+symlink).
 
 The interpreter has been checked by ``ucspi/__init__.py`` already.
 """
@@ -25,6 +26,9 @@ def _run() -> int:
     if command == "rblsmtpd":
         from .tools.rblsmtpd import main as rbl_main
         return rbl_main()
+    if command == "tcpclient":
+        from .client import main as client_main
+        return client_main()
     from .server import main
     return main()
 

@@ -23,6 +23,7 @@ import os
 import select
 import socket
 import ssl
+import stat
 import time
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
@@ -241,9 +242,13 @@ class Relay:
         from_prog: the pipe from the program's fd 1.
         idle: ``-T``: seconds without any data before giving up (0: never).
         log: the log, for the ``translate:`` and timeout lines.
+        shared: ``to_prog`` and ``from_prog`` are a client's standard
+            output and input rather than pipes of our own: they get
+            their blocking mode back when the relay lets go of them.
     """
 
-    def __init__(self, end: End, to_prog: int, from_prog: int, idle: int, log: Log) -> None:
+    def __init__(self, end: End, to_prog: int, from_prog: int, idle: int, log: Log,
+                 shared: bool = False) -> None:
         self.end = end
         self.to_prog: Optional[int] = to_prog
         self.from_prog: Optional[int] = from_prog
@@ -254,6 +259,8 @@ class Relay:
         self.dead = False            # the peer is gone or broke the protocol
         self.down = b""              # plaintext for the program
         self.up = b""                # plaintext the peer's end could not take yet
+        #: the blocking mode to give back to shared descriptors
+        self.modes = {fd: os.get_blocking(fd) for fd in (to_prog, from_prog)} if shared else {}
         for fd in (to_prog, from_prog):
             os.set_blocking(fd, False)
         end.sock.setblocking(False)
@@ -266,15 +273,32 @@ class Relay:
         self.end = TlsEnd(self.end.sock, chan)
 
     # -- the two pipes ------------------------------------------------
+    def _let_go(self, fd: int, sending: bool) -> None:
+        """Close one of the program's descriptors.  A shared one (a
+        client's standard input or output, whose open file others may
+        hold) first gets its blocking mode back and, if it is a socket
+        we send to, a shutdown, so that its reader sees the end even
+        while another descriptor keeps it open."""
+        mode = self.modes.pop(fd, None)
+        if mode is not None:
+            try:
+                os.set_blocking(fd, mode)
+                if sending and stat.S_ISSOCK(os.fstat(fd).st_mode):
+                    with socket.socket(fileno=os.dup(fd)) as sock:
+                        sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        os.close(fd)
+
     def _close_to_prog(self) -> None:
         if self.to_prog is not None:
-            os.close(self.to_prog)
+            self._let_go(self.to_prog, True)
             self.to_prog = None
             self.down = b""
 
     def _close_from_prog(self) -> None:
         if self.from_prog is not None:
-            os.close(self.from_prog)
+            self._let_go(self.from_prog, False)
             self.from_prog = None
 
     def _complain(self, what: str, exc: BaseException) -> None:
