@@ -170,6 +170,11 @@ def test_options_cluster_and_stop_at_the_host() -> None:
     assert opts.argv == ["-v"]
 
 
+def test_mapped_local_address_is_ipv4() -> None:
+    assert client_options.parse(["-i", "::ffff:127.0.0.2", "h", "1"]).local_ip == "127.0.0.2"
+    assert client_options.parse(["-i", "fe80::1%lo", "h", "1"]).local_ip == "fe80::1%lo"
+
+
 def test_tls_options_with_tls() -> None:
     opts = client_options.parse(["-s", "SMTP", "-c", "ca", "-m", "n", "-z", "h", "1"])
     assert (opts.tls, opts.starttls, opts.cafile, opts.match, opts.tls_details) == (
@@ -505,6 +510,16 @@ def test_bind_failure_like_c() -> None:
         ours, c = both([*NOLOOKUP, "-i", "192.0.2.1", "127.0.0.1", str(port), "true"])
     assert (ours.returncode, ours.stderr) == (c.returncode, c.stderr) == (
         111, b"tcpclient: fatal: unable to bind socket: address not available\n")
+
+
+def test_longest_timeouts_and_unknown_interface() -> None:
+    port = refused_port()
+    out = run(OURS, [*NOLOOKUP, "-T", "2147483647+2147483647", "127.0.0.1", str(port), "true"])
+    assert (out.returncode, out.stderr) == (
+        111, b"tcpclient: unable to connect to 127.0.0.1 port %d: connection refused\n" % port)
+    out = run(OURS, [*NOLOOKUP, "-I", "no-such-if0", "::1", str(port), "true"])
+    assert (out.returncode, out.stderr) == (
+        111, b"tcpclient: fatal: unable to figure out interface no-such-if0\n")
 
 
 def test_quiet_and_service_names_like_c() -> None:

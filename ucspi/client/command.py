@@ -223,4 +223,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except OSError as exc:                 # the last resort: no step worded it
         log.fatal(f"unable to connect: {errtext(exc)}")
         return EXIT_TEMP
+    except Exception as exc:               # a bug: one line, never a traceback
+        log.fatal(f"internal error: {type(exc).__name__}: {exc}")
+        return EXIT_TEMP
 

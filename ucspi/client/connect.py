@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import select
 import socket
+import time
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Callable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
@@ -220,10 +221,22 @@ class Local(NamedTuple):
         return (ip, self.port, 0, interface_index(scope) if scope else interface)
 
 
+#: the longest wait ``poll`` takes at once, in seconds (its C int of ms)
+POLL_MAX = (2**31 - 1) // 1000
+
+
 def _wait_writable(sock: socket.socket, timeout: float) -> bool:
+    """Wait until ``sock`` is writable (connected or failed), at most
+    ``timeout`` seconds, however long that is."""
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLOUT)
-    return bool(poller.poll(max(0, int(timeout * 1000))))
+    deadline = time.monotonic() + timeout
+    while True:
+        left = min(max(0.0, deadline - time.monotonic()), POLL_MAX)
+        if poller.poll(int(left * 1000)):
+            return True
+        if time.monotonic() >= deadline:
+            return False
 
 
 def attempt(where: Target, port: int, timeout: float, local: Local,

@@ -23,7 +23,7 @@ import socket
 from typing import List, Optional, Tuple
 
 from .. import version_line
-from ..address import parse_quad
+from ..address import MAPPED_PACKED, parse_quad
 from ..errors import UsageError
 from ..options import MissingArgument, OptionError, Request, number
 from ..scan import INT_MAX, PORT_MAX, SCOPE_MAX, decimal, is_digits, shown
@@ -202,7 +202,8 @@ def connect_timeouts(text: str) -> Tuple[int, int]:
 
 def local_address(text: str) -> str:
     """``-i``: an IPv4 address (dotted quad) or an IPv6 address, with an
-    optional ``%scope``; returned as given.
+    optional ``%scope``; returned as given (``::ffff:a.b.c.d`` as
+    ``a.b.c.d``).
 
     Raises:
         UsageError: anything else (djb's tcpclient: a usage error too).
@@ -210,9 +211,11 @@ def local_address(text: str) -> str:
     if parse_quad(text, max_digits=3) is not None:
         return text
     try:
-        socket.inet_pton(socket.AF_INET6, text.partition("%")[0])
+        packed = socket.inet_pton(socket.AF_INET6, text.partition("%")[0])
     except (OSError, ValueError):
         raise UsageError(f"-i wants an IP address, not {shown(text)}") from None
+    if packed.startswith(MAPPED_PACKED):
+        return socket.inet_ntop(socket.AF_INET, packed[12:])      # an IPv4 address
     scope = text.partition("%")[2]
     if scope and is_digits(scope) and decimal(scope, SCOPE_MAX) is None:
         raise UsageError(f"-i: the scope wants an interface name or a number from 0 to "

@@ -38,6 +38,7 @@ from ..tls.launch import exit_like, reap
 from ..tls.relay import Relay, TlsEnd
 from ..tls.relay import handshake as drive_handshake
 from ..tls.settings import TlsError
+from .connect import POLL_MAX
 from .options import Options
 from .starttls import Dialogue, Refused
 
@@ -64,7 +65,8 @@ class Session:
         self.verified = verified
         self.opts = opts
         self.log = log
-        self.timeout = sum(opts.connect_timeouts)
+        #: for the STARTTLS dialogue and the handshake together (0: none)
+        self.timeout = min(sum(opts.connect_timeouts), POLL_MAX)
 
 
 def _is_address(name: str) -> bool:
@@ -96,7 +98,10 @@ def prepare(opts: Options, environ: Mapping[str, str], log: Log) -> Session:
         raise UsageError("-m needs a CA file to check the name against: give -c cafile")
     if not verified and log.verbosity >= 2:
         log.warning("the server's certificate is not checked: no CA file")
-    return Session(ctx, opts.match or opts.host, verified, opts, log)
+    name = opts.match or opts.host
+    if _is_address(name):
+        name = name.partition("%")[0]          # no scope in a certificate
+    return Session(ctx, name, verified, opts, log)
 
 
 # -- on the connection ------------------------------------------------------------

@@ -15,8 +15,9 @@ and, side neutral, for a client.
   plaintext first if need be.
 * :mod:`.launch` is the server's launcher: the relay child per
   connection, which waits for its program.
+* :mod:`.client` is a client's context (tcpclient's ``-n -c -L``).
 
 ``ssl`` is imported only by :mod:`.context`, :mod:`.channel`,
-:mod:`.relay` and :mod:`.launch`, which a command imports only when TLS
-is asked for, before it drops privileges.
+:mod:`.relay`, :mod:`.launch` and :mod:`.client`, which a command
+imports only when TLS is asked for, before it drops privileges.
 """
