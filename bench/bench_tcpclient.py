@@ -27,13 +27,15 @@ only.
    the program); ``openssl s_client`` in the same place.  MiB per
    second each way; every run checks that all the bytes came back.
 
-Nothing here is a test: the numbers go in issue notes.  Only processes
-this script started are stopped, by pid.
+The package is byte-compiled first, as an installed copy is.  Nothing
+here is a test: the numbers go in issue notes.  Only processes this
+script started are stopped, by pid.
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import shlex
 import statistics
@@ -148,6 +150,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.runs, args.rounds, args.mib = 20, 2, 20
+    # byte code as an installed copy has it (a checkout run under
+    # PYTHONDONTWRITEBYTECODE would compile the package on every run)
+    compileall.compile_dir(os.path.join(ROOT, "ucspi"), quiet=1)
     env = environment()
     servers = []
     with tempfile.TemporaryDirectory(prefix="bench-tcpclient-") as folder:

@@ -926,6 +926,16 @@ def test_starttls_refused(servers: Servers) -> None:
              b"454 TLS not available\n")
 
 
+def test_starttls_within_the_connect_timeouts(servers: Servers) -> None:
+    """The dialogue and the handshake get -T's x+y seconds."""
+    srv = servers(["-HRl0"], prog=["sh", "-c", 'printf "220 hi\\r\\n"; read l; read l'])
+    started = time.monotonic()
+    out = run(OURS, ["-s", "smtp", "-T", "1+0", *NOLOOKUP, "127.0.0.1", str(srv.port), "true"],
+              tls_client_env())
+    assert (out.returncode, out.stderr) == (111, b"tcpclient: fatal: STARTTLS failed: timed out\n")
+    assert time.monotonic() - started >= 0.9
+
+
 # -- the entry points --------------------------------------------------------------------------
 def test_no_traceback_on_interrupt(servers: Servers) -> None:
     """Ctrl-C (SIGINT) ends client mode like the C tools: no traceback."""

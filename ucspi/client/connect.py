@@ -248,11 +248,14 @@ def attempt(where: Target, port: int, timeout: float, local: Local,
 
     Raises:
         Fatal: the socket cannot be made or bound (djb: fatal at once).
-        OSError: this address failed (``ETIMEDOUT`` for the timeout).
+        OSError: this address failed (``ETIMEDOUT`` for the timeout),
+            or its family is not there (a host without IPv6).
     """
     try:
         sock = socket.socket(where.family, socket.SOCK_STREAM)
     except OSError as exc:
+        if exc.errno in (errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT):
+            raise
         raise Fatal(f"unable to create socket: {errtext(exc)}") from None
     try:
         if local.ip is not None or local.port:

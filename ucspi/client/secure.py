@@ -20,6 +20,7 @@ Only imported when ``-n`` or ``-s`` asks for TLS (it imports ``ssl``).
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import select
 import socket
@@ -58,11 +59,10 @@ class ClientChannel(Channel):
 class Session:
     """What TLS needs once connected: the context, the name, the log."""
 
-    def __init__(self, ctx: ssl.SSLContext, name: Optional[str], verified: bool,
-                 opts: Options, log: Log) -> None:
+    def __init__(self, ctx: ssl.SSLContext, name: Optional[str], opts: Options,
+                 log: Log) -> None:
         self.ctx = ctx
         self.name = name
-        self.verified = verified
         self.opts = opts
         self.log = log
         #: for the STARTTLS dialogue and the handshake together (0: none)
@@ -101,7 +101,7 @@ def prepare(opts: Options, environ: Mapping[str, str], log: Log) -> Session:
     name = opts.match or opts.host
     if _is_address(name):
         name = name.partition("%")[0]          # no scope in a certificate
-    return Session(ctx, name, verified, opts, log)
+    return Session(ctx, name, opts, log)
 
 
 # -- on the connection ------------------------------------------------------------
@@ -127,7 +127,7 @@ def negotiate(sock: socket.socket, protocol: str, helo: str, timeout: int) -> No
     try:
         while not dialogue.done:
             if not _wait(sock, deadline):
-                raise Refused(f"no answer within {timeout} seconds")
+                raise Refused("timed out")
             data = sock.recv(4096)
             if not data:
                 raise dialogue.ended()
@@ -147,15 +147,19 @@ def handshake(session: Session, sock: socket.socket, where: str) -> Channel:
         Fatal: it failed (the lines for the failure printed first).
     """
     opts = session.opts
+    started = time.monotonic()
     if opts.starttls:
         negotiate(sock, opts.starttls, helo_of(opts), session.timeout)
     try:
         chan = ClientChannel(session.ctx, server_side=False, server_hostname=session.name)
     except (ValueError, UnicodeError):
         raise Fatal(f"unable to use {session.name!r} as a TLS name") from None
+    left = 0                                  # no limit
+    if session.timeout:                       # what the dialogue left, at least 1 s
+        left = max(1, math.ceil(session.timeout - (time.monotonic() - started)))
     sock.setblocking(False)
     try:
-        drive_handshake(chan, sock, session.timeout)
+        drive_handshake(chan, sock, left)
     except HandshakeFailed as failed:
         if session.log.verbosity >= 1:
             for line in failed.lines:
