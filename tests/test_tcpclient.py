@@ -22,7 +22,6 @@ import re
 import select
 import socket
 import subprocess
-import threading
 import time
 from ipaddress import IPv6Address
 from pathlib import Path
@@ -32,7 +31,7 @@ import pytest
 
 from tests.fix_server import C, OURS, Servers, clean_env, parse_env
 from tests.fix_tls import Certs, tls_env
-from tests.util import PYTHON, ROOT, missing, need, wait_until
+from tests.util import PYTHON, ROOT, free_port, missing, need
 from ucspi.client import options as client_options
 from ucspi.client.connect import connect_any, literal, port_number
 from ucspi.client.starttls import Dialogue, Refused
@@ -87,13 +86,6 @@ def listening(host: str = "127.0.0.1", port: int = 0) -> Iterator[Tuple[socket.s
         yield sock, sock.getsockname()[1]
     finally:
         sock.close()
-
-
-def refused_port(host: str = "127.0.0.1") -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 class FullQueue:
@@ -444,12 +436,13 @@ def test_ident_answer_like_c() -> None:
 
 
 def test_refused_like_c() -> None:
-    port = refused_port()
+    port = free_port()
     ours, c = both([*NOLOOKUP, "127.0.0.1", str(port), "true"])
     assert (ours.returncode, ours.stderr) == (c.returncode, c.stderr) == (
         111, b"tcpclient: unable to connect to 127.0.0.1 port %d: connection refused\n" % port)
 
 
+@pytest.mark.slow
 def test_timeout_like_c() -> None:
     queue = FullQueue("127.0.0.1")
     try:
@@ -464,6 +457,7 @@ def test_timeout_like_c() -> None:
     assert took >= 1.9          # one address: x+y seconds
 
 
+@pytest.mark.slow
 def test_two_addresses_time_out_twice(dns_server) -> None:  # type: ignore[no-untyped-def]
     """localhost.example has 127.0.0.1 and ::1: both are tried for x
     seconds without a word, then again for y seconds each, with a
@@ -495,7 +489,7 @@ def test_local_address_and_port_like_c() -> None:
     with listening("127.0.0.1") as (_, port):
         outs = []
         for impl in (OURS, C):
-            local = refused_port("127.0.0.2")
+            local = free_port("127.0.0.2")
             out = run(impl, [*NOLOOKUP, "-i", "127.0.0.2", "-p", str(local), "127.0.0.1",
                              str(port), *PRINT_ENV])
             assert out.returncode == 0, out.stderr
@@ -513,7 +507,7 @@ def test_bind_failure_like_c() -> None:
 
 
 def test_longest_timeouts_and_unknown_interface() -> None:
-    port = refused_port()
+    port = free_port()
     out = run(OURS, [*NOLOOKUP, "-T", "2147483647+2147483647", "127.0.0.1", str(port), "true"])
     assert (out.returncode, out.stderr) == (
         111, b"tcpclient: unable to connect to 127.0.0.1 port %d: connection refused\n" % port)
@@ -523,7 +517,7 @@ def test_longest_timeouts_and_unknown_interface() -> None:
 
 
 def test_quiet_and_service_names_like_c() -> None:
-    port = refused_port()
+    port = free_port()
     ours, c = both(["-q", *NOLOOKUP, "127.0.0.1", str(port), "true"])
     assert (ours.returncode, ours.stderr) == (c.returncode, c.stderr) == (111, b"")
     ours, c = both([*NOLOOKUP, "127.0.0.1", "no-such-service", "true"])
@@ -850,7 +844,7 @@ def test_tls_client_certificate(certs: Certs, issued: Issued) -> None:
 
 
 def test_tls_bad_files_fail_before_connecting(certs: Certs, tmp_path: Path) -> None:
-    port = refused_port()
+    port = free_port()
     for args, reason in (
             (["-n", certs.broken], f"client certificate {certs.broken}: "),
             (["-n", "/nonexistent/c.pem"], "client certificate /nonexistent/c.pem: "
@@ -868,6 +862,7 @@ def test_tls_bad_files_fail_before_connecting(certs: Certs, tmp_path: Path) -> N
     assert out.returncode == 100 and b"-m needs a CA file" in out.stderr
 
 
+@pytest.mark.slow
 def test_tls_handshake_times_out() -> None:
     """A server that accepts and never answers: the handshake gets -T's
     x+y seconds."""
@@ -926,6 +921,7 @@ def test_starttls_refused(servers: Servers) -> None:
              b"454 TLS not available\n")
 
 
+@pytest.mark.slow
 def test_starttls_within_the_connect_timeouts(servers: Servers) -> None:
     """The dialogue and the handshake get -T's x+y seconds."""
     srv = servers(["-HRl0"], prog=["sh", "-c", 'printf "220 hi\\r\\n"; read l; read l'])

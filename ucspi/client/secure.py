@@ -29,7 +29,7 @@ import time
 from ipaddress import ip_address
 from typing import List, Mapping, Optional
 
-from ..environ import Change, Environment, TlsFacts, apply, tls_changes
+from ..environ import Change, Environment, apply, tls_changes
 from ..errors import Fatal, UsageError, errtext
 from ..log import Log, say, safe
 from ..proc.signals import SIGDEF
@@ -184,7 +184,7 @@ def variables(chan: Channel, details: bool) -> List[Change]:
     (``SSL_TLS_SNI_SERVERNAME``: the name asked for, not an address)."""
     facts = chan.facts()
     if facts.sni and _is_address(facts.sni):
-        facts = TlsFacts(facts.protocol, facts.cipher, facts.bits, None, facts.peer_cert)
+        facts.sni = None
     return tls_changes(facts, tls_client.provider(details, facts))
 
 
