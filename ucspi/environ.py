@@ -238,10 +238,23 @@ def tls_changes(facts: TlsFacts, provider: str) -> List[Change]:
 
 
 def inherited(drop: Tuple[str, ...] = ()) -> Environment:
-    """The server's own environment, as bytes, without the variables
-    named in ``drop`` (those meant for the server alone: socket
-    activation's, ``NOTIFY_SOCKET``)."""
+    """The environment the command was started with, as bytes, without
+    the variables named in ``drop`` (those meant for the command alone:
+    socket activation's, ``NOTIFY_SOCKET``).
+
+    Python may have added ``LC_CTYPE`` to its own environment (PEP 538's
+    locale coercion, under the C locale); the kernel's copy of the
+    original, ``/proc/self/environ``, tells whether it did, and then the
+    programs do not get it."""
     env = dict(os.environb)
     for name in drop:
         env.pop(name.encode(), None)
+    if b"LC_CTYPE" in env:
+        try:
+            with open("/proc/self/environ", "rb") as handle:
+                original = handle.read()
+        except OSError:
+            return env
+        if not any(entry.startswith(b"LC_CTYPE=") for entry in original.split(b"\0")):
+            del env[b"LC_CTYPE"]
     return env

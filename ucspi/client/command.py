@@ -33,7 +33,7 @@ import sys
 from ipaddress import IPv6Address
 from typing import TYPE_CHECKING, List, Optional
 
-from ..environ import Endpoints, Environment, apply
+from ..environ import Endpoints, Environment, apply, inherited
 from ..errors import EXIT_TEMP, EXIT_USAGE, Fatal, UsageError, errtext
 from ..log import Log, say, safe
 from ..options import MissingArgument, OptionError, Request
@@ -88,23 +88,6 @@ def _connect(opts: Options, log: Log, conf: Cached) -> Optional[socket.socket]:
                      % (safe(shown, True), port, errtext(exc).encode()))
 
     return connect.connect_any(found, opts.connect_timeouts, attempt, warn)
-
-
-def inherited() -> Environment:
-    """The environment tcpclient was started with.  Python may have
-    added ``LC_CTYPE`` to its own (PEP 538's locale coercion, under the C
-    locale); the kernel's copy of the original, ``/proc/self/environ``,
-    tells whether it did, and then the program does not get it."""
-    env = dict(os.environb)
-    if b"LC_CTYPE" in env:
-        try:
-            with open("/proc/self/environ", "rb") as handle:
-                original = handle.read()
-        except OSError:
-            return env
-        if not any(entry.startswith(b"LC_CTYPE=") for entry in original.split(b"\0")):
-            del env[b"LC_CTYPE"]
-    return env
 
 
 def _environment(opts: Options, ep: Endpoints, scope: int,

@@ -37,6 +37,10 @@ CHUNK = 65536
 #: stop reading the program while this much is waiting for the peer
 HIGH_WATER = 262144
 
+#: the longest poll() takes, in milliseconds (a C int); longer waits
+#: are made of several
+POLL_MAX = 2**31 - 1
+
 _IN, _OUT = select.POLLIN, select.POLLOUT
 _GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL
 
@@ -53,7 +57,7 @@ def _wait(fd: int, events: int, deadline: Optional[float]) -> bool:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            left_ms = max(1, int(left * 1000))
+            left_ms = min(max(1, int(left * 1000)), POLL_MAX)
         if poller.poll(left_ms):
             return True
 
@@ -252,7 +256,7 @@ class Relay:
         self.end = end
         self.to_prog: Optional[int] = to_prog
         self.from_prog: Optional[int] = from_prog
-        self.idle_ms = idle * 1000 if idle else None
+        self.idle_ms = min(idle * 1000, POLL_MAX) if idle else None
         self.log = log
         self.peer_open = True        # the peer may still send
         self.notified = False        # the end of our stream is queued for the peer
