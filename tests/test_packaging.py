@@ -212,11 +212,16 @@ def test_pyz_serves_a_connection(pyz: str, elsewhere: str) -> None:
         assert proc.wait(TIMEOUT) == 0
 
 
-@pytest.mark.parametrize("name", ["tcprules", "tcprulescheck", "rblsmtpd", "tcpclient"])
+TOOL_MODULES = {"tcprules": "ucspi.tools.tcprules", "tcprulescheck": "ucspi.tools.tcprulescheck",
+                "rblsmtpd": "ucspi.tools.rblsmtpd", "tcpclient": "ucspi.client",
+                "tcp-env": "ucspi.server.tcpenv"}
+
+
+@pytest.mark.parametrize("name", sorted(TOOL_MODULES))
 def test_pyz_symlink_runs_the_rules_tool(pyz: str, elsewhere: str, name: str) -> None:
-    """A symlink named tcprules/tcprulescheck/rblsmtpd/tcpclient runs that
-    tool (usage: 100)."""
-    need_module("ucspi.client" if name == "tcpclient" else "ucspi.tools." + name)
+    """A symlink named after one of the tools (tcprules, tcprulescheck,
+    tcpclient, tcp-env, rblsmtpd) runs that tool (usage: 100)."""
+    need_module(TOOL_MODULES[name])
     link = os.path.join(elsewhere, name)
     os.symlink(pyz, link)
     result = run([PYTHON, "-I", link], cwd=elsewhere)

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Build ``tcpserver.pyz``: tcpserver and its tools (tcprules,
-tcprulescheck, rblsmtpd, tcpclient) in one executable file.
+tcprulescheck, tcpclient, tcp-env, rblsmtpd) in one executable file.
 
 Usage::
 
@@ -12,8 +12,8 @@ and a ``__main__.py``.  Copy it to any host with Python 3.9 or newer
 and run it (``./tcpserver.pyz -v 0 7000 prog``, or ``python3
 tcpserver.pyz ...``).  The archive chooses its command by the name it
 is started under, like a busybox: a symlink that points to the
-``.pyz`` and is called ``tcprules``, ``tcprulescheck``, ``rblsmtpd`` or
-``tcpclient`` (the whole name, optionally with ``.pyz`` or ``.py``
+``.pyz`` and is called ``tcprules``, ``tcprulescheck``, ``tcpclient``,
+``tcp-env`` or ``rblsmtpd`` (the whole name, optionally with ``.pyz`` or ``.py``
 after it) runs that tool; any other name (``tcpserver``,
 ``tcpserver.pyz``, ``tcprules_v2``) runs tcpserver.  The archive also
 holds ``ucspi/py.typed``.
@@ -43,7 +43,7 @@ MAIN = '''\
 """Entry point of tcpserver.pyz (built by tools/build_pyz.py).
 
 The command is chosen from the name the archive was started under:
-tcprules, tcprulescheck, rblsmtpd or tcpclient (a symlink with that
+tcprules, tcprulescheck, tcpclient, tcp-env or rblsmtpd (a symlink with that
 whole name, optionally followed by .pyz or .py), else tcpserver.  The
 choice itself is made by ucspi/__main__.py, so ``python3 -m ucspi``
 and the archive behave the same.

@@ -1,6 +1,6 @@
 """``python3 -m ucspi`` runs tcpserver (or tcprules / tcprulescheck /
-rblsmtpd / tcpclient when started under that name, as from a zipapp
-symlink).
+tcpclient / tcp-env / rblsmtpd when started under that name, as from a
+zipapp symlink).
 
 The interpreter has been checked by ``ucspi/__init__.py`` already.
 """
