@@ -7,7 +7,8 @@ the median over rounds of conn/s, p50 and p99 latency, and the ratio
 ours/C.  Also reports start-up time to listening and idle RSS.
 
     python3 bench/bench_core.py [--rounds 5] [--count 3000] [--quick]
-                                [--dns IP] [--no-ceiling]
+                                [--dns IP] [--slow-ident SECONDS]
+                                [--only plain|lookups] [--no-ceiling]
 
 CPU per connection, per scenario (from ``/proc/PID/stat``, the delta over
 every round of that server, divided by its connections): our parent
@@ -26,8 +27,14 @@ Both servers get ``-c 100 -b 256`` (a backlog large enough that no SYN is
 dropped, which would add 1 s retransmits to both).  Scenarios: ``-HRl0`` with ``/bin/true`` and ``echo hello`` at
 concurrency 1 and 32, and (when ``--dns IP`` names a DNS server that
 answers PTR for 127.0.0.1, and an ident server runs on 127.0.0.1:113)
-``-hr`` at concurrency 32.  Nothing here is a test: the numbers go in
-issue notes, not assertions.
+the lookups: ``-hr -t 5`` at concurrency 32 and 1 and ``-hrp -t 5`` at
+32 with that fast ident peer, and ``-hr -t 5`` at 32 with a slow one:
+the clients then connect from a random 127.x.0.1, where
+``bench/slow_ident.py`` answers every query after ``--slow-ident``
+seconds (0.05 unless told; 0 leaves the row out).  Its PTR comes from
+the same DNS server (an NXDOMAIN is as good as a name: both servers ask
+the same).  Nothing here is a test: the numbers go in issue notes, not
+assertions.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -52,6 +60,7 @@ import loadgen  # noqa: E402
 C_TCPSERVER = "/usr/bin/tcpserver"
 OURS = [sys.executable, os.path.join(ROOT, "tcpserver.py")]
 CEILING = os.path.join(HERE, "ceiling.py")
+SLOW_IDENT = os.path.join(HERE, "slow_ident.py")
 TICK = float(os.sysconf("SC_CLK_TCK"))
 
 
@@ -88,8 +97,21 @@ def bare_python_rss() -> int:
         proc.wait()
 
 
+def slow_ident(address: str, delay: float) -> "subprocess.Popen[bytes]":
+    """Start ``bench/slow_ident.py`` on ``address`` port 113."""
+    proc = subprocess.Popen([sys.executable, SLOW_IDENT, address, "--delay", str(delay)],
+                            stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != b"ready":
+        proc.kill()
+        raise RuntimeError(f"slow_ident.py did not start on {address}:113")
+    return proc
+
+
 def scenario(opts: List[str], prog: List[str], conc: int, count: int, rounds: int,
-             env: Optional[Dict[str, str]]) -> Dict[str, Dict[str, float]]:
+             env: Optional[Dict[str, str]], base: str = "") -> Dict[str, Dict[str, float]]:
+    """Both servers, ``rounds`` interleaved rounds; clients from
+    ``base``.0.1 if given (else 127.0.0.1)."""
     common = ["-1", "-c", "100", "-b", "256", *opts, "127.0.0.1", "0", *prog]
     ours, ours_port, _ = start([*OURS, "-C", "0", *common], env)
     theirs, c_port, _ = start([C_TCPSERVER, *common], env)
@@ -100,7 +122,8 @@ def scenario(opts: List[str], prog: List[str], conc: int, count: int, rounds: in
         for _ in range(rounds):
             for name, proc, port in (("ours", ours, ours_port), ("C", theirs, c_port)):
                 own0, kids0 = cpu_seconds(proc.pid)
-                res = loadgen.run("127.0.0.1", port, count, conc, 60.0)
+                res = (loadgen.run("127.0.0.1", port, count, conc, 60.0, sources=1, base=base)
+                       if base else loadgen.run("127.0.0.1", port, count, conc, 60.0))
                 time.sleep(0.3)   # the last programs end and are reaped
                 own1, kids1 = cpu_seconds(proc.pid)
                 cpu[name][0] += own1 - own0
@@ -126,6 +149,10 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=3000)
     parser.add_argument("--dns", help="DNS server IP for the -hr scenario (DNSCACHEIP)")
     parser.add_argument("--quick", action="store_true", help="1 round, 1000 connections")
+    parser.add_argument("--slow-ident", type=float, default=0.05, metavar="SECONDS",
+                        help="the slow ident peer's delay (0: no slow-ident row)")
+    parser.add_argument("--only", choices=("plain", "lookups"),
+                        help="only the -HRl0 rows, or only the lookup rows (needs --dns)")
     parser.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
                         help="measure the spawn ceiling once (bench/ceiling.py; default on)")
     parser.add_argument("--ceiling-rounds", type=int, default=3)
@@ -162,29 +189,48 @@ def main() -> None:
         roof = float(methods[base]["rate"])
         print(f"ceiling for the fractions below: {base} {roof:.0f}/s", flush=True)
 
-    plans = [
-        (["-HRl0"], ["/bin/true"], 1), (["-HRl0"], ["/bin/true"], 32),
-        (["-HRl0"], ["echo", "hello"], 1), (["-HRl0"], ["echo", "hello"], 32),
-    ]
+    # (options, program, concurrency, slow ident delay or 0)
+    plans: List[Tuple[List[str], List[str], int, float]] = []
     env = None
-    if args.dns:
+    if args.dns and args.only != "plain":
         env = dict(os.environ, DNSCACHEIP=args.dns)
-        # first: an ident server reads /proc/net/tcp for every query, and
-        # gets slower as the TIME_WAIT sockets of earlier scenarios pile up
-        plans.insert(0, (["-hr", "-t", "5"], ["/bin/true"], 32))
-    print(f"{'scenario':36} {'ours c/s':>9} {'C c/s':>9} {'ratio':>6} "
+        # first: oidentd reads /proc/net/tcp for every query, and gets
+        # slower as the TIME_WAIT sockets of earlier scenarios pile up
+        plans += [(["-hr", "-t", "5"], ["/bin/true"], 32, 0.0),
+                  (["-hr", "-t", "5"], ["/bin/true"], 1, 0.0),
+                  (["-hrp", "-t", "5"], ["/bin/true"], 32, 0.0)]
+        if args.slow_ident > 0:
+            plans.append((["-hr", "-t", "5"], ["/bin/true"], 32, args.slow_ident))
+    elif args.only == "lookups":
+        sys.exit("--only lookups needs --dns IP")
+    if args.only != "lookups":
+        plans += [
+            (["-HRl0"], ["/bin/true"], 1, 0.0), (["-HRl0"], ["/bin/true"], 32, 0.0),
+            (["-HRl0"], ["echo", "hello"], 1, 0.0), (["-HRl0"], ["echo", "hello"], 32, 0.0),
+        ]
+    print(f"{'scenario':44} {'ours c/s':>9} {'C c/s':>9} {'ratio':>6} "
           f"{'p50 ours/C ms':>15} {'p99 ours/C ms':>15} {'ceil ours/C':>11} "
           f"{'µs/conn: ours parent':>20} {'C parent':>8} {'C child':>8} {'ours child':>10} "
           f"{'C work':>7}")
-    for opts, prog, conc in plans:
+    for opts, prog, conc, delay in plans:
         count = args.count if conc > 1 else max(200, args.count // 5)
-        res = scenario(opts, prog, conc, count, args.rounds, env)
-        o, c = res["ours"], res["C"]
         label = f"{' '.join(opts)} {' '.join(prog)} c={conc}"
+        if delay:
+            base = f"127.{random.randrange(100, 250)}"
+            ident = slow_ident(base + ".0.1", delay)
+            label += f" ident {delay * 1000:.0f}ms"
+            count = min(count, int(conc / delay * 10))   # about 10 s a round
+            try:
+                res = scenario(opts, prog, conc, count, args.rounds, env, base)
+            finally:
+                stop(ident)
+        else:
+            res = scenario(opts, prog, conc, count, args.rounds, env)
+        o, c = res["ours"], res["C"]
         frac = (f"{o['rate'] / roof:5.2f}/{c['rate'] / roof:<5.2f}" if roof
                 else f"{'-':>5}/{'-':<5}")
         c_work = c["cpu_us"] + c["child_cpu_us"] - o["child_cpu_us"]
-        print(f"{label:36} {o['rate']:9.0f} {c['rate']:9.0f} {o['rate'] / c['rate']:6.2f} "
+        print(f"{label:44} {o['rate']:9.0f} {c['rate']:9.0f} {o['rate'] / c['rate']:6.2f} "
               f"{o['p50_ms']:7.2f}/{c['p50_ms']:<7.2f} {o['p99_ms']:7.2f}/{c['p99_ms']:<7.2f} "
               f"{frac:>11} {o['cpu_us']:20.0f} {c['cpu_us']:8.0f} {c['child_cpu_us']:8.0f} "
               f"{o['child_cpu_us']:10.0f} {c_work:7.0f}", flush=True)
