@@ -48,7 +48,15 @@ def _slow(seconds: float) -> Callable[[], bytes]:
     return work
 
 
+# faulthandler's watchdog thread (tox.ini's faulthandler_timeout) makes
+# 3.12+ warn about the offload's fork of this pytest process; the
+# server's parent has no threads (test_launch: test_fork_without_threads_warning).
+_PYTEST_THREADS = pytest.mark.filterwarnings(
+    "ignore:This process .* is multi-threaded, use of fork:DeprecationWarning")
+
+
 @pytest.mark.slow
+@_PYTEST_THREADS
 def test_offload_deadline_is_per_call() -> None:
     """The offload's own deadline kills a slow helper, a longer one
     given to run() lets it finish, and None means no deadline."""
@@ -116,6 +124,7 @@ def test_library_helper_reports_connect_errors() -> None:
                              "server through socket '/x' (111)")
 
 
+@_PYTEST_THREADS
 def test_library_helper_connect_error_through_the_pipe() -> None:
     """The same in a real helper child: the parent reads the error the
     child met, not a lost connection."""
