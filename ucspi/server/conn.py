@@ -35,9 +35,12 @@ server itself, so they can be tested with a fake context, and driven by
 something else than the accept loop.  Nothing here blocks; every lookup
 has its own deadline inside its driver.
 
-A listener bound to one address gives the local address without asking
-the kernel, so with ``-HRl`` and no banner a connection costs no system
-call of its own between ``accept`` and the spawn.
+A connection is a descriptor first: the socket object (whose creation
+costs a ``getsockname`` in CPython) is made only when a step needs one,
+for a banner, a socket option or the local address; a listener bound to
+one address gives the local address without asking the kernel.  So with
+``-HRl`` and no banner a connection costs no system call of its own
+between ``accept`` and the spawn.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
 
 from .. import address, timeouts
 from ..environ import Builder, Change, Endpoints, connection_changes
@@ -213,11 +216,19 @@ class Connection:
     rbl_answers: Optional[Tuple["Answers", "Answers"]] = None
     STEPS: Tuple[Callable[["Connection"], None], ...] = ()
 
-    def __init__(self, ctx: Context, sock: socket.socket, peer: Any, v6sock: bool,
+    #: a client of a UNIX listener (admission counts it as the address "")
+    unix = False
+
+    def __init__(self, ctx: Context, sock: Union[socket.socket, int], peer: Any, v6sock: bool,
                  local: Optional[Tuple[Any, ...]] = None) -> None:
         self.ctx = ctx
-        self.sock = sock
-        self.fd = sock.fileno()
+        if isinstance(sock, int):       # a descriptor from accept: the object comes later
+            self._sock: Optional[socket.socket] = None
+            self.fd = sock
+            self._family = socket.AF_INET6 if v6sock else socket.AF_INET
+        else:
+            self._sock = sock
+            self.fd = sock.fileno()
         self.local = local    # the listener's own address, when it has one
         force6 = ctx.opts.force_ipv6
         self.v4client: bool
@@ -236,6 +247,14 @@ class Connection:
         self.max_per_host = ctx.opts.max_per_host
         self.closed = False
         self._step = 0
+
+    @property
+    def sock(self) -> socket.socket:
+        """The socket object, made at the first use (a stream socket of
+        the family the listener has)."""
+        if self._sock is None:
+            self._sock = socket.socket(self._family, socket.SOCK_STREAM, 0, self.fd)
+        return self._sock
 
     # -- the steps ----------------------------------------------------------
     def start(self) -> None:
@@ -580,7 +599,10 @@ class Connection:
         reactor = self.ctx.reactor
         if reactor.watching(self.fd):
             reactor.forget(self.fd)
-        self.sock.close()
+        if self._sock is not None:
+            self._sock.close()
+        else:
+            os.close(self.fd)
 
 
 def _six(ip: str, family: Optional[str]) -> str:

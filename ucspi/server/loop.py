@@ -39,8 +39,8 @@ ACCEPT_BATCH = 64   # accepts per wake-up, so signals and lookups get a turn
 #: refusals that reaping cannot change
 UNCOUNTED = frozenset(("MAXCONNRATE", "LOAD"))
 
-#: what the loop does with an accepted ``(socket, peer, v6sock, local)``
-Accepted = Callable[[socket.socket, Any, bool, Any], None]
+#: makes the connection of an accepted ``(descriptor, peer, v6sock, local)``
+Accepted = Callable[[int, Any, bool, Any], Connection]
 
 
 class Children:
@@ -162,12 +162,12 @@ class Server:
     def _accept(self, lsock: socket.socket) -> None:
         v6sock = lsock.family == socket.AF_INET6
         connection, local = self._handlers[lsock.fileno()]
-        accept = lsock.accept
+        accept = lsock._accept  # type: ignore[attr-defined]  # (fd, address): no object yet
         for _ in range(ACCEPT_BATCH):
             if not self._room():
                 break
             try:
-                sock, peer = accept()
+                fd, peer = accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -176,10 +176,11 @@ class Server:
                 self._backoff()  # EMFILE, ENFILE, ENOBUFS, ENOMEM... (design: accept-errors)
                 return
             try:
-                connection(sock, peer, v6sock, local)
+                conn = connection(fd, peer, v6sock, local)
             except BaseException:
-                sock.close()           # never leaked, whatever step raised
+                os.close(fd)           # never leaked
                 raise
+            self._admit(conn)
         else:
             return
         self._watch(False)
@@ -204,32 +205,35 @@ class Server:
         return False
 
     # -- the first moment: what the listener does with a connection ------------
-    def _connection(self, sock: socket.socket, peer: Any, v6sock: bool, local: Any) -> None:
-        conn = self.service.connection(self.context, sock, peer, v6sock, local)
+    def _connection(self, fd: int, peer: Any, v6sock: bool, local: Any) -> Connection:
+        conn = self.service.connection(self.context, fd, peer, v6sock, local)
         conn.later = self.service.access is not None   # a rule may give the limit
-        self._admit(conn)
+        return conn
 
-    def _maybe_proxied(self, sock: socket.socket, peer: Any, v6sock: bool,
-                       local: Any) -> None:
+    def _maybe_proxied(self, fd: int, peer: Any, v6sock: bool, local: Any) -> Connection:
         """With ``PROXY_FROM``: a trusted source's connection reads its
         header first, and its limits are checked after it."""
         assert self.service.trusted is not None
         if peer[0] not in self.service.trusted:
-            self._connection(sock, peer, v6sock, local)
-            return
-        conn = self.service.connection(self.context, sock, peer, v6sock, local)
+            return self._connection(fd, peer, v6sock, local)
+        conn = self.service.connection(self.context, fd, peer, v6sock, local)
         conn.proxied = conn.later = True
-        self._admit(conn)
+        return conn
 
-    def _unix_connection(self, sock: socket.socket, peer: Any, v6sock: bool,
-                         path: Any) -> None:
+    def _unix_connection(self, fd: int, peer: Any, v6sock: bool, path: Any) -> Connection:
         """A UNIX client: every one counts as the address ``""``."""
-        self._admit(UnixConnection(self.context, sock, path), unix=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
+        try:
+            return UnixConnection(self.context, sock, path)
+        except BaseException:
+            sock.detach()              # the caller closes the descriptor
+            raise
 
-    def _admit(self, conn: Connection, unix: bool = False) -> None:
+    def _admit(self, conn: Connection) -> None:
         """Count the connection and run its steps, or refuse it."""
         ip = conn.ep.remote_ip
         admission = self.admission
+        unix = conn.unix
         try:
             refusal = self._decided(lambda: admission.accept(ip, not conn.later, conn.slot,
                                                              unix=unix))

@@ -30,6 +30,8 @@ _PEERCRED = getattr(socket, "SO_PEERCRED", None)
 class UnixConnection(Connection):
     """One client of a UNIX listener bound to ``path``."""
 
+    unix = True
+
     def __init__(self, ctx: Context, sock: socket.socket, path: str) -> None:
         super().__init__(ctx, sock, ("", 0), False)
         self.ep = Endpoints(False, False, "", "", 0, "", "", 0)
