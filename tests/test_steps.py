@@ -90,7 +90,7 @@ class World:
     """A fake context around one accepted loopback connection."""
 
     def __init__(self, args: List[str], access: Optional[FakeAccess] = None,
-                 over: int = 0, hold: bool = False) -> None:
+                 over: int = 0, hold: bool = False, descriptor: bool = False) -> None:
         self.opts: Options = parse(args + ["0", "0", "prog"], {})
         self.reactor = Reactor()
         rfd, self.logw = os.pipe()
@@ -107,9 +107,15 @@ class World:
                            self._launch, self.ended.append)
         listener = socket.create_server(("127.0.0.1", 0))
         self.client = socket.create_connection(listener.getsockname())
-        sock, peer = listener.accept()
-        listener.close()
-        self.conn = Connection(self.ctx, sock, peer, False)
+        if descriptor:      # as the accept loop does: a bare descriptor, a bound listener
+            fd, peer = listener._accept()  # type: ignore[attr-defined]
+            local = listener.getsockname()
+            listener.close()
+            self.conn = Connection(self.ctx, fd, peer, False, local)
+        else:
+            sock, peer = listener.accept()
+            listener.close()
+            self.conn = Connection(self.ctx, sock, peer, False)
         self.conn.later = access is not None
 
     def _admit(self, conn: Connection) -> bool:
@@ -401,3 +407,25 @@ def test_banner_to_a_client_that_never_reads(world, monkeypatch) -> None:  # typ
     assert w.launched == [] and w.ended == [w.conn] and w.conn.closed
     assert w.logged() == ["tcpserver: warning: dropping connection, "
                           "unable to print banner: timed out"]
+
+
+def test_a_descriptor_becomes_a_socket_object_only_when_a_step_needs_one() -> None:
+    """From accept to launch with -HRl0 and a bound listener, no socket
+    object is made (CPython's costs a getsockname); close() closes the
+    bare descriptor.  A banner needs the object, and gets it."""
+    world = World(["-HRl0"], descriptor=True)
+    fd = world.conn.fd
+    world.run()
+    assert len(world.launched) == 1
+    env = world.launched[0]
+    assert env[b"TCPLOCALIP"] == b"127.0.0.1" and env[b"TCPREMOTEIP"] == b"127.0.0.1"
+    assert world.conn._sock is None
+    with pytest.raises(OSError) as caught:
+        os.fstat(fd)
+    assert caught.value.errno == errno.EBADF
+
+    world = World(["-HRl0", "-B", "hi"], descriptor=True)
+    world.run()
+    assert len(world.launched) == 1
+    assert world.conn._sock is not None and world.conn._sock.family == socket.AF_INET
+    assert world.client.recv(10) == b"hi"
