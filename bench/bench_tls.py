@@ -3,6 +3,7 @@ in exec mode, same certificate, same programs, loopback only.
 
     python3 bench/bench_tls.py [--rounds 3] [--count 2000] [--concurrency 32]
                                [--clients 2] [--mib 100] [--sessions 200] [--quick]
+                               [--scenario immediate|starttls|clientcert]
 
 Three measurements; the first two run in interleaved rounds (ours,
 stunnel, then stunnel, ours, ...) so that machine noise hits both alike,
@@ -33,6 +34,22 @@ and the table shows medians over the rounds:
    their children and are not counted) and of our parent, against
    stunnel's one process (its exec'd programs not counted), with stunnel's
    growth over its idle USS per session.
+
+``--scenario starttls`` and ``--scenario clientcert`` run the handshake
+rounds alone (no relay, no memory) for the second part of TLS:
+
+- **starttls**: ours with ``-w`` and a C program that greets, answers
+  EHLO and STARTTLS and asks for TLS through UCSPI-TLS (``y`` on
+  ``$SSLCTLFD``), against stunnel's ``protocol = smtp``, which does the
+  EHLO and STARTTLS part itself in front of a program that only greets.
+  The client is the same for both: greeting, EHLO, STARTTLS, the
+  handshake, EHLO over TLS, the answer to EOF.  stunnel waits 200 ms for
+  the client to speak first before it greets (its check for a client
+  that starts TLS at once), so its rate is bounded by concurrency / 0.2 s:
+  compare the CPU per connection as well as the rate.
+- **clientcert**: ours with ``-y -a CA`` against stunnel's ``CAfile``,
+  ``verifyChain`` and ``requireCert``; every client presents a
+  certificate signed by that CA and gets ``echo hello``.
 
 Targets printed beside the results: handshakes ours/stunnel >= 1.0,
 throughput ours/stunnel >= 0.8, <= 3 MiB USS per relay child.  Nothing
@@ -113,9 +130,10 @@ def wait_listening(port: int, proc: Proc, seconds: float = 10.0) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-def start_ours(cert: str, prog: List[str], limit: int) -> Tuple[Proc, int]:
+def start_ours(cert: str, prog: List[str], limit: int,
+               extra: Tuple[str, ...] = ()) -> Tuple[Proc, int]:
     argv = [*OURS, "-1", "-HRl0", "-q", "-C", "0", "-c", str(limit), "-b", "256",
-            "-n", cert, HOST, "0", *prog]
+            *extra, "-n", cert, HOST, "0", *prog]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     line = proc.stdout.readline()
@@ -127,14 +145,15 @@ def start_ours(cert: str, prog: List[str], limit: int) -> Tuple[Proc, int]:
     return proc, int(line)
 
 
-def start_stunnel(cert: str, prog: List[str], workdir: str) -> Tuple[Proc, int]:
+def start_stunnel(cert: str, prog: List[str], workdir: str,
+                  extra: str = "") -> Tuple[Proc, int]:
     port = free_port()
     conf = os.path.join(workdir, f"stunnel-{port}.conf")
     with open(conf, "w") as handle:
         args = " ".join([os.path.basename(prog[0]), *prog[1:]])
         handle.write("foreground = yes\npid =\nsyslog = no\ndebug = 0\n"
                      f"[svc]\naccept = {HOST}:{port}\ncert = {cert}\n"
-                     f"exec = {prog[0]}\nexecArgs = {args}\n")
+                     f"exec = {prog[0]}\nexecArgs = {args}\n{extra}")
     proc = subprocess.Popen([STUNNEL, conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_listening(port, proc)
@@ -182,12 +201,117 @@ def uss_kib(pid: int) -> Tuple[int, int]:
     return uss, pss
 
 
-def client_context() -> ssl.SSLContext:
+def client_context(client_cert: str = "") -> ssl.SSLContext:
+    """TLS 1.3, the server not verified; ``client_cert`` (key and
+    certificate in one PEM file) is presented when the server asks."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    if client_cert:
+        ctx.load_cert_chain(client_cert)
     return ctx
+
+
+# -- the scenarios beside immediate TLS ------------------------------------------
+
+# Delayed TLS: both programs are small C, compiled here.  Ours speaks the
+# SMTP greeting and STARTTLS itself and asks for TLS through UCSPI-TLS
+# (writes y to $SSLCTLFD, then uses $SSLREADFD/$SSLWRITEFD); stunnel's
+# ``protocol = smtp`` does the EHLO and STARTTLS part itself, so its
+# program only greets and answers the EHLO sent over TLS.  The client is
+# the same for both: greeting, EHLO, STARTTLS, handshake, EHLO, the
+# answer to EOF.
+STARTTLS_C = r"""
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+static int line(int fd) { char c; while (read(fd, &c, 1) == 1) if (c == '\n') return 0; return -1; }
+static void put(int fd, const char *s) { (void)!write(fd, s, strlen(s)); }
+int main(void) {
+#ifdef UCSPI_TLS
+    const char *ctl = getenv("SSLCTLFD"), *rd = getenv("SSLREADFD"), *wr = getenv("SSLWRITEFD");
+    if (!ctl || !rd || !wr) return 100;
+    put(1, "220 bench ESMTP\r\n");
+    if (line(0)) return 1;                  /* EHLO */
+    put(1, "250-bench\r\n250 STARTTLS\r\n");
+    if (line(0)) return 1;                  /* STARTTLS */
+    put(1, "220 ready\r\n");
+    put(atoi(ctl), "y");
+    if (line(atoi(rd))) return 1;           /* EHLO, over TLS */
+    put(atoi(wr), "250 hello\r\n");
+#else
+    put(1, "220 bench ESMTP\r\n");
+    if (line(0)) return 1;                  /* EHLO, over TLS */
+    put(1, "250 hello\r\n");
+#endif
+    return 0;
+}
+"""
+
+
+def starttls_programs(directory: str) -> Tuple[str, str]:
+    """(ours, stunnel's): the two builds of ``STARTTLS_C``."""
+    source = os.path.join(directory, "starttls.c")
+    with open(source, "w") as handle:
+        handle.write(STARTTLS_C)
+    built = []
+    for name, flags in (("starttls-ucspi", ["-DUCSPI_TLS"]), ("starttls-plain", [])):
+        out = os.path.join(directory, name)
+        subprocess.run(["cc", "-O2", *flags, "-o", out, source], check=True, timeout=60)
+        built.append(out)
+    return built[0], built[1]
+
+
+def make_client_ca(directory: str) -> Tuple[str, str]:
+    """A client CA and a client certificate it signed (P-256): (CA file,
+    the client's key and certificate in one PEM file)."""
+    ca_key, ca, key, csr, crt, both = (os.path.join(directory, n) for n in (
+        "ca-key.pem", "ca.pem", "client-key.pem", "client.csr", "client.pem", "client-both.pem"))
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    quiet: Dict[str, Any] = {"check": True, "stdout": subprocess.DEVNULL,
+                             "stderr": subprocess.DEVNULL, "timeout": 30}
+    subprocess.run(["openssl", "req", "-x509", *ec, "-days", "2", "-subj", "/CN=bench client CA",
+                    "-keyout", ca_key, "-out", ca], **quiet)
+    subprocess.run(["openssl", "req", *ec, "-subj", "/CN=bench client", "-keyout", key,
+                    "-out", csr], **quiet)
+    subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key,
+                    "-CAcreateserial", "-days", "2", "-out", crt], **quiet)
+    with open(both, "wb") as out:
+        for name in (key, crt):
+            with open(name, "rb") as handle:
+                out.write(handle.read())
+    os.chmod(both, 0o600)
+    return ca, both
+
+
+def starttls_step(sock: socket.socket, state: List[Any]) -> Optional[bytes]:
+    """Read what the server sent in clear and answer it; returns the
+    bytes that came (b"" on EOF), or None when nothing was there yet.
+    ``state[3]`` is the dialogue's step: 0 greeting, 1 EHLO's answer, 2
+    STARTTLS's answer, 3 done (time for the handshake)."""
+    try:
+        data = sock.recv(4096)
+    except BlockingIOError:
+        return None
+    state[4] += data
+    if not data:
+        return data
+    while b"\n" in state[4]:
+        line, _, state[4] = state[4].partition(b"\n")
+        if line[3:4] == b"-":          # a continued reply
+            continue
+        code = line[:3]
+        if (state[3], code) == (0, b"220"):
+            sock.sendall(b"EHLO bench\r\n")
+        elif (state[3], code) == (1, b"250"):
+            sock.sendall(b"STARTTLS\r\n")
+        elif (state[3], code) == (2, b"220"):
+            pass
+        else:
+            raise OSError(f"unexpected reply {line!r} at step {state[3]}")
+        state[3] += 1
+    return data
 
 
 def probe(port: int) -> Tuple[str, str, bytes]:
@@ -210,11 +334,13 @@ def probe(port: int) -> Tuple[str, str, bytes]:
 # -- 1. handshakes: client worker processes ------------------------------------
 
 def handshake_worker(port: int, count: int, concurrency: int, start_at: float,
-                     seconds: float) -> Dict[str, Any]:
+                     seconds: float, mode: str = "tls", client_cert: str = "") -> Dict[str, Any]:
     """Closed loop of TLS connections; runs in its own process.  A
     connection counts if the handshake worked and some output arrived
-    before EOF; ``ragged``: EOFs that came without close_notify."""
-    ctx = client_context()
+    before EOF; ``ragged``: EOFs that came without close_notify.  In
+    ``mode`` "starttls" each connection starts with the SMTP dialogue in
+    clear (:func:`starttls_step`) and sends an EHLO once TLS is up."""
+    ctx = client_context(client_cert)
     sel = selectors.DefaultSelector()
     started = done = errors = ragged = 0
     latencies: List[float] = []
@@ -227,8 +353,10 @@ def handshake_worker(port: int, count: int, concurrency: int, start_at: float,
 
     def launch() -> None:
         nonlocal started, errors
-        sock = ctx.wrap_socket(socket.socket(socket.AF_INET, socket.SOCK_STREAM),
-                               do_handshake_on_connect=False, suppress_ragged_eofs=False)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if mode != "starttls":
+            sock = ctx.wrap_socket(sock, do_handshake_on_connect=False,
+                                   suppress_ragged_eofs=False)
         sock.setblocking(False)
         err = sock.connect_ex((HOST, port))
         if err not in (0, errno.EINPROGRESS):
@@ -236,10 +364,12 @@ def handshake_worker(port: int, count: int, concurrency: int, start_at: float,
             errors += 1
             return
         started += 1
-        # data: [t0, handshaken?, bytes read]
-        sel.register(sock, selectors.EVENT_WRITE, [time.monotonic(), False, 0])
+        # data: [t0, handshaken?, bytes read, STARTTLS step, clear bytes not parsed]
+        state = [time.monotonic(), False, 0, 0, b""]
+        sel.register(sock, selectors.EVENT_READ if mode == "starttls" else selectors.EVENT_WRITE,
+                     state)
 
-    def finish(sock: ssl.SSLSocket, t0: float, ok: bool) -> None:
+    def finish(sock: socket.socket, t0: float, ok: bool) -> None:
         nonlocal done, errors
         sel.unregister(sock)
         sock.close()
@@ -256,12 +386,30 @@ def handshake_worker(port: int, count: int, concurrency: int, start_at: float,
     while done < started and time.monotonic() < deadline + 10:
         for key, _ in sel.select(1.0):
             sock = key.fileobj
-            assert isinstance(sock, ssl.SSLSocket)
             state = key.data
+            if not isinstance(sock, ssl.SSLSocket):   # STARTTLS, still in clear
+                assert isinstance(sock, socket.socket)
+                try:
+                    came = starttls_step(sock, state)
+                except OSError:
+                    finish(sock, state[0], False)
+                    continue
+                if came == b"":
+                    finish(sock, state[0], False)
+                    continue
+                if came is None or state[3] < 3:
+                    continue
+                sel.unregister(sock)
+                sock = ctx.wrap_socket(sock, do_handshake_on_connect=False,
+                                       suppress_ragged_eofs=False)
+                sel.register(sock, selectors.EVENT_WRITE, state)
+                continue
             if not state[1]:
                 try:
                     sock.do_handshake()
                     state[1] = True
+                    if mode == "starttls":
+                        sock.sendall(b"EHLO bench\r\n")
                 except ssl.SSLWantReadError:
                     sel.modify(sock, selectors.EVENT_READ, state)
                     continue
@@ -298,14 +446,15 @@ def handshake_worker(port: int, count: int, concurrency: int, start_at: float,
 
 
 def handshakes(port: int, count: int, concurrency: int, clients: int,
-               seconds: float = 60.0) -> Dict[str, float]:
+               seconds: float = 60.0, mode: str = "tls",
+               client_cert: str = "") -> Dict[str, float]:
     clients = max(1, min(clients, concurrency))
     start_at = time.monotonic() + 0.5   # CLOCK_MONOTONIC is system-wide
     procs = []
     for i in range(clients):
         share_n = count // clients + (1 if i < count % clients else 0)
         share_c = concurrency // clients + (1 if i < concurrency % clients else 0)
-        spec = json.dumps([port, share_n, share_c, start_at, seconds])
+        spec = json.dumps([port, share_n, share_c, start_at, seconds, mode, client_cert])
         procs.append(subprocess.Popen([sys.executable, os.path.abspath(__file__),
                                        "--worker", spec], stdout=subprocess.PIPE))
     reports = []
@@ -470,6 +619,104 @@ def fmt(x: float, spec: str) -> str:
     return format(x, spec) if x == x else format("n/a", ">" + width)
 
 
+def handshake_rounds(servers: Dict[str, Tuple[Proc, int]], args: argparse.Namespace,
+                     mode: str = "tls", client_cert: str = "") -> Dict[str, List[Dict[str, float]]]:
+    """A warm-up, then ``--rounds`` interleaved handshake rounds against
+    each server, with the server's CPU per connection."""
+    names = list(servers)
+    hs: Dict[str, List[Dict[str, float]]] = {n: [] for n in names}
+    for name in names:   # warm-up, not counted
+        handshakes(servers[name][1], min(200, args.count), args.concurrency, args.clients,
+                   mode=mode, client_cert=client_cert)
+    for number in range(args.rounds):
+        for name in (names if number % 2 == 0 else names[::-1]):
+            proc, port = servers[name]
+            own0, kids0 = cpu_seconds(proc.pid)
+            res = handshakes(port, args.count, args.concurrency, args.clients,
+                             mode=mode, client_cert=client_cert)
+            time.sleep(0.3)   # the last relay children / programs are reaped
+            own1, kids1 = cpu_seconds(proc.pid)
+            done = max(1, int(res["conns"]))
+            res["own_us"] = (own1 - own0) / done * 1e6
+            res["kids_us"] = (kids1 - kids0) / done * 1e6
+            res["server_us"] = res["own_us"] + res["kids_us"]
+            hs[name].append(res)
+            print(f"  round {number + 1} handshakes {name:8} {res['rate']:7.0f} conn/s "
+                  f"p99 {res['p99_ms']:6.1f} ms  errors {res['errors']}", flush=True)
+    return hs
+
+
+def paired(ours: List[Dict[str, float]], theirs: List[Dict[str, float]], key: str) -> None:
+    """A row: median and range of the per-round ratios (each round ran both)."""
+    ratios = sorted(a[key] / b[key] for a, b in zip(ours, theirs) if b[key])
+    if ratios:
+        print(f"{'  ours/stunnel, median of per-round ratios':66} "
+              f"{statistics.median(ratios):6.2f}  rounds {ratios[0]:.2f}..{ratios[-1]:.2f}")
+
+
+def target(a: float, b: float, floor: float) -> str:
+    if not rows_ok(a, b):
+        return f"ours/stunnel >= {floor}"
+    return f"ours/stunnel >= {floor}  {'MET' if a / b >= floor else 'MISSED'}"
+
+
+def report_handshakes(o_hs: List[Dict[str, float]], s_hs: List[Dict[str, float]],
+                      args: argparse.Namespace, what: str) -> None:
+    print(f"{'measure':44} {'ours':>10} {'stunnel':>10} {'ratio':>6}  target")
+    rate_o, rate_s = med(o_hs, "rate"), med(s_hs, "rate")
+    print(f"{'handshakes conn/s (c=%d, %s)' % (args.concurrency, what):44} "
+          f"{fmt(rate_o, '10.0f')} {fmt(rate_s, '10.0f')} {ratio(rate_o, rate_s):>6}  "
+          f"{target(rate_o, rate_s, 1.0)}")
+    paired(o_hs, s_hs, "rate")
+    for key, label in (("p50_ms", "  p50 latency ms"), ("p99_ms", "  p99 latency ms"),
+                       ("server_us", "  server CPU µs/conn (incl. programs)"),
+                       ("own_us", "    server process itself"),
+                       ("kids_us", "    its children (ours: relay+program)"),
+                       ("client_us", "  client CPU µs/conn"),
+                       ("errors", "  errors (median)"),
+                       ("ragged", "  EOFs without close_notify (median)")):
+        a, b = med(o_hs, key), med(s_hs, key)
+        print(f"{label:44} {fmt(a, '10.1f')} {fmt(b, '10.1f')} {ratio(a, b):>6}")
+    busy_o = max((r["client_busy"] for r in o_hs), default=float("nan"))
+    busy_s = max((r["client_busy"] for r in s_hs), default=float("nan"))
+    print(f"{'  busiest client process, % CPU of wall':44} {fmt(busy_o * 100, '10.0f')} "
+          f"{fmt(busy_s * 100, '10.0f')}         well below 100: not client-limited")
+    share_o = med(o_hs, "client_us") / (med(o_hs, "client_us") + med(o_hs, "server_us"))
+    share_s = med(s_hs, "client_us") / (med(s_hs, "client_us") + med(s_hs, "server_us"))
+    print(f"{'  clients, % of all CPU spent (client+server)':44} {fmt(share_o * 100, '10.0f')} "
+          f"{fmt(share_s * 100, '10.0f')}")
+
+
+def other_scenario(args: argparse.Namespace, workdir: str, cert: str) -> None:
+    """``--scenario starttls`` or ``clientcert``: handshake rounds only."""
+    servers: Dict[str, Tuple[Proc, int]] = {}
+    client_cert = ""
+    if args.scenario == "starttls":
+        mode, what = "starttls", "STARTTLS"
+        ours_prog, stunnel_prog = starttls_programs(workdir)
+        ours: Tuple[Tuple[str, ...], List[str]] = (("-w",), [ours_prog])
+        theirs: Tuple[str, List[str]] = ("protocol = smtp\n", [stunnel_prog])
+    else:
+        mode, what = "tls", "client certificate"
+        ca, client_cert = make_client_ca(workdir)
+        ours = (("-y", "-a", ca), ["/bin/echo", "hello"])
+        theirs = (f"CAfile = {ca}\nverifyChain = yes\nrequireCert = yes\n",
+                  ["/bin/echo", "hello"])
+    try:
+        servers["stunnel"] = start_stunnel(cert, theirs[1], workdir, theirs[0])
+        servers["ours"] = start_ours(cert, ours[1], 100, ours[0])
+        hs = handshake_rounds(servers, args, mode, client_cert)
+    finally:
+        for proc, _ in servers.values():
+            stop(proc)
+    print()
+    print(f"median of {args.rounds} round(s); load now {os.getloadavg()[0]:.2f}")
+    report_handshakes(hs["ours"], hs["stunnel"], args, what)
+    if args.scenario == "starttls":
+        print("  (stunnel's protocol = smtp waits 200 ms for the client to speak first\n"
+              "   before it greets: its rate is bounded by concurrency / 0.2 s)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -479,6 +726,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=2, help="client processes for handshakes")
     parser.add_argument("--mib", type=int, default=100, help="MiB through cat per relay round")
     parser.add_argument("--sessions", type=int, default=200, help="idle sessions for memory")
+    parser.add_argument("--scenario", choices=("immediate", "starttls", "clientcert"),
+                        default="immediate",
+                        help="immediate: handshakes, relay and memory; starttls: ours -w "
+                             "against stunnel's protocol = smtp; clientcert: ours -y -a CA "
+                             "against stunnel's verifyChain + requireCert (handshakes only)")
     parser.add_argument("--quick", action="store_true",
                         help="1 round, 400 connections, 20 MiB, 50 sessions")
     parser.add_argument("--python-flag", action="append", default=[],
@@ -489,8 +741,7 @@ def main() -> None:
     args = parser.parse_args()
     OURS[1:1] = args.python_flag
     if args.worker:
-        port, count, conc, start_at, seconds = json.loads(args.worker)
-        sys.stdout.write(json.dumps(handshake_worker(port, count, conc, start_at, seconds)))
+        sys.stdout.write(json.dumps(handshake_worker(*json.loads(args.worker))))
         return
     if args.quick:
         args.rounds, args.count, args.mib, args.sessions = 1, 400, 20, 50
@@ -499,12 +750,15 @@ def main() -> None:
     t_start = time.monotonic()
     load = os.getloadavg()
     print(f"bench_tls: {os.cpu_count()} CPUs, load {load[0]:.2f}, {ssl.OPENSSL_VERSION}, "
-          f"rounds {args.rounds}, {args.count} conns at c={args.concurrency} "
-          f"({args.clients} client processes), {args.mib} MiB, {args.sessions} sessions",
-          flush=True)
+          f"scenario {args.scenario}, rounds {args.rounds}, {args.count} conns at "
+          f"c={args.concurrency} ({args.clients} client processes), {args.mib} MiB, "
+          f"{args.sessions} sessions", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="bench_tls.") as workdir:
         _, _, cert = make_cert(workdir)
+        if args.scenario != "immediate":
+            other_scenario(args, workdir, cert)
+            return
         servers: Dict[str, Dict[str, Tuple[Proc, int]]] = {"hello": {}, "cat": {}}
         ours_err = ""
         try:
@@ -526,27 +780,10 @@ def main() -> None:
                 if got != b"hello\n":
                     raise RuntimeError(f"{name}: unexpected output {got!r}")
 
-            hs: Dict[str, List[Dict[str, float]]] = {n: [] for n in names}
+            hs = handshake_rounds({n: servers["hello"][n] for n in names}, args)
             tp: Dict[str, List[Dict[str, float]]] = {n: [] for n in names}
-            for name in names:   # warm-up, not counted
-                handshakes(servers["hello"][name][1], min(200, args.count),
-                           args.concurrency, args.clients)
             for number in range(args.rounds):
-                order = names if number % 2 == 0 else names[::-1]
-                for name in order:
-                    proc, port = servers["hello"][name]
-                    own0, kids0 = cpu_seconds(proc.pid)
-                    res = handshakes(port, args.count, args.concurrency, args.clients)
-                    time.sleep(0.3)   # the last relay children / programs are reaped
-                    own1, kids1 = cpu_seconds(proc.pid)
-                    done = max(1, int(res["conns"]))
-                    res["own_us"] = (own1 - own0) / done * 1e6
-                    res["kids_us"] = (kids1 - kids0) / done * 1e6
-                    res["server_us"] = res["own_us"] + res["kids_us"]
-                    hs[name].append(res)
-                    print(f"  round {number + 1} handshakes {name:8} {res['rate']:7.0f} conn/s "
-                          f"p99 {res['p99_ms']:6.1f} ms  errors {res['errors']}", flush=True)
-                for name in order:
+                for name in (names if number % 2 == 0 else names[::-1]):
                     proc, port = servers["cat"][name]
                     c0 = sum(cpu_seconds(proc.pid))
                     res = relay(port, args.mib)
@@ -561,47 +798,11 @@ def main() -> None:
                     stop(proc)
         mem = memory(cert, args.sessions, workdir, "ours" in names)
 
-    o_hs, s_hs = hs.get("ours", []), hs["stunnel"]
     o_tp, s_tp = tp.get("ours", []), tp["stunnel"]
-
-    def paired(ours: List[Dict[str, float]], theirs: List[Dict[str, float]], key: str) -> None:
-        """A row: median and range of the per-round ratios (each round ran both)."""
-        ratios = sorted(a[key] / b[key] for a, b in zip(ours, theirs) if b[key])
-        if ratios:
-            print(f"{'  ours/stunnel, median of per-round ratios':66} "
-                  f"{statistics.median(ratios):6.2f}  rounds {ratios[0]:.2f}..{ratios[-1]:.2f}")
-
-    def target(a: float, b: float, floor: float) -> str:
-        if not rows_ok(a, b):
-            return f"ours/stunnel >= {floor}"
-        return f"ours/stunnel >= {floor}  {'MET' if a / b >= floor else 'MISSED'}"
-
     print()
     print(f"median of {args.rounds} round(s); load now {os.getloadavg()[0]:.2f}; "
           f"{time.monotonic() - t_start:.0f} s")
-    print(f"{'measure':44} {'ours':>10} {'stunnel':>10} {'ratio':>6}  target")
-    rate_o, rate_s = med(o_hs, "rate"), med(s_hs, "rate")
-    print(f"{'handshakes conn/s (c=%d, echo hello)' % args.concurrency:44} "
-          f"{fmt(rate_o, '10.0f')} {fmt(rate_s, '10.0f')} {ratio(rate_o, rate_s):>6}  "
-          f"{target(rate_o, rate_s, 1.0)}")
-    paired(o_hs, s_hs, "rate")
-    for key, label in (("p50_ms", "  p50 latency ms"), ("p99_ms", "  p99 latency ms"),
-                       ("server_us", "  server CPU µs/conn (incl. programs)"),
-                       ("own_us", "    server process itself"),
-                       ("kids_us", "    its children (ours: relay+program)"),
-                       ("client_us", "  client CPU µs/conn"),
-                       ("errors", "  errors (median)"),
-                       ("ragged", "  EOFs without close_notify (median)")):
-        a, b = med(o_hs, key), med(s_hs, key)
-        print(f"{label:44} {fmt(a, '10.1f')} {fmt(b, '10.1f')} {ratio(a, b):>6}")
-    busy_o = max((r["client_busy"] for r in o_hs), default=float("nan"))
-    busy_s = max((r["client_busy"] for r in s_hs), default=float("nan"))
-    print(f"{'  busiest client process, % CPU of wall':44} {fmt(busy_o * 100, '10.0f')} "
-          f"{fmt(busy_s * 100, '10.0f')}         well below 100: not client-limited")
-    share_o = med(o_hs, "client_us") / (med(o_hs, "client_us") + med(o_hs, "server_us"))
-    share_s = med(s_hs, "client_us") / (med(s_hs, "client_us") + med(s_hs, "server_us"))
-    print(f"{'  clients, % of all CPU spent (client+server)':44} {fmt(share_o * 100, '10.0f')} "
-          f"{fmt(share_s * 100, '10.0f')}")
+    report_handshakes(hs.get("ours", []), hs["stunnel"], args, "echo hello")
     mo, ms = med(o_tp, "mibs"), med(s_tp, "mibs")
     print(f"{'relay MiB/s (%d MiB through cat)' % args.mib:44} {fmt(mo, '10.1f')} "
           f"{fmt(ms, '10.1f')} {ratio(mo, ms):>6}  {target(mo, ms, 0.8)}")
