@@ -111,3 +111,46 @@ def test_accept_to_admission_is_guarded(loop: Server, monkeypatch: pytest.Monkey
     assert loop.admission.count == 1 and loop.accepting
     first.close()
     second.close()
+
+
+@pytest.mark.parametrize("argv, env, trusted, steps", [
+    (["-HRl0"], {}, None, ["_socket", "_launch"]),
+    (["-hRl0"], {}, None, ["_socket", "_lookups", "_launch"]),
+    (["-HRl0", "-x", "/nonexistent.cdb", "-X"], {}, None,
+     ["_socket", "_access", "_admit", "_launch"]),
+    (["-HRl0"], {}, frozenset({"127.0.0.1"}), ["_header", "_socket", "_admit", "_launch"]),
+    (["-HRl0"], {"DNSBL": "bl.example"}, None, ["_socket", "_lookups", "_rbl", "_launch"]),
+    (["-hrl0", "-x", "/nonexistent.cdb", "-X"], {"DNSBL": "bl.example"}, frozenset({"::1"}),
+     ["_header", "_socket", "_lookups", "_access", "_admit", "_rbl", "_launch"]),
+])
+def test_a_service_runs_only_the_steps_its_options_can_use(argv, env, trusted,  # type: ignore[no-untyped-def]
+                                                            steps) -> None:
+    """Steps that can do nothing for any of its clients are left out of
+    the service's connection kind (fewer calls per connection); what
+    remains is in the original order."""
+    from ucspi.rbl.lists import from_environ as dnsbl_from_environ
+    opts = parse([*argv, "127.0.0.1", "0", "prog"], env)
+    served = service.build(opts, Log(0), Limit(10), CountingLaunch(), trusted, False, env,
+                           dnsbl=dnsbl_from_environ(env) if env else None)
+    try:
+        got = [step.__name__ for step in served.connection.STEPS]
+        assert got == steps
+        assert issubclass(served.connection, service.Connection)
+    finally:
+        served.reactor.close()
+
+
+def test_a_trimmed_connection_still_serves(loop: Server) -> None:
+    """The -HRl0 service skips straight from the socket to the launch."""
+    assert [s.__name__ for s in loop.service.connection.STEPS] == ["_socket", "_launch"]
+    launch = loop.service.launch
+    assert isinstance(launch, CountingLaunch)
+    client = socket.create_connection(loop.listener.sockets[0].getsockname()[:2])
+    try:
+        for _ in range(20):
+            loop.reactor.run_once(0.1)
+            if launch.started:
+                break
+        assert len(launch.started) == 1
+    finally:
+        client.close()

@@ -48,7 +48,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Type, TypeVar, Union
 
 from .. import address, timeouts
 from ..environ import Builder, Change, Endpoints, connection_changes
@@ -69,6 +69,7 @@ if TYPE_CHECKING:
 
 
 F = TypeVar("F", bound=Callable[..., None])
+C = TypeVar("C", bound="Connection")
 
 
 def guarded(method: F) -> F:
@@ -660,3 +661,33 @@ TlsConnection.STEPS = (
     TlsConnection._slot, Connection._lookups, Connection._access,
     Connection._admit, Connection._rbl, Connection._launch,
 )
+
+
+def without_idle_steps(kind: Type[C], proxied: bool, lookups: bool, access: bool,
+                       rbl: bool) -> Type[C]:
+    """``kind`` without the steps that can do nothing for any connection
+    of a service: the PROXY header without trusted sources, the lookups
+    step without a lookup or a DNS list, the access step without an access
+    source, admission's second moment when the first decides every client
+    (no rules, no PROXY header), the DNSBL step without lists.  The plain
+    path then makes three step calls instead of seven.  Each flag says
+    whether that part of the service exists; the steps themselves still
+    check, so the full list is always correct too (``tcp-env`` uses it).
+    """
+    idle = set()
+    if not proxied:
+        idle.add(Connection._header)
+    if not lookups:
+        idle.add(Connection._lookups)
+    if not access:
+        idle.add(Connection._access)
+    if not (access or proxied):
+        idle.add(Connection._admit)
+    if not rbl:
+        idle.add(Connection._rbl)
+    steps = tuple(step for step in kind.STEPS if step not in idle)
+    if steps == kind.STEPS:
+        return kind
+    return type(kind.__name__, (kind,), {"STEPS": steps, "__doc__": kind.__doc__,
+                                          "__module__": kind.__module__,
+                                          "__qualname__": kind.__qualname__})

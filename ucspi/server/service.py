@@ -41,7 +41,7 @@ from ..proc.reload import Reloads
 from ..reactor import Reactor
 from .access import Access
 from .admission import Admission
-from .conn import Connection, Context, descriptors_needed
+from .conn import Connection, Context, descriptors_needed, lookup_plan, without_idle_steps
 from .limits import Descriptors, Limit
 from .listen import ACTIVATION_VARIABLES
 from .lookups import Lookups
@@ -228,6 +228,10 @@ def build(opts: Options, log: Log, limit: Limit, launch: Launch, trusted: Option
                       environ.Builder(environ.inherited(drop)), admission, launch, reloads,
                       notifier, trusted)
     service.dnsbl = dnsbl
+    service.connection = without_idle_steps(
+        service.connection, proxied=trusted is not None,
+        lookups=bool(lookup_plan(opts)) or (dnsbl is not None and bool(dnsbl.lists)),
+        access=access is not None, rbl=dnsbl is not None)
     reloads.add("-c file", functools.partial(limit.reread, log))
     reloads.add("DNS settings", lookups.reload)
     launch.attach(reloads, service.counts)
