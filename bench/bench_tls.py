@@ -70,7 +70,6 @@ import json
 import os
 import resource
 import selectors
-import signal
 import socket
 import ssl
 import statistics

@@ -24,6 +24,7 @@ import os
 from typing import List, Mapping, Optional, Tuple
 
 from . import version_line
+from .argscan import Getopt
 from .errors import UsageError
 from .scan import ID_MAX, INT_MAX, PORT_MAX, SCOPE_MAX, decimal, is_digits, leading, shown
 
@@ -220,36 +221,9 @@ def getopt(argv: List[str]) -> Tuple[List[Tuple[str, Optional[str]]], List[str]]
             is the C text (``illegal option -- X``).
         Request: ``--help`` or ``--version`` where an option may be.
     """
-    opts: List[Tuple[str, Optional[str]]] = []
-    i = 0
-    while i < len(argv):
-        word = argv[i]
-        if word == "--":
-            return opts, argv[i + 1:]
-        if word == "--help":
-            raise Request(HELP)
-        if word == "--version":
-            raise Request(version_line("tcpserver") + "\n")
-        if not word.startswith("-") or word == "-":
-            break
-        j = 1
-        while j < len(word):
-            letter = word[j]
-            if letter in WITH_ARG:
-                if j + 1 < len(word):
-                    opts.append((letter, word[j + 1:]))
-                elif i + 1 < len(argv):
-                    i += 1
-                    opts.append((letter, argv[i]))
-                else:
-                    raise OptionError(f"option requires an argument -- {letter}")
-                break
-            if letter not in FLAGS:
-                raise OptionError(f"illegal option -- {letter}")
-            opts.append((letter, None))
-            j += 1
-        i += 1
-    return opts, argv[i:]
+    return Getopt(argv, WITH_ARG, FLAGS, {"--help": Request(HELP),
+                                          "--version": Request(version_line("tcpserver") + "\n")},
+                  OptionError).all()
 
 
 MAX_NUMBER = INT_MAX     # what the kernel takes for a backlog, a timeout in s...

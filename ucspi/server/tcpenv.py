@@ -31,6 +31,7 @@ import socket
 import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from ..argscan import Getopt
 from ..tools import answered
 from ..errors import EXIT_TEMP, EXIT_USAGE, UcspiError, errtext
 from ..log import Log, say
@@ -82,33 +83,15 @@ def parse(argv: List[str]) -> Tuple[Options, List[str]]:
     from ..options import number
     opts = Options()
     opts.ident_timeout = IDENT_TIMEOUT
-    i = 0
-    while i < len(argv) and argv[i].startswith("-") and argv[i] != "-":
-        word = argv[i]
-        if word == "--":
-            i += 1
-            break
-        j = 1
-        while j < len(word):
-            letter = word[j]
-            if letter in WITH_ARG:
-                if j + 1 < len(word):
-                    arg = word[j + 1:]
-                elif i + 1 < len(argv):
-                    i += 1
-                    arg = argv[i]
-                else:
-                    raise Usage()
-                _argument(opts, letter, arg, number)
-                break
-            if letter not in FLAGS:
-                raise Usage()
+    scan = Getopt(argv, WITH_ARG, FLAGS, error=lambda text: Usage())
+    for letter, arg in scan:
+        if arg is None:
             _flag(opts, letter)
-            j += 1
-        i += 1
-    if i >= len(argv):
+        else:
+            _argument(opts, letter, arg, number)
+    if not scan.rest:
         raise Usage()
-    return opts, argv[i:]
+    return opts, scan.rest
 
 
 def _flag(opts: Options, letter: str) -> None:

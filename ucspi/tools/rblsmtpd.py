@@ -37,6 +37,7 @@ import sys
 from typing import List, Mapping, NamedTuple, NoReturn, Optional, Tuple
 
 from .. import version_line
+from ..argscan import Getopt
 from ..errors import EXIT_TEMP, EXIT_USAGE, errtext
 from ..log import say, write_all
 from ..rbl.dialogue import GREETING, Dialogue, printable, refusal_line
@@ -144,40 +145,16 @@ def parse(argv: List[str]) -> Options:
     """
     steps: List[Step] = []
     timeout = DEFAULT_TIMEOUT
-    i = 0
-    while i < len(argv):
-        word = argv[i]
-        if word == "--":
-            i += 1
-            break
-        if word in ("--help", "--version"):
-            raise Request(HELP if word == "--help" else version_line("rblsmtpd"))
-        if not word.startswith("-") or word == "-":
-            break
-        j = 1
-        while j < len(word):
-            letter = word[j]
-            arg: Optional[str] = None
-            if letter in WITH_ARG:
-                if j + 1 < len(word):
-                    arg = word[j + 1:]
-                elif i + 1 < len(argv):
-                    i += 1
-                    arg = argv[i]
-                else:
-                    raise Usage(f"rblsmtpd: option requires an argument -- {letter}", USAGE)
-                j = len(word)
-            elif letter not in FLAG_LETTERS:
-                raise Usage(f"rblsmtpd: illegal option -- {letter}", USAGE)
-            else:
-                j += 1
-            value = _option(letter, arg, steps)
-            if value is not None:
-                timeout = value
-        i += 1
-    if i >= len(argv):
+    scan = Getopt(argv, WITH_ARG, FLAG_LETTERS,
+                  {"--help": Request(HELP), "--version": Request(version_line("rblsmtpd"))},
+                  lambda text: Usage(f"rblsmtpd: {text}", USAGE))
+    for letter, arg in scan:
+        value = _option(letter, arg, steps)
+        if value is not None:
+            timeout = value
+    if not scan.rest:
         raise Usage(USAGE)
-    return Options(steps, timeout, argv[i:])
+    return Options(steps, timeout, scan.rest)
 
 
 def client_ip(environ: Mapping[str, str]) -> str:
