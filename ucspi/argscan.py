@@ -78,3 +78,19 @@ class Getopt:
         """``(options, rest)`` at once."""
         opts = list(self)
         return opts, self.rest
+
+
+#: ``(group, ((option, what it does), ...))``, for :func:`help_text`
+OptionGroups = Tuple[Tuple[str, Tuple[Tuple[str, str], ...]], ...]
+
+
+def help_text(usage: str, groups: OptionGroups, notes: List[str]) -> str:
+    """A command's ``--help``: its usage line, then one line per option
+    under its group's title (the option column as wide as the widest),
+    then ``notes``."""
+    width = max(len(option) for _, options in groups for option, _ in options)
+    lines = [usage.rstrip("\n"), ""]
+    for group, options in groups:
+        lines.append(group + ":")
+        lines += [f"  {option:<{width}}  {text}" for option, text in options]
+    return "\n".join(lines + [""] + notes) + "\n"

@@ -24,7 +24,7 @@ import os
 from typing import List, Mapping, Optional, Tuple
 
 from . import version_line
-from .argscan import Getopt
+from .argscan import Getopt, OptionGroups, help_text
 from .errors import UsageError
 from .scan import ID_MAX, INT_MAX, PORT_MAX, SCOPE_MAX, decimal, is_digits, leading, shown
 
@@ -39,7 +39,7 @@ USAGE = ("tcpserver: usage: tcpserver [ -461UXpPhHrRoOdDqQvVsNzwyY ] [ -c limit 
 #: ``--help``: the options, grouped as the manual page groups them
 #: (General, Connections, Data gathering, TLS), one line per option, with
 #: its default; tests/test_hardening2.py keeps it in step with the page.
-OPTION_GROUPS: Tuple[Tuple[str, Tuple[Tuple[str, str], ...]], ...] = (
+OPTION_GROUPS: OptionGroups = (
     ("General", (
         ("-q", "quiet: print nothing, not even fatal errors"),
         ("-Q", "print errors and warnings (default)"),
@@ -98,15 +98,10 @@ OPTION_GROUPS: Tuple[Tuple[str, Tuple[Tuple[str, str], ...]], ...] = (
 
 
 def _help() -> str:
-    width = max(len(option) for _, options in OPTION_GROUPS for option, _ in options)
-    lines = [USAGE.rstrip("\n"), ""]
-    for group, options in OPTION_GROUPS:
-        lines.append(group + ":")
-        lines += [f"  {option:<{width}}  {text}" for option, text in options]
-    lines += ["", "host: 0 (every address), an IPv4 or IPv6 address, or a name; a host",
-              "starting with / is a UNIX socket, and no port follows it.",
-              "--help: this text; --version: the version.  More: man tcpserver."]
-    return "\n".join(lines) + "\n"
+    return help_text(USAGE, OPTION_GROUPS, [
+        "host: 0 (every address), an IPv4 or IPv6 address, or a name; a host",
+        "starting with / is a UNIX socket, and no port follows it.",
+        "--help: this text; --version: the version.  More: man tcpserver."])
 
 
 #: letters that take an argument

@@ -31,10 +31,12 @@ Pure: text in, values out.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple, TypeVar
 
 from .errors import UsageError
 from .scan import INT_MAX, decimal, shown
+
+T = TypeVar("T")
 
 Change = Tuple[bytes, Optional[bytes]]
 
@@ -153,13 +155,21 @@ def from_environ(environ: Mapping[str, str], max_per_host: int) -> Policy:
     Raises:
         UsageError: a value that is not a number in range.
     """
-    policy = Policy(max_per_host)
-    for name in NAMES:
+    return read_environ(Policy(max_per_host), NAMES, environ, _set)
+
+
+def read_environ(target: T, names: Iterable[str], environ: Mapping[str, str],
+                 set_one: Callable[[T, str, str], None]) -> T:
+    """Each of ``names`` that ``environ`` holds, set on ``target`` by
+    ``set_one(target, name, text)``; tcpserver's own environment, so the
+    ValueError of a bad value becomes a UsageError (the start-up stops).
+    Returns ``target``."""
+    for name in names:
         text = environ.get(name)
         if text is None:
             continue
         try:
-            _set(policy, name, text)
+            set_one(target, name, text)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-    return policy
+    return target

@@ -24,7 +24,7 @@ from typing import List, Optional, Tuple
 
 from .. import version_line
 from ..address import MAPPED_PACKED, parse_quad
-from ..argscan import Getopt
+from ..argscan import Getopt, OptionGroups, help_text
 from ..errors import UsageError
 from ..options import MissingArgument, OptionError, Request, number
 from ..scan import INT_MAX, PORT_MAX, SCOPE_MAX, decimal, is_digits, shown
@@ -39,7 +39,7 @@ USAGE = ("tcpclient: usage: tcpclient [ -46hHrRdDqQvz ] [ -i localip ] [ -p loca
          "[ -M method ] [ -s smtp|pop3|imap ] host port [ program ]\n")
 
 #: ``--help``: every option, grouped as the manual page groups them
-OPTION_GROUPS: Tuple[Tuple[str, Tuple[Tuple[str, str], ...]], ...] = (
+OPTION_GROUPS: OptionGroups = (
     ("General", (
         ("-q", "quiet: print nothing, not even fatal errors"),
         ("-Q", "print errors and warnings (default)"),
@@ -77,17 +77,12 @@ OPTION_GROUPS: Tuple[Tuple[str, Tuple[Tuple[str, str], ...]], ...] = (
 
 
 def _help() -> str:
-    width = max(len(option) for _, options in OPTION_GROUPS for option, _ in options)
-    lines = [USAGE.rstrip("\n"), ""]
-    for group, options in OPTION_GROUPS:
-        lines.append(group + ":")
-        lines += [f"  {option:<{width}}  {text}" for option, text in options]
-    lines += ["", "host: a name, an IPv4 or IPv6 address; 0 or empty is 127.0.0.1.",
-              "port: a number or a service name.  The program gets the connection on",
-              "descriptors 6 (read) and 7 (write); without a program, standard input",
-              "goes to the server and the server's data to standard output.",
-              "--help: this text; --version: the version.  More: man tcpclient."]
-    return "\n".join(lines) + "\n"
+    return help_text(USAGE, OPTION_GROUPS, [
+        "host: a name, an IPv4 or IPv6 address; 0 or empty is 127.0.0.1.",
+        "port: a number or a service name.  The program gets the connection on",
+        "descriptors 6 (read) and 7 (write); without a program, standard input",
+        "goes to the server and the server's data to standard output.",
+        "--help: this text; --version: the version.  More: man tcpclient."])
 
 
 #: what ``--help`` prints

@@ -24,7 +24,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Callable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
-from ..errors import UsageError
+from ..policy import read_environ
 from ..scan import INT_MAX, decimal, shown
 
 #: the refusal text of a lookup failure with fail-closed
@@ -287,16 +287,8 @@ def from_environ(environ: Mapping[str, str]) -> Settings:
         UsageError: a bad ``DNSBL_TIMEOUT``, ``DNSBL_DIALOGUE_TIMEOUT``
             or ``DNSBL_FAIL``.
     """
-    settings = Settings(greeting=environ.get("RBLGREETING") or "rblsmtpd.local")
-    for name in NAMES:
-        text = environ.get(name)
-        if text is None:
-            continue
-        try:
-            _set(settings, name, text)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-    return settings
+    return read_environ(Settings(greeting=environ.get("RBLGREETING") or "rblsmtpd.local"),
+                        NAMES, environ, _set)
 
 
 def rule_rblsmtpd(changes: Sequence[Tuple[bytes, Optional[bytes]]]) -> Optional[str]:

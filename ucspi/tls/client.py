@@ -29,14 +29,10 @@ from typing import Callable, List, Mapping, Optional
 from ..environ import TlsFacts
 from ..scan import cut
 from . import settings
-from .context import certificate_problem, key_problem, library_error
+from .context import (certificate_problem, key_problem, library_error, load_ca,
+                      version_bounds)
 from .settings import TlsError
 
-_VERSIONS = {
-    "SSLv3": ssl.TLSVersion.SSLv3, "TLSv1": ssl.TLSVersion.TLSv1,
-    "TLSv1_1": ssl.TLSVersion.TLSv1_1, "TLSv1_2": ssl.TLSVersion.TLSv1_2,
-    "TLSv1_3": ssl.TLSVersion.TLSv1_3,
-}
 #: ``-z``'s "server version": the protocol the library offers first
 OFFERED = "TLSv1.3" if ssl.HAS_TLSv1_3 else "TLSv1.2"
 
@@ -88,21 +84,9 @@ def _no_passphrase() -> bytes:
 def _bounds(ctx: ssl.SSLContext, method: Optional[str]) -> None:
     """``-M``: as tcpserver, TLS 1.2 at least unless the maximum asks
     for less.  Raises TlsError (an unknown name)."""
-    bounds = settings.parse_method(method)
-    if bounds.minimum is None:
-        below = bounds.maximum is not None and settings.METHODS[bounds.maximum] < 6
-        ctx.minimum_version = (ssl.TLSVersion.MINIMUM_SUPPORTED if below
-                               else ssl.TLSVersion.TLSv1_2)
-    for which, name in (("min", bounds.minimum), ("max", bounds.maximum)):
-        if name is None:
-            continue
-        try:
-            if name not in _VERSIONS:
-                raise ValueError(name)
-            setattr(ctx, which + "imum_version", _VERSIONS[name])
-        except (ValueError, ssl.SSLError) as exc:
-            raise TlsError([f"SSL_CTX_set_{which}_proto: {exc}".rstrip()],
-                           f"-M: this TLS library cannot do {name}") from None
+    for which, name, exc in version_bounds(ctx, method):
+        raise TlsError([f"SSL_CTX_set_{which}_proto: {exc or name}".rstrip()],
+                       f"-M: this TLS library cannot do {name}")
 
 
 def _ciphers(ctx: ssl.SSLContext, cipher_arg: Optional[str], method: Optional[str],
@@ -136,13 +120,7 @@ def _verify(ctx: ssl.SSLContext, files: ClientFiles) -> None:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
         return
-    try:
-        ctx.load_verify_locations(cafile=files.cafile)
-    except (OSError, ssl.SSLError) as exc:
-        raise TlsError(["SSL_CTX_load_verify_locations: Unable to load CA certificate: "
-                        f"{cut(files.cafile)}: {library_error(exc)}"],
-                       f"CA file {cut(files.cafile)}: "
-                       f"{certificate_problem(files.cafile, exc)}") from None
+    load_ca(ctx, files.cafile)
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.check_hostname = True
     if files.crlfile is not None:

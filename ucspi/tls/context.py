@@ -19,7 +19,7 @@ import errno
 import os
 import ssl
 import sys
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..errors import errtext
 from ..log import Log
@@ -37,6 +37,44 @@ OP_ALLOW_CLIENT_RENEGOTIATION = 0x100
 #: DH parameter files looked for in the certificate directory (IndiMail's order)
 DH_FILES = ("dh8192.pem", "dh4096.pem", "dh2048.pem", "dh512.pem")
 NO_TLS13_SUITES = "tls_init: TLS 1.3 ciphersuites cannot be restricted, using defaults"
+
+
+def version_bounds(ctx: ssl.SSLContext, method: Optional[str]
+                   ) -> List[Tuple[str, str, Optional[Exception]]]:
+    """``-M`` on a context, for a server or a client: TLS 1.2 at least
+    unless the maximum asks for less (design: tls-settings).  Returns
+    the bounds the library refused, as ``(which, name, error)``:
+    ``which`` is ``min`` or ``max``; ``error`` is None for a name this
+    Python has no version for.  Raises TlsError: an unknown name."""
+    bounds = settings.parse_method(method)
+    if bounds.minimum is None:
+        below = bounds.maximum is not None and settings.METHODS[bounds.maximum] < 6
+        ctx.minimum_version = (ssl.TLSVersion.MINIMUM_SUPPORTED if below
+                               else ssl.TLSVersion.TLSv1_2)
+    refused: List[Tuple[str, str, Optional[Exception]]] = []
+    for which, name in (("min", bounds.minimum), ("max", bounds.maximum)):
+        if name is None:
+            continue
+        if name not in _VERSIONS:
+            refused.append((which, name, None))
+            continue
+        try:
+            setattr(ctx, which + "imum_version", _VERSIONS[name])
+        except (ValueError, ssl.SSLError) as exc:
+            refused.append((which, name, exc))
+    return refused
+
+
+def load_ca(ctx: ssl.SSLContext, cafile: str) -> None:
+    """The certificates to verify the peer against (``-a`` for a server,
+    ``-c`` for a client).  Raises TlsError: IndiMail's line and what is
+    wrong with the file."""
+    try:
+        ctx.load_verify_locations(cafile=cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsError(["SSL_CTX_load_verify_locations: Unable to load CA certificate: "
+                        f"{cut(cafile)}: {library_error(exc)}"],
+                       f"CA file {cut(cafile)}: {certificate_problem(cafile, exc)}") from None
 
 
 def library_error(exc: BaseException) -> str:
@@ -240,21 +278,8 @@ class Setup:
 
     # -- one context ------------------------------------------------------
     def _bounds(self, ctx: ssl.SSLContext, notes: List[str]) -> None:
-        bounds = settings.parse_method(self.method)
-        if bounds.minimum is None:
-            # design: tls-settings: TLS 1.2 at least, unless the maximum asks for less
-            below = bounds.maximum is not None and settings.METHODS[bounds.maximum] < 6
-            ctx.minimum_version = (ssl.TLSVersion.MINIMUM_SUPPORTED if below
-                                   else ssl.TLSVersion.TLSv1_2)
-        for which, name in (("min", bounds.minimum), ("max", bounds.maximum)):
-            if name is None:
-                continue
-            try:
-                if name not in _VERSIONS:
-                    raise ValueError("")
-                setattr(ctx, which + "imum_version", _VERSIONS[name])
-            except (ValueError, ssl.SSLError) as exc:
-                notes.append(f"SSL_CTX_set_{which}_proto: {exc}".rstrip())
+        for which, _, exc in version_bounds(ctx, self.method):
+            notes.append(f"SSL_CTX_set_{which}_proto: {exc or ''}".rstrip())
 
     def _ciphers(self, ctx: ssl.SSLContext, notes: List[str]) -> None:
         string, tls13 = settings.cipher_choice(self.cipher_arg, self.method, self.environ)
@@ -349,13 +374,7 @@ class Setup:
         if self.client and not files.cafile:
             raise TlsError([], self._no_ca())
         if files.cafile:
-            try:
-                ctx.load_verify_locations(cafile=files.cafile)
-            except (OSError, ssl.SSLError) as exc:
-                raise TlsError(["SSL_CTX_load_verify_locations: Unable to load CA certificate: "
-                                f"{cut(files.cafile)}: {library_error(exc)}"],
-                               f"CA file {cut(files.cafile)}: "
-                               f"{certificate_problem(files.cafile, exc)}") from None
+            load_ca(ctx, files.cafile)
         if files.crlfile:
             self._crl(ctx, files.crlfile)
         ctx.verify_mode = CLIENT_MODES[self.client]
