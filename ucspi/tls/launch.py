@@ -37,7 +37,7 @@ import resource
 import signal
 import socket
 import ssl
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from ..environ import TLS_VARIABLES, Change, TlsFacts, apply, tls_changes
 from ..errors import EXIT_TEMP, Fatal, errtext
@@ -159,17 +159,11 @@ class TlsLaunch:
               limit: int) -> int:
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         log = self.log
-        sock = socket.socket(fileno=fd)
-        sock.setblocking(False)
         quiet_unraisable(log)
-        self.setup.sni.start(ctx)
-        chan = Channel(ctx, server_side=True)
-        chan.watch = self.setup.sni.received
-        try:
-            handshake(chan, sock, self.handshake_timeout)
-        except HandshakeFailed as failed:
-            report(log, failed.lines, cause=failed.cause)
+        tls = self._handshake(fd, ctx)
+        if tls is None:
             return EXIT_TEMP
+        sock, chan = tls
         facts = chan.facts()
         env = apply(env, tls_changes(facts, provider(self.details, facts)))
         to_r, to_w = os.pipe()
@@ -185,6 +179,25 @@ class TlsLaunch:
         self._encrypted(env, facts, pid, count, limit)
         self._relay(sock, chan, to_w, from_r)
         return exit_like(reap(pid))
+
+    def _handshake(self, fd: int, ctx: ssl.SSLContext
+                   ) -> Optional[Tuple[socket.socket, Channel]]:
+        """TLS over the client's socket, within ``-S``, the SNI callback
+        watching this connection: the socket (non-blocking) and the
+        channel, or None when the handshake failed (its lines logged,
+        the socket closed)."""
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        self.setup.sni.start(ctx)
+        chan = Channel(ctx, server_side=True)
+        chan.watch = self.setup.sni.received
+        try:
+            handshake(chan, sock, self.handshake_timeout)
+        except HandshakeFailed as failed:
+            report(self.log, failed.lines, cause=failed.cause)
+            sock.close()
+            return None
+        return sock, chan
 
     def _encrypted(self, env: Environment, facts: TlsFacts, pid: int, count: int,
                    limit: int) -> None:
@@ -239,19 +252,12 @@ class TlsLaunch:
             ours.close()
             _close(fd, to_w, from_r)         # no TLS: the program goes on alone
             return exit_like(reap(pid))
-        sock = socket.socket(fileno=fd)
-        sock.setblocking(False)
-        self.setup.sni.start(ctx)
-        chan = Channel(ctx, server_side=True)
-        chan.watch = self.setup.sni.received
-        try:
-            handshake(chan, sock, self.handshake_timeout)
-        except HandshakeFailed as failed:
-            report(log, failed.lines, cause=failed.cause)
+        tls = self._handshake(fd, ctx)
+        if tls is None:
             ours.close()
-            sock.close()
             _close(to_w, from_r)              # the program reads end of file
             return exit_like(reap(pid))
+        sock, chan = tls
         facts = chan.facts()
         if command == b"Y":
             changes = tls_changes(facts, provider(True, facts))
