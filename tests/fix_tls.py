@@ -45,7 +45,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from typing import IO, Any, Callable, Dict, List, Optional, Sequence, TypeVar
+from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 from tests.fix_server import PRINT_ENV, Server, Servers, clean_env, parse_env
 from tests.util import need
@@ -54,7 +54,8 @@ __all__ = ["SERIAL_DEFAULT", "SERIAL_A", "SERIAL_B", "SERIAL_NEW", "SERIAL_X", "
            "make_certs", "session_certs", "client_context", "tls_connect", "TlsClient",
            "serial_of_der", "serial_of_pem", "peer_serial", "s_client", "tls_env",
            "status_of_end", "END_DROPPED", "read_tls", "pem_in", "NOLOOKUP", "DROPPED", "MARK_ENV",
-           "start_tls", "end_status", "no_traceback", "tls_env_of", "client_hello", "exchange"]
+           "start_tls", "end_status", "no_traceback", "tls_env_of", "client_hello", "exchange",
+           "sni_seen"]
 
 T = TypeVar("T")
 
@@ -506,6 +507,19 @@ def peer_serial(sock: ssl.SSLSocket) -> str:
     der = sock.getpeercert(binary_form=True)
     assert der is not None
     return serial_of_der(der)
+
+
+def sni_seen(server: Server, names: Sequence[str]) -> List[Tuple[str, str, Optional[str]]]:
+    """For each name sent as SNI (one connection each): the name, the
+    serial of the certificate the server chose, and the
+    ``SSL_TLS_SNI_SERVERNAME`` its program saw."""
+    seen = []
+    for name in names:
+        with tls_connect(server, server_hostname=name) as sock:
+            serial = peer_serial(sock)
+            env = parse_env(read_tls(sock))
+        seen.append((name, serial, env.get("SSL_TLS_SNI_SERVERNAME")))
+    return seen
 
 
 def s_client(port: int, args: Sequence[str] = (), data: bytes = b"", timeout: float = 10.0,

@@ -27,7 +27,7 @@ from tests.fix_server import (OURS, Server, Servers, children_of, parse_env, rea
 from tests.fix_tls import (DROPPED, END_DROPPED, MARK_ENV, SERIAL_A, SERIAL_B, SERIAL_DEFAULT,
                            SERIAL_NEW, SERIAL_X, Certs, client_context, client_hello, end_status,
                            no_traceback, peer_serial, pem_in, read_tls, s_client, serial_of_pem,
-                           session_certs, start_tls, tls_connect, tls_env, tls_env_of)
+                           session_certs, sni_seen, start_tls, tls_connect, tls_env, tls_env_of)
 from tests.util import PYTHON, ROOT, need, wait_until
 
 FATAL = "tcpserver: fatal: unable to initialize TLS"
@@ -349,13 +349,7 @@ def test_sni_picks_certificate(servers: Servers, certs: Certs) -> None:
              ("A.Example", SERIAL_A, "a.example"),
              ("unknown.example", SERIAL_DEFAULT, "unknown.example"),
              ("x", SERIAL_DEFAULT, "x")]                  # ../x.pem is not in the directory
-    seen = []
-    for name, _, _ in cases:
-        with tls_connect(server, server_hostname=name) as sock:
-            serial = peer_serial(sock)
-            env = parse_env(read_tls(sock))
-        seen.append((name, serial, env.get("SSL_TLS_SNI_SERVERNAME")))
-    assert seen == cases
+    assert sni_seen(server, [name for name, _, _ in cases]) == cases
     no_traceback(server)
 
 

@@ -15,7 +15,6 @@ import hashlib
 import os
 import re
 import shutil
-import socket
 import ssl
 import subprocess
 from pathlib import Path
@@ -27,9 +26,10 @@ from tests.fix_server import OURS, PRINT_ENV, Server, Servers, parse_env, run_on
 from tests.fix_tls import (CLIENT_CA_SUBJECT, CLIENT_SUBJECT, DROPPED, END_DROPPED, MARK_ENV,
                            SERIAL_A, SERIAL_DEFAULT, SERIAL_GOOD, SERIAL_NEW, SERIAL_X, Certs,
                            client_context, end_status, no_traceback, peer_serial, pem_in,
-                           read_tls, s_client, serial_of_pem, start_tls, tls_connect, tls_env)
+                           read_tls, s_client, serial_of_pem, sni_seen, start_tls, tls_connect,
+                           tls_env)
 from tests.fix_x509 import PRINTABLESTRING, issue
-from tests.util import PYTHON, ROOT, need
+from tests.util import PYTHON, ROOT, need, read_line
 
 FATAL = "tcpserver: fatal: unable to initialize TLS"
 VERSIONS = ["1.2", "1.3"]
@@ -351,27 +351,18 @@ def test_multi_valued_name_as_openssl_writes_it(servers: Servers, certs: Certs,
 
 
 # -- delayed TLS: the Y reply -------------------------------------------------------------------
-def _line(sock: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(1)
-        assert chunk, data
-        data += chunk
-    return data
-
-
 def starttls_vars(server: Server, cert: Optional[str]) -> Dict[str, str]:
     """SMTP STARTTLS, the handshake presenting ``cert``, and EHLO over
     TLS: the variables of the ``Y`` reply, as the program got them."""
     sock = server.connect(timeout=10)
-    assert _line(sock).startswith(b"220 ")
+    assert read_line(sock).startswith(b"220 ")
     sock.sendall(b"STARTTLS\r\n")
-    assert _line(sock) == b"220 ready for TLS\r\n"
+    assert read_line(sock) == b"220 ready for TLS\r\n"
     with client_context(cert=cert).wrap_socket(sock) as tls:
         tls.sendall(b"EHLO me\r\n")
-        answer = _line(tls).decode("latin-1").rstrip("\r\n")    # type: ignore[arg-type]
+        answer = read_line(tls).decode("latin-1").rstrip("\r\n")    # type: ignore[arg-type]
         tls.sendall(b"QUIT\r\n")
-        assert _line(tls) == b"221 bye\r\n"                      # type: ignore[arg-type]
+        assert read_line(tls) == b"221 bye\r\n"                      # type: ignore[arg-type]
     assert answer.startswith("250 ")
     return dict(item.split("=", 1) for item in answer[4:].split(";") if item)
 
@@ -400,9 +391,9 @@ def test_delayed_refusal(servers: Servers, certs: Certs) -> None:
     the program reads end of file and its status is the end line's."""
     server = start(servers, certs, "-y", ["-w"], prog=[PYTHON, STARTTLS_PROG, "smtp", "Y"])
     sock = server.connect(timeout=10)
-    assert _line(sock).startswith(b"220 ")
+    assert read_line(sock).startswith(b"220 ")
     sock.sendall(b"STARTTLS\r\n")
-    assert _line(sock) == b"220 ready for TLS\r\n"
+    assert read_line(sock) == b"220 ready for TLS\r\n"
     with pytest.raises((ssl.SSLError, OSError)):
         with client_context(cert=certs.client_expired).wrap_socket(sock) as tls:
             tls.recv(1)
@@ -484,13 +475,7 @@ def test_wildcard_serves_one_label(servers: Servers, certs: Certs, tmp_path: Pat
              ("x.caps.example", SERIAL_DEFAULT, "x.caps.example"),
              ("b.x.wild.example", SERIAL_DEFAULT, "b.x.wild.example"),
              ("a.example", SERIAL_A, "a.example")]
-    seen = []
-    for name, _, _ in cases:
-        with tls_connect(server, server_hostname=name) as sock:
-            serial = peer_serial(sock)
-            env = parse_env(read_tls(sock))
-        seen.append((name, serial, env.get("SSL_TLS_SNI_SERVERNAME")))
-    assert seen == cases
+    assert sni_seen(server, [name for name, _, _ in cases]) == cases
     assert "warning" not in server.log()
     no_traceback(server)
 

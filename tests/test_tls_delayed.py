@@ -17,7 +17,7 @@ import pytest
 
 from tests.fix_server import Server, Servers, children_of, fd_count, read_all
 from tests.fix_tls import Certs, client_context, no_traceback, start_tls
-from tests.util import PYTHON, ROOT, need, wait_until
+from tests.util import PYTHON, ROOT, need, read_line, wait_until
 
 PROG = os.path.join(ROOT, "tests", "starttls_prog.py")
 
@@ -31,23 +31,14 @@ def start(servers: Servers, certs: Certs, proto: str = "smtp", how: str = "Y",
     return start_tls(servers, certs, ["-w", *options], prog=program(proto, how))
 
 
-def line(sock: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(1)
-        assert chunk, data
-        data += chunk
-    return data
-
-
 def smtp_starttls(server: Server, source: str = "127.0.0.1") -> socket.socket:
     """EHLO, STARTTLS, and the 220 before the handshake: the raw socket."""
     sock = server.connect(source=source, timeout=10)
-    assert line(sock).startswith(b"220 ")
+    assert read_line(sock).startswith(b"220 ")
     sock.sendall(b"EHLO me\r\n")
-    assert line(sock) == b"250-starttls.test\r\n" and line(sock) == b"250 STARTTLS\r\n"
+    assert read_line(sock) == b"250-starttls.test\r\n" and read_line(sock) == b"250 STARTTLS\r\n"
     sock.sendall(b"STARTTLS\r\n")
-    assert line(sock) == b"220 ready for TLS\r\n"
+    assert read_line(sock) == b"220 ready for TLS\r\n"
     return sock
 
 
@@ -55,9 +46,9 @@ def tls_ehlo(sock: socket.socket, hostname: str = "") -> Dict[str, str]:
     """The handshake, then EHLO over TLS: the variables the program got."""
     with client_context().wrap_socket(sock, server_hostname=hostname or None) as tls:
         tls.sendall(b"EHLO me\r\n")
-        answer = line(tls).decode().rstrip("\r\n")      # type: ignore[arg-type]
+        answer = read_line(tls).decode().rstrip("\r\n")      # type: ignore[arg-type]
         tls.sendall(b"QUIT\r\n")
-        assert line(tls) == b"221 bye\r\n"      # type: ignore[arg-type]
+        assert read_line(tls) == b"221 bye\r\n"      # type: ignore[arg-type]
     assert answer.startswith("250 ")
     return dict(item.split("=", 1) for item in answer[4:].split(";") if item)
 
@@ -105,7 +96,7 @@ def test_program_that_never_asks(servers: Servers, certs: Certs) -> None:
     """EOF on SSLCTLFD before a command: no TLS; the program's status."""
     server = start(servers, certs, how="exit")
     sock = server.connect(timeout=10)
-    assert line(sock).startswith(b"220 ")
+    assert read_line(sock).startswith(b"220 ")
     sock.sendall(b"STARTTLS\r\n")
     assert read_all(sock, 10) == b""
     pid = server.wait_pids(1)[0]
@@ -159,10 +150,10 @@ def test_early_bytes_belong_to_the_program(servers: Servers, certs: Certs) -> No
     server = start(servers, certs)
     sock = server.connect(timeout=10)
     sock.sendall(b"NOOP early\r\n")
-    assert line(sock).startswith(b"220 ")
-    assert line(sock) == b"250 clear \r\n"
+    assert read_line(sock).startswith(b"220 ")
+    assert read_line(sock) == b"250 clear \r\n"
     sock.sendall(b"QUIT\r\n")
-    assert line(sock) == b"221 bye\r\n"
+    assert read_line(sock) == b"221 bye\r\n"
 
 
 def test_w_needs_a_certificate() -> None:
@@ -191,9 +182,9 @@ def test_rules_limits_and_unix_as_on_the_plain_path(servers: Servers, certs: Cer
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(10)
         sock.connect(path)
-        assert line(sock).startswith(b"220 ")
+        assert read_line(sock).startswith(b"220 ")
         sock.sendall(b"STARTTLS\r\n")
-        assert line(sock) == b"220 ready for TLS\r\n"
+        assert read_line(sock) == b"220 ready for TLS\r\n"
         assert tls_ehlo(sock.dup())["SSL_PROTOCOL"].startswith("TLSv1")
     unix.wait_log(r"^PROGRAM: switched ")
 

@@ -103,6 +103,18 @@ def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
         return int(sock.getsockname()[1])
 
 
+def read_line(sock: socket.socket) -> bytes:
+    """One line, read a byte at a time so that nothing after it is
+    consumed (the next bytes may be a TLS handshake's); EOF before the
+    end of the line fails the test."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(1)
+        assert chunk, data
+        data += chunk
+    return data
+
+
 def read_until(source: Union[socket.socket, int], marker: bytes, timeout: float = 10.0) -> bytes:
     """Read until ``marker`` has arrived, or EOF: everything read (the
     marker included; bytes that came in the same read after it too).
