@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, List, Optional
 
 from ..environ import Endpoints, Environment, apply, inherited
 from ..errors import EXIT_TEMP, EXIT_USAGE, Fatal, UsageError, errtext
-from ..log import Log, say, safe
-from ..options import MissingArgument, OptionError, Request
+from ..log import Log, safe
+from ..options import read_command_line
 from . import connect, describe
 from .options import USAGE, Options, parse
 
@@ -156,24 +156,6 @@ def run(opts: Options, log: Log) -> int:
     return secure.run_program(sock, chan, opts.argv, env, opts.tls_details, log)
 
 
-def _parse(args: List[str], log: Log) -> "Options | int":
-    """The options, or the exit code of a command line that ends here."""
-    try:
-        return parse(args)
-    except Request as req:                 # --help, --version
-        say(req.text.rstrip("\n").encode(), 1)
-        return 0
-    except OptionError as exc:
-        log.line(os.fsencode(str(exc)))
-        say(USAGE.encode().rstrip(b"\n"))
-    except MissingArgument as exc:
-        if not exc.quiet:
-            say(USAGE.encode().rstrip(b"\n"))
-    except UsageError as exc:
-        log.line(b"fatal: " + os.fsencode(str(exc)))
-    return EXIT_USAGE
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     """Run tcpclient.
 
@@ -188,7 +170,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     _close_6_7()
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     log = Log(1, PROG)
-    opts = _parse(sys.argv[1:] if argv is None else argv, log)
+    opts = read_command_line(parse, sys.argv[1:] if argv is None else argv, log, USAGE)
     if isinstance(opts, int):
         return opts
     log.verbosity = opts.verbosity

@@ -16,11 +16,11 @@ import functools
 import ipaddress
 import os
 import sys
-from typing import TYPE_CHECKING, Any, Callable, List, Optional
+from typing import TYPE_CHECKING, Callable, List, Optional
 
 from ..errors import EXIT_TEMP, EXIT_USAGE, Fatal, UsageError, errtext
-from ..log import Log, say
-from ..options import USAGE, MissingArgument, OptionError, Options, Request, parse
+from ..log import Log
+from ..options import USAGE, Options, parse, read_command_line
 from ..plugin import entries as plugin_entries
 from ..plugin import has_dirs
 from ..policy import from_environ as limits_from
@@ -178,22 +178,9 @@ def main(argv: Optional[List[str]] = None, launch: LaunchFactory = service.launc
     args = sys.argv[1:] if argv is None else argv
     _open_stdio()
     log = Log(1)
-    try:
-        opts = parse(args)
-    except Request as req:                 # --help, --version
-        say(req.text.rstrip("\n").encode(), 1)
-        return 0
-    except OptionError as exc:
-        log.line(os.fsencode(str(exc)))
-        say(USAGE.encode().rstrip(b"\n"))
-        return EXIT_USAGE
-    except MissingArgument as exc:
-        if not exc.quiet:
-            say(USAGE.encode().rstrip(b"\n"))
-        return EXIT_USAGE
-    except UsageError as exc:
-        log.line(b"fatal: " + os.fsencode(str(exc)))
-        return EXIT_USAGE
+    opts = read_command_line(parse, args, log, USAGE)
+    if isinstance(opts, int):
+        return opts
     log.verbosity = opts.verbosity
     try:
         server = _setup(opts, log, launch)
