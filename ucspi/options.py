@@ -21,18 +21,12 @@ The module is pure: :func:`parse` turns argv and the environment into a
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Callable, List, Mapping, Optional, Tuple, TypeVar, Union
+from typing import List, Mapping, Optional, Tuple
 
 from . import version_line
 from .argscan import Getopt, OptionGroups, help_text
-from .errors import EXIT_USAGE, UsageError
-from .log import say
+from .errors import UsageError
 from .scan import ID_MAX, INT_MAX, PORT_MAX, SCOPE_MAX, decimal, is_digits, leading, shown
-
-if TYPE_CHECKING:
-    from .log import Log
-
-T = TypeVar("T")
 
 #: The usage text, djb's one line with our letters (printed with an
 #: option error; ``--help`` adds the options, :data:`HELP`).
@@ -443,26 +437,3 @@ def parse(argv: List[str], environ: Mapping[str, str] = os.environ) -> Options:
     _port(opts.port)
     opts.argv = rest[2:]
     return opts
-
-
-def read_command_line(parse_: Callable[[List[str]], T], args: List[str], log: "Log",
-                      usage: str) -> Union[T, int]:
-    """What ``parse_(args)`` gives, or the exit code of a command line
-    that ends here: 0 after ``--help``/``--version`` (printed), 100 after
-    a usage error (djb's line and the usage text for a bad letter, the
-    usage text alone for a missing argument, a ``fatal:`` line for a bad
-    value)."""
-    try:
-        return parse_(args)
-    except Request as req:                 # --help, --version
-        say(req.text.rstrip("\n").encode(), 1)
-        return 0
-    except OptionError as exc:
-        log.line(os.fsencode(str(exc)))
-        say(usage.encode().rstrip(b"\n"))
-    except MissingArgument as exc:
-        if not exc.quiet:
-            say(usage.encode().rstrip(b"\n"))
-    except UsageError as exc:
-        log.line(b"fatal: " + os.fsencode(str(exc)))
-    return EXIT_USAGE

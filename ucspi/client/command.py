@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, List, Optional
 from ..environ import Endpoints, Environment, apply, inherited
 from ..errors import EXIT_TEMP, EXIT_USAGE, Fatal, UsageError, errtext
 from ..log import Log, safe
-from ..options import read_command_line
+from ..cli import read_command_line
 from . import connect, describe
 from .options import USAGE, Options, parse
 

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Callable, List, Optional
 
 from ..errors import EXIT_TEMP, EXIT_USAGE, Fatal, UsageError, errtext
 from ..log import Log
-from ..options import USAGE, Options, parse, read_command_line
+from ..cli import read_command_line
+from ..options import USAGE, Options, parse
 from ..plugin import entries as plugin_entries
 from ..plugin import has_dirs
 from ..policy import from_environ as limits_from
