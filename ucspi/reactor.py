@@ -33,6 +33,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import selectors
+import socket
 import time
 from typing import Callable, Dict, List, Optional, Protocol, Tuple, TypeVar
 
@@ -43,6 +44,9 @@ Callback = Callable[[], None]
 #: watched)
 Failed = Callable[[BaseException], None]
 T = TypeVar("T")
+
+#: ``SOCK_NONBLOCK`` where the platform has it (Linux), else 0
+_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 
 MAX_WAIT = 86400.0   # longest single poll, whatever the deadlines
 _READ = selectors.EVENT_READ
@@ -289,3 +293,17 @@ def run_blocking(start: Callable[[Reactor, Callable[[T], None]], Cancellable]
             handle.cancel()
         reactor.close()
     return box[0] if box else None
+
+
+def nonblocking_socket(family: int, kind: int) -> socket.socket:
+    """A non-blocking socket for the reactor: one system call where the
+    kernel takes ``SOCK_NONBLOCK`` (the lookups make two sockets per
+    connection), else ``socket`` and ``setblocking``.  Raises OSError."""
+    sock = socket.socket(family, kind | _NONBLOCK)
+    if not _NONBLOCK:
+        try:
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+    return sock

@@ -39,7 +39,7 @@ from .msg import (ANSWER, IGNORE, SERVFAIL, TRUNCATED, UDP_MAX, DnsError, Questi
                   build_query, classify)
 from ..address import wildcard
 from ..errors import out_of_resources
-from ..reactor import Backoff, Reactor, Timer
+from ..reactor import Backoff, Reactor, Timer, nonblocking_socket
 
 __all__ = ["Abort", "PacketDone", "Transmit"]
 
@@ -91,9 +91,8 @@ def _open(ip: str, kind: int) -> socket.socket:
     """A non-blocking socket bound to a random port in 1025..65534 (ten
     tries, then one chosen by the kernel), as djbdns does."""
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    sock = socket.socket(family, kind)
+    sock = nonblocking_socket(family, kind)
     try:
-        sock.setblocking(False)
         host = wildcard(family == socket.AF_INET)
         for _ in range(10):
             try:

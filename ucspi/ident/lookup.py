@@ -49,7 +49,7 @@ from typing import Any, Callable, Optional, Tuple
 from .msg import ReplyParser, request
 from ..address import MAPPED_PACKED, scope_id as parse_scope
 from ..errors import out_of_resources
-from ..reactor import Backoff, Reactor, Timer, run_blocking
+from ..reactor import Backoff, Reactor, Timer, nonblocking_socket, run_blocking
 
 __all__ = ["PORT", "IdentLookup", "lookup", "query"]
 
@@ -132,7 +132,7 @@ class IdentLookup:
         self._timer = None
         family, local, remote = self._where
         try:
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock = nonblocking_socket(family, socket.SOCK_STREAM)
         except OSError as exc:
             if out_of_resources(exc):
                 self._starved(exc)
@@ -141,7 +141,6 @@ class IdentLookup:
             return
         self._sock = sock
         try:
-            sock.setblocking(False)
             sock.bind(local)
             err = sock.connect_ex(remote)
         except OSError:
