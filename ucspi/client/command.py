@@ -33,10 +33,10 @@ import sys
 from ipaddress import IPv6Address
 from typing import TYPE_CHECKING, List, Optional
 
+from ..cli import read_command_line
 from ..environ import Endpoints, Environment, apply, inherited
 from ..errors import EXIT_TEMP, EXIT_USAGE, Fatal, UsageError, errtext
 from ..log import Log, safe
-from ..cli import read_command_line
 from . import connect, describe
 from .options import USAGE, Options, parse
 

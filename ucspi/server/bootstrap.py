@@ -18,9 +18,9 @@ import os
 import sys
 from typing import TYPE_CHECKING, Callable, List, Optional
 
+from ..cli import read_command_line
 from ..errors import EXIT_TEMP, EXIT_USAGE, Fatal, UsageError, errtext
 from ..log import Log
-from ..cli import read_command_line
 from ..options import USAGE, Options, parse
 from ..plugin import entries as plugin_entries
 from ..plugin import has_dirs
