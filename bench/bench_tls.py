@@ -188,6 +188,34 @@ def children(pid: int) -> List[int]:
     return found
 
 
+def relay_servers(pid: int) -> List[int]:
+    """Our server's TLS relay server (``ucspi/server/relays.py``), if any:
+    the relays are its children, not the server's."""
+    found = []
+    for kid in children(pid):
+        try:
+            with open(f"/proc/{kid}/cmdline", "rb") as handle:
+                if b"ucspi.server.relays" in handle.read():
+                    found.append(kid)
+        except OSError:
+            continue
+    return found
+
+
+def tree_cpu(pid: int) -> Tuple[float, float]:
+    """:func:`cpu_seconds` of a server, with its relay server's own time
+    counted as the server's and the relays it reaped as its children's."""
+    own, kids = cpu_seconds(pid)
+    for helper in relay_servers(pid):
+        try:
+            h_own, h_kids = cpu_seconds(helper)
+        except OSError:
+            continue
+        own += h_own
+        kids += h_kids
+    return own, kids
+
+
 def uss_kib(pid: int) -> Tuple[int, int]:
     """(USS, PSS) of ``pid`` in KiB, from ``/proc/PID/smaps_rollup``."""
     uss = pss = 0
@@ -557,6 +585,16 @@ def open_sessions(port: int, n: int) -> List[ssl.SSLSocket]:
     return socks
 
 
+def uss_of(pid: int, helpers: List[int]) -> Tuple[int, int]:
+    """(USS, PSS) of the server process and its relay server."""
+    uss, pss = uss_kib(pid)
+    for helper in helpers:
+        h_uss, h_pss = uss_kib(helper)
+        uss += h_uss
+        pss += h_pss
+    return uss, pss
+
+
 def memory(cert: str, sessions: int, workdir: str, ours_ok: bool) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     sides: List[Tuple[str, Any]] = [("stunnel", lambda: start_stunnel(cert, ["/bin/cat"], workdir))]
@@ -569,11 +607,13 @@ def memory(cert: str, sessions: int, workdir: str, ours_ok: bool) -> Dict[str, A
             for sock in probe_socks:
                 sock.close()
             time.sleep(0.5)
-            idle, idle_pss = uss_kib(proc.pid)
+            helpers = relay_servers(proc.pid)       # counted with the server process
+            idle, idle_pss = uss_of(proc.pid, helpers)
             socks = open_sessions(port, sessions)
             try:
                 time.sleep(0.5)
-                kids = children(proc.pid)
+                kids = [k for k in children(proc.pid) if k not in helpers]
+                kids += [k for h in helpers for k in children(h)]
                 kid_uss = []
                 kid_pss = 0
                 for kid in kids:
@@ -583,7 +623,7 @@ def memory(cert: str, sessions: int, workdir: str, ours_ok: bool) -> Dict[str, A
                         continue
                     kid_uss.append(uss)
                     kid_pss += pss
-                top, top_pss = uss_kib(proc.pid)
+                top, top_pss = uss_of(proc.pid, helpers)
                 grandkids = sum(len(children(k)) for k in kids)
             finally:
                 for sock in socks:
@@ -630,11 +670,11 @@ def handshake_rounds(servers: Dict[str, Tuple[Proc, int]], args: argparse.Namesp
     for number in range(args.rounds):
         for name in (names if number % 2 == 0 else names[::-1]):
             proc, port = servers[name]
-            own0, kids0 = cpu_seconds(proc.pid)
+            own0, kids0 = tree_cpu(proc.pid)
             res = handshakes(port, args.count, args.concurrency, args.clients,
                              mode=mode, client_cert=client_cert)
             time.sleep(0.3)   # the last relay children / programs are reaped
-            own1, kids1 = cpu_seconds(proc.pid)
+            own1, kids1 = tree_cpu(proc.pid)
             done = max(1, int(res["conns"]))
             res["own_us"] = (own1 - own0) / done * 1e6
             res["kids_us"] = (kids1 - kids0) / done * 1e6
@@ -669,7 +709,7 @@ def report_handshakes(o_hs: List[Dict[str, float]], s_hs: List[Dict[str, float]]
     paired(o_hs, s_hs, "rate")
     for key, label in (("p50_ms", "  p50 latency ms"), ("p99_ms", "  p99 latency ms"),
                        ("server_us", "  server CPU µs/conn (incl. programs)"),
-                       ("own_us", "    server process itself"),
+                       ("own_us", "    server process (ours: + relay server)"),
                        ("kids_us", "    its children (ours: relay+program)"),
                        ("client_us", "  client CPU µs/conn"),
                        ("errors", "  errors (median)"),
@@ -784,10 +824,10 @@ def main() -> None:
             for number in range(args.rounds):
                 for name in (names if number % 2 == 0 else names[::-1]):
                     proc, port = servers["cat"][name]
-                    c0 = sum(cpu_seconds(proc.pid))
+                    c0 = sum(tree_cpu(proc.pid))
                     res = relay(port, args.mib)
                     time.sleep(0.3)
-                    res["server_s"] = (sum(cpu_seconds(proc.pid)) - c0) / args.mib * 100
+                    res["server_s"] = (sum(tree_cpu(proc.pid)) - c0) / args.mib * 100
                     tp[name].append(res)
                     print(f"  round {number + 1} relay      {name:8} {res['mibs']:7.1f} MiB/s",
                           flush=True)
@@ -828,8 +868,8 @@ def main() -> None:
     row("  per relay child, median", get("kid_median"), None,
         "<= 3072 KiB" + (("  MET" if o["kid_max"] <= 3072 else "  MISSED") if o else ""))
     row("  per relay child, max", get("kid_max"), None)
-    row("  server process, idle", get("idle"), s["idle"])
-    row("  server process, with sessions", get("top"), s["top"])
+    row("  server process (+ relay server), idle", get("idle"), s["idle"])
+    row("  server process (+ relay server), sessions", get("top"), s["top"])
     total_o = o["top"] + o["kids_uss"] if o else None
     row("  USS, all (ours: parent + relay children)", total_o, s["top"])
     pss_o = o["top_pss"] + o["kids_pss"] if o else None

@@ -65,7 +65,8 @@ UNIT_MODULES = frozenset({
     "test_address", "test_argscan", "test_cdb", "test_descriptors", "test_dns", "test_dnsconf",
     "test_dnsmsg", "test_hostile_cdb", "test_ident", "test_ident_msg", "test_imports",
     "test_limits_unit", "test_loop", "test_mysql_protocol", "test_rbl_unit", "test_mysql_rules", "test_proxy", "test_rules",
-    "test_starved", "test_steps", "test_tls_channel", "test_tls_settings", "test_unit_core",
+    "test_starved", "test_steps", "test_tls_channel", "test_tls_relayserver", "test_tls_settings",
+    "test_unit_core",
 })
 #: fixtures that start a server or need an outside program: a test that
 #: uses one is never ``unit``, whatever its module

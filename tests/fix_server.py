@@ -82,7 +82,7 @@ def run_once(impl: str, args: Sequence[str], env: Optional[Dict[str, str]] = Non
                           capture_output=True, env=env or clean_env(), timeout=timeout)
 
 
-def children_of(pid: int) -> List[Tuple[int, str]]:
+def direct_children(pid: int) -> List[Tuple[int, str]]:
     """``(pid, state)`` of every process whose parent is ``pid``."""
     found = []
     for name in os.listdir("/proc"):
@@ -96,6 +96,36 @@ def children_of(pid: int) -> List[Tuple[int, str]]:
         fields = stat[stat.rfind(")") + 2:].split()
         if int(fields[1]) == pid:
             found.append((int(name), fields[0]))
+    return found
+
+
+def is_relay_server(pid: int) -> bool:
+    """Is ``pid`` a TLS relay server (``ucspi/server/relays.py``)?"""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return b"ucspi.server.relays" in handle.read()
+    except OSError:
+        return False
+
+
+def relay_server_of(pid: int) -> Optional[int]:
+    """The live TLS relay server of the server ``pid``, if it has one."""
+    for child, state in direct_children(pid):
+        if state != "Z" and is_relay_server(child):
+            return child
+    return None
+
+
+def children_of(pid: int) -> List[Tuple[int, str]]:
+    """``(pid, state)`` of the server's children as far as programs go:
+    its own children, except its live TLS relay server, whose children
+    (the relays) count as the server's."""
+    found = []
+    for child, state in direct_children(pid):
+        if state != "Z" and is_relay_server(child):
+            found.extend(direct_children(child))
+        else:
+            found.append((child, state))
     return found
 
 

@@ -35,8 +35,8 @@ import pytest
 from tests.fix_plugins import (NOLOOKUP, SIGSEGV_STATUSES, Plugins, build, end_status, env_of,
                                first, lines_with, openssl_cert, plugin_env, run_cmds)
 from tests.fix_rules import ours_rules
-from tests.fix_server import (OURS, Server, Servers, children_of, read_all, read_some, run_once,
-                               wait_until)
+from tests.fix_server import (OURS, Server, Servers, children_of, read_all, read_exactly, read_some,
+                              relay_server_of, run_once, wait_until)
 from tests.fix_tls import TLS_VARIABLES, read_tls
 from tests.util import need_root
 
@@ -486,8 +486,27 @@ def test_plugin_behind_tls(servers, plugins: Plugins, tmp_path) -> None:
     assert "said through the relay" in answer, answer
     assert "fds=0,1,2," in answer, answer
     assert end_status(server, server.wait_pids(1)[0]) == 3 << 8, server.log()
+    assert relay_server_of(server.pid) is None     # the .so lives in the server
     no_zombie(server)
     no_traceback(server.log())
+
+
+def test_plugins_keep_tls_relays_in_the_server(servers, plugins: Plugins, tmp_path) -> None:
+    """With PLUGINn objects loaded (and perhaps a changed directory) the
+    server forks its TLS relays itself, no relay server: a spawned
+    program behind TLS still works."""
+    cert = openssl_cert(str(tmp_path))
+    env = {k: v for k, v in plugin_env(PLUGIN1=plugins.five).items()
+           if not TLS_VARIABLES.match(k)}
+    server = start(servers, ["cat"], env, options=["-n", cert])
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with ctx.wrap_socket(server.connect(timeout=10)) as sock:
+        sock.sendall(b"ping\n")
+        assert read_exactly(sock, 5) == b"ping\n"
+    assert relay_server_of(server.pid) is None, server.log()
+    assert end_status(server, server.wait_pids(1)[0]) == 0, server.log()
 
 
 def test_tls_files_made_absolute_for_plugin_dir(servers, plugins: Plugins, tmp_path) -> None:

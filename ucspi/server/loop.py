@@ -23,7 +23,7 @@ import functools
 import os
 import signal
 import socket
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .. import address, timeouts
 from ..proc.launch import Environment
@@ -53,9 +53,11 @@ class Children:
     """
 
     def __init__(self, programs: Programs,
-                 program_ended: Callable[[int, str, int], None]) -> None:
+                 program_ended: Callable[[int, str, int], None],
+                 elsewhere: Optional[Callable[[], List[Tuple[int, int]]]] = None) -> None:
         self.programs = programs
         self.program_ended = program_ended
+        self.elsewhere = elsewhere
 
     def reap(self) -> None:
         """Reap until ``waitpid`` has nothing more, unknown children too."""
@@ -63,14 +65,20 @@ class Children:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             except InterruptedError:
                 continue
             if pid == 0:
-                return
-            ip = self.programs.ended(pid)
-            if ip is not None:
-                self.program_ended(pid, ip, status)
+                break
+            self._ended(pid, status)
+        if self.elsewhere is not None:
+            for pid, status in self.elsewhere():
+                self._ended(pid, status)
+
+    def _ended(self, pid: int, status: int) -> None:
+        ip = self.programs.ended(pid)
+        if ip is not None:
+            self.program_ended(pid, ip, status)
 
 
 def own_address(sock: socket.socket) -> Any:
@@ -102,7 +110,10 @@ class Server:
         self.reloads = service.reloads
         self.listener = listener
         self.programs = Programs()
-        self.children = Children(self.programs, self._program_ended)
+        # a launcher whose programs are another process's children (the
+        # TLS relay server's relays) says which ended: reaped()
+        self.children = Children(self.programs, self._program_ended,
+                                 getattr(self.launcher, "reaped", None))
         self.context = service.context(self._admit_identified, self._launch, self._ended,
                                        self.admission.moved, self._slot)
         #: TLS clients without a slot yet, oldest first (dict: ordered)

@@ -33,7 +33,7 @@ from ..errors import Fatal, UsageError
 from ..log import Log, say
 from ..options import Options
 from ..policy import Policy
-from ..plugin import is_shared_object
+from ..plugin import entries as plugin_entries, is_shared_object
 from ..proc import signals
 from ..proc.launch import Launch, Program, Spawn
 from ..proc.offload import Offload
@@ -82,9 +82,7 @@ def tls_launcher(opts: Options, environ_: Mapping[str, str]) -> Launch:
         raise UsageError("-N needs OpenSSL 3 or newer")
     if opts.client_cert:
         from .. import clientcert  # noqa: F401  (the relays need it after the drop)
-    setup = context.Setup(opts.certfile, opts.certdir, opts.cafile, opts.crlfile,
-                          opts.ciphers, opts.tls_method, opts.renegotiation, environ_,
-                          opts.client_cert)
+    setup = context.Setup.of(opts, environ_)
     log = Log(opts.verbosity)
     try:
         contexts = setup.build()
@@ -99,8 +97,14 @@ def tls_launcher(opts: Options, environ_: Mapping[str, str]) -> Launch:
             say(note.encode())
     for problem in setup.skipped:
         log.warning(problem)
-    return TlsLaunch(program(opts), setup, contexts, log, opts.tls_details,
-                     opts.handshake_timeout, opts.idle_timeout, opts.delayed_tls)
+    launch = program(opts)
+    # a spawned program's relays are forked by a relay server of their
+    # own (tls/relayserver.py); a prog.so lives in this process, and
+    # PLUGINn objects and their working directory too
+    alone = isinstance(launch, Spawn) and not plugin_entries(environ_)
+    return TlsLaunch(launch, setup, contexts, log, opts.tls_details,
+                     opts.handshake_timeout, opts.idle_timeout, opts.delayed_tls,
+                     opts if alone else None)
 
 
 def launcher(opts: Options) -> Launch:

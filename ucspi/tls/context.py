@@ -19,13 +19,16 @@ import errno
 import os
 import ssl
 import sys
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
 
 from ..errors import errtext
 from ..log import Log
 from ..scan import cut
 from . import settings
 from .settings import Files, TlsError
+
+if TYPE_CHECKING:
+    from ..options import Options
 
 _VERSIONS = {
     "SSLv3": ssl.TLSVersion.SSLv3, "TLSv1": ssl.TLSVersion.TLSv1,
@@ -271,6 +274,12 @@ class Setup:
         self.notes: List[str] = []
         #: problems with SNI files, one line each
         self.skipped: List[str] = []
+
+    @classmethod
+    def of(cls, opts: "Options", environ: Mapping[str, str]) -> "Setup":
+        """The settings of the server's options and environment."""
+        return cls(opts.certfile, opts.certdir, opts.cafile, opts.crlfile, opts.ciphers,
+                   opts.tls_method, opts.renegotiation, environ, opts.client_cert)
 
     def files(self) -> Files:
         certfile, certdir, cafile, crlfile = self.args

@@ -37,7 +37,7 @@ import resource
 import signal
 import socket
 import ssl
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from ..environ import TLS_VARIABLES, Change, TlsFacts, apply, tls_changes
 from ..errors import EXIT_TEMP, Fatal, errtext
@@ -49,7 +49,11 @@ from .channel import Channel, HandshakeFailed
 from .context import Contexts, Setup, quiet_unraisable
 from .failure import report
 from .relay import Relay, TlsEnd, handshake
+from .relayserver import Gone, RelayServer
 from .settings import TlsError
+
+if TYPE_CHECKING:
+    from ..options import Options
 
 #: ``-z``'s "server version": the protocol the library offers first
 SERVER_VERSION = "TLSv1.3" if ssl.HAS_TLSv1_3 else "TLSv1.2"
@@ -119,7 +123,7 @@ class TlsLaunch:
 
     def __init__(self, program: Program, setup: Setup, contexts: Contexts, log: Log,
                  details: bool, handshake_timeout: int, idle_timeout: int,
-                 delayed: bool = False) -> None:
+                 delayed: bool = False, options: Optional["Options"] = None) -> None:
         self.delayed = delayed
         self.program = program
         self.name = program.name
@@ -130,13 +134,50 @@ class TlsLaunch:
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
         self.counts: Counts = lambda: (0, 0)
+        #: the options to start a relay server with (None: fork here)
+        self.options = options
+        self.relays: Optional[RelayServer] = None
 
     def attach(self, reloads: Reloads, counts: Counts) -> None:
+        """Also starts the relay server, before the privilege drop, so
+        that it reads the certificates as the server did."""
         self.counts = counts
         reloads.add("TLS certificates", self.reload)
+        if self.options is not None:
+            try:
+                self.relays = RelayServer.spawn(self.options)
+            except Gone as gone:
+                self._lost(gone)
 
     def ready(self) -> None:
         self.program.ready()
+        if self.relays is not None:
+            try:
+                self.relays.wait_ready()
+            except Gone as gone:
+                self._lost(gone)
+
+    def _lost(self, gone: Gone) -> None:
+        """The relay server cannot serve: one warning, then the relays
+        are forked here."""
+        self.log.warning(f"TLS relay server: {gone}; relays are forked by the server")
+        self.options = None
+        if self.relays is not None:
+            self.relays.lost()
+
+    def reaped(self) -> List[Tuple[int, int]]:
+        """The relays the relay server reaped, ``(pid, wait status)``
+        (the loop asks on SIGCHLD)."""
+        relays = self.relays
+        if relays is None:
+            return []
+        answered = relays.alive
+        ended = relays.reaped()
+        if relays.exits is None:             # it is gone, and all its relays
+            self.relays = None
+            if answered:
+                self._lost(Gone("it exited"))
+        return ended
 
     def reload(self) -> None:
         """SIGHUP: new contexts for new connections; on failure the old
@@ -147,9 +188,24 @@ class TlsLaunch:
             raise Fatal(exc.last) from None
         for problem in self.setup.skipped:
             self.log.warning(problem)
+        if self.relays is not None:
+            self.relays.reload()
 
     def start(self, fd: int, env: Environment) -> int:
         count, limit = self.counts()
+        relays = self.relays
+        if relays is not None and relays.alive:
+            try:
+                pid = relays.start(fd, env, count, limit)
+            except Gone as gone:
+                self._lost(gone)
+            else:
+                if pid is not None:
+                    return pid
+        return self.fork_relay(fd, env, count, limit)
+
+    def fork_relay(self, fd: int, env: Environment, count: int, limit: int) -> int:
+        """Fork the relay child of one connection; its pid."""
         ctx = self.contexts.default
         serve = self.serve_delayed if self.delayed else self.serve
         return child.fork(lambda: serve(fd, env, ctx, count, limit), keep=(fd,))
