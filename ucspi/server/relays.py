@@ -23,6 +23,7 @@ theirs), fds 0 and 1 on /dev/null, fd 2 the server's.  :func:`main`:
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import select
 import signal
@@ -208,5 +209,7 @@ def main(args: List[str]) -> int:
             pass
         return EXIT_TEMP
     ctl.send(READY)
-    _Serving(launch, ctl, exits, parent).run()
+    serving = _Serving(launch, ctl, exits, parent)
+    gc.freeze()          # what is built stays put: the collector never walks it again
+    serving.run()
     return 0
