@@ -195,7 +195,7 @@ def relay_servers(pid: int) -> List[int]:
     for kid in children(pid):
         try:
             with open(f"/proc/{kid}/cmdline", "rb") as handle:
-                if b"ucspi.server.relays" in handle.read():
+                if b".server.relays" in handle.read():
                     found.append(kid)
         except OSError:
             continue
@@ -204,7 +204,9 @@ def relay_servers(pid: int) -> List[int]:
 
 def tree_cpu(pid: int) -> Tuple[float, float]:
     """:func:`cpu_seconds` of a server, with its relay server's own time
-    counted as the server's and the relays it reaped as its children's."""
+    counted as the server's, and as its children's the relay processes
+    (live ones too: they serve one connection after another) with the
+    programs they reaped."""
     own, kids = cpu_seconds(pid)
     for helper in relay_servers(pid):
         try:
@@ -213,6 +215,11 @@ def tree_cpu(pid: int) -> Tuple[float, float]:
             continue
         own += h_own
         kids += h_kids
+        for relay in children(helper):
+            try:
+                kids += sum(cpu_seconds(relay))
+            except OSError:
+                continue
     return own, kids
 
 

@@ -103,7 +103,7 @@ def is_relay_server(pid: int) -> bool:
     """Is ``pid`` a TLS relay server (``ucspi/server/relays.py``)?"""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return b"ucspi.server.relays" in handle.read()
+            return b".server.relays" in handle.read()
     except OSError:
         return False
 
@@ -116,14 +116,25 @@ def relay_server_of(pid: int) -> Optional[int]:
     return None
 
 
+def idle_relay(pid: int) -> bool:
+    """Is ``pid`` a relay process waiting for its next connection?  It
+    holds one descriptor besides 0, 1 and 2: its socket to the relay
+    server (a busy one holds the connection too)."""
+    try:
+        return len([fd for fd in os.listdir(f"/proc/{pid}/fd") if int(fd) > 2]) == 1
+    except OSError:
+        return False
+
+
 def children_of(pid: int) -> List[Tuple[int, str]]:
     """``(pid, state)`` of the server's children as far as programs go:
     its own children, except its live TLS relay server, whose children
-    (the relays) count as the server's."""
+    (the relay processes) count as the server's unless they are idle."""
     found = []
     for child, state in direct_children(pid):
         if state != "Z" and is_relay_server(child):
-            found.extend(direct_children(child))
+            found.extend((relay, rstate) for relay, rstate in direct_children(child)
+                         if rstate == "Z" or not idle_relay(relay))
         else:
             found.append((child, state))
     return found

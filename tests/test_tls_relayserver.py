@@ -14,17 +14,21 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import socket
 import struct
-from typing import Iterator, Tuple
+import subprocess
+from pathlib import Path
+from typing import Iterator, Optional, Tuple
 
 import pytest
 
-from tests.fix_server import (Servers, alive, children_of, direct_children, is_relay_server,
+from tests.fix_server import (Server, Servers, alive, children_of, direct_children, is_relay_server,
                               read_exactly, relay_server_of)
-from tests.fix_tls import Certs, end_status, no_traceback, read_tls, start_tls, tls_connect, tls_env
-from tests.util import wait_until
+from tests.fix_tls import (NOLOOKUP, Certs, end_status, no_traceback, read_tls, start_tls,
+                           tls_connect, tls_env)
+from tests.util import PYTHON, ROOT, wait_until
 from ucspi.tls.relayserver import ERROR, PID, Gone, RelayServer
 
 _NUMBER = struct.Struct("=ci")
@@ -42,8 +46,8 @@ def _flags_of(pid: int) -> bytes:
         return handle.read()
 
 
-def _echo(server: "object") -> None:
-    with tls_connect(server) as sock:  # type: ignore[arg-type]
+def _echo(server: Server) -> None:
+    with tls_connect(server) as sock:
         sock.sendall(b"ping\n")
         assert read_exactly(sock, 5) == b"ping\n"
 
@@ -55,16 +59,15 @@ def test_relays_are_forked_by_the_relay_server(servers: Servers, certs: Certs) -
     assert relays is not None, direct_children(server.pid)
     assert b"\0-S\0" in _flags_of(relays)        # no site packages, no at-fork hooks
     with tls_connect(server) as sock:
-        sock.sendall(b"x\n")
         line = b""
         while not line.endswith(b"\n"):
-            line += sock.recv(64)
-        relay = int(line)
+            line += read_exactly(sock, 1)
+        relay = int(line)                        # the program's parent
         assert _parent_of(relay) == relays
         pid = server.wait_pids(1)[0]
         assert pid == relay                      # the pid line names the relay
         sock.sendall(b"ping\n")
-        assert read_exactly(sock, 7) == b"x\nping\n"
+        assert read_exactly(sock, 5) == b"ping\n"
     assert end_status(server, relay) == 0
     assert wait_until(lambda: not children_of(server.pid))
     assert relay_server_of(server.pid) == relays  # it stays for the next client
@@ -113,7 +116,7 @@ def test_server_goes_on_when_the_relay_server_dies(servers: Servers, certs: Cert
     no_traceback(server)
 
 
-def _parent_of_or_none(pid: int) -> "int | None":
+def _parent_of_or_none(pid: int) -> Optional[int]:
     try:
         return _parent_of(pid)
     except OSError:
@@ -148,24 +151,68 @@ def test_huge_environment_is_relayed_by_the_server(servers: Servers, certs: Cert
     assert _parent_of_or_none(int(ppid)) in (server.pid, None)
     assert int(ppid) == server.wait_pids(1)[0]
     assert relay_server_of(server.pid) is not None
-    _echo_env_small = start_tls(servers, certs, prog=["cat"])
-    _echo(_echo_env_small)
 
 
 def test_relay_server_reads_certificates_before_the_drop(
-        servers: Servers, certs: Certs, tmp_path: "object") -> None:
-    """As root with -u: the certificate readable only by root is loaded by
-    the relay server before it drops privileges, like the server's."""
+        servers: Servers, certs: Certs, tmp_path: Path) -> None:
+    """As root with -u: a certificate file only root may read is loaded by
+    the relay server before it drops privileges, as the server's is;
+    then it runs as the target user."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
-    server = start_tls(servers, certs, options=["-u", "65534", "-g", "65534"], prog=["id", "-u"])
+    private = tmp_path / "root-only.pem"
+    shutil.copyfile(certs.default, private)
+    os.chmod(private, 0o400)
+    server = start_tls(servers, certs, options=["-u", "65534", "-g", "65534"], prog=["id", "-u"],
+                       tls=["-n", str(private)])
     with tls_connect(server) as sock:
         assert read_tls(sock).strip() == b"65534"
     relays = relay_server_of(server.pid)
     assert relays is not None
     with open(f"/proc/{relays}/status") as handle:
-        uids = [line.split()[1:] for line in handle if line.startswith("Uid:")][0]
-    assert set(uids) == {"65534"}
+        ids = {line.split()[0]: set(line.split()[1:]) for line in handle
+               if line.startswith(("Uid:", "Gid:"))}
+    assert ids == {"Uid:": {"65534"}, "Gid:": {"65534"}}
+    assert "TLS relay server" not in server.log()
+
+
+def _relay_server_serves(server: Server) -> str:
+    """One echo through TLS; the relay server's command line."""
+    relays = relay_server_of(server.pid)
+    assert relays is not None, (direct_children(server.pid), server.log())
+    _echo(server)
+    return _flags_of(relays).decode(errors="replace")
+
+
+def test_relay_server_from_a_zipapp(servers: Servers, certs: Certs, tmp_path: Path) -> None:
+    out = tmp_path / "tcpserver.pyz"
+    built = subprocess.run([PYTHON, os.path.join(ROOT, "tools", "build_pyz.py"), "-o", str(out)],
+                           capture_output=True, timeout=60)
+    assert built.returncode == 0, built.stderr
+    server = servers(["-v", *NOLOOKUP, "-i", certs.certdir, "-s"], prog=["cat"],
+                     env=tls_env(), impl=str(out))
+    argv = _relay_server_serves(server).split("\0")
+    assert argv[4:6] == [str(out), "ucspi"], argv
+
+
+def test_relay_server_of_a_vendored_copy(servers: Servers, certs: Certs, tmp_path: Path) -> None:
+    """``ucspi/`` copied as ``myproj/_vendor/ucspi``: the relay server
+    imports that copy, not a ``ucspi`` on the path."""
+    vendor = tmp_path / "myproj" / "_vendor"
+    vendor.mkdir(parents=True)
+    for pkg in (tmp_path / "myproj", vendor):
+        (pkg / "__init__.py").write_text("")
+    shutil.copytree(os.path.join(ROOT, "ucspi"), vendor / "ucspi",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    script = tmp_path / "serve.py"
+    script.write_text("import sys\nsys.path.insert(0, %r)\n"
+                      "from myproj._vendor.ucspi.server import main\n"
+                      "sys.exit(main())\n" % str(tmp_path))
+    server = servers(["-v", *NOLOOKUP, "-i", certs.certdir, "-s"], prog=["cat"],
+                     env=tls_env(), impl=str(script))
+    argv = _relay_server_serves(server).split("\0")
+    assert argv[4:6] == [str(tmp_path), "myproj._vendor.ucspi"], argv
+    assert "TLS relay server" not in server.log()
 
 
 # -- the protocol, the server's side --------------------------------------------------------
@@ -206,7 +253,7 @@ def test_start_hands_over_descriptor_and_environment(handle: Tuple[RelayServer, 
     for sock in (a, b):
         sock.close()
     os.close(fds[0])
-    assert relay.running == {4242}
+    assert relay.running == {4242: 1}
 
 
 def test_fork_failure_is_an_oserror(handle: Tuple[RelayServer, socket.socket, int]) -> None:
@@ -256,11 +303,11 @@ def test_ready(handle: Tuple[RelayServer, socket.socket, int]) -> None:
 def test_reaped_records_then_the_unreported_at_the_end(
         handle: Tuple[RelayServer, socket.socket, int]) -> None:
     relay, peer, exit_w = handle
-    relay.running.update({10, 11, 12})
+    relay.running.update({10: 1, 11: 1, 12: 1})
     assert relay.reaped() == []
     os.write(exit_w, _EXIT.pack(10, 0) + _EXIT.pack(11, 3 << 8))
     assert relay.reaped() == [(10, 0), (11, 3 << 8)]
-    assert relay.running == {12}
+    assert relay.running == {12: 1}
     os.close(exit_w)
     assert relay.reaped() == [(12, 111 << 8)]
     assert relay.exits is None and not relay.alive

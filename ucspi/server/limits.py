@@ -214,6 +214,9 @@ class Programs:
         heapq.heappush(self.free, slot)
         return ip
 
+    def __contains__(self, pid: int) -> bool:
+        return pid in self.children
+
     def entries(self) -> List[Tuple[int, str, int]]:
         """``(slot, ip, pid)`` of every running program, by slot."""
         return sorted((slot, ip, pid) for pid, (slot, ip) in self.children.items())

@@ -328,6 +328,10 @@ class Server:
         except (OSError, ValueError) as exc:
             conn.drop(f"unable to run {self.launcher.name}", exc)
             return
+        if pid in self.programs:
+            # a TLS relay process serves one connection after another:
+            # the end of its last one is waiting in the relay server's pipe
+            self.children.reap()
         self.programs.started(pid, conn.ep.remote_ip)
         conn.close()   # the slot is the program's now
         self.admission.set_up()

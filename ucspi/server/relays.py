@@ -28,11 +28,22 @@ import os
 import select
 import signal
 import socket
+import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from ..errors import EXIT_TEMP
-from ..tls.relayserver import (CONNECTION, ERROR, EXIT, FAILED, HEAD, MESSAGE_MAX, NUMBER,
+from ..proc import child
+from ..tls.relayserver import (CONNECTION, DONE, ERROR, EXIT, FAILED, HEAD, MESSAGE_MAX, NUMBER,
                                OPTIONS, PID, READY, RELOAD)
+
+#: connections a relay process serves before it is replaced (a bound on
+#: what one process may accumulate), and idle relay processes kept
+USES = 1000
+IDLE_MAX = 32
+#: an idle relay process unused this long exits (its memory goes back)
+IDLE_SECONDS = 10
+#: ``D`` + status: a relay process's connection ended; ``L``: and it leaves
+LAST = b"L"
 
 if TYPE_CHECKING:
     from ..options import Options
@@ -57,15 +68,34 @@ def _build(opts: "Options") -> "TlsLaunch":
                      opts.delayed_tls)
 
 
+class _Relay:
+    """One relay process, as the relay server sees it."""
+
+    __slots__ = ("pid", "sock", "busy", "served", "retire", "since")
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.sock = sock
+        self.busy = False
+        self.served = 0
+        self.retire = False
+        self.since = 0.0
+
+
 class _Serving:
-    """The relay server's loop: connections in, relays forked, exits out."""
+    """The relay server's loop: connections in and handed to relay
+    processes (idle ones first, else a new fork), ends out."""
 
     def __init__(self, launch: "TlsLaunch", ctl: socket.socket, exits: int, parent: int) -> None:
         self.launch = launch
         self.ctl: Optional[socket.socket] = ctl
         self.exits = exits
         self.parent = parent
-        self.relays = 0
+        self.relays: Dict[int, _Relay] = {}          # by pid
+        self.by_fd: Dict[int, _Relay] = {}           # by the fd of their socket
+        self.idle: List[_Relay] = []
+        self.poller = select.poll()
+        self.ended: List[bytes] = []                 # records not yet written
 
     def run(self) -> None:
         wake_r, wake_w = os.pipe()
@@ -73,15 +103,16 @@ class _Serving:
         os.set_blocking(wake_w, False)
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, _nothing)
-        poller = select.poll()
+        poller = self.poller
         poller.register(wake_r, select.POLLIN)
         assert self.ctl is not None
         poller.register(self.ctl.fileno(), select.POLLIN)
-        while self.ctl is not None or self.relays > 0:
+        while self.ctl is not None or self.relays:
             try:
-                events = poller.poll()
+                events = poller.poll(IDLE_SECONDS * 500 if self.idle else None)
             except InterruptedError:
                 continue
+            self.expire()
             for fd, _ in events:
                 if fd == wake_r:
                     try:
@@ -89,12 +120,18 @@ class _Serving:
                     except (BlockingIOError, InterruptedError):
                         pass
                     self.reap()
-                elif self.ctl is not None and not self.message():
+                elif fd in self.by_fd:
+                    self.relay_said(self.by_fd[fd])
+                elif self.ctl is not None and fd == self.ctl.fileno() and not self.message():
                     poller.unregister(self.ctl.fileno())
                     self.ctl.close()
                     self.ctl = None
+                    for relay in list(self.idle):     # the server is gone: no more
+                        self.dismiss(relay)
             self.reap()
+            self.flush()
 
+    # -- from the server -------------------------------------------------------
     def message(self) -> bool:
         """One message from the server; False at its end."""
         assert self.ctl is not None
@@ -112,8 +149,10 @@ class _Serving:
         if kind == RELOAD:
             self.reload()
         elif kind == CONNECTION and len(fds) == 1 and len(data) >= HEAD.size:
-            os.set_inheritable(fds[0], False)    # SCM_RIGHTS: no close-on-exec
-            self.connection(data, fds[0])
+            try:
+                self.connection(data, fds[0])
+            finally:
+                os.close(fds[0])
         else:
             for fd in fds:
                 os.close(fd)
@@ -121,22 +160,38 @@ class _Serving:
         return True
 
     def connection(self, data: bytes, fd: int) -> None:
-        _, count, limit = HEAD.unpack_from(data)
-        env: Dict[bytes, bytes] = {}
-        blob = data[HEAD.size:]
-        if blob:
-            for entry in blob.split(b"\0"):
-                name, _, value = entry.partition(b"=")
-                env[name] = value
-        try:
-            pid = self.launch.fork_relay(fd, env, count, limit)
-        except OSError as exc:
-            self.answer(NUMBER.pack(ERROR, exc.errno or errno.EIO))
+        """Hand the connection to a relay process; its pid is the answer."""
+        for _ in range(2):                 # an idle one may have just died
+            try:
+                relay = self.idle.pop() if self.idle else self.fork()
+            except OSError as exc:
+                self.answer(NUMBER.pack(ERROR, exc.errno or errno.EIO))
+                return
+            try:
+                socket.send_fds(relay.sock, [data], [fd])
+            except OSError:
+                self.dismiss(relay)
+                continue
+            relay.busy = True
+            self.answer(NUMBER.pack(PID, relay.pid))
             return
+        self.answer(NUMBER.pack(ERROR, errno.EIO))
+
+    def fork(self) -> _Relay:
+        """A new relay process (:func:`_relay_process`).  Raises OSError."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid = child.fork(lambda: _relay_process(self.launch, theirs), keep=(theirs.fileno(),))
+        except OSError:
+            ours.close()
+            raise
         finally:
-            os.close(fd)
-        self.relays += 1
-        self.answer(NUMBER.pack(PID, pid))
+            theirs.close()
+        relay = _Relay(pid, ours)
+        self.relays[pid] = relay
+        self.by_fd[ours.fileno()] = relay
+        self.poller.register(ours.fileno(), select.POLLIN)
+        return relay
 
     def answer(self, data: bytes) -> None:
         try:
@@ -146,14 +201,63 @@ class _Serving:
             pass
 
     def reload(self) -> None:
+        """New contexts; the relay processes have the old ones: idle ones
+        go now, busy ones after their connection."""
         from ..tls.settings import TlsError
         try:
             self.launch.contexts = self.launch.setup.build()
         except TlsError:
-            pass                     # the server has said so; the old ones stay
+            return                   # the server has said so; the old ones stay
+        for relay in self.relays.values():
+            relay.retire = True
+        for relay in list(self.idle):
+            self.dismiss(relay)
+
+    # -- from the relay processes -------------------------------------------------
+    def relay_said(self, relay: _Relay) -> None:
+        """``D`` + the program's wait status: the connection ended."""
+        try:
+            data = relay.sock.recv(64)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if len(data) != NUMBER.size or data[:1] not in (DONE, LAST):
+            self.forget(relay)          # it is going; SIGCHLD says how, if busy
+            return
+        status = NUMBER.unpack(data)[1]
+        relay.busy = False
+        relay.served += 1
+        self.ended.append(EXIT.pack(relay.pid, status))
+        if (data[:1] == LAST or relay.retire or self.ctl is None or relay.served >= USES
+                or len(self.idle) >= IDLE_MAX):
+            self.dismiss(relay)
+        else:
+            relay.since = time.monotonic()
+            self.idle.append(relay)
+
+    def expire(self) -> None:
+        """Idle relay processes unused for :data:`IDLE_SECONDS` go."""
+        if self.idle:
+            old = time.monotonic() - IDLE_SECONDS
+            for relay in [r for r in self.idle if r.since < old]:
+                self.dismiss(relay)
+
+    def dismiss(self, relay: _Relay) -> None:
+        """Close an idle relay's socket: it exits."""
+        if relay in self.idle:
+            self.idle.remove(relay)
+        self.forget(relay)
+
+    def forget(self, relay: _Relay) -> None:
+        fd = relay.sock.fileno()
+        if self.by_fd.pop(fd, None) is not None:
+            self.poller.unregister(fd)
+            relay.sock.close()
+        if relay in self.idle:
+            self.idle.remove(relay)
 
     def reap(self) -> None:
-        records = []
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -163,20 +267,64 @@ class _Serving:
                 continue
             if pid == 0:
                 break
-            self.relays -= 1
-            records.append(EXIT.pack(pid, status))
-        if not records:
+            relay = self.relays.pop(pid, None)
+            if relay is None:
+                continue
+            if relay.busy:               # it died serving: its status is the end's
+                self.ended.append(EXIT.pack(pid, status))
+            self.forget(relay)
+
+    def flush(self) -> None:
+        """Write the ends into the exit pipe (one write each: atomic) and
+        wake the server."""
+        if not self.ended:
             return
-        for record in records:          # one write each: atomic
+        for record in self.ended:
             try:
                 os.write(self.exits, record)
             except OSError:
                 pass
+        self.ended.clear()
         if os.getppid() == self.parent:
             try:
                 os.kill(self.parent, signal.SIGCHLD)
             except OSError:
                 pass
+
+
+def _relay_process(launch: "TlsLaunch", sock: socket.socket) -> int:
+    """A relay process: one connection after another, as the relay
+    server hands them over, each one's wait status sent back; exits 0
+    when its socket ends, or after a connection that left a descriptor
+    open (the relay server forks a fresh one when it needs one)."""
+    before = len(child.open_descriptors())
+    while True:
+        try:
+            data, fds, _, _ = socket.recv_fds(sock, MESSAGE_MAX, 1)
+        except InterruptedError:
+            continue
+        except OSError:
+            return 0
+        if not data or len(fds) != 1 or len(data) < HEAD.size:
+            for fd in fds:
+                os.close(fd)
+            return 0
+        os.set_inheritable(fds[0], False)    # SCM_RIGHTS: no close-on-exec
+        _, count, limit = HEAD.unpack_from(data)
+        env: Dict[bytes, bytes] = {}
+        blob = data[HEAD.size:]
+        if blob:
+            for entry in blob.split(b"\0"):
+                name, _, value = entry.partition(b"=")
+                env[name] = value
+        status = launch.serve_one(fds[0], env, count, limit)
+        last = len(child.open_descriptors()) > before   # something is still open
+        try:
+            sock.send(NUMBER.pack(LAST if last else DONE, status))
+        except OSError:
+            return 0
+        if last:
+            return 0        # start afresh: the relay server forks a new one
 
 
 def _nothing(signum: int, frame: Any) -> None:

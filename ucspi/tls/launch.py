@@ -97,6 +97,9 @@ def reap(pid: int) -> int:
             return EXIT_TEMP << 8
 
 
+#: the wait status of a connection whose program did not run (exit 111)
+FAILED = EXIT_TEMP << 8
+
 #: the UCSPI-TLS variables a ``-w`` program gets
 UCSPI_TLS_VARIABLES = (b"SSLCTLFD", b"SSLREADFD", b"SSLWRITEFD")
 
@@ -206,19 +209,26 @@ class TlsLaunch:
 
     def fork_relay(self, fd: int, env: Environment, count: int, limit: int) -> int:
         """Fork the relay child of one connection; its pid."""
-        ctx = self.contexts.default
+        return child.fork(lambda: exit_like(self.serve_one(fd, env, count, limit)), keep=(fd,))
+
+    def serve_one(self, fd: int, env: Environment, count: int, limit: int) -> int:
+        """One connection in this (relay) process, with the contexts of
+        now: the program's wait status."""
         serve = self.serve_delayed if self.delayed else self.serve
-        return child.fork(lambda: serve(fd, env, ctx, count, limit), keep=(fd,))
+        return serve(fd, env, self.contexts.default, count, limit)
 
     # -- in the child ------------------------------------------------------
     def serve(self, fd: int, env: Environment, ctx: ssl.SSLContext, count: int,
               limit: int) -> int:
+        """One connection, in a relay process: the handshake, the
+        program, the relay; the program's wait status (:data:`FAILED`
+        when there was none)."""
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         log = self.log
         quiet_unraisable(log)
         tls = self._handshake(fd, ctx)
         if tls is None:
-            return EXIT_TEMP
+            return FAILED
         sock, chan = tls
         facts = chan.facts()
         env = apply(env, tls_changes(facts, provider(self.details, facts)))
@@ -228,13 +238,15 @@ class TlsLaunch:
             pid = self.program.start_on(to_r, from_w, env)
         except (OSError, ValueError) as exc:
             log.drop(f"unable to run {self.name}: {errtext(exc)}")
-            return EXIT_TEMP
+            sock.close()
+            _close(to_w, from_r)
+            return FAILED
         finally:
             os.close(to_r)
             os.close(from_w)
         self._encrypted(env, facts, pid, count, limit)
         self._relay(sock, chan, to_w, from_r)
-        return exit_like(reap(pid))
+        return reap(pid)
 
     def _handshake(self, fd: int, ctx: ssl.SSLContext
                    ) -> Optional[Tuple[socket.socket, Channel]]:
@@ -296,7 +308,9 @@ class TlsLaunch:
             pid = self.program.start_on(fd, fd, env, keep=(theirs.fileno(), to_r, from_w))
         except (OSError, ValueError) as exc:
             log.drop(f"unable to run {self.name}: {errtext(exc)}")
-            return EXIT_TEMP
+            ours.close()
+            _close(fd, to_w, from_r)
+            return FAILED
         finally:
             theirs.close()
             _close(to_r, from_w)
@@ -307,12 +321,12 @@ class TlsLaunch:
                 log.drop(f"unknown UCSPI-TLS command from {safe(ip, True).decode()}")
             ours.close()
             _close(fd, to_w, from_r)         # no TLS: the program goes on alone
-            return exit_like(reap(pid))
+            return reap(pid)
         tls = self._handshake(fd, ctx)
         if tls is None:
             ours.close()
             _close(to_w, from_r)              # the program reads end of file
-            return exit_like(reap(pid))
+            return reap(pid)
         sock, chan = tls
         facts = chan.facts()
         if command == b"Y":
@@ -326,7 +340,7 @@ class TlsLaunch:
         ours.close()
         self._encrypted(env, facts, pid, count, limit)
         self._relay(sock, chan, to_w, from_r)
-        return exit_like(reap(pid))
+        return reap(pid)
 
     @staticmethod
     def _command(ctl: socket.socket) -> bytes:

@@ -43,7 +43,7 @@ import signal
 import socket
 import struct
 import sys
-from typing import TYPE_CHECKING, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from ..errors import EXIT_TEMP, errtext
 from ..proc.signals import SIGDEF
@@ -58,6 +58,7 @@ READY = b"R"
 FAILED = b"X"
 PID = b"P"
 ERROR = b"E"
+DONE = b"D"
 
 HEAD = struct.Struct("=cII")        # CONNECTION, count, limit
 NUMBER = struct.Struct("=ci")       # PID or ERROR and its number
@@ -69,17 +70,25 @@ MESSAGE_MAX = 256 * 1024
 START_WAIT = 30.0
 ANSWER_WAIT = 10.0
 
-_BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); "
-         "from ucspi.server.relays import main; sys.exit(main(sys.argv[2:]))")
+#: the relay server's ``-c`` program: argv[1] goes on the path, argv[2]
+#: is the package's dotted name (``ucspi``, or a vendored copy's)
+_BOOT = ("import sys, importlib; sys.path.insert(0, sys.argv[1]); "
+         "sys.exit(importlib.import_module(sys.argv[2] + '.server.relays').main(sys.argv[3:]))")
 
 
 class Gone(Exception):
     """The relay server is not there, or no longer answers."""
 
 
-def package_root() -> str:
-    """The folder that holds the ``ucspi`` package."""
-    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+def package_place() -> Tuple[str, str]:
+    """Where the package is: the folder to put on ``sys.path`` and the
+    package's dotted name (``ucspi``, or ``myproj._vendor.ucspi`` for a
+    vendored copy; a zipapp's folder is the archive)."""
+    package = __name__.rsplit(".", 2)[0]
+    folder = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for _ in package.split("."):
+        folder = os.path.dirname(folder)
+    return folder, package
 
 
 # -- the server's side -----------------------------------------------------------
@@ -95,7 +104,7 @@ class RelayServer:
         self.pid = pid
         self.ctl = ctl
         self.exits: Optional[int] = exits
-        self.running: Set[int] = set()
+        self.running: Dict[int, int] = {}        # pid -> connections (a relay serves many)
         self.alive = True
 
     @classmethod
@@ -114,7 +123,7 @@ class RelayServer:
         try:
             theirs.set_inheritable(True)
             os.set_inheritable(exit_w, True)
-            argv = [sys.executable, "-S", "-c", _BOOT, package_root(),
+            argv = [sys.executable, "-S", "-c", _BOOT, *package_place(),
                     str(theirs.fileno()), str(exit_w), str(os.getpid())]
             pid = os.posix_spawn(sys.executable, argv, os.environ, file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDWR, 0),
@@ -180,7 +189,7 @@ class RelayServer:
         kind, found = NUMBER.unpack(answer)
         number = int(found)
         if kind == PID:
-            self.running.add(number)
+            self.running[number] = self.running.get(number, 0) + 1
             return number
         raise OSError(number, os.strerror(number))
 
@@ -210,11 +219,14 @@ class RelayServer:
                 os.close(self.exits)
                 self.exits = None
                 self.lost()
-                ended.extend((pid, EXIT_TEMP << 8) for pid in sorted(self.running))
+                ended.extend((pid, EXIT_TEMP << 8) for pid, count in sorted(self.running.items())
+                             for _ in range(count))
                 self.running.clear()
                 break
             for pid, status in EXIT.iter_unpack(data):
-                self.running.discard(pid)
+                left = self.running.pop(pid, 0) - 1
+                if left > 0:
+                    self.running[pid] = left
                 ended.append((pid, status))
         return ended
 
