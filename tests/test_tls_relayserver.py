@@ -74,6 +74,77 @@ def test_relays_are_forked_by_the_relay_server(servers: Servers, certs: Certs) -
     no_traceback(server)
 
 
+def _relay_pid(server: Server) -> int:
+    """The relay process of one connection to a ``echo $PPID`` server."""
+    with tls_connect(server) as sock:
+        return int(read_tls(sock))
+
+
+def test_a_relay_process_serves_one_connection_after_another(
+        servers: Servers, certs: Certs) -> None:
+    """One client after another: the same relay process serves them all
+    (no fork each), each has its pid and end lines, and -c 1's slot
+    comes back each time."""
+    server = start_tls(servers, certs, options=["-c", "1"], prog=["sh", "-c", "echo $PPID"])
+    relays = [_relay_pid(server) for _ in range(4)]
+    assert len(set(relays)) == 1, relays
+    assert server.wait_pids(4) == relays
+    server.wait_log(rf"^tcpserver: end {relays[0]} status 0$", 4)
+    assert _parent_of(relays[0]) == relay_server_of(server.pid)
+    no_traceback(server)
+
+
+def test_sighup_retires_relay_processes(servers: Servers, certs: Certs) -> None:
+    """The relay processes hold the contexts they were forked with: after
+    SIGHUP the idle ones leave and the next client gets a new one."""
+    server = start_tls(servers, certs, prog=["sh", "-c", "echo $PPID"])
+    before = _relay_pid(server)
+    server.wait_log(rf"^tcpserver: end {before} status 0$")
+    server.marker()                                  # SIGHUP, and its line
+    assert wait_until(lambda: not alive(before))
+    after = _relay_pid(server)
+    assert after != before and _parent_of(after) == relay_server_of(server.pid)
+
+
+def test_a_dead_idle_relay_process_is_replaced(servers: Servers, certs: Certs) -> None:
+    server = start_tls(servers, certs, prog=["sh", "-c", "echo $PPID"])
+    first = _relay_pid(server)
+    server.wait_log(rf"^tcpserver: end {first} status 0$")
+    os.kill(first, signal.SIGKILL)
+    assert wait_until(lambda: not alive(first))
+    second = _relay_pid(server)
+    assert second != first
+    assert "warning" not in server.log()
+    assert server.lines().count(f"tcpserver: end {first} status 0") == 1   # no second end
+
+
+def test_a_relay_process_killed_while_serving(servers: Servers, certs: Certs) -> None:
+    """SIGKILL of a busy relay process: its connection ends (the end line
+    says SIGKILL), and the next client is served."""
+    server = start_tls(servers, certs, prog=["cat"])
+    with tls_connect(server) as held:
+        held.sendall(b"one\n")
+        assert read_exactly(held, 4) == b"one\n"
+        relay = server.wait_pids(1)[0]
+        server.remember()
+        os.kill(relay, signal.SIGKILL)
+        assert end_status(server, relay) == signal.SIGKILL
+        assert read_tls(held) == b""
+    _echo(server)
+    assert server.wait_pids(2)[1] != relay
+    no_traceback(server)
+
+
+def test_idle_relay_processes_leave(servers: Servers, certs: Certs) -> None:
+    """An idle relay process unused for 10 seconds exits (its memory goes
+    back); the relay server stays."""
+    server = start_tls(servers, certs, prog=["sh", "-c", "echo $PPID"])
+    relay = _relay_pid(server)
+    assert wait_until(lambda: not alive(relay), 20)
+    assert relay_server_of(server.pid) is not None
+    assert _relay_pid(server) != relay
+
+
 def test_end_status_and_slots_come_back_through_it(servers: Servers, certs: Certs) -> None:
     """-c 1: each connection's slot is free again when its relay has been
     reaped by the relay server (else the second client would wait)."""
