@@ -14,8 +14,9 @@ and the table shows medians over the rounds:
    of ``/bin/echo hello`` to EOF and closes, ``--count`` connections a
    round.  conn/s, p50 and p99 latency (connect to EOF), and server CPU per
    connection (``/proc/PID/stat``: the server's own time plus its reaped
-   children's, i.e. our parent + relay children + programs, stunnel's
-   threads + programs).  The clients are ``--clients`` processes, each a
+   children's, i.e. ours: the parent and its TLS relay server, and the
+   relay processes (live ones too: they serve connection after
+   connection) with their programs; stunnel's threads + programs).  The clients are ``--clients`` processes, each a
    non-blocking selector loop (no threads, no GIL contention) with its
    share of the concurrency; each reports its CPU time, and the table
    shows the busiest one's CPU as a share of the round's wall time: well
@@ -30,8 +31,9 @@ and the table shows medians over the rounds:
 3. **Memory.**  ``--sessions`` idle TLS sessions (handshake done, one
    line echoed by ``cat`` so the program runs), then USS
    (``Private_Clean + Private_Dirty`` of ``/proc/PID/smaps_rollup``) of
-   our relay children (the server's direct children; the programs are
-   their children and are not counted) and of our parent, against
+   our relay processes (the relay server's children; the programs are
+   their children and are not counted) and of our parent with its relay
+   server, against
    stunnel's one process (its exec'd programs not counted), with stunnel's
    growth over its idle USS per session.
 

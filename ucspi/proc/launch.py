@@ -13,8 +13,12 @@ descriptors), which the TLS relay uses behind its pipes.
   (:class:`ucspi.tls.relay.TlsLaunch`) are launchers of their own that
   run in a forked copy of the server (see :mod:`.child` for its hygiene).
 
-Either way the server sees one child per program: its pid goes into the
-connection table, its exit status into the ``end`` line.
+Either way the server sees one process per program: its pid goes into
+the connection table, its exit status into the ``end`` line.  A
+launcher whose processes are another process's children (the TLS relay
+server's relay processes, which serve one connection after another)
+also has ``reaped() -> [(pid, wait status)]``, which the loop calls when
+it reaps.
 """
 
 from __future__ import annotations

@@ -96,6 +96,8 @@ class _Serving:
         self.idle: List[_Relay] = []
         self.poller = select.poll()
         self.ended: List[bytes] = []                 # records not yet written
+        self.waiting = False                         # for room in the exit pipe
+        os.set_blocking(exits, False)
 
     def run(self) -> None:
         wake_r, wake_w = os.pipe()
@@ -107,7 +109,7 @@ class _Serving:
         poller.register(wake_r, select.POLLIN)
         assert self.ctl is not None
         poller.register(self.ctl.fileno(), select.POLLIN)
-        while self.ctl is not None or self.relays:
+        while self.ctl is not None or self.relays or self.waiting:
             try:
                 events = poller.poll(IDLE_SECONDS * 500 if self.idle else None)
             except InterruptedError:
@@ -275,17 +277,30 @@ class _Serving:
             self.forget(relay)
 
     def flush(self) -> None:
-        """Write the ends into the exit pipe (one write each: atomic) and
-        wake the server."""
+        """Write the ends into the exit pipe (one write each: atomic; the
+        pipe is non-blocking, and what does not fit waits for the server
+        to read, watched by the poller) and wake the server."""
         if not self.ended:
             return
+        written = 0
         for record in self.ended:
             try:
                 os.write(self.exits, record)
+            except BlockingIOError:
+                break
             except OSError:
-                pass
-        self.ended.clear()
-        if os.getppid() == self.parent:
+                self.ended.clear()            # the server is gone: nobody reads
+                return
+            written += 1
+        del self.ended[:written]
+        waiting = bool(self.ended)
+        if waiting != self.waiting:
+            if waiting:
+                self.poller.register(self.exits, select.POLLOUT)
+            else:
+                self.poller.unregister(self.exits)
+            self.waiting = waiting
+        if written and os.getppid() == self.parent:
             try:
                 os.kill(self.parent, signal.SIGCHLD)
             except OSError:

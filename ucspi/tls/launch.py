@@ -1,9 +1,9 @@
-"""The TLS server's launcher: one relay child per connection (design
+"""The TLS server's launcher: a relay process per connection (design
 note "TLS": the relay waits for its program).
 
 The parent has done the banner, the ClientHello wait, the lookups, the
-rules and the limits on the clear socket; :class:`TlsLaunch` then forks
-one child per connection (:func:`ucspi.proc.child.fork`), which:
+rules and the limits on the clear socket; then a relay process
+(:meth:`TlsLaunch.serve_one`):
 
 1. does the server handshake within ``-S`` seconds
    (:func:`.relay.handshake` over a :class:`.channel.Channel`);
@@ -12,12 +12,18 @@ one child per connection (:func:`ucspi.proc.child.fork`), which:
    environment of the plain path and the session's variables
    (:func:`ucspi.environ.tls_changes`);
 3. relays (:class:`.relay.Relay`) with the ``-T`` idle timeout;
-4. waits for the program and exits with its status, or dies of the
-   signal that killed it, so the parent's ``end`` line and its ``-c``
-   count are the program's.
+4. waits for the program: its wait status is the connection's, so the
+   parent's ``end`` line and its ``-c`` count are the program's.
+
+The relay processes of a spawned program are the TLS relay server's
+(:mod:`.relayserver`, :mod:`ucspi.server.relays`), each serving one
+connection after another and reporting each status; otherwise (a
+``prog.so``, ``PLUGINn``, no relay server) the server forks one per
+connection (:meth:`TlsLaunch.fork_relay`), which exits with the
+program's status or dies of the signal that killed it.
 
 With ``-w`` (delayed TLS, UCSPI-TLS; design: delayed-tls) the order is
-turned round: the relay child starts the program at once on the clear
+turned round: the relay starts the program at once on the clear
 connection (fd 0 and 1 on the socket), with ``SSLCTLFD`` (its end of a
 socket pair), ``SSLREADFD`` and ``SSLWRITEFD`` (pipes) in its
 environment, and waits, touching nothing, for one byte on the control
@@ -26,8 +32,8 @@ session's variables (``VAR=val\0`` ... and a final ``\0``); then it
 relays between the socket and the pipes.  End of file before a command:
 no TLS, the program goes on alone.  Another byte, or a failed
 handshake: the relay closes its ends (the program reads end of file, it
-is not killed).  Either way the relay waits for the program and exits
-with its status.
+is not killed).  Either way the relay waits for the program, whose
+status is the connection's.
 """
 
 from __future__ import annotations
