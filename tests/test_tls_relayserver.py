@@ -12,11 +12,13 @@ through it too.  The protocol tests drive the server's handle on it
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 from pathlib import Path
@@ -122,11 +124,7 @@ def test_a_relay_process_killed_while_serving(servers: Servers, certs: Certs) ->
     """SIGKILL of a busy relay process: its connection ends (the end line
     says SIGKILL), and the next client is served."""
     server = start_tls(servers, certs, prog=["cat"])
-    with tls_connect(server) as held:
-        held.sendall(b"one\n")
-        assert read_exactly(held, 4) == b"one\n"
-        relay = server.wait_pids(1)[0]
-        server.remember()
+    with _held(server) as (held, relay):
         os.kill(relay, signal.SIGKILL)
         assert end_status(server, relay) == signal.SIGKILL
         assert read_tls(held) == b""
@@ -164,15 +162,11 @@ def test_server_goes_on_when_the_relay_server_dies(servers: Servers, certs: Cert
     server = start_tls(servers, certs, prog=["cat"])
     relays = relay_server_of(server.pid)
     assert relays is not None
-    with tls_connect(server) as held:
-        held.sendall(b"one\n")
-        assert read_exactly(held, 4) == b"one\n"
-        first = server.wait_pids(1)[0]
-        server.remember()
+    with _held(server) as (held, first):
         os.kill(relays, signal.SIGKILL)
         assert wait_until(lambda: not alive(relays))
-        # the held relay still has the exit pipe's write end?  No: relays
-        # close it, so the server sees its end at once
+        # relay processes do not hold the exit pipe: the server sees its
+        # end as soon as the relay server is gone
         assert end_status(server, first) == 111 << 8
         server.wait_log(r"^tcpserver: warning: TLS relay server: .*; relays are forked "
                         r"by the server$")
@@ -187,6 +181,17 @@ def test_server_goes_on_when_the_relay_server_dies(servers: Servers, certs: Cert
     no_traceback(server)
 
 
+@contextlib.contextmanager
+def _held(server: Server) -> Iterator[Tuple[ssl.SSLSocket, int]]:
+    """The server's first client, held open through ``cat`` after one
+    line went both ways; its relay's pid."""
+    with tls_connect(server) as held:
+        held.sendall(b"one\n")
+        assert read_exactly(held, 4) == b"one\n"
+        server.remember()
+        yield held, server.wait_pids(1)[0]
+
+
 def _parent_of_or_none(pid: int) -> Optional[int]:
     try:
         return _parent_of(pid)
@@ -199,10 +204,7 @@ def test_relay_server_outlives_the_server_until_its_relays_end(
     server = start_tls(servers, certs, prog=["cat"])
     relays = relay_server_of(server.pid)
     assert relays is not None
-    with tls_connect(server) as held:
-        held.sendall(b"one\n")
-        assert read_exactly(held, 4) == b"one\n"
-        server.remember()
+    with _held(server) as (held, _):
         assert server.stop() == 0
         held.sendall(b"two\n")                 # the relay serves on (djb)
         assert read_exactly(held, 4) == b"two\n"

@@ -32,7 +32,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
-from typing import Callable, Iterable, List
+from typing import Callable, Iterable, Iterator, List, Tuple
 
 from ..errors import EXIT_TEMP
 from ..log import say
@@ -69,6 +69,21 @@ def close_inherited(keep: Iterable[int]) -> None:
         low = max(low, fd + 1)
     if top > low:
         os.closerange(low, top)
+
+
+def reaped() -> Iterator[Tuple[int, int]]:
+    """``(pid, wait status)`` of every child that has ended, until
+    ``waitpid`` has nothing more (no child, or none ended yet)."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
+        if pid == 0:
+            return
+        yield pid, status
 
 
 def _report(exc: BaseException) -> None:

@@ -26,6 +26,7 @@ import socket
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .. import address, timeouts
+from ..proc.child import reaped
 from ..proc.launch import Environment
 from ..policy import Policy
 from .admission import Refusal
@@ -61,15 +62,7 @@ class Children:
 
     def reap(self) -> None:
         """Reap until ``waitpid`` has nothing more, unknown children too."""
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            except InterruptedError:
-                continue
-            if pid == 0:
-                break
+        for pid, status in reaped():
             self._ended(pid, status)
         if self.elsewhere is not None:
             for pid, status in self.elsewhere():

@@ -260,15 +260,7 @@ class _Serving:
             self.idle.remove(relay)
 
     def reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            except InterruptedError:
-                continue
-            if pid == 0:
-                break
+        for pid, status in child.reaped():
             relay = self.relays.pop(pid, None)
             if relay is None:
                 continue
