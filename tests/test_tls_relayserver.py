@@ -288,6 +288,45 @@ def test_relay_server_of_a_vendored_copy(servers: Servers, certs: Certs, tmp_pat
     assert "TLS relay server" not in server.log()
 
 
+def test_relay_server_puts_the_library_first(servers: Servers, certs: Certs,
+                                             tmp_path: Path) -> None:
+    """The package's folder may be a site-packages with old backports
+    named like the standard library's modules: the relay server looks
+    in the library first (here a ``typing.py`` that fails beside the
+    package)."""
+    site = tmp_path / "site"
+    shutil.copytree(os.path.join(ROOT, "ucspi"), site / "ucspi",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (site / "typing.py").write_text("raise ImportError('an old backport')\n")
+    script = tmp_path / "serve.py"
+    script.write_text("import sys, typing\nsys.path.insert(0, %r)\n"
+                      "from ucspi.server import main\nsys.exit(main())\n" % str(site))
+    server = servers(["-v", *NOLOOKUP, "-i", certs.certdir, "-s"], prog=["cat"],
+                     env=tls_env(), impl=str(script))
+    _relay_server_serves(server)
+    assert "TLS relay server" not in server.log()
+
+
+def test_relay_server_that_cannot_import_says_why(servers: Servers, certs: Certs,
+                                                  tmp_path: Path) -> None:
+    """A copy of the package with a broken module: one warning with the
+    reason, no traceback, and the server forks its relays itself."""
+    site = tmp_path / "site"
+    shutil.copytree(os.path.join(ROOT, "ucspi"), site / "ucspi",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (site / "ucspi" / "server" / "relays.py").write_text("raise ImportError('broken copy')\n")
+    script = tmp_path / "serve.py"
+    script.write_text("import sys\nsys.path.insert(0, %r)\n"
+                      "from ucspi.server import main\nsys.exit(main())\n" % str(site))
+    server = servers(["-v", *NOLOOKUP, "-i", certs.certdir, "-s"], prog=["cat"],
+                     env=tls_env(), impl=str(script))
+    server.wait_log(r"^tcpserver: warning: TLS relay server: unable to import ucspi: "
+                    r"ImportError: broken copy; relays are forked by the server$")
+    _echo(server)
+    assert relay_server_of(server.pid) is None
+    no_traceback(server)
+
+
 # -- the protocol, the server's side --------------------------------------------------------
 @pytest.fixture
 def handle() -> Iterator[Tuple[RelayServer, socket.socket, int]]:

@@ -71,9 +71,30 @@ START_WAIT = 30.0
 ANSWER_WAIT = 10.0
 
 #: the relay server's ``-c`` program: argv[1] goes on the path, argv[2]
-#: is the package's dotted name (``ucspi``, or a vendored copy's)
-_BOOT = ("import sys, importlib; sys.path.insert(0, sys.argv[1]); "
-         "sys.exit(importlib.import_module(sys.argv[2] + '.server.relays').main(sys.argv[3:]))")
+#: is the package's dotted name (``ucspi``, or a vendored copy's).  The
+#: folder goes last, after the standard library: when the package is
+#: installed, it is site-packages, which may hold old backports with the
+#: library's own names (``typing``, ``enum``); and the working directory
+#: (``-c``'s first entry) is not looked in, where another copy may be.
+#: A failure to import is said on the control socket (``X``), never as a
+#: traceback in the log.
+_BOOT = """import sys
+try:
+    import importlib
+    if sys.path[:1] == ['']:
+        del sys.path[0]
+    sys.path.append(sys.argv[1])
+    main = importlib.import_module(sys.argv[2] + '.server.relays').main
+except Exception as exc:
+    import socket
+    why = 'unable to import %s: %s: %s' % (sys.argv[2], type(exc).__name__, exc)
+    try:
+        socket.socket(fileno=int(sys.argv[3])).send(b'X' + why.encode('utf-8', 'replace'))
+    except OSError:
+        pass
+    sys.exit(111)
+sys.exit(main(sys.argv[3:]))
+"""
 
 
 class Gone(Exception):
