@@ -89,7 +89,10 @@ except Exception as exc:
     import socket
     why = 'unable to import %s: %s: %s' % (sys.argv[2], type(exc).__name__, exc)
     try:
-        socket.socket(fileno=int(sys.argv[3])).send(b'X' + why.encode('utf-8', 'replace'))
+        ctl = socket.socket(fileno=int(sys.argv[3]))
+        ctl.settimeout(5)
+        ctl.recv(1 << 20)      # the options: unread, they would reset the socket
+        ctl.send(b'X' + why.encode('utf-8', 'replace'))
     except OSError:
         pass
     sys.exit(111)
