@@ -784,7 +784,8 @@ def main() -> None:
     parser.add_argument("--python-flag", action="append", default=[],
                         help="a flag for the interpreter of our server, e.g. -S: no site "
                              "packages (a site .pth that imports threading or random adds "
-                             "their fork hooks to every relay child)")
+                             "their fork hooks to every fork of the server; the TLS relay "
+                             "server always runs with -S)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     OURS[1:1] = args.python_flag

@@ -37,7 +37,7 @@ from tests.fix_plugins import (NOLOOKUP, SIGSEGV_STATUSES, Plugins, build, end_s
 from tests.fix_rules import ours_rules
 from tests.fix_server import (OURS, Server, Servers, children_of, read_all, read_exactly, read_some,
                               relay_server_of, run_once, wait_until)
-from tests.fix_tls import TLS_VARIABLES, read_tls
+from tests.fix_tls import TLS_VARIABLES, read_tls, tls_connect
 from tests.util import need_root
 
 
@@ -499,10 +499,7 @@ def test_plugins_keep_tls_relays_in_the_server(servers, plugins: Plugins, tmp_pa
     env = {k: v for k, v in plugin_env(PLUGIN1=plugins.five).items()
            if not TLS_VARIABLES.match(k)}
     server = start(servers, ["cat"], env, options=["-n", cert])
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    with ctx.wrap_socket(server.connect(timeout=10)) as sock:
+    with tls_connect(server) as sock:
         sock.sendall(b"ping\n")
         assert read_exactly(sock, 5) == b"ping\n"
     assert relay_server_of(server.pid) is None, server.log()

@@ -10,14 +10,19 @@ theirs), fds 0 and 1 on /dev/null, fd 2 the server's.  :func:`main`:
 2. reads the server's options (the first message), builds the same
    TLS contexts as the server did, drops the same privileges, and says
    ``R`` (or ``X`` and why: the server warns and forks relays itself);
-3. serves: each connection message is a relay forked by
-   :meth:`TlsLaunch.fork_relay <ucspi.tls.launch.TlsLaunch.fork_relay>`
-   (the hygiene of :mod:`ucspi.proc.child`), its pid the answer; ``H``
-   builds the contexts again (the old ones stay on failure); SIGCHLD
-   reaps the relays, writes one ``(pid, wait status)`` record each into
-   the exit pipe and sends the server SIGCHLD;
+3. serves: each connection goes to an idle relay process, or to a new
+   one forked with the hygiene of :mod:`ucspi.proc.child`
+   (:func:`_relay_process`), and the answer is its pid; a relay process
+   serves one connection after another
+   (:meth:`TlsLaunch.serve_one <ucspi.tls.launch.TlsLaunch.serve_one>`)
+   and says ``D`` + the program's wait status after each (``L``: and it
+   leaves); each end becomes a ``(pid, wait status)`` record in the exit
+   pipe, and the server gets SIGCHLD; a relay process that dies busy
+   ends its connection with its own status (SIGCHLD here); ``H``
+   builds the contexts again (the old ones stay on failure) and retires
+   the relay processes of before;
 4. at the end of the control socket (the server is gone), takes no
-   more connections, waits for its relays and exits 0.
+   more connections, waits for its relay processes and exits 0.
 """
 
 from __future__ import annotations
@@ -225,7 +230,7 @@ class _Serving:
         except OSError:
             data = b""
         if len(data) != NUMBER.size or data[:1] not in (DONE, LAST):
-            self.forget(relay)          # it is going; SIGCHLD says how, if busy
+            self.dismiss(relay)          # it is going; SIGCHLD says how, if busy
             return
         status = NUMBER.unpack(data)[1]
         relay.busy = False
@@ -246,12 +251,9 @@ class _Serving:
                 self.dismiss(relay)
 
     def dismiss(self, relay: _Relay) -> None:
-        """Close an idle relay's socket: it exits."""
-        if relay in self.idle:
-            self.idle.remove(relay)
-        self.forget(relay)
-
-    def forget(self, relay: _Relay) -> None:
+        """Close a relay process's socket and forget it: an idle one
+        exits; a dead one is reaped (and reported if it was busy) by
+        :meth:`reap`."""
         fd = relay.sock.fileno()
         if self.by_fd.pop(fd, None) is not None:
             self.poller.unregister(fd)
@@ -266,7 +268,7 @@ class _Serving:
                 continue
             if relay.busy:               # it died serving: its status is the end's
                 self.ended.append(EXIT.pack(pid, status))
-            self.forget(relay)
+            self.dismiss(relay)
 
     def flush(self) -> None:
         """Write the ends into the exit pipe (one write each: atomic; the
@@ -342,9 +344,8 @@ def main(args: List[str]) -> int:
     """The relay server (``args``: its control socket, its exit pipe,
     the server's pid)."""
     import pickle
-    from ..proc.child import close_inherited
     ctl_fd, exits, parent = (int(arg) for arg in args[:3])
-    close_inherited((ctl_fd, exits))
+    child.close_inherited((ctl_fd, exits))
     for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)
     ctl = socket.socket(fileno=ctl_fd)

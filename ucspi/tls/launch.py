@@ -104,7 +104,7 @@ def reap(pid: int) -> int:
 
 
 #: the wait status of a connection whose program did not run (exit 111)
-FAILED = EXIT_TEMP << 8
+NOT_RUN = EXIT_TEMP << 8
 
 #: the UCSPI-TLS variables a ``-w`` program gets
 UCSPI_TLS_VARIABLES = (b"SSLCTLFD", b"SSLREADFD", b"SSLWRITEFD")
@@ -227,14 +227,14 @@ class TlsLaunch:
     def serve(self, fd: int, env: Environment, ctx: ssl.SSLContext, count: int,
               limit: int) -> int:
         """One connection, in a relay process: the handshake, the
-        program, the relay; the program's wait status (:data:`FAILED`
+        program, the relay; the program's wait status (:data:`NOT_RUN`
         when there was none)."""
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         log = self.log
         quiet_unraisable(log)
         tls = self._handshake(fd, ctx)
         if tls is None:
-            return FAILED
+            return NOT_RUN
         sock, chan = tls
         facts = chan.facts()
         env = apply(env, tls_changes(facts, provider(self.details, facts)))
@@ -246,7 +246,7 @@ class TlsLaunch:
             log.drop(f"unable to run {self.name}: {errtext(exc)}")
             sock.close()
             _close(to_w, from_r)
-            return FAILED
+            return NOT_RUN
         finally:
             os.close(to_r)
             os.close(from_w)
@@ -316,7 +316,7 @@ class TlsLaunch:
             log.drop(f"unable to run {self.name}: {errtext(exc)}")
             ours.close()
             _close(fd, to_w, from_r)
-            return FAILED
+            return NOT_RUN
         finally:
             theirs.close()
             _close(to_r, from_w)
