@@ -9,15 +9,19 @@ scripted fakes on 127.113.x.y:113 (``tests/fix_ident.py``).
 
 from __future__ import annotations
 
+import socket
+import struct
+import sys
 import threading
 import time
 from typing import Dict, List, Optional
 
 import pytest
 
-from tests.fix_dns import RECORDS, DnsServer
-from tests.fix_ident import HANG, FakeIdentd
+from tests.fix_dns import RECORDS, DnsServer, dns_addresses
+from tests.fix_ident import HANG, FakeIdentd, _listener
 from tests.fix_server import OURS, PRINT_ENV, Server, Servers, clean_env, run_once, wait_until
+from tests.util import missing
 
 #: DNSREWRITEFILE: a file that does not exist, so /etc/dnsrewrite never leaks in
 NO_REWRITE = "/nonexistent/ucspi-test-dnsrewrite"
@@ -156,3 +160,57 @@ def test_slow_ident_does_not_block_others(servers, identd) -> None:
     assert quick == [identd.user] * 5
     assert slow["env"] is not None and "TCPREMOTEINFO" not in slow["env"]
     assert 5.5 < elapsed < 20, elapsed   # -t 6 honoured (not the default 26 s)
+
+
+#: ``SO_TIMESTAMPNS`` on Linux (the socket module does not name it)
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+
+
+def _arrived(sock: socket.socket) -> float:
+    """When the kernel received what ``sock`` reads next (its receive
+    timestamp, ``SO_TIMESTAMPNS``), in seconds."""
+    _, ancillary, _, _ = sock.recvmsg(1024, socket.CMSG_SPACE(16))
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+            seconds, nanoseconds = struct.unpack("qq", data[:16])
+            return seconds + nanoseconds / 1e9
+    raise AssertionError(f"no receive timestamp in {ancillary!r}")
+
+
+def test_ident_query_goes_out_before_the_dns_query(servers) -> None:
+    """The ident answer is the slow one (the client's host, or a forking
+    identd), so its query is sent first and the PTR query waits behind
+    it, not the other way round.  Both peers are sockets of the test
+    that never answer; the kernel's receive timestamps give the order."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("receive timestamps are read the Linux way")
+    ident_ip, ident = _listener(None, 8)
+    dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client = socket.socket()
+    try:
+        if ident.getsockname()[1] != 113:
+            missing("port 113 on a fresh loopback address (root)")
+        for ip in dns_addresses():
+            try:
+                dns.bind((ip, 53))
+                break
+            except OSError:
+                continue
+        else:
+            missing("port 53 on a fresh loopback address")
+        for sock in (ident, dns):
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            sock.settimeout(10)
+        server = start(servers, ["-h", "-l", "0", "-r", "-t", "5"],
+                       DNSCACHEIP=dns.getsockname()[0])
+        client.bind((ident_ip, 0))
+        client.connect(("127.0.0.1", server.port))
+        dns_at = _arrived(dns)
+        conn, _ = ident.accept()
+        with conn:
+            conn.settimeout(10)
+            ident_at = _arrived(conn)
+        assert ident_at < dns_at, (ident_at, dns_at)
+    finally:
+        for sock in (client, dns, ident):
+            sock.close()

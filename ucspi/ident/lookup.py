@@ -4,8 +4,9 @@ For an accepted connection tcpserver asks the client's host who owns
 the client's end (design: ident; IndiMail's tcpremoteinfo.c):
 
 1. an overall deadline of ``timeout`` seconds (``-t``, default 26) starts;
-2. a TCP socket is bound to the connection's *local* address, port 0,
-   and connected to the client's address, port 113 -- the connect on a
+2. a TCP socket is bound to the connection's *local* address (its port
+   chosen at the connect where the system can: :data:`_NO_PORT`), and
+   connected to the client's address, port 113 -- the connect on a
    clock of its own, also ``timeout`` seconds;
 3. the line of :func:`ucspi.ident.msg.request` is sent and the reply is
    read with :class:`ucspi.ident.msg.ReplyParser`, both bounded by the
@@ -44,6 +45,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import sys
 from typing import Any, Callable, Optional, Tuple
 
 from .msg import ReplyParser, request
@@ -96,6 +98,17 @@ def sockaddr(ip: str, port: int, scope_id: int = 0) -> Tuple[int, SockAddr]:
     return socket.AF_INET6, (host, port, 0, scope_id)
 
 
+#: ``IP_BIND_ADDRESS_NO_PORT`` (Linux 4.2): the query's socket is bound
+#: to the connection's local address but takes its port at ``connect``,
+#: where only the four-tuple has to be unique.  A ``bind`` to port 0
+#: needs a port no other socket of that address holds, TIME_WAIT ones
+#: included: on a busy server (the queries' own TIME_WAIT sockets
+#: pile up) the kernel then scans most of the port range for every query,
+#: in the server's one process, and fails once the range is full.
+_NO_PORT: Optional[int] = getattr(socket, "IP_BIND_ADDRESS_NO_PORT",
+                                  24 if sys.platform.startswith("linux") else None)
+
+
 class IdentLookup:
     """One non-blocking ident exchange on a reactor; see :func:`lookup`."""
 
@@ -141,6 +154,11 @@ class IdentLookup:
             return
         self._sock = sock
         try:
+            if _NO_PORT is not None:
+                try:
+                    sock.setsockopt(socket.IPPROTO_IP, _NO_PORT, 1)
+                except OSError:
+                    pass
             sock.bind(local)
             err = sock.connect_ex(remote)
         except OSError:

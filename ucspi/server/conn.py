@@ -102,18 +102,20 @@ def render_address(text: str, v6sock: bool, force6: bool) -> Tuple[str, str, boo
 
 def lookup_plan(opts: Options) -> Tuple[str, ...]:
     """The lookups the lookups step may make for one connection, by the
-    names of :data:`.lookups.DESCRIPTORS`: the local PTR (without
-    ``-l``), the client's PTR (``-h``; with ``-p`` its forward check),
-    ident (``-r``)."""
+    names of :data:`.lookups.DESCRIPTORS`, in the order they are
+    started: ident (``-r``) first, since its answer comes from the
+    client's host (or a forking identd) and is nearly always the last
+    one in, then the local PTR (without ``-l``) and the client's PTR
+    (``-h``; with ``-p`` its forward check)."""
     if opts.unix:
         return ()
     plan: Tuple[str, ...] = ()
+    if opts.remote_info:
+        plan += ("info",)
     if opts.localname is None:
         plan += ("name",)
     if opts.remote_host:
         plan += ("paranoid" if opts.paranoid else "host",)
-    if opts.remote_info:
-        plan += ("info",)
     return plan
 
 
