@@ -181,12 +181,16 @@ def test_ident_query_goes_out_before_the_dns_query(servers) -> None:
     """The ident answer is the slow one (the client's host, or a forking
     identd), so its query is sent first and the PTR query waits behind
     it, not the other way round.  Both peers are sockets of the test
-    that never answer; the kernel's receive timestamps give the order."""
+    that never answer; the kernel's receive timestamps give the order.
+    The query is sent at once only when the connect has completed by
+    the time it returns, which a loaded machine may delay: so three
+    clients, and one query of the three sent first is enough (with the
+    PTR query first, none ever is)."""
     if not sys.platform.startswith("linux"):
         pytest.skip("receive timestamps are read the Linux way")
     ident_ip, ident = _listener(None, 8)
     dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    client = socket.socket()
+    clients: List[socket.socket] = []
     try:
         if ident.getsockname()[1] != 113:
             missing("port 113 on a fresh loopback address (root)")
@@ -203,14 +207,19 @@ def test_ident_query_goes_out_before_the_dns_query(servers) -> None:
             sock.settimeout(10)
         server = start(servers, ["-h", "-l", "0", "-r", "-t", "5"],
                        DNSCACHEIP=dns.getsockname()[0])
-        client.bind((ident_ip, 0))
-        client.connect(("127.0.0.1", server.port))
-        dns_at = _arrived(dns)
-        conn, _ = ident.accept()
-        with conn:
-            conn.settimeout(10)
-            ident_at = _arrived(conn)
-        assert ident_at < dns_at, (ident_at, dns_at)
+        order = []
+        for _ in range(3):
+            client = socket.socket()
+            clients.append(client)
+            client.bind((ident_ip, 0))
+            client.connect(("127.0.0.1", server.port))
+            dns_at = _arrived(dns)
+            conn, _ = ident.accept()
+            with conn:
+                conn.settimeout(10)
+                ident_at = _arrived(conn)
+            order.append(ident_at < dns_at)
+        assert any(order), order
     finally:
-        for sock in (client, dns, ident):
+        for sock in (*clients, dns, ident):
             sock.close()
