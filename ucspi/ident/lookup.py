@@ -102,9 +102,9 @@ def sockaddr(ip: str, port: int, scope_id: int = 0) -> Tuple[int, SockAddr]:
 #: to the connection's local address but takes its port at ``connect``,
 #: where only the four-tuple has to be unique.  A ``bind`` to port 0
 #: needs a port no other socket of that address holds, TIME_WAIT ones
-#: included: on a busy server (the queries' own TIME_WAIT sockets
-#: pile up) the kernel then scans most of the port range for every query,
-#: in the server's one process, and fails once the range is full.
+#: included: with many of those about, the kernel's search took
+#: milliseconds per query (``bench/PROFILE.md`` §8), in the server's one
+#: process, and it fails once the range is held.
 _NO_PORT: Optional[int] = getattr(socket, "IP_BIND_ADDRESS_NO_PORT",
                                   24 if sys.platform.startswith("linux") else None)
 
