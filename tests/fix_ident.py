@@ -158,7 +158,7 @@ def _socket(ip: str) -> socket.socket:
     return sock
 
 
-def _listener(ip: Optional[str], backlog: int) -> Tuple[str, socket.socket]:
+def ident_listener(ip: Optional[str], backlog: int) -> Tuple[str, socket.socket]:
     """``(ip, listening socket)``: port 113 of ``ip`` when free, else an
     ephemeral port; with no ``ip``, port 113 of a fresh :func:`fake_ip`,
     trying others while it is taken (an ephemeral port when not root)."""
@@ -183,7 +183,7 @@ class FakeIdentd:
 
     def __init__(self, steps: Sequence[Step], ip: Optional[str] = None,
                  read_request: bool = True) -> None:
-        self.ip, self._sock = _listener(ip, 64)
+        self.ip, self._sock = ident_listener(ip, 64)
         self.steps = list(steps)
         self.read_request = read_request
         self.requests: List[bytes] = []
@@ -296,7 +296,7 @@ class FullBacklog:
     connect to it stays in progress (SYNs are dropped)."""
 
     def __init__(self, ip: Optional[str] = None) -> None:
-        self.ip, self._sock = _listener(ip, 0)
+        self.ip, self._sock = ident_listener(ip, 0)
         self.port = int(self._sock.getsockname()[1])
         self._fillers: List[socket.socket] = []
         inode = os.fstat(self._sock.fileno()).st_ino

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional
 import pytest
 
 from tests.fix_dns import RECORDS, DnsServer, dns_addresses
-from tests.fix_ident import HANG, FakeIdentd, _listener
+from tests.fix_ident import HANG, FakeIdentd, ident_listener
 from tests.fix_server import OURS, PRINT_ENV, Server, Servers, clean_env, run_once, wait_until
 from tests.util import missing
 
@@ -188,7 +188,7 @@ def test_ident_query_goes_out_before_the_dns_query(servers) -> None:
     PTR query first, none ever is)."""
     if not sys.platform.startswith("linux"):
         pytest.skip("receive timestamps are read the Linux way")
-    ident_ip, ident = _listener(None, 8)
+    ident_ip, ident = ident_listener(None, 8)
     dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     clients: List[socket.socket] = []
     try:
