@@ -8,7 +8,7 @@ ours/C.  Also reports start-up time to listening and idle RSS.
 
     python3 bench/bench_core.py [--rounds 5] [--count 3000] [--quick]
                                 [--dns IP] [--slow-ident SECONDS]
-                                [--only plain|lookups] [--no-ceiling]
+                                [--only plain|lookups] [--no-ceiling] [--no-loop]
 
 CPU per connection, per scenario (from ``/proc/PID/stat``, the delta over
 every round of that server, divided by its connections): our parent
@@ -22,6 +22,16 @@ beyond the program itself, the figure to set against our parent's.
 The spawn ceiling (``bench/ceiling.py``, run once per run unless
 ``--no-ceiling``): each scenario's conn/s is also shown as a fraction of
 the C ``posix_spawn`` loop's rate on this machine, this run.
+
+The design ceiling (``bench/hr_loop.c``, compiled with ``cc`` unless
+``--no-loop``): in every round of every scenario (but ``-p``, which it
+does not do) two more servers are driven beside ours and C's.  ``loop``
+is our design written in C with nothing else: one epoll loop that sends
+the ident and PTR queries at once and starts the program with
+``posix_spawn`` in line, so it shows what one process of this design can
+do here.  ``loopF`` is the same loop starting the program with
+fork+exec (it does not wait for the exec), to show what the vfork wait
+costs.  ``ours/loop`` is how close our Python comes to that ceiling.
 
 Both servers get ``-c 100 -b 256`` (a backlog large enough that no SYN is
 dropped, which would add 1 s retransmits to both).  Scenarios: ``-HRl0`` with ``/bin/true`` and ``echo hello`` at
@@ -43,10 +53,11 @@ import argparse
 import json
 import os
 import random
-import signal
 import statistics
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -61,6 +72,7 @@ C_TCPSERVER = "/usr/bin/tcpserver"
 OURS = [sys.executable, os.path.join(ROOT, "tcpserver.py")]
 CEILING = os.path.join(HERE, "ceiling.py")
 SLOW_IDENT = os.path.join(HERE, "slow_ident.py")
+HR_LOOP = os.path.join(HERE, "hr_loop.c")
 TICK = float(os.sysconf("SC_CLK_TCK"))
 
 
@@ -87,6 +99,31 @@ def ceiling(rounds: int, count: int) -> Dict[str, Any]:
     return report
 
 
+def compile_loop(workdir: str) -> Optional[str]:
+    """Compile ``bench/hr_loop.c`` into ``workdir``; its path, or None
+    (no ``cc``, or it did not compile: said on stderr)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        sys.stderr.write("no cc: the design ceiling (hr_loop) is left out\n")
+        return None
+    binary = os.path.join(workdir, "hr_loop")
+    proc = subprocess.run([cc, "-O2", "-o", binary, HR_LOOP], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, timeout=120)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout.decode(errors="replace"))
+        return None
+    return binary
+
+
+def loop_flags(opts: List[str]) -> Optional[List[str]]:
+    """hr_loop's flags for a scenario's options, or None if it cannot
+    do the same work (``-p``)."""
+    letters = "".join(o[1:] for o in opts if o.startswith("-") and not o[1:].isdigit())
+    if "p" in letters:
+        return None
+    return [f"-{x}" for x in "HR" if x in letters]
+
+
 def bare_python_rss() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
     time.sleep(0.5)
@@ -109,18 +146,27 @@ def slow_ident(address: str, delay: float) -> "subprocess.Popen[bytes]":
 
 
 def scenario(opts: List[str], prog: List[str], conc: int, count: int, rounds: int,
-             env: Optional[Dict[str, str]], base: str = "") -> Dict[str, Dict[str, float]]:
-    """Both servers, ``rounds`` interleaved rounds; clients from
-    ``base``.0.1 if given (else 127.0.0.1)."""
+             env: Optional[Dict[str, str]], base: str = "",
+             loop: Optional[str] = None) -> Dict[str, Dict[str, float]]:
+    """Both servers (and, given ``loop``, the design ceiling's two
+    forms), ``rounds`` interleaved rounds; clients from ``base``.0.1 if
+    given (else 127.0.0.1)."""
     common = ["-1", "-c", "100", "-b", "256", *opts, "127.0.0.1", "0", *prog]
-    ours, ours_port, _ = start([*OURS, "-C", "0", *common], env)
-    theirs, c_port, _ = start([C_TCPSERVER, *common], env)
-    results: Dict[str, List[Dict[str, float]]] = {"ours": [], "C": []}
-    cpu = {"ours": [0.0, 0.0], "C": [0.0, 0.0]}   # own, children: seconds
-    conns = {"ours": 0, "C": 0}
+    servers = [("ours", [*OURS, "-C", "0", *common]), ("C", [C_TCPSERVER, *common])]
+    flags = loop_flags(opts)
+    if loop is not None and flags is not None:
+        servers += [("loop", [loop, *flags, "127.0.0.1", "0", *prog]),
+                    ("loopF", [loop, "-F", *flags, "127.0.0.1", "0", *prog])]
+    running: List[Tuple[str, Any, int]] = []
+    results: Dict[str, List[Dict[str, float]]] = {name: [] for name, _ in servers}
+    cpu = {name: [0.0, 0.0] for name, _ in servers}   # own, children: seconds
+    conns = {name: 0 for name, _ in servers}
     try:
+        for name, argv in servers:
+            proc, port, _ = start(argv, env)
+            running.append((name, proc, port))
         for _ in range(rounds):
-            for name, proc, port in (("ours", ours, ours_port), ("C", theirs, c_port)):
+            for name, proc, port in running:
                 own0, kids0 = cpu_seconds(proc.pid)
                 res = (loadgen.run("127.0.0.1", port, count, conc, 60.0, sources=1, base=base)
                        if base else loadgen.run("127.0.0.1", port, count, conc, 60.0))
@@ -131,8 +177,8 @@ def scenario(opts: List[str], prog: List[str], conc: int, count: int, rounds: in
                 conns[name] += int(res["conns"])
                 results[name].append(res)
     finally:
-        stop(ours)
-        stop(theirs)
+        for _, proc, _ in running:
+            stop(proc)
     summary = {name: {key: statistics.median(r[key] for r in runs)
                       for key in ("rate", "p50_ms", "p99_ms", "errors")}
                for name, runs in results.items()}
@@ -155,6 +201,9 @@ def main() -> None:
                         help="only the -HRl0 rows, or only the lookup rows (needs --dns)")
     parser.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
                         help="measure the spawn ceiling once (bench/ceiling.py; default on)")
+    parser.add_argument("--loop", action=argparse.BooleanOptionalAction, default=True,
+                        help="drive the design ceiling (bench/hr_loop.c) beside the "
+                             "servers (default on; needs cc)")
     parser.add_argument("--ceiling-rounds", type=int, default=3)
     parser.add_argument("--ceiling-count", type=int, default=6000)
     args = parser.parse_args()
@@ -208,10 +257,15 @@ def main() -> None:
             (["-HRl0"], ["/bin/true"], 1, 0.0), (["-HRl0"], ["/bin/true"], 32, 0.0),
             (["-HRl0"], ["echo", "hello"], 1, 0.0), (["-HRl0"], ["echo", "hello"], 32, 0.0),
         ]
+    loop: Optional[str] = None
+    workdir = tempfile.TemporaryDirectory(prefix="bench_core.")
+    if args.loop:
+        loop = compile_loop(workdir.name)
     print(f"{'scenario':44} {'ours c/s':>9} {'C c/s':>9} {'ratio':>6} "
           f"{'p50 ours/C ms':>15} {'p99 ours/C ms':>15} {'ceil ours/C':>11} "
           f"{'µs/conn: ours parent':>20} {'C parent':>8} {'C child':>8} {'ours child':>10} "
-          f"{'C work':>7}")
+          f"{'C work':>7}" + (f" | {'loop c/s':>8} {'loopF c/s':>9} {'ours/loop':>9} "
+                              f"{'C/loop':>6} {'loop µs':>7}" if loop else ""))
     for opts, prog, conc, delay in plans:
         count = args.count if conc > 1 else max(200, args.count // 5)
         label = f"{' '.join(opts)} {' '.join(prog)} c={conc}"
@@ -221,11 +275,11 @@ def main() -> None:
             label += f" ident {delay * 1000:.0f}ms"
             count = min(count, int(conc / delay * 10))   # about 10 s a round
             try:
-                res = scenario(opts, prog, conc, count, args.rounds, env, base)
+                res = scenario(opts, prog, conc, count, args.rounds, env, base, loop)
             finally:
                 stop(ident)
         else:
-            res = scenario(opts, prog, conc, count, args.rounds, env)
+            res = scenario(opts, prog, conc, count, args.rounds, env, loop=loop)
         o, c = res["ours"], res["C"]
         frac = (f"{o['rate'] / roof:5.2f}/{c['rate'] / roof:<5.2f}" if roof
                 else f"{'-':>5}/{'-':<5}")
@@ -233,7 +287,19 @@ def main() -> None:
         print(f"{label:44} {o['rate']:9.0f} {c['rate']:9.0f} {o['rate'] / c['rate']:6.2f} "
               f"{o['p50_ms']:7.2f}/{c['p50_ms']:<7.2f} {o['p99_ms']:7.2f}/{c['p99_ms']:<7.2f} "
               f"{frac:>11} {o['cpu_us']:20.0f} {c['cpu_us']:8.0f} {c['child_cpu_us']:8.0f} "
-              f"{o['child_cpu_us']:10.0f} {c_work:7.0f}", flush=True)
+              f"{o['child_cpu_us']:10.0f} {c_work:7.0f}" + design(res, loop), flush=True)
+    workdir.cleanup()
+
+
+def design(res: Dict[str, Dict[str, float]], loop: Optional[str]) -> str:
+    """The design ceiling's columns of a row ('' without hr_loop)."""
+    if loop is None:
+        return ""
+    if "loop" not in res:
+        return f" | {'-':>8} {'-':>9} {'-':>9} {'-':>6} {'-':>7}"
+    o, c, y, f = res["ours"], res["C"], res["loop"], res["loopF"]
+    return (f" | {y['rate']:8.0f} {f['rate']:9.0f} {o['rate'] / y['rate']:9.2f} "
+            f"{c['rate'] / y['rate']:6.2f} {y['cpu_us']:7.0f}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,112 @@
+"""``bench/hr_loop.c``, the design ceiling of ``bench/bench_core.py``,
+does the work our server does on the default path.
+
+The benchmark sets our ``-hr`` rate against this C loop's, so the loop
+must make the same lookups and give the program the same answers:
+compiled with ``cc``, it runs beside our server against the same
+dnsmasq (``dns_server``) and oidentd (``identd``), and for clients from
+several addresses both programs must see the same TCPREMOTEHOST and
+TCPREMOTEINFO (or neither), in both of the loop's forms (posix_spawn and
+fork) and with ``-H``/``-R``.  Nothing here is timed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from typing import Callable, Dict, Iterator, List, Optional
+
+import pytest
+
+from tests.fix_server import OURS, PRINT_ENV, Servers, clean_env, parse_env, read_all
+from tests.util import ROOT, need, stop
+
+SOURCE = os.path.join(ROOT, "bench", "hr_loop.c")
+#: a name, an address with no PTR (NXDOMAIN), and 127.0.0.1, whose ident
+#: query oidentd answers (the others have no ident server: refused)
+SOURCES = ["127.0.0.1", "127.53.0.10", "127.53.0.200"]
+#: what the loop sets; ours sets more (TCPLOCALHOST, ...), not compared
+COMPARED = ("PROTO", "TCPLOCALIP", "TCPLOCALPORT", "TCPREMOTEIP", "TCPREMOTEHOST",
+            "TCPREMOTEINFO")
+
+
+@pytest.fixture(scope="module")
+def hr_loop(tmp_path_factory: pytest.TempPathFactory) -> str:
+    cc = need("cc")
+    binary = str(tmp_path_factory.mktemp("hr_loop") / "hr_loop")
+    proc = subprocess.run([cc, "-O2", "-Wall", "-Werror", "-o", binary, SOURCE],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+    assert proc.returncode == 0, proc.stdout.decode(errors="replace")
+    return binary
+
+
+@pytest.fixture
+def loop_env(dns_server) -> Dict[str, str]:  # type: ignore[no-untyped-def]
+    return clean_env(DNSCACHEIP=dns_server.ip)
+
+
+class Loop:
+    """One running hr_loop printing the environment."""
+
+    def __init__(self, binary: str, flags: List[str], env: Dict[str, str]) -> None:
+        self.proc = subprocess.Popen([binary, *flags, "127.0.0.1", "0", *PRINT_ENV],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line.strip().isdigit(), (line, self.proc.stderr.read() if self.proc.stderr else "")
+        self.port = int(line)
+
+    def env(self, source: str) -> Dict[str, str]:
+        with socket.socket() as sock:
+            sock.settimeout(10)
+            sock.bind((source, 0))
+            sock.connect(("127.0.0.1", self.port))
+            return parse_env(read_all(sock, 10))
+
+
+@pytest.fixture
+def loops(hr_loop: str, loop_env: Dict[str, str]) -> Iterator[Callable[[List[str]], Loop]]:
+    started: List[Loop] = []
+
+    def make(flags: List[str]) -> Loop:
+        started.append(Loop(hr_loop, flags, loop_env))
+        return started[-1]
+
+    yield make
+    for loop in started:
+        stop(loop.proc)
+
+
+def picked(env: Dict[str, str]) -> Dict[str, Optional[str]]:
+    return {name: env.get(name) for name in COMPARED}
+
+
+@pytest.mark.parametrize("fork", [False, True], ids=["posix_spawn", "fork"])
+def test_the_loop_sees_what_ours_sees(servers: Servers, loops, loop_env, identd,  # type: ignore[no-untyped-def]
+                                      fork: bool) -> None:
+    ours = servers(["-hr", "-t", "5"], prog=PRINT_ENV, impl=OURS, env=loop_env)
+    loop = loops(["-F"] if fork else [])
+    for source in SOURCES:
+        theirs = picked(loop.env(source))
+        mine = picked(ours.env(source=source))
+        mine["TCPLOCALPORT"] = theirs["TCPLOCALPORT"] = "port"   # two listeners
+        assert theirs == mine, source
+    # and the answers are real: a name, a user, and nothing for no PTR
+    assert loop.env("127.0.0.1")["TCPREMOTEHOST"] == "localhost.example"
+    assert loop.env("127.0.0.1")["TCPREMOTEINFO"] == identd.user
+    assert loop.env("127.53.0.10")["TCPREMOTEHOST"] == "www.example"
+    assert "TCPREMOTEHOST" not in loop.env("127.53.0.200")
+
+
+@pytest.mark.parametrize("flags", [["-H"], ["-R"], ["-H", "-R"]])
+def test_the_loop_leaves_lookups_out_as_ours_does(servers: Servers, loops, loop_env,  # type: ignore[no-untyped-def]
+                                                 identd, flags: List[str]) -> None:
+    ours = servers(["-hr", *flags, "-t", "5"], prog=PRINT_ENV, impl=OURS, env=loop_env)
+    loop = loops(flags)
+    theirs = picked(loop.env("127.0.0.1"))
+    mine = picked(ours.env(source="127.0.0.1"))
+    mine["TCPLOCALPORT"] = theirs["TCPLOCALPORT"] = "port"
+    assert theirs == mine
+    assert (theirs["TCPREMOTEHOST"] is not None) == ("-H" not in flags)
+    assert (theirs["TCPREMOTEINFO"] is not None) == ("-R" not in flags)
