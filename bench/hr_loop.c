@@ -93,6 +93,15 @@ static void dns_end(struct conn *c)
     lookup_done(c);
 }
 
+/* 0: the query went out whole */
+static int ident_send(struct conn *c)
+{
+    char req[32];
+    int n = snprintf(req, sizeof req, "%u , %u\r\n",
+                     ntohs(c->remote.sin_port), ntohs(c->local.sin_port));
+    return send(c->ident, req, n, MSG_NOSIGNAL) == n ? 0 : -1;
+}
+
 static void ident_start(struct conn *c)
 {
     int one = 1;
@@ -107,16 +116,19 @@ static void ident_start(struct conn *c)
         ident_end(c);
         return;
     }
+    /* on loopback the connection is usually up when connect returns:
+     * send the query at once, as ours does */
+    if (ident_send(c) == 0) {
+        watch(c->ident, EPOLLIN, c, TAG_IDENT, EPOLL_CTL_ADD);
+        return;
+    }
     watch(c->ident, EPOLLOUT, c, TAG_IDENT, EPOLL_CTL_ADD);
 }
 
 static void ident_event(struct conn *c, unsigned events)
 {
     if (events & EPOLLOUT) {
-        char req[32];
-        int n = snprintf(req, sizeof req, "%u , %u\r\n",
-                         ntohs(c->remote.sin_port), ntohs(c->local.sin_port));
-        if (send(c->ident, req, n, MSG_NOSIGNAL) != n) { ident_end(c); return; }
+        if (ident_send(c) != 0) { ident_end(c); return; }
         watch(c->ident, EPOLLIN, c, TAG_IDENT, EPOLL_CTL_MOD);
         return;
     }
@@ -300,7 +312,8 @@ static void finish(struct conn *c)
 
 static void accept_all(void)
 {
-    while (active < maxconn) {
+    int batch;
+    for (batch = 0; batch < 64 && active < maxconn; batch++) {   /* as ours: 64 a turn */
         struct conn *c = calloc(1, sizeof *c);
         socklen_t sl = sizeof c->remote;
         if (!c) die("calloc");

@@ -168,8 +168,9 @@ def cprofile(opts: List[str], env: Dict[str, str], count: int, conc: int, top: i
                      else os.path.basename(filename))
             rows.append((f"{where}:{line}({name})", nc / done, tt / done * 1e6, ct / done * 1e6))
         total = sum(r[2] for r in rows)
+        calls = sum(r[1] for r in rows)
         print(f"cProfile: {done} connections at {res['rate']:.0f}/s under the profiler, "
-              f"{total:.0f} µs of profiled own time per connection")
+              f"{total:.0f} µs of profiled own time and {calls:.0f} calls per connection")
         for column, title in ((2, "by own time"), (3, "by cumulative time")):
             print(f"  top {top} {title}:  calls/conn  own µs/conn  cum µs/conn")
             ranked = sorted(rows, key=lambda r: r[2] if column == 2 else r[3], reverse=True)
