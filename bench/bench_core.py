@@ -25,13 +25,16 @@ the C ``posix_spawn`` loop's rate on this machine, this run.
 
 The design ceiling (``bench/hr_loop.c``, compiled with ``cc`` unless
 ``--no-loop``): in every round of every scenario (but ``-p``, which it
-does not do) two more servers are driven beside ours and C's.  ``loop``
-is our design written in C with nothing else: one epoll loop that sends
-the ident and PTR queries at once and starts the program with
+does not do) three more servers are driven beside ours and C's.
+``loop`` is our design written in C with nothing else: one epoll loop
+that sends the ident and PTR queries at once and starts the program with
 ``posix_spawn`` in line, so it shows what one process of this design can
 do here.  ``loopF`` is the same loop starting the program with
 fork+exec (it does not wait for the exec), to show what the vfork wait
-costs.  ``ours/loop`` is how close our Python comes to that ceiling.
+costs; ``loopS`` hands each descriptor and environment to a spawn
+process that calls ``posix_spawn`` and reports the ends, to show what
+taking the spawn out of the loop would bring.  ``ours/loop`` is how
+close our Python comes to the design's ceiling.
 
 Both servers get ``-c 100 -b 256`` (a backlog large enough that no SYN is
 dropped, which would add 1 s retransmits to both).  Scenarios: ``-HRl0`` with ``/bin/true`` and ``echo hello`` at
@@ -155,8 +158,8 @@ def scenario(opts: List[str], prog: List[str], conc: int, count: int, rounds: in
     servers = [("ours", [*OURS, "-C", "0", *common]), ("C", [C_TCPSERVER, *common])]
     flags = loop_flags(opts)
     if loop is not None and flags is not None:
-        servers += [("loop", [loop, *flags, "127.0.0.1", "0", *prog]),
-                    ("loopF", [loop, "-F", *flags, "127.0.0.1", "0", *prog])]
+        servers += [(name, [loop, *form, *flags, "127.0.0.1", "0", *prog])
+                    for name, form in (("loop", []), ("loopF", ["-F"]), ("loopS", ["-S"]))]
     running: List[Tuple[str, Any, int]] = []
     results: Dict[str, List[Dict[str, float]]] = {name: [] for name, _ in servers}
     cpu = {name: [0.0, 0.0] for name, _ in servers}   # own, children: seconds
@@ -264,8 +267,8 @@ def main() -> None:
     print(f"{'scenario':44} {'ours c/s':>9} {'C c/s':>9} {'ratio':>6} "
           f"{'p50 ours/C ms':>15} {'p99 ours/C ms':>15} {'ceil ours/C':>11} "
           f"{'µs/conn: ours parent':>20} {'C parent':>8} {'C child':>8} {'ours child':>10} "
-          f"{'C work':>7}" + (f" | {'loop c/s':>8} {'loopF c/s':>9} {'ours/loop':>9} "
-                              f"{'C/loop':>6} {'loop µs':>7}" if loop else ""))
+          f"{'C work':>7}" + (f" | {'loop c/s':>8} {'loopF c/s':>9} {'loopS c/s':>9} "
+                              f"{'ours/loop':>9} {'C/loop':>6} {'loop µs':>7}" if loop else ""))
     for opts, prog, conc, delay in plans:
         count = args.count if conc > 1 else max(200, args.count // 5)
         label = f"{' '.join(opts)} {' '.join(prog)} c={conc}"
@@ -296,10 +299,10 @@ def design(res: Dict[str, Dict[str, float]], loop: Optional[str]) -> str:
     if loop is None:
         return ""
     if "loop" not in res:
-        return f" | {'-':>8} {'-':>9} {'-':>9} {'-':>6} {'-':>7}"
-    o, c, y, f = res["ours"], res["C"], res["loop"], res["loopF"]
-    return (f" | {y['rate']:8.0f} {f['rate']:9.0f} {o['rate'] / y['rate']:9.2f} "
-            f"{c['rate'] / y['rate']:6.2f} {y['cpu_us']:7.0f}")
+        return f" | {'-':>8} {'-':>9} {'-':>9} {'-':>9} {'-':>6} {'-':>7}"
+    o, c, y = res["ours"], res["C"], res["loop"]
+    return (f" | {y['rate']:8.0f} {res['loopF']['rate']:9.0f} {res['loopS']['rate']:9.0f} "
+            f"{o['rate'] / y['rate']:9.2f} {c['rate'] / y['rate']:6.2f} {y['cpu_us']:7.0f}")
 
 
 if __name__ == "__main__":

@@ -12,11 +12,15 @@
  * reaps through a signalfd.  No timeouts, rules, limits or logging: it
  * is the most one process of this design can do on the machine.
  *
- *   hr_loop [-F] [-H] [-R] [-c MAX] HOST PORT PROG [ARG...]
+ *   hr_loop [-F|-S] [-H] [-R] [-c MAX] HOST PORT PROG [ARG...]
  *
  * Prints the bound port on stdout (port 0 picks one).  -F starts the
  * program with fork+exec instead (the loop then does not wait for the
- * exec), to show what the vfork wait costs.  -H leaves out the PTR
+ * exec), to show what the vfork wait costs.  -S hands the descriptor
+ * and the environment to a spawn process (forked at the start) that
+ * calls posix_spawnp and reaps, telling the loop of every end: the
+ * loop then never waits in vfork, at the price of a hand-over per
+ * connection (with -F, that process forks instead).  -H leaves out the PTR
  * query and -R the ident query, as tcpserver's -H and -R do; -c is the
  * most connections with a lookup or a program running (100).  Linux
  * only.
@@ -30,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -60,7 +65,7 @@ struct conn {
 #define TAG_IDENT 1
 #define TAG_DNS 2
 
-static int ep, lfd, sfd, maxconn = 100, active, forkmode, nohost, noinfo;
+static int ep, lfd, sfd, maxconn = 100, active, forkmode, nohost, noinfo, spawner, helper = -1;
 static struct sockaddr_in dnsaddr;
 static char **prog;
 
@@ -252,6 +257,122 @@ static char *var(const char *name, const char *value)
     return s;
 }
 
+/* start the program on fd (fork+exec with -F, else posix_spawnp) */
+static pid_t spawn_now(int fd, char **env)
+{
+    pid_t pid;
+    if (forkmode) {
+        pid = fork();
+        if (pid == 0) {
+            sigset_t none;
+            sigemptyset(&none);
+            sigprocmask(SIG_SETMASK, &none, 0);
+            dup2(fd, 0);
+            dup2(fd, 1);
+            execvpe(prog[0], prog, env);
+            _exit(111);
+        }
+    } else {
+        posix_spawn_file_actions_t fa;
+        posix_spawnattr_t at;
+        sigset_t none;
+        sigemptyset(&none);
+        posix_spawn_file_actions_init(&fa);
+        posix_spawn_file_actions_adddup2(&fa, fd, 0);
+        posix_spawn_file_actions_adddup2(&fa, fd, 1);
+        posix_spawnattr_init(&at);
+        posix_spawnattr_setsigmask(&at, &none);
+        posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK);
+        if (posix_spawnp(&pid, prog[0], &fa, &at, prog, env) != 0) pid = -1;
+        posix_spawn_file_actions_destroy(&fa);
+        posix_spawnattr_destroy(&at);
+    }
+    return pid;
+}
+
+/* -S: the program is started by the spawn process; the descriptor and
+ * the environment (one block of NUL-ended strings) go over a
+ * SOCK_SEQPACKET socket.  0 if sent, -1 if not. */
+static pid_t hand_over(int fd, char **env)
+{
+    static char block[65536];
+    size_t n = 0;
+    char cbuf[CMSG_SPACE(sizeof(int))];
+    struct iovec iov;
+    struct msghdr mh;
+    struct cmsghdr *cm;
+    int i;
+    for (i = 0; env[i]; i++) {
+        size_t l = strlen(env[i]) + 1;
+        if (n + l > sizeof block) return -1;
+        memcpy(block + n, env[i], l);
+        n += l;
+    }
+    memset(&mh, 0, sizeof mh);
+    memset(cbuf, 0, sizeof cbuf);
+    iov.iov_base = block;
+    iov.iov_len = n;
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = cbuf;
+    mh.msg_controllen = sizeof cbuf;
+    cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+    return sendmsg(helper, &mh, MSG_NOSIGNAL) == (ssize_t)n ? 0 : -1;
+}
+
+/* the spawn process: start what it is handed, tell of every end (one
+ * byte each); ends when the loop goes away */
+static void spawn_process(int sock)
+{
+    static char block[65536];
+    char *env[1024];
+    sigset_t chld;
+    int sig;
+    struct pollfd pf[2];
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    sig = signalfd(-1, &chld, SFD_NONBLOCK | SFD_CLOEXEC);
+    pf[0].fd = sock; pf[0].events = POLLIN;
+    pf[1].fd = sig; pf[1].events = POLLIN;
+    for (;;) {
+        if (poll(pf, 2, -1) == -1) continue;
+        if (pf[1].revents) {
+            struct signalfd_siginfo si;
+            while (read(sig, &si, sizeof si) > 0) {}
+            while (waitpid(-1, 0, WNOHANG) > 0) send(sock, "x", 1, MSG_NOSIGNAL);
+        }
+        if (pf[0].revents) {
+            char cbuf[CMSG_SPACE(sizeof(int))];
+            struct iovec iov = { block, sizeof block - 1 };
+            struct msghdr mh;
+            struct cmsghdr *cm;
+            int fd = -1, k = 0;
+            size_t at = 0;
+            memset(&mh, 0, sizeof mh);
+            mh.msg_iov = &iov;
+            mh.msg_iovlen = 1;
+            mh.msg_control = cbuf;
+            mh.msg_controllen = sizeof cbuf;
+            ssize_t n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+            if (n == 0) _exit(0);
+            if (n < 0) continue;
+            cm = CMSG_FIRSTHDR(&mh);
+            if (cm && cm->cmsg_type == SCM_RIGHTS) memcpy(&fd, CMSG_DATA(cm), sizeof(int));
+            while (at < (size_t)n && k < 1023) {
+                env[k++] = block + at;
+                at += strlen(block + at) + 1;
+            }
+            env[k] = 0;
+            if (fd < 0 || spawn_now(fd, env) == -1) send(sock, "x", 1, MSG_NOSIGNAL);
+            if (fd >= 0) close(fd);
+        }
+    }
+}
+
 static void finish(struct conn *c)
 {
     char lip[INET_ADDRSTRLEN], rip[INET_ADDRSTRLEN], lport[8], rport[8];
@@ -277,31 +398,10 @@ static void finish(struct conn *c)
     for (i = 0; i < k; i++) env[nenv + i] = add[i];
     env[nenv + k] = 0;
 
-    if (forkmode) {
-        pid = fork();
-        if (pid == 0) {
-            sigset_t none;
-            sigemptyset(&none);
-            sigprocmask(SIG_SETMASK, &none, 0);
-            dup2(c->fd, 0);
-            dup2(c->fd, 1);
-            execvpe(prog[0], prog, env);
-            _exit(111);
-        }
+    if (helper >= 0) {
+        pid = hand_over(c->fd, env);
     } else {
-        posix_spawn_file_actions_t fa;
-        posix_spawnattr_t at;
-        sigset_t none;
-        sigemptyset(&none);
-        posix_spawn_file_actions_init(&fa);
-        posix_spawn_file_actions_adddup2(&fa, c->fd, 0);
-        posix_spawn_file_actions_adddup2(&fa, c->fd, 1);
-        posix_spawnattr_init(&at);
-        posix_spawnattr_setsigmask(&at, &none);
-        posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK);
-        if (posix_spawnp(&pid, prog[0], &fa, &at, prog, env) != 0) pid = -1;
-        posix_spawn_file_actions_destroy(&fa);
-        posix_spawnattr_destroy(&at);
+        pid = spawn_now(c->fd, env);
     }
     if (pid == -1) active--;
     for (i = 0; i < k; i++) free(add[i]);
@@ -339,14 +439,15 @@ int main(int argc, char **argv)
     sigset_t chld;
     const char *dns = getenv("DNSCACHEIP");
 
-    while ((opt = getopt(argc, argv, "+FHRc:")) != -1) {
+    while ((opt = getopt(argc, argv, "+FHRSc:")) != -1) {
         if (opt == 'F') forkmode = 1;
         else if (opt == 'H') nohost = 1;
         else if (opt == 'R') noinfo = 1;
+        else if (opt == 'S') spawner = 1;
         else if (opt == 'c') maxconn = atoi(optarg);
-        else { fprintf(stderr, "usage: hr_loop [-F] [-H] [-R] [-c MAX] HOST PORT PROG...\n"); return 100; }
+        else { fprintf(stderr, "usage: hr_loop [-F|-S] [-H] [-R] [-c MAX] HOST PORT PROG...\n"); return 100; }
     }
-    if (argc - optind < 3) { fprintf(stderr, "usage: hr_loop [-F] [-H] [-R] [-c MAX] HOST PORT PROG...\n"); return 100; }
+    if (argc - optind < 3) { fprintf(stderr, "usage: hr_loop [-F|-S] [-H] [-R] [-c MAX] HOST PORT PROG...\n"); return 100; }
     prog = argv + optind + 2;
     memset(&dnsaddr, 0, sizeof dnsaddr);
     dnsaddr.sin_family = AF_INET;
@@ -369,6 +470,19 @@ int main(int argc, char **argv)
     sigaddset(&chld, SIGCHLD);
     sigprocmask(SIG_BLOCK, &chld, 0);
     sfd = signalfd(-1, &chld, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (spawner) {
+        int sv[2];
+        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == -1) die("socketpair");
+        pid_t pid = fork();
+        if (pid == -1) die("fork");
+        if (pid == 0) {
+            close(sv[0]);
+            close(lfd);
+            spawn_process(sv[1]);
+        }
+        close(sv[1]);
+        helper = sv[0];
+    }
     ep = epoll_create1(EPOLL_CLOEXEC);
     if (ep == -1 || sfd == -1) die("epoll/signalfd");
     struct epoll_event ev;
@@ -376,6 +490,10 @@ int main(int argc, char **argv)
     epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev);
     ev.data.u64 = 2ULL;                        /* tag 2 at address 0: the signalfd */
     epoll_ctl(ep, EPOLL_CTL_ADD, sfd, &ev);
+    if (helper >= 0) {
+        ev.data.u64 = 3ULL;                    /* tag 3 at address 0: the spawn process */
+        epoll_ctl(ep, EPOLL_CTL_ADD, helper, &ev);
+    }
 
     for (;;) {
         struct epoll_event evs[64];
@@ -386,7 +504,13 @@ int main(int argc, char **argv)
             struct conn *c = (struct conn *)(unsigned long)(d & ~3ULL);
             if (!c) {
                 if (d == 1) accept_all();
-                else {
+                else if (d == 3) {
+                    char ends[256];
+                    ssize_t r;
+                    while ((r = recv(helper, ends, sizeof ends, MSG_DONTWAIT)) > 0) active -= r;
+                    if (r == 0) { fprintf(stderr, "hr_loop: the spawn process ended\n"); exit(111); }
+                    accept_all();
+                } else {
                     struct signalfd_siginfo si;
                     while (read(sfd, &si, sizeof si) > 0) {}
                     while (waitpid(-1, 0, WNOHANG) > 0) active--;

@@ -6,8 +6,9 @@ must make the same lookups and give the program the same answers:
 compiled with ``cc``, it runs beside our server against the same
 dnsmasq (``dns_server``) and oidentd (``identd``), and for clients from
 several addresses both programs must see the same TCPREMOTEHOST and
-TCPREMOTEINFO (or neither), in both of the loop's forms (posix_spawn and
-fork) and with ``-H``/``-R``.  Nothing here is timed.
+TCPREMOTEINFO (or neither), in each of the loop's forms (posix_spawn in
+line, fork, and a spawn process doing either) and with ``-H``/``-R``.
+Nothing here is timed.
 """
 
 from __future__ import annotations
@@ -82,11 +83,12 @@ def picked(env: Dict[str, str]) -> Dict[str, Optional[str]]:
     return {name: env.get(name) for name in COMPARED}
 
 
-@pytest.mark.parametrize("fork", [False, True], ids=["posix_spawn", "fork"])
+@pytest.mark.parametrize("form", [[], ["-F"], ["-S"], ["-S", "-F"]],
+                         ids=["posix_spawn", "fork", "spawn-process", "spawn-process-fork"])
 def test_the_loop_sees_what_ours_sees(servers: Servers, loops, loop_env, identd,  # type: ignore[no-untyped-def]
-                                      fork: bool) -> None:
+                                      form: List[str]) -> None:
     ours = servers(["-hr", "-t", "5"], prog=PRINT_ENV, impl=OURS, env=loop_env)
-    loop = loops(["-F"] if fork else [])
+    loop = loops(form)
     for source in SOURCES:
         theirs = picked(loop.env(source))
         mine = picked(ours.env(source=source))
@@ -110,3 +112,12 @@ def test_the_loop_leaves_lookups_out_as_ours_does(servers: Servers, loops, loop_
     assert theirs == mine
     assert (theirs["TCPREMOTEHOST"] is not None) == ("-H" not in flags)
     assert (theirs["TCPREMOTEINFO"] is not None) == ("-R" not in flags)
+
+
+@pytest.mark.parametrize("form", [[], ["-F"], ["-S"]], ids=["posix_spawn", "fork", "spawn-process"])
+def test_the_loop_frees_a_slot_when_a_program_ends(loops, identd, form: List[str]) -> None:  # type: ignore[no-untyped-def]
+    # with room for 2, the 5th client is served only if the ends of the
+    # programs before it were seen (reaped, or told by the spawn process)
+    loop = loops([*form, "-c", "2"])
+    for _ in range(5):
+        assert loop.env("127.0.0.1")["TCPREMOTEINFO"] == identd.user
