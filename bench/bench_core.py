@@ -8,7 +8,7 @@ ours/C.  Also reports start-up time to listening and idle RSS.
 
     python3 bench/bench_core.py [--rounds 5] [--count 3000] [--quick]
                                 [--dns IP] [--slow-ident SECONDS]
-                                [--only plain|lookups] [--no-ceiling] [--no-loop]
+                                [--only plain|lookups] [--no-ceiling] [--loop]
 
 CPU per connection, per scenario (from ``/proc/PID/stat``, the delta over
 every round of that server, divided by its connections): our parent
@@ -23,10 +23,12 @@ The spawn ceiling (``bench/ceiling.py``, run once per run unless
 ``--no-ceiling``): each scenario's conn/s is also shown as a fraction of
 the C ``posix_spawn`` loop's rate on this machine, this run.
 
-The design ceiling (``bench/hr_loop.c``, compiled with ``cc`` unless
-``--no-loop``): in every round of every scenario (but ``-p``, which it
-does not do) three more servers are driven beside ours and C's.
-``loop`` is our design written in C with nothing else: one epoll loop
+The design ceiling (``--loop``; ``bench/hr_loop.c``, compiled with
+``cc``): in every round of every scenario (but ``-p``, which it does not
+do) three more servers are driven beside ours and C's.  It is off
+unless asked for: three more servers leave three times the TIME_WAIT
+sockets, and the rows that follow change with them (oidentd reads the
+kernel's socket table for every query).  ``loop`` is our design written in C with nothing else: one epoll loop
 that sends the ident and PTR queries at once and starts the program with
 ``posix_spawn`` in line, so it shows what one process of this design can
 do here.  ``loopF`` is the same loop starting the program with
@@ -204,9 +206,9 @@ def main() -> None:
                         help="only the -HRl0 rows, or only the lookup rows (needs --dns)")
     parser.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
                         help="measure the spawn ceiling once (bench/ceiling.py; default on)")
-    parser.add_argument("--loop", action=argparse.BooleanOptionalAction, default=True,
-                        help="drive the design ceiling (bench/hr_loop.c) beside the "
-                             "servers (default on; needs cc)")
+    parser.add_argument("--loop", action="store_true",
+                        help="drive the design ceiling (bench/hr_loop.c, three forms) beside "
+                             "the servers (needs cc)")
     parser.add_argument("--ceiling-rounds", type=int, default=3)
     parser.add_argument("--ceiling-count", type=int, default=6000)
     args = parser.parse_args()
