@@ -60,8 +60,9 @@ struct conn {
     int ilen;
 };
 
-/* epoll data: pointer to the conn with the low bits saying which fd */
-#define TAG_CONN 0
+/* epoll data: pointer to the conn with the low bits saying which fd
+ * (address 0 with 1, 2, 3: the listener, the signalfd, the spawn
+ * process) */
 #define TAG_IDENT 1
 #define TAG_DNS 2
 
@@ -86,6 +87,11 @@ static void lookup_done(struct conn *c)
     if (--c->pending == 0) finish(c);
 }
 
+/* A lookup socket leaves epoll before it is closed: a posix_spawn
+ * child lets its parent go at exec_mmap and closes the close-on-exec
+ * descriptors after that, so for a moment it can hold every socket of
+ * ours, and one closed in that window would keep its registration and
+ * report events for a freed conn. */
 static void ident_end(struct conn *c)
 {
     if (c->ident >= 0) { epoll_ctl(ep, EPOLL_CTL_DEL, c->ident, 0); close(c->ident); c->ident = -1; }
