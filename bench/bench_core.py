@@ -28,10 +28,10 @@ The design ceiling (``--loop``; ``bench/hr_loop.c``, compiled with
 do) three more servers are driven beside ours and C's.  It is off
 unless asked for: three more servers leave three times the TIME_WAIT
 sockets, and the rows that follow change with them (oidentd reads the
-kernel's socket table for every query).  ``loop`` is our design written in C with nothing else: one epoll loop
-that sends the ident and PTR queries at once and starts the program with
-``posix_spawn`` in line, so it shows what one process of this design can
-do here.  ``loopF`` is the same loop starting the program with
+kernel's socket table for every query).  ``loop`` is our design written
+in C with nothing else: one epoll loop that sends the ident and PTR
+queries at once and starts the program with ``posix_spawn`` in line, so
+it shows what one process of this design can do here.  ``loopF`` is the same loop starting the program with
 fork+exec (it does not wait for the exec), to show what the vfork wait
 costs; ``loopS`` hands each descriptor and environment to a spawn
 process that calls ``posix_spawn`` and reports the ends, to show what
@@ -59,7 +59,6 @@ import json
 import os
 import random
 import statistics
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -69,7 +68,7 @@ from typing import Any, Dict, List, Optional, Tuple
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from procs import stop, rss_kib, cpu_seconds  # noqa: E402
+from procs import compile_c, cpu_seconds, rss_kib, stop  # noqa: E402
 
 import loadgen  # noqa: E402
 
@@ -102,22 +101,6 @@ def ceiling(rounds: int, count: int) -> Dict[str, Any]:
                          stdout=subprocess.PIPE, check=True, timeout=1200).stdout
     report: Dict[str, Any] = json.loads(out)
     return report
-
-
-def compile_loop(workdir: str) -> Optional[str]:
-    """Compile ``bench/hr_loop.c`` into ``workdir``; its path, or None
-    (no ``cc``, or it did not compile: said on stderr)."""
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        sys.stderr.write("no cc: the design ceiling (hr_loop) is left out\n")
-        return None
-    binary = os.path.join(workdir, "hr_loop")
-    proc = subprocess.run([cc, "-O2", "-o", binary, HR_LOOP], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, timeout=120)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout.decode(errors="replace"))
-        return None
-    return binary
 
 
 def loop_flags(opts: List[str]) -> Optional[List[str]]:
@@ -153,7 +136,7 @@ def slow_ident(address: str, delay: float) -> "subprocess.Popen[bytes]":
 def scenario(opts: List[str], prog: List[str], conc: int, count: int, rounds: int,
              env: Optional[Dict[str, str]], base: str = "",
              loop: Optional[str] = None) -> Dict[str, Dict[str, float]]:
-    """Both servers (and, given ``loop``, the design ceiling's two
+    """Both servers (and, given ``loop``, the design ceiling's three
     forms), ``rounds`` interleaved rounds; clients from ``base``.0.1 if
     given (else 127.0.0.1)."""
     common = ["-1", "-c", "100", "-b", "256", *opts, "127.0.0.1", "0", *prog]
@@ -265,7 +248,9 @@ def main() -> None:
     loop: Optional[str] = None
     workdir = tempfile.TemporaryDirectory(prefix="bench_core.")
     if args.loop:
-        loop = compile_loop(workdir.name)
+        loop = compile_c(HR_LOOP, os.path.join(workdir.name, "hr_loop"))
+        if loop is None:
+            print("--loop: bench/hr_loop.c could not be compiled (no cc?); left out")
     print(f"{'scenario':44} {'ours c/s':>9} {'C c/s':>9} {'ratio':>6} "
           f"{'p50 ours/C ms':>15} {'p99 ours/C ms':>15} {'ceil ours/C':>11} "
           f"{'µs/conn: ours parent':>20} {'C parent':>8} {'C child':>8} {'ours child':>10} "

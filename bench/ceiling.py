@@ -36,7 +36,6 @@ import json
 import os
 import queue
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,8 @@ import tempfile
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional
+
+from procs import compile_c
 
 PROGRAM = "/bin/true"
 
@@ -134,19 +135,10 @@ def _result(done: int, seconds: float, cpu_self: float, cpu_children: float) -> 
 
 def compile_loop(workdir: str) -> Optional[str]:
     """Compile the C loop; its path, or None without a C compiler."""
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        return None
     source = os.path.join(workdir, "loop.c")
-    binary = os.path.join(workdir, "loop")
     with open(source, "w") as handle:
         handle.write(C_SOURCE)
-    proc = subprocess.run([cc, "-O2", "-o", binary, source],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout.decode(errors="replace"))
-        return None
-    return binary
+    return compile_c(source, os.path.join(workdir, "loop"))
 
 
 def c_loop(binary: str, mode: str, count: int, inflight: int) -> Result:

@@ -72,6 +72,12 @@ static char **prog;
 
 static void die(const char *what) { perror(what); exit(111); }
 
+static int usage(void)
+{
+    fprintf(stderr, "usage: hr_loop [-F|-S] [-H] [-R] [-c MAX] HOST PORT PROG...\n");
+    return 100;
+}
+
 static void watch(int fd, unsigned events, struct conn *c, int tag, int op)
 {
     struct epoll_event ev;
@@ -196,7 +202,7 @@ static void dns_start(struct conn *c)
     watch(c->dns, EPOLLIN, c, TAG_DNS, EPOLL_CTL_ADD);
 }
 
-/* the name at offset *pos of msg, uncompressed into out (dotted) */
+/* the name at offset pos of msg, uncompressed into out (dotted) */
 static int dns_name(const unsigned char *msg, int len, int pos, char *out, int outlen)
 {
     int o = 0, hops = 0;
@@ -299,7 +305,7 @@ static pid_t spawn_now(int fd, char **env)
 /* -S: the program is started by the spawn process; the descriptor and
  * the environment (one block of NUL-ended strings) go over a
  * SOCK_SEQPACKET socket.  0 if sent, -1 if not. */
-static pid_t hand_over(int fd, char **env)
+static int hand_over(int fd, char **env)
 {
     static char block[65536];
     size_t n = 0;
@@ -451,9 +457,9 @@ int main(int argc, char **argv)
         else if (opt == 'R') noinfo = 1;
         else if (opt == 'S') spawner = 1;
         else if (opt == 'c') maxconn = atoi(optarg);
-        else { fprintf(stderr, "usage: hr_loop [-F|-S] [-H] [-R] [-c MAX] HOST PORT PROG...\n"); return 100; }
+        else return usage();
     }
-    if (argc - optind < 3) { fprintf(stderr, "usage: hr_loop [-F|-S] [-H] [-R] [-c MAX] HOST PORT PROG...\n"); return 100; }
+    if (argc - optind < 3) return usage();
     prog = argv + optind + 2;
     memset(&dnsaddr, 0, sizeof dnsaddr);
     dnsaddr.sin_family = AF_INET;

@@ -1,11 +1,14 @@
 """What the benchmarks do with the servers they start: start one with
-``-1``, stop one by its pid, read its memory and CPU time from ``/proc``."""
+``-1``, stop one by its pid, read its memory and CPU time from ``/proc``;
+and compile the C yardsticks they run beside them."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
+import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -55,3 +58,17 @@ def cpu_seconds(pid: int) -> Tuple[float, float]:
     fields = data[data.rindex(b")") + 2:].split()
     utime, stime, cutime, cstime = (int(fields[i]) for i in (11, 12, 13, 14))
     return (utime + stime) / TICK, (cutime + cstime) / TICK
+
+
+def compile_c(source: str, binary: str) -> Optional[str]:
+    """``cc -O2 -o binary source``; ``binary``, or None without a C
+    compiler or when it does not compile (its messages on stderr)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    proc = subprocess.run([cc, "-O2", "-o", binary, source],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout.decode(errors="replace"))
+        return None
+    return binary
