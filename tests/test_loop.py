@@ -7,6 +7,7 @@ launcher that only counts."""
 from __future__ import annotations
 
 import os
+import select
 import socket
 from typing import Any, Dict, Iterator, List
 
@@ -14,6 +15,7 @@ import pytest
 
 from ucspi.log import Log
 from ucspi.options import parse
+from ucspi import reactor as reactor_module
 from ucspi.reactor import Reactor
 from ucspi.server import listen, service
 from ucspi.server.limits import Limit
@@ -41,6 +43,111 @@ def test_a_raising_reader_is_dropped_and_its_owner_told() -> None:
         assert calls == ["read"]
     finally:
         reactor.close()
+        os.close(r)
+        os.close(w)
+
+
+@pytest.fixture(params=["epoll", "selectors"])
+def reactor(request: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Reactor]:
+    """A reactor over epoll itself, and one over the selectors fallback
+    that systems without epoll get."""
+    if request.param == "selectors":
+        monkeypatch.setattr(reactor_module, "_poller", reactor_module._Selector)
+    elif not hasattr(select, "epoll"):
+        pytest.skip("no epoll here")
+    made = Reactor()
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def test_a_reused_descriptor_number_is_not_called_for_the_old_event(reactor: Reactor) -> None:
+    """Both pipes are readable when the wait returns; the first callback
+    closes the other pipe and puts a new, empty one on its number.  The
+    old pipe's event of the same wait must not reach the new reader."""
+    pipes = [os.pipe(), os.pipe()]
+    spare = os.pipe()
+    calls: List[str] = []
+
+    def first(mine: int, other: int) -> None:
+        os.read(mine, 1)
+        calls.append("first")
+        if len(calls) > 1:
+            return
+        reactor.forget(other)
+        os.dup2(spare[0], other)                # the number now names an empty pipe
+        reactor.add_reader(other, lambda: calls.append("new"))
+
+    try:
+        for r, w in pipes:
+            os.write(w, b"x")
+        a, b = pipes[0][0], pipes[1][0]
+        reactor.add_reader(a, lambda: first(a, b))
+        reactor.add_reader(b, lambda: first(b, a))
+        reactor.run_once(1.0)
+        assert calls == ["first"]
+        reactor.run_once(0.05)                  # the new pipe is still empty
+        assert calls == ["first"]
+        os.write(spare[1], b"y")
+        reactor.run_once(1.0)
+        assert calls.count("new") == 1
+    finally:
+        for r, w in pipes + [spare]:
+            os.close(r)
+            os.close(w)
+
+
+def test_a_hang_up_or_error_reaches_the_owner(reactor: Reactor) -> None:
+    """A peer that goes away wakes the owner whichever way it waits, as
+    with selectors: a reader of an empty pipe whose writer closed (epoll
+    says only HUP), a writer of a full pipe whose reader closed (only
+    ERR)."""
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    calls: List[str] = []
+    try:
+        os.set_blocking(w2, False)
+        try:
+            while True:
+                os.write(w2, b"x" * 65536)
+        except BlockingIOError:
+            pass                                # full: no longer writable
+        reactor.add_reader(r1, lambda: calls.append("read"))
+        reactor.add_writer(w2, lambda: calls.append("write"))
+        reactor.run_once(0.05)
+        assert calls == []
+        os.close(w1)
+        os.close(r2)
+        reactor.run_once(1.0)
+        assert sorted(calls) == ["read", "write"]
+    finally:
+        reactor.forget(r1)
+        reactor.forget(w2)
+        os.close(r1)
+        os.close(w2)
+
+
+def test_forgetting_a_closed_descriptor_is_harmless(reactor: Reactor) -> None:
+    r, w = os.pipe()
+    reactor.add_reader(r, lambda: None)
+    os.close(r)                                 # the kernel drops it from epoll
+    os.close(w)
+    reactor.forget(r)
+    assert not reactor.watching(r)
+    reactor.run_once(0.01)
+
+
+def test_a_timed_wait_returns_when_nothing_happens(reactor: Reactor) -> None:
+    r, w = os.pipe()
+    fired: List[str] = []
+    try:
+        reactor.add_reader(r, lambda: fired.append("read"))
+        reactor.call_later(0.02, lambda: fired.append("timer"))
+        reactor.run_once()                      # no timeout given: wakes for the timer
+        assert fired == ["timer"]
+    finally:
+        reactor.forget(r)
         os.close(r)
         os.close(w)
 

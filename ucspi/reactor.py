@@ -1,4 +1,5 @@
-"""A very small single-threaded reactor over :mod:`selectors`.
+"""A very small single-threaded reactor over ``epoll`` (:mod:`selectors`
+where there is none).
 
 tcpserver's parent is one event loop (design: one-event-loop): it accepts, runs
 the DNS and ident queries of many connections at once, and starts the
@@ -7,7 +8,8 @@ a super-server pays on every host, so this module gives the few pieces
 the server and the non-blocking DNS and ident drivers need:
 
 * ``add_reader``/``add_writer`` call a function when a descriptor is
-  ready (level-triggered, like ``selectors``);
+  ready (level-triggered, like ``selectors``; an error or hang-up on a
+  descriptor calls both of its callbacks, as ``selectors`` does);
 * ``call_at``/``call_later`` run a function at a ``time.monotonic()``
   deadline and return a :class:`Timer` that can be cancelled;
 * ``run_once`` waits for the next event and dispatches it.
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import select
 import selectors
 import socket
 import time
@@ -49,8 +52,13 @@ T = TypeVar("T")
 _NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 
 MAX_WAIT = 86400.0   # longest single poll, whatever the deadlines
-_READ = selectors.EVENT_READ
-_WRITE = selectors.EVENT_WRITE
+# the masks of epoll; the fallback below maps them to selectors' own
+_READ = getattr(select, "EPOLLIN", 1)
+_WRITE = getattr(select, "EPOLLOUT", 4)
+#: what calls a descriptor's reader, and its writer: an error or hang-up
+#: calls both, so the owner hears of it whichever way it waits
+_CALLS_READER = ~_WRITE
+_CALLS_WRITER = ~_READ
 
 
 class Cancellable(Protocol):
@@ -79,11 +87,50 @@ class Timer:
         self.callback = None
 
 
+class _Selector:
+    """The face of ``select.epoll`` the reactor uses, over
+    :mod:`selectors` for systems without epoll."""
+
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector()
+
+    @staticmethod
+    def _events(mask: int) -> int:
+        return ((selectors.EVENT_READ if mask & _READ else 0)
+                | (selectors.EVENT_WRITE if mask & _WRITE else 0))
+
+    def register(self, fd: int, mask: int) -> None:
+        self.selector.register(fd, self._events(mask))
+
+    def modify(self, fd: int, mask: int) -> None:
+        self.selector.modify(fd, self._events(mask))
+
+    def unregister(self, fd: int) -> None:
+        self.selector.unregister(fd)
+
+    def poll(self, timeout: float = -1) -> List[Tuple[int, int]]:
+        ready = self.selector.select(None if timeout < 0 else timeout)
+        return [(key.fd, (_READ if events & selectors.EVENT_READ else 0)
+                 | (_WRITE if events & selectors.EVENT_WRITE else 0))
+                for key, events in ready]
+
+    def close(self) -> None:
+        self.selector.close()
+
+
+def _poller() -> "select.epoll | _Selector":
+    epoll = getattr(select, "epoll", None)
+    return epoll() if epoll is not None else _Selector()
+
+
 class Reactor:
     """Descriptor readiness and deadlines, dispatched from one thread."""
 
     def __init__(self) -> None:
-        self.selector = selectors.DefaultSelector()
+        # epoll itself where there is one: selectors' keys and maps cost
+        # microseconds on every register, unregister and event, and the
+        # lookups register two descriptors per connection
+        self._poll = _poller()
         # fd -> [reader callback, writer callback]
         self._handlers: Dict[int, List[Optional[Callback]]] = {}
         # fd -> what to tell its owner if one of its callbacks raises
@@ -128,7 +175,7 @@ class Reactor:
             slot = [None, None]
             slot[index] = callback
             self._handlers[fd] = slot
-            self.selector.register(fd, _READ if index == 0 else _WRITE, slot)
+            self._poll.register(fd, _READ if index == 0 else _WRITE)
             return
         had = slot[index] is not None
         slot[index] = callback
@@ -136,11 +183,17 @@ class Reactor:
             return
         mask = (_READ if slot[0] else 0) | (_WRITE if slot[1] else 0)
         if mask:
-            self.selector.modify(fd, mask, slot)
+            self._poll.modify(fd, mask)
         else:
             del self._handlers[fd]
             self._owners.pop(fd, None)
-            self.selector.unregister(fd)
+            self._unregister(fd)
+
+    def _unregister(self, fd: int) -> None:
+        try:
+            self._poll.unregister(fd)
+        except (OSError, KeyError, ValueError):
+            pass        # closed already (the kernel forgot it), as selectors allows
 
     def add_reader(self, fd: int, callback: Callback, failed: Optional[Failed] = None) -> None:
         """Call ``callback`` whenever ``fd`` is readable; ``failed(exc)``
@@ -168,7 +221,7 @@ class Reactor:
         self._owners.pop(fd, None)
         if slot is not None:
             slot[0] = slot[1] = None
-            self.selector.unregister(fd)
+            self._unregister(fd)
 
     def watching(self, fd: int) -> bool:
         return fd in self._handlers
@@ -192,18 +245,23 @@ class Reactor:
         if wait is None and not self._handlers:
             return
         try:
-            events: List[Tuple[selectors.SelectorKey, int]] = self.selector.select(wait)
+            events = self._poll.poll(-1 if wait is None else wait)
         except InterruptedError:
             events = []
-        for key, mask in events:
-            slot = key.data
+        # each event goes to the handlers its descriptor had when the
+        # wait returned: a callback that closes a descriptor whose number
+        # is then reused must not have the new one called for the old one
+        get = self._handlers.get
+        for fd, mask, slot in [(fd, mask, get(fd)) for fd, mask in events]:
+            if slot is None:
+                continue
             try:
-                if mask & _READ and slot[0] is not None:
+                if mask & _CALLS_READER and slot[0] is not None:
                     slot[0]()
-                if mask & _WRITE and slot[1] is not None:
+                if mask & _CALLS_WRITER and slot[1] is not None:
                     slot[1]()
             except Exception as exc:
-                self._failed(key.fd, slot, exc)
+                self._failed(fd, slot, exc)
                 raise
         self._run_timers()
 
@@ -232,7 +290,7 @@ class Reactor:
         return bool(self._handlers) or any(not t.cancelled for _, _, t in self._timers)
 
     def close(self) -> None:
-        self.selector.close()
+        self._poll.close()
         self._handlers.clear()
         self._timers.clear()
 
