@@ -11,7 +11,7 @@ import pytest
 from ucspi.dns import msg as dnsmsg
 from ucspi.dns.msg import (ANSWER, IGNORE, SERVFAIL, TRUNCATED, BadName, FormatError,
                           Question, classify, encode_name, parse_addresses, parse_ptr,
-                          read_name, render_name, reverse_name)
+                          read_name, render_name, reverse_name, skip_name)
 from ucspi.errors import errtext
 
 WWW = b"\x03www\x07example\x03com\x00"
@@ -178,6 +178,19 @@ def test_parse_ptr_format_errors(answer):
         parse_ptr(reply(REV, 12, [answer]))
 
 
+def test_an_owner_pointing_at_offset_12_is_only_trusted_after_a_question():
+    """The owner ``\xc0\x0c`` is taken without a walk because the
+    question's name at 12 was checked; with no question, 12 is the
+    owner itself, a pointer to itself, and is refused."""
+    ptr = rr(b"\xc0\x0c", dnsmsg.TYPE_PTR, b"\x04host\x00")
+    assert parse_ptr(reply(REV, 12, [ptr])) == b"\x04host\x00"
+    with pytest.raises(FormatError):
+        parse_ptr(header(qd=0, an=1) + ptr)
+    bad_question = header(an=1) + b"\x04host\xc0\x40" + b"\x00\x0c\x00\x01" + ptr
+    with pytest.raises(FormatError):
+        parse_ptr(bad_question)
+
+
 # -- parse_addresses -----------------------------------------------------------
 def test_parse_addresses():
     v6 = IPv6Address("2001:db8::1").packed
@@ -228,6 +241,13 @@ def test_reverse_names():
     assert dotted(reverse_name(IPv6Address("2001:db8::abc"))) == (
         "c.b.a.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa")
     assert dotted(reverse_name(IPv6Address("::1"))) == "1." + "0." * 31 + "ip6.arpa"
+    rnd = random.Random(23)
+    for _ in range(200):
+        octets = [rnd.choice([0, 9, 10, 99, 100, 255, rnd.randrange(256)]) for _ in range(4)]
+        text = ".".join(map(str, octets))
+        want = ".".join(map(str, reversed(octets))) + ".in-addr.arpa"
+        assert dotted(reverse_name(IPv4Address(text))) == want
+        assert reverse_name(IPv6Address("::ffff:" + text)) == reverse_name(IPv4Address(text))
 
 
 # -- robustness ----------------------------------------------------------------
@@ -250,6 +270,9 @@ def test_fuzz_parsers_only_raise_format_errors():
             try:
                 name, end = read_name(packet, pos)
             except FormatError:
+                with pytest.raises(FormatError):
+                    skip_name(packet, pos)
                 continue
             assert len(name) <= 255 and end <= len(packet)
+            assert skip_name(packet, pos) == end
             render_name(name)

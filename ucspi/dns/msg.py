@@ -32,7 +32,7 @@ import struct
 from ipaddress import IPv4Address, IPv6Address
 from typing import Iterator, List, NamedTuple, Optional, Tuple, Union
 
-from ..address import mapped_packed
+from ..address import MAPPED_PACKED, mapped_packed
 from ..errors import UcspiError
 
 TYPE_A = 1
@@ -62,6 +62,10 @@ _QTAIL = struct.Struct("!HH")
 _KEEP = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-_")
 _KEEP_BYTES = bytes(sorted(_KEEP))
 ROOT = b"\x00"
+_POINTER_TO_QUESTION = b"\xc0\x0c"
+#: an octet as a wire label ("\x03127"), and the tail of an IPv4 PTR name
+_OCTET_LABEL = tuple(bytes([len(b"%d" % n)]) + b"%d" % n for n in range(256))
+_IN_ADDR_ARPA = b"\x07in-addr\x04arpa\x00"
 
 
 class DnsError(UcspiError):
@@ -102,9 +106,10 @@ class Header(NamedTuple):
 
 
 class Record(NamedTuple):
-    """A resource record; its data is ``packet[rdata:rdata + rdlength]``."""
+    """A resource record; its data is ``packet[rdata:rdata + rdlength]``.
+    The owner name is checked but not kept: nothing here asks for it
+    (the original does not compare it either)."""
 
-    name: bytes
     rtype: int
     rclass: int
     ttl: int
@@ -226,15 +231,15 @@ def reverse_name(ip: Union[IPv4Address, IPv6Address]) -> bytes:
     other IPv6 addresses give 32 lowercase nibbles, least significant
     first, then ``ip6.arpa``.
     """
-    if isinstance(ip, IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if isinstance(ip, IPv4Address):
-        parts = [str(b).encode() for b in reversed(ip.packed)]
-        parts += [b"in-addr", b"arpa"]
-    else:
-        hexed = ip.packed.hex().encode()
-        parts = [hexed[i:i + 1] for i in range(31, -1, -1)]
-        parts += [b"ip6", b"arpa"]
+    packed = ip.packed
+    if len(packed) == 16 and packed[:12] == MAPPED_PACKED:
+        packed = packed[12:]
+    if len(packed) == 4:       # one per connection with -h: labels from a table
+        return b"".join((_OCTET_LABEL[packed[3]], _OCTET_LABEL[packed[2]],
+                         _OCTET_LABEL[packed[1]], _OCTET_LABEL[packed[0]], _IN_ADDR_ARPA))
+    hexed = packed.hex().encode()
+    parts = [hexed[i:i + 1] for i in range(31, -1, -1)]
+    parts += [b"ip6", b"arpa"]
     return b"".join(bytes([len(p)]) + p for p in parts) + b"\x00"
 
 
@@ -264,8 +269,19 @@ def read_name(packet: bytes, pos: int) -> Tuple[bytes, int]:
             name, a name over 255 bytes or over 1000 steps.
     """
     out = bytearray()
+    after = _walk_name(packet, pos, out)
+    return bytes(out), after
+
+
+def skip_name(packet: bytes, pos: int) -> int:
+    """The position after the name at ``pos``, checked as
+    :func:`read_name` checks it, without putting the name together."""
+    return _walk_name(packet, pos, None)
+
+
+def _walk_name(packet: bytes, pos: int, out: Optional[bytearray]) -> int:
     size = len(packet)
-    taken = 0                     # len(out), without asking
+    taken = 0                     # the name's length so far, without asking
     end: Optional[int] = None
     lowest = pos
     for _ in range(MAX_STEPS):
@@ -287,13 +303,14 @@ def read_name(packet: bytes, pos: int) -> Tuple[bytes, int]:
         step = pos + 1 + length
         if step > size:
             raise FormatError("label runs past the end of the packet")
-        out += packet[pos:step]
+        if out is not None:
+            out += packet[pos:step]
         pos = step
         taken += 1 + length
         if taken + (length != 0) > MAX_NAME:
             raise FormatError("name longer than 255 bytes")
         if length == 0:
-            return bytes(out), pos if end is None else end
+            return pos if end is None else end
     raise FormatError("name takes too many steps")
 
 
@@ -313,18 +330,26 @@ def read_question(packet: bytes, pos: int) -> Tuple[Question, int, int]:
     return Question(name, qtype), qclass, pos + _QTAIL.size
 
 
-def read_record(packet: bytes, pos: int) -> Tuple[Record, int]:
-    """Read one resource record; its data must fit in the packet.
+def read_record(packet: bytes, pos: int, question_checked: bool = False) -> Tuple[Record, int]:
+    """Read one resource record; its owner name must be sound and its
+    data fit in the packet.
+
+    ``question_checked``: the name at offset 12 (the question's) is
+    known to be sound, so an owner that only points there (the usual
+    ``\xc0\x0c``) needs no walk.
 
     Returns the record and the position of the next one."""
-    name, pos = read_name(packet, pos)
+    if question_checked and packet[pos:pos + 2] == _POINTER_TO_QUESTION:
+        pos += 2
+    else:
+        pos = skip_name(packet, pos)
     if pos + _RR.size > len(packet):
         raise FormatError("record header runs past the end of the packet")
     rtype, rclass, ttl, rdlength = _RR.unpack_from(packet, pos)
     pos += _RR.size
     if pos + rdlength > len(packet):
         raise FormatError("record data runs past the end of the packet")
-    return Record(name, rtype, rclass, ttl, pos, rdlength), pos + rdlength
+    return Record(rtype, rclass, ttl, pos, rdlength), pos + rdlength
 
 
 def classify(packet: bytes, qid: int, question: Question) -> str:
@@ -369,9 +394,12 @@ def iter_answers(packet: bytes) -> Iterator[Record]:
     header = parse_header(packet)
     pos = _HEADER.size
     for _ in range(header.qdcount):
-        _, _, pos = read_question(packet, pos)
+        pos = skip_name(packet, pos) + _QTAIL.size
+        if pos > len(packet):
+            raise FormatError("question runs past the end of the packet")
+    checked = header.qdcount > 0
     for _ in range(header.ancount):
-        record, pos = read_record(packet, pos)
+        record, pos = read_record(packet, pos, checked)
         yield record
 
 
