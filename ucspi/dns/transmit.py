@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import errno
 import os
+import _socket
 import socket
 from typing import Callable, Optional, Tuple
 
@@ -87,7 +88,7 @@ def _error(exc: OSError) -> DnsError:
     return DnsError(exc.strerror or "socket error", num)
 
 
-def _open(ip: str, kind: int) -> socket.socket:
+def _open(ip: str, kind: int) -> _socket.socket:
     """A non-blocking socket bound to a random port in 1025..65534 (ten
     tries, then one chosen by the kernel), as djbdns does."""
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
@@ -131,14 +132,16 @@ class Transmit:
         self.abort = abort
         self.backoff = Backoff()
         self.starved_until: Optional[float] = None
-        self.sock: Optional[socket.socket] = None
+        self.sock: Optional[_socket.socket] = None
         self.timer: Optional[Timer] = None
         self.round = 0
         self.server = 0
         self.qid = 0
         self.out = b""
         self.inbuf = bytearray()
-        self.error = DnsError("timed out", errno.ETIMEDOUT)
+        # the last try's failure; made when there is one (an exception
+        # object per question is a microsecond most questions never use)
+        self.error: Optional[DnsError] = None
         self.starting = False
 
     def start(self) -> "Transmit":
@@ -185,7 +188,7 @@ class Transmit:
             done(packet, error)
 
     def _open(self, ip: str, kind: int, timeout: float,
-              again: Callable[[], None]) -> Optional[socket.socket]:
+              again: Callable[[], None]) -> Optional[_socket.socket]:
         """A socket for the current attempt, or None: then either it
         failed (``self.error``; move on), or the attempt waits for a
         descriptor and ``again`` runs later (``self.timer`` is set), or
@@ -220,6 +223,13 @@ class Transmit:
         over (it waits for a descriptor, or the question was given up)."""
         return self.timer is not None or self.done is None
 
+    def _last_error(self) -> DnsError:
+        """Why the question failed: the last try's error, or a time-out
+        when no try could say more."""
+        if self.error is None:
+            return DnsError("timed out", errno.ETIMEDOUT)
+        return self.error
+
     def _new_query(self) -> bytes:
         self.qid = random_below(65536)
         return build_query(self.question, self.qid)
@@ -240,7 +250,7 @@ class Transmit:
                 self.server += 1
             self.round += 1
             self.server = 0
-        self._finish(None, self.error)
+        self._finish(None, self._last_error())
 
     def _udp_next(self) -> None:
         self._close()
@@ -308,7 +318,7 @@ class Transmit:
             if self._tcp_connect(servers[self.server]):
                 return
             self.server += 1
-        self._finish(None, self.error)
+        self._finish(None, self._last_error())
 
     def _tcp_next(self, error: DnsError) -> None:
         self.error = error

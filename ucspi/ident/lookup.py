@@ -44,6 +44,7 @@ tests only.
 from __future__ import annotations
 
 import errno
+import _socket
 import socket
 import sys
 from typing import Any, Callable, Optional, Tuple
@@ -116,7 +117,7 @@ class IdentLookup:
         self._reactor = reactor
         self._done: Optional[Done] = done
         self._abort = abort
-        self._sock: Optional[socket.socket] = None
+        self._sock: Optional[_socket.socket] = None
         self._timer: Optional[Timer] = None
         self._parser = ReplyParser()
         self._out = b""
@@ -172,7 +173,7 @@ class IdentLookup:
         self._timer = self._reactor.call_later(self._timeout, self._expire)
         self._reactor.add_writer(sock.fileno(), self._on_connect)
 
-    def _send_at_once(self, sock: socket.socket) -> bool:
+    def _send_at_once(self, sock: _socket.socket) -> bool:
         """Send the query now if the connection is already up (on
         loopback it usually is by the time ``connect`` returns): that
         saves a turn of the loop.  True if the query went out, and the
