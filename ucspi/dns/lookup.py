@@ -237,13 +237,15 @@ def lookup_host(reactor: Reactor, conf: DnsConfig, ip: IP, paranoid: bool,
     Returns:
         A handle whose ``cancel()`` stops the lookup without calling done.
     """
+    if not paranoid:        # the usual case: the PTR lookup alone, no chain
+        return lookup_ptr(reactor, conf, ip, lambda name, _: done(name, None), abort)
     chain = _Chain()
-    want = _packed16(ip)
 
     def got_name(name: Optional[str], error: Optional[BaseException]) -> None:
-        if name is None or not paranoid:
+        if name is None:
             done(name, None)
             return
+        want = _packed16(ip)
 
         def got_addresses(found: List[IPv6Address], error: Optional[BaseException]) -> None:
             if any(address.packed == want for address in found):
