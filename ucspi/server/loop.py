@@ -355,6 +355,8 @@ class Server:
             self._watch(True)
 
     def status(self) -> None:
+        if self.log.verbosity < 2 and self.notify is None and not self.opts.table_after_status:
+            return      # nobody to tell (twice per connection: -q and -Q servers skip it)
         count, limit = self.service.counts()
         self.log.status(count, limit)
         if self.opts.table_after_status:
