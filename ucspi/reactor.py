@@ -109,7 +109,7 @@ class _Selector:
     def unregister(self, fd: int) -> None:
         self.selector.unregister(fd)
 
-    def poll(self, timeout: float = -1) -> List[Tuple[int, int]]:
+    def poll(self, timeout: float = -1, maxevents: int = -1) -> List[Tuple[int, int]]:
         ready = self.selector.select(None if timeout < 0 else timeout)
         return [(key.fd, (_READ if events & selectors.EVENT_READ else 0)
                  | (_WRITE if events & selectors.EVENT_WRITE else 0))
@@ -246,7 +246,10 @@ class Reactor:
         if wait is None and not self._handlers:
             return
         try:
-            events = self._poll.poll(-1 if wait is None else wait)
+            # as many events as there are descriptors, as selectors asks:
+            # CPython allocates room for maxevents at every wait
+            events = self._poll.poll(-1 if wait is None else wait,
+                                     max(1, len(self._handlers)))
         except InterruptedError:
             events = []
         # each event goes to the handlers its descriptor had when the
