@@ -221,6 +221,8 @@ def test_parse_addresses_keeps_records_before_a_bad_one():
     (b"\x05a_b-9\x00", "a_b-9"),
     (b"\x03\xc3\xa9.\x00", "\\303\\251\\056"),
     (b"\x03a\\b\x01 \x00", "a\\134b.\\040"),
+    (b"\x03a.b\x01C\x00", "a\\056b.c"),          # a dot inside a label, all else plain
+    (b"\x01a\x00", "a"),
 ])
 def test_render_name(wire, text):
     assert render_name(wire) == text

@@ -57,10 +57,14 @@ SERVFAIL = "servfail"      # RCODE other than NOERROR/NXDOMAIN
 ANSWER = "answer"          # a final answer (NOERROR or NXDOMAIN)
 
 _HEADER = struct.Struct("!HHHHHH")
+#: the header's first fields, for the checks made on every answer
+_HEADER_START = struct.Struct("!HHH")
+_HEADER_COUNTS = struct.Struct("!HHHH")
 _RR = struct.Struct("!HHIH")
 _QTAIL = struct.Struct("!HH")
 _KEEP = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-_")
 _KEEP_BYTES = bytes(sorted(_KEEP))
+_KEEP_DOTTED = _KEEP_BYTES + b"."
 ROOT = b"\x00"
 _POINTER_TO_QUESTION = b"\xc0\x0c"
 #: an octet as a wire label ("\x03127"), and the tail of an IPv4 PTR name
@@ -205,6 +209,11 @@ def render_name(wire: bytes) -> str:
     parts = labels(wire)
     if not parts:
         return "."
+    text = b".".join(parts).lower()
+    # the usual name: only letters, digits, - and _, and no label with a
+    # dot of its own (every dot is one the join put there)
+    if not text.translate(None, _KEEP_DOTTED) and text.count(b".") == len(parts) - 1:
+        return text.decode("ascii")
     return ".".join(_render_label(part.lower()) for part in parts)
 
 
@@ -363,8 +372,10 @@ def classify(packet: bytes, qid: int, question: Question) -> str:
     513 bytes or more before asking.
     """
     try:
-        header = parse_header(packet)
-        if header.id != qid or header.qdcount != 1:
+        if len(packet) < _HEADER.size:
+            return IGNORE
+        ident, flags, qdcount = _HEADER_START.unpack_from(packet)
+        if ident != qid or qdcount != 1:
             return IGNORE
         # the usual answer repeats our question byte for byte (the first
         # name of a message cannot be compressed): no name to read
@@ -378,9 +389,9 @@ def classify(packet: bytes, qid: int, question: Question) -> str:
                 return IGNORE
     except FormatError:
         return IGNORE
-    if header.flags & FLAG_TC:
+    if flags & FLAG_TC:
         return TRUNCATED
-    if header.flags & 0x000F not in (0, 3):
+    if flags & 0x000F not in (0, 3):
         return SERVFAIL
     return ANSWER
 
@@ -391,14 +402,16 @@ def iter_answers(packet: bytes) -> Iterator[Record]:
     The question section (one question, as :func:`classify` checked) is
     skipped.  Raises FormatError at the first malformed record, after the
     records before it have been yielded."""
-    header = parse_header(packet)
+    if len(packet) < _HEADER.size:
+        raise FormatError("packet shorter than a header")
+    _, _, qdcount, ancount = _HEADER_COUNTS.unpack_from(packet)
     pos = _HEADER.size
-    for _ in range(header.qdcount):
+    for _ in range(qdcount):
         pos = skip_name(packet, pos) + _QTAIL.size
         if pos > len(packet):
             raise FormatError("question runs past the end of the packet")
-    checked = header.qdcount > 0
-    for _ in range(header.ancount):
+    checked = qdcount > 0
+    for _ in range(ancount):
         record, pos = read_record(packet, pos, checked)
         yield record
 
