@@ -5,7 +5,9 @@ Each ``--variant NAME=DIR`` names a directory holding a ``tcpserver.py``
 and its ``ucspi/`` (a copy of the tree with one change tried in it);
 ``--c`` adds the C tcpserver.  All servers run at once; each round
 drives every one of them in turn with ``--count`` connections at
-concurrency ``-c``, so machine noise hits them alike.  Per variant the
+concurrency ``-c``, so machine noise hits them alike, and the order
+rotates from round to round, so each server is first, second... as
+often as the others (use a multiple of the servers' number of rounds).  Per variant the
 medians over ``--rounds`` of conn/s, p99, and the parent's CPU µs per
 connection (``/proc/PID/task/*/schedstat``, every thread of the parent;
 for the C server also with its reaped children, ``/proc/PID/stat``).
@@ -68,7 +70,11 @@ def main() -> None:
             loadgen.run("127.0.0.1", port, min(500, ns.count), ns.concurrency, 60.0)
         rows: Dict[str, List[Dict[str, float]]] = {name: [] for name, _, _ in running}
         for number in range(ns.rounds):
-            order = running if number % 2 == 0 else running[::-1]
+            # each server takes each place in turn: with three or more, a
+            # plain back-and-forth would leave the middle one always in the
+            # middle, after the others' TIME_WAIT sockets
+            shift = number % len(running)
+            order = running[shift:] + running[:shift]
             for name, proc, port in order:
                 a = cpu(proc.pid)
                 res = loadgen.run("127.0.0.1", port, ns.count, ns.concurrency, 120.0)
