@@ -12,7 +12,7 @@ It includes the client side of ``micro_parent.py`` (a
 same for every tree; the kernel's work is not counted at all.  So
 compare trees with it, and read rates and CPU from ``ab.py``.
 
-The count is repeatable to about 0.5 % from run to run, whatever else
+The count is repeatable to about 0.6 % from run to run, whatever else
 the machine does, where CPU µs move by 10 % or more (``PROFILE.md``
 §1): a change worth one microsecond shows.
 
