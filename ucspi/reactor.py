@@ -193,7 +193,7 @@ class Reactor:
     def _unregister(self, fd: int) -> None:
         try:
             self._poll.unregister(fd)
-        except (OSError, KeyError, ValueError):
+        except OSError:
             pass        # closed already (the kernel forgot it), as selectors allows
 
     def add_reader(self, fd: int, callback: Callback, failed: Optional[Failed] = None) -> None:

@@ -57,9 +57,6 @@ SERVFAIL = "servfail"      # RCODE other than NOERROR/NXDOMAIN
 ANSWER = "answer"          # a final answer (NOERROR or NXDOMAIN)
 
 _HEADER = struct.Struct("!HHHHHH")
-#: the header's first fields, for the checks made on every answer
-_HEADER_START = struct.Struct("!HHH")
-_HEADER_COUNTS = struct.Struct("!HHHH")
 _RR = struct.Struct("!HHIH")
 _QTAIL = struct.Struct("!HH")
 _KEEP = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-_")
@@ -374,7 +371,7 @@ def classify(packet: bytes, qid: int, question: Question) -> str:
     try:
         if len(packet) < _HEADER.size:
             return IGNORE
-        ident, flags, qdcount = _HEADER_START.unpack_from(packet)
+        ident, flags, qdcount, _, _, _ = _HEADER.unpack_from(packet)
         if ident != qid or qdcount != 1:
             return IGNORE
         # the usual answer repeats our question byte for byte (the first
@@ -404,7 +401,7 @@ def iter_answers(packet: bytes) -> Iterator[Record]:
     records before it have been yielded."""
     if len(packet) < _HEADER.size:
         raise FormatError("packet shorter than a header")
-    _, _, qdcount, ancount = _HEADER_COUNTS.unpack_from(packet)
+    _, _, qdcount, ancount, _, _ = _HEADER.unpack_from(packet)
     pos = _HEADER.size
     for _ in range(qdcount):
         pos = skip_name(packet, pos) + _QTAIL.size
