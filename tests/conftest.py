@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 #: the modules of the quick subset (``-m unit``): pure modules, and the
 #: drivers run in this process against loopback fakes
 UNIT_MODULES = frozenset({
-    "test_address", "test_argscan", "test_cdb", "test_descriptors", "test_dns", "test_dnsconf",
+    "test_address", "test_argscan", "test_bench_schedlat", "test_cdb", "test_descriptors", "test_dns", "test_dnsconf",
     "test_dnsmsg", "test_hostile_cdb", "test_ident", "test_ident_msg", "test_imports",
     "test_limits_unit", "test_loop", "test_mysql_protocol", "test_rbl_unit", "test_mysql_rules", "test_proxy", "test_rules",
     "test_starved", "test_steps", "test_tls_channel", "test_tls_relayserver", "test_tls_settings",
