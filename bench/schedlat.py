@@ -37,19 +37,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from procs import compile_c, start, stop  # noqa: E402
+from profile_parent import C_TCPSERVER, drive  # noqa: E402
 
-C_TCPSERVER = "/usr/bin/tcpserver"
 #: a wait longer than this counts as "long" (µs)
 LONG_US = 50.0
 
 _TASK = r"(\S+)\[(\d+)(?:/(\d+))?\]"
 _WAKE = re.compile(r"^\s*[\d.]+\s+\[(\d+)\]\s+" + _TASK + r"\s+awakened: " + _TASK)
 _RUN = re.compile(r"^\s*[\d.]+\s+\[(\d+)\]\s+" + _TASK + r"\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)")
-
-
-def _pid(match: "re.Match[str]", at: int) -> int:
-    """The thread id of a ``comm[tid/pid]`` or ``comm[pid]`` group."""
-    return int(match.group(at))
 
 
 def tally(lines: List[str], own: "Own") -> Dict[Tuple[str, str], List[float]]:
@@ -63,13 +58,14 @@ def tally(lines: List[str], own: "Own") -> Dict[Tuple[str, str], List[float]]:
         if wake is not None:
             # the wakee's name at the wake-up: a C child that then execs
             # the program is still "tcpserver" here
-            if own.holds(wake.group(5), _pid(wake, 6)):
-                woken_by[_pid(wake, 6)] = (wake.group(2), wake.group(1))
+            wakee = int(wake.group(6))      # the thread id of comm[tid/pid]
+            if own.holds(wake.group(5), wakee):
+                woken_by[wakee] = (wake.group(2), wake.group(1))
             continue
         run = _RUN.match(line)
         if run is None:
             continue
-        waker = woken_by.pop(_pid(run, 3), None)
+        waker = woken_by.pop(int(run.group(3)), None)
         if waker is None:
             continue
         where = "same" if waker[1] == run.group(1) else "other"
@@ -91,9 +87,9 @@ class Own:
 
 
 def record(port: int, count: int, conc: int, data: str) -> None:
+    """A warm-up round, then ``count`` connections under ``perf sched record``."""
+    drive(port, min(count, 300), conc)
     loadgen = os.path.join(HERE, "loadgen.py")
-    subprocess.run([sys.executable, loadgen, "-n", str(min(count, 300)), "-c", str(conc),
-                    "127.0.0.1", str(port)], check=True, stdout=subprocess.DEVNULL)
     subprocess.run(["perf", "sched", "record", "-o", data, "--", sys.executable, loadgen,
                     "-n", str(count), "-c", str(conc), "127.0.0.1", str(port)],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
